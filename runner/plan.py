@@ -1,0 +1,223 @@
+"""The compiled plan: what the executor is allowed to do, and nothing more.
+
+A plan is made by the policy compiler only after every check passed, so a :class:`Plan` that
+exists is valid: the dataclasses are frozen, hold tuples, and check their invariants on creation.
+Paths are stored relative to the compile root (POSIX separators), so the same commit compiles to
+the same plan bytes, and so the same :attr:`Plan.sha256`, on every machine; the executor joins
+them to its own root and checks them again before each job.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from runner.canonical import canonical_json, sha256_hex
+
+__all__ = [
+    "PLAN_FORMAT",
+    "Limits",
+    "Mount",
+    "Network",
+    "Tool",
+    "JobSpec",
+    "InputFile",
+    "PolicyRef",
+    "Plan",
+]
+
+PLAN_FORMAT = "sandrun-plan/v1"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _is_relative_posix(path: str) -> bool:
+    return not path.startswith("/") and "\\" not in path and ".." not in path.split("/")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Concrete limits of one job. ``fuel=None`` means no fuel metering (it costs time)."""
+
+    fuel: int | None
+    memory: int
+    timeout_ms: int
+    stack: int
+    output: int
+
+    def __post_init__(self) -> None:
+        _require(self.fuel is None or self.fuel > 0, "fuel must be positive")
+        for name in ("memory", "timeout_ms", "stack", "output"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value > 0, f"{name} must be a positive integer")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Mount:
+    """A preopened directory: ``host`` relative to the root, ``guest`` absolute in the guest."""
+
+    host: str
+    guest: str
+    mode: Literal["ro", "rw"]
+
+    def __post_init__(self) -> None:
+        _require(_is_relative_posix(self.host), f"mount host path must be relative: {self.host!r}")
+        _require(self.guest.startswith("/"), f"guest path must be absolute: {self.guest!r}")
+        _require(self.mode in ("ro", "rw"), f"mount mode must be ro or rw: {self.mode!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Network:
+    """Outbound network grant: host patterns allowed, and address blocks always refused."""
+
+    allow: tuple[str, ...]
+    block: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tool:
+    """A registered tool: the bytes (by digest) and who vouched for them."""
+
+    manifest: str
+    name: str
+    module: str
+    sha256: str
+    version: str | None
+    signer: str | None
+    signature_verified: bool
+    actions: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _require(bool(_SHA256.fullmatch(self.sha256)), f"bad sha256 for tool {self.name}")
+        _require(
+            self.module.startswith("builtin:") or _is_relative_posix(self.module),
+            f"module path must be relative: {self.module!r}",
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobSpec:
+    """One job, fully resolved: the executor reads nothing else."""
+
+    id: str
+    manifest: str
+    name: str
+    tool: str
+    module: str
+    module_sha256: str
+    args: tuple[str, ...]
+    program_name: str
+    invoke: str | None
+    env: tuple[tuple[str, str], ...]
+    stdin: str | None
+    mounts: tuple[Mount, ...]
+    network: Network | None
+    limits: Limits
+    needs: tuple[str, ...]
+    expect_exit_code: int
+    actions: tuple[str, ...]
+    score: str
+
+    def __post_init__(self) -> None:
+        _require(self.id == f"{self.manifest}/{self.name}", f"job id must be manifest/name: {self.id}")
+        _require(bool(_SHA256.fullmatch(self.module_sha256)), f"bad module sha256 for job {self.id}")
+        _require(self.stdin is None or _is_relative_posix(self.stdin), "stdin path must be relative")
+        guests = [m.guest for m in self.mounts]
+        _require(len(set(guests)) == len(guests), f"duplicate guest path in job {self.id}")
+
+    @property
+    def fs_scope(self) -> Literal["none", "readonly", "readwrite"]:
+        """DESIGN.md's WasiFsScope: None, ReadOnly or ReadWrite."""
+        if not self.mounts:
+            return "none"
+        return "readwrite" if any(m.mode == "rw" for m in self.mounts) else "readonly"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InputFile:
+    """A file the plan was compiled from, and its digest."""
+
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyRef:
+    """The policy a plan was compiled under; ``git_commit`` when the file lies in a git repo."""
+
+    name: str
+    path: str
+    sha256: str
+    git_commit: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """Manifests and a policy, compiled. :attr:`sha256` is over :meth:`to_json`."""
+
+    policy: PolicyRef
+    inputs: tuple[InputFile, ...]
+    tools: tuple[Tool, ...]
+    jobs: tuple[JobSpec, ...]
+    format: str = PLAN_FORMAT
+
+    def __post_init__(self) -> None:
+        _require(self.format == PLAN_FORMAT, f"unknown plan format {self.format!r}")
+        ids = [job.id for job in self.jobs]
+        _require(len(set(ids)) == len(ids), "job ids must be unique")
+        known = set(ids)
+        for job in self.jobs:
+            for need in job.needs:
+                _require(need in known, f"job {job.id} needs unknown job {need}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> bytes:
+        return canonical_json(self.to_dict())
+
+    @property
+    def sha256(self) -> str:
+        return sha256_hex(self.to_json())
+
+    def job(self, job_id: str) -> JobSpec:
+        for job in self.jobs:
+            if job.id == job_id:
+                return job
+        raise KeyError(job_id)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Plan":
+        """Rebuild a plan from :meth:`to_dict` output; raises ``ValueError``/``KeyError``/``TypeError``."""
+        return cls(
+            format=data["format"],
+            policy=PolicyRef(**data["policy"]),
+            inputs=tuple(InputFile(**item) for item in data["inputs"]),
+            tools=tuple(
+                Tool(**{**item, "actions": tuple(item["actions"])}) for item in data["tools"]
+            ),
+            jobs=tuple(_job_from_dict(item) for item in data["jobs"]),
+        )
+
+
+def _job_from_dict(item: dict[str, Any]) -> JobSpec:
+    network = item["network"]
+    return JobSpec(
+        **{
+            **item,
+            "args": tuple(item["args"]),
+            "env": tuple((str(k), str(v)) for k, v in item["env"]),
+            "mounts": tuple(Mount(**m) for m in item["mounts"]),
+            "network": None
+            if network is None
+            else Network(allow=tuple(network["allow"]), block=tuple(network["block"])),
+            "limits": Limits(**item["limits"]),
+            "needs": tuple(item["needs"]),
+            "actions": tuple(item["actions"]),
+        }
+    )
