@@ -113,7 +113,7 @@ class SandrunError(Exception):
         message: str,
         location: Location | None = None,
         **data: Any,
-    ) -> "SandrunError":
+    ) -> SandrunError:
         return cls(violations=(Violation(rule_id, message, location, **data),))
 
     @property

@@ -192,15 +192,13 @@ class Plan:
         raise KeyError(job_id)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Plan":
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
         """Rebuild a plan from :meth:`to_dict` output; raises ``ValueError``/``KeyError``/``TypeError``."""
         return cls(
             format=data["format"],
             policy=PolicyRef(**data["policy"]),
             inputs=tuple(InputFile(**item) for item in data["inputs"]),
-            tools=tuple(
-                Tool(**{**item, "actions": tuple(item["actions"])}) for item in data["tools"]
-            ),
+            tools=tuple(Tool(**{**item, "actions": tuple(item["actions"])}) for item in data["tools"]),
             jobs=tuple(_job_from_dict(item) for item in data["jobs"]),
         )
 

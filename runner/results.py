@@ -92,5 +92,5 @@ class JobResult:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "JobResult":
+    def from_dict(cls, data: dict[str, Any]) -> JobResult:
         return cls(**data)

@@ -1,0 +1,1 @@
+"""The policy: its model (``model``), the governance score (``governance``) and the compiler."""

@@ -1,0 +1,529 @@
+"""The policy compiler: manifests + one policy -> a :class:`~runner.plan.Plan`, or every denial.
+
+Like an admission controller, it never stops at the first problem: each check adds a denial
+(rule id, message, JSON Pointer, file and line) and compilation goes on, so one run reports all of
+them. Checks run in DESIGN.md's order for each tool, then each job; a job whose tool was denied is
+still checked on its own grants. The compiler never runs WASM and never writes anything.
+
+Rule ids are stable; ``docs/policy.md`` lists them all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import graphlib
+import hashlib
+import posixpath
+import subprocess
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+from runner.errors import InputError, PolicyDenied, SandrunError, Violation
+from runner.hosts import HostPatternError, covers, parse_host_pattern
+from runner.plan import InputFile, JobSpec, Limits, Mount, Network, Plan, PolicyRef, Tool
+from runner.policy.governance import Grants, score
+from runner.policy.model import LimitValues, Policy, parse_limits
+from runner.signing import verify_module_digest
+from runner.source import Document
+
+__all__ = ["BUILTIN_LIMITS", "compile_plan", "denial_error"]
+
+#: Limits used when neither the manifest nor the policy's ``limits.default`` sets one.
+BUILTIN_LIMITS = LimitValues(fuel=None, memory=64 << 20, timeout_ms=30_000, stack=512 << 10, output=1 << 20)
+
+
+@dataclass
+class _Compilation:
+    """State of one compile: the root, the policy, and every denial found so far."""
+
+    root: Path
+    policy: Policy
+    today: dt.date
+    violations: list[Violation] = field(default_factory=list)
+    inputs: dict[str, str] = field(default_factory=dict)
+
+    def deny(
+        self,
+        document: Document,
+        rule_id: str,
+        message: str,
+        pointer: str,
+        *,
+        at_key: bool = False,
+        expected: Any = None,
+        actual: Any = None,
+    ) -> None:
+        location = document.locate_key(pointer) if at_key else document.locate(pointer)
+        self.violations.append(Violation(rule_id, message, location, expected, actual))
+
+    def relative(self, path: Path) -> str:
+        """``path`` relative to the root, POSIX separators; the plan stores nothing absolute."""
+        text = path.relative_to(self.root).as_posix()
+        return text if text else "."
+
+    def inside_root(self, path: Path) -> bool:
+        return path == self.root or self.root in path.parents
+
+    def record_input(self, path: Path, digest: str) -> None:
+        key = self.relative(path) if self.inside_root(path) else str(path)
+        self.inputs[key] = digest
+
+
+def _within(path: Path, roots: tuple[Path, ...]) -> bool:
+    return any(path == r or r in path.parents for r in roots)
+
+
+def _action_allowed(policy: Policy, action: str) -> str | None:
+    """None when allowed; otherwise the rule id (deny wins over allow)."""
+    if any(fnmatchcase(action, p) for p in policy.actions_deny):
+        return "actions.denied"
+    if not any(fnmatchcase(action, p) for p in policy.actions_allow):
+        return "actions.not-allowed"
+    return None
+
+
+class _ManifestCompiler:
+    """Checks one manifest document, adding denials to the shared compilation."""
+
+    def __init__(self, state: _Compilation, document: Document) -> None:
+        self.state = state
+        self.document = document
+        self.data = document.data
+        self.name: str = self.data["metadata"]["name"]
+        self.directory = Path(document.path).resolve().parent
+        self.tools: dict[str, Tool | None] = {}
+
+    def deny(self, rule_id: str, message: str, pointer: str, **kwargs: Any) -> None:
+        self.state.deny(self.document, rule_id, message, pointer, **kwargs)
+
+    # -- paths -------------------------------------------------------------------------------
+    def resolve(self, text: str, pointer: str, what: str) -> Path | None:
+        """Resolve a manifest-relative path with symlinks followed; it must exist inside the root."""
+        try:
+            path = (self.directory / text).resolve(strict=True)
+        except (FileNotFoundError, NotADirectoryError):
+            self.deny(f"{what}.missing", f"{text!r} does not exist", pointer)
+            return None
+        except (OSError, RuntimeError) as exc:  # symlink loops, permissions
+            self.deny(f"{what}.missing", f"{text!r} cannot be resolved: {exc}", pointer)
+            return None
+        if not self.state.inside_root(path):
+            self.deny(
+                f"{what}.outside-root",
+                f"{text!r} resolves to {path}, outside the root {self.state.root}",
+                pointer,
+            )
+            return None
+        return path
+
+    # -- tools -------------------------------------------------------------------------------
+    def check_tools(self) -> None:
+        for name, spec in self.data.get("tools", {}).items():
+            self.tools[name] = self.check_tool(name, spec)
+
+    def check_tool(self, name: str, spec: dict[str, Any]) -> Tool | None:
+        pointer = f"/tools/{name}"
+        policy = self.state.policy
+        ok = True
+        module_text: str = spec["module"]
+        if module_text.startswith("builtin:"):
+            self.deny(
+                "tool.builtin-unknown",
+                f"no built-in tool named {module_text[8:]!r} (`sandrun catalog` lists them)",
+                pointer + "/module",
+            )
+            return None
+        path = self.resolve(module_text, pointer + "/module", "tool.module")
+        if path is None:
+            return None
+        if not path.is_file():
+            self.deny("tool.module-missing", f"{module_text!r} is not a file", pointer + "/module")
+            return None
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        self.state.record_input(path, digest)
+        if digest != spec["sha256"]:
+            self.deny(
+                "tool.digest",
+                f"module bytes have sha256 {digest}, the manifest says {spec['sha256']}",
+                pointer + "/sha256",
+                expected=spec["sha256"],
+                actual=digest,
+            )
+            ok = False
+        if digest in policy.revoked:
+            self.deny("tool.revoked", f"module digest {digest} is revoked by the policy", pointer + "/sha256")
+            ok = False
+        signer = self.check_signature(pointer, spec, digest)
+        if signer is False:
+            ok = False
+        for index, action in enumerate(spec.get("actions", [])):
+            rule = _action_allowed(policy, action)
+            if rule == "actions.denied":
+                self.deny(
+                    rule, f"gate action {action!r} is denied by the policy", f"{pointer}/actions/{index}"
+                )
+                ok = False
+            elif rule == "actions.not-allowed":
+                self.deny(
+                    rule,
+                    f"gate action {action!r} is not in the policy's actions.allow",
+                    f"{pointer}/actions/{index}",
+                )
+                ok = False
+        if not ok:
+            return None
+        return Tool(
+            manifest=self.name,
+            name=name,
+            module=self.state.relative(path),
+            sha256=digest,
+            version=spec.get("version"),
+            signer=signer or None,
+            signature_verified=bool(signer),
+            actions=tuple(spec.get("actions", [])),
+        )
+
+    def check_signature(self, pointer: str, spec: dict[str, Any], digest: str) -> str | bool | None:
+        """The verified signer's key id; None when unsigned and allowed; False when denied."""
+        policy = self.state.policy
+        signature = spec.get("signature")
+        if signature is None:
+            if policy.signatures_required:
+                self.deny(
+                    "signature.missing", "the policy requires a signature and this tool has none", pointer
+                )
+                return False
+            return None
+        key_id = signature["key"]
+        key = policy.trusted_keys.get(key_id)
+        if key is None:
+            self.deny(
+                "signature.unknown-key",
+                f"key {key_id!r} is not a trusted key of policy {policy.name!r}",
+                pointer + "/signature/key",
+            )
+            return False
+        if key_id in policy.revoked:
+            self.deny("signature.revoked-key", f"key {key_id!r} is revoked", pointer + "/signature/key")
+            return False
+        if key.not_after is not None and self.state.today > key.not_after:
+            self.deny(
+                "signature.expired-key",
+                f"key {key_id!r} expired on {key.not_after.isoformat()}",
+                pointer + "/signature/key",
+                expected=f"<= {key.not_after.isoformat()}",
+                actual=self.state.today.isoformat(),
+            )
+            return False
+        if not verify_module_digest(key.public_key, digest, signature["sig"]):
+            self.deny(
+                "signature.invalid",
+                f"the signature does not verify for module sha256 {digest} with key {key_id!r}",
+                pointer + "/signature/sig",
+            )
+            return False
+        return key_id
+
+    # -- jobs --------------------------------------------------------------------------------
+    def check_jobs(self) -> list[JobSpec]:
+        jobs: list[JobSpec] = []
+        seen: dict[str, int] = {}
+        for index, spec in enumerate(self.data["jobs"]):
+            name = spec["name"]
+            if name in seen:
+                first = self.document.locate(f"/jobs/{seen[name]}/name").line
+                self.deny(
+                    "job.duplicate-name",
+                    f"job name {name!r} is already used (line {first})",
+                    f"/jobs/{index}/name",
+                )
+                continue
+            seen[name] = index
+            job = self.check_job(index, spec)
+            if job is not None:
+                jobs.append(job)
+        self.check_needs(seen)
+        return jobs
+
+    def check_job(self, index: int, spec: dict[str, Any]) -> JobSpec | None:
+        pointer = f"/jobs/{index}"
+        before = len(self.state.violations)
+        tool_name = spec["tool"]
+        if tool_name not in self.data.get("tools", {}):
+            self.deny("job.unknown-tool", f"no tool named {tool_name!r} in this manifest", pointer + "/tool")
+        tool = self.tools.get(tool_name)
+        limits = self.check_limits(pointer, spec.get("limits", {}))
+        mounts = self.check_mounts(pointer, spec.get("fs", []))
+        stdin = self.check_stdin(pointer, spec.get("stdin"))
+        network = self.check_network(pointer, spec.get("network"))
+        env = tuple(sorted((str(k), str(v)) for k, v in spec.get("env", {}).items()))
+        grants = Grants(
+            ro_mounts=sum(1 for m in mounts if m.mode == "ro"),
+            rw_mounts=sum(1 for m in mounts if m.mode == "rw"),
+            network=network is not None and bool(network.allow),
+            env_vars=len(env),
+            signed=bool(tool and tool.signature_verified),
+            actions=tool.actions if tool else (),
+        )
+        job_score = score(grants)
+        max_score = self.state.policy.max_score
+        if max_score is not None and job_score > max_score:
+            self.deny(
+                "governance.score",
+                f"governance score {job_score:.4f} is above the policy's max_score {max_score}",
+                pointer,
+                expected=f"<= {max_score}",
+                actual=f"{job_score:.4f}",
+            )
+        if len(self.state.violations) > before or tool is None or limits is None:
+            return None
+        return JobSpec(
+            id=f"{self.name}/{spec['name']}",
+            manifest=self.name,
+            name=spec["name"],
+            tool=tool_name,
+            module=tool.module,
+            module_sha256=tool.sha256,
+            args=tuple(spec.get("args", [])),
+            program_name=spec.get("program_name") or tool_name,
+            invoke=spec.get("invoke"),
+            env=env,
+            stdin=stdin,
+            mounts=tuple(mounts),
+            network=network,
+            limits=limits,
+            needs=tuple(f"{self.name}/{need}" for need in spec.get("needs", [])),
+            expect_exit_code=spec.get("expect", {}).get("exit_code", 0),
+            actions=tool.actions,
+            score=f"{job_score:.4f}",
+        )
+
+    def check_limits(self, pointer: str, data: dict[str, Any]) -> Limits | None:
+        policy = self.state.policy
+        problems: list[Violation] = []
+        asked = parse_limits(self.document, pointer + "/limits", data, problems)
+        self.state.violations.extend(problems)
+        values: dict[str, int | None] = {}
+        denied = bool(problems)
+        for field_name, attribute in (
+            ("fuel", "fuel"),
+            ("memory", "memory"),
+            ("timeout", "timeout_ms"),
+            ("stack", "stack"),
+            ("output", "output"),
+        ):
+            cap = getattr(policy.max_limits, attribute)
+            value = getattr(asked, attribute)
+            if value is None:
+                value = getattr(policy.default_limits, attribute)
+            if value is None:
+                value = getattr(BUILTIN_LIMITS, attribute)
+            if value is None and cap is not None:
+                value = cap
+            if value is not None and cap is not None and value > cap:
+                where = f"{pointer}/limits/{field_name}" if field_name in data else f"{pointer}"
+                self.deny(
+                    "limits.max",
+                    f"{field_name} {value} is above the policy's maximum {cap}",
+                    where,
+                    expected=f"<= {cap}",
+                    actual=value,
+                )
+                denied = True
+            values[attribute] = value
+        if denied:
+            return None
+        return Limits(**values)  # type: ignore[arg-type]
+
+    def check_mounts(self, pointer: str, entries: list[dict[str, Any]]) -> list[Mount]:
+        policy = self.state.policy
+        mounts: list[Mount] = []
+        guests: dict[str, int] = {}
+        for index, entry in enumerate(entries):
+            where = f"{pointer}/fs/{index}"
+            mode = entry.get("mode", "ro")
+            guest = posixpath.normpath(entry["guest"])
+            if ".." in entry["guest"].split("/") or guest.startswith("//"):
+                self.deny(
+                    "fs.guest-invalid",
+                    f"guest path {entry['guest']!r} must be absolute without '..'",
+                    where + "/guest",
+                )
+                continue
+            for other, other_index in guests.items():
+                if other == guest:
+                    self.deny(
+                        "fs.guest-duplicate",
+                        f"guest path {guest!r} is already mounted by fs/{other_index}",
+                        where + "/guest",
+                    )
+                elif guest.startswith(other.rstrip("/") + "/") or other.startswith(guest.rstrip("/") + "/"):
+                    self.deny(
+                        "fs.guest-nested",
+                        f"guest path {guest!r} nests with {other!r} (fs/{other_index})",
+                        where + "/guest",
+                    )
+            guests.setdefault(guest, index)
+            path = self.resolve(entry["host"], where + "/host", "fs")
+            if path is None:
+                continue
+            if not path.is_dir():
+                self.deny("fs.not-directory", f"{entry['host']!r} is not a directory", where + "/host")
+                continue
+            if not _within(path, policy.roots + policy.write_roots):
+                self.deny(
+                    "fs.outside-roots",
+                    f"{entry['host']!r} resolves to {self.state.relative(path)!r}, "
+                    "outside every fs.roots entry of the policy",
+                    where + "/host",
+                )
+                continue
+            if mode == "rw" and not _within(path, policy.write_roots):
+                self.deny(
+                    "fs.write-denied",
+                    f"a rw mount of {entry['host']!r} is not allowed by the policy's fs.write",
+                    where + "/mode",
+                )
+                continue
+            mounts.append(Mount(host=self.state.relative(path), guest=guest, mode=mode))
+        return mounts
+
+    def check_stdin(self, pointer: str, text: str | None) -> str | None:
+        if text is None:
+            return None
+        path = self.resolve(text, pointer + "/stdin", "stdin")
+        if path is None:
+            return None
+        if not path.is_file():
+            self.deny("stdin.missing", f"{text!r} is not a file", pointer + "/stdin")
+            return None
+        if not _within(path, self.state.policy.roots + self.state.policy.write_roots):
+            self.deny(
+                "stdin.outside-roots",
+                f"{text!r} is outside every fs.roots entry of the policy",
+                pointer + "/stdin",
+            )
+            return None
+        self.state.record_input(path, hashlib.sha256(path.read_bytes()).hexdigest())
+        return self.state.relative(path)
+
+    def check_network(self, pointer: str, data: dict[str, Any] | None) -> Network | None:
+        if data is None:
+            return None
+        policy = self.state.policy
+        for index, text in enumerate(data.get("allow", [])):
+            where = f"{pointer}/network/allow/{index}"
+            try:
+                pattern = parse_host_pattern(text)
+            except HostPatternError as exc:
+                self.deny("network.pattern", str(exc), where)
+                continue
+            if not any(covers(outer, pattern) for outer in policy.network_allow):
+                self.deny(
+                    "network.uncovered",
+                    f"{text!r} is not covered by the policy's network.allow "
+                    f"{[p.text for p in policy.network_allow]}",
+                    where,
+                )
+        block = list(dict.fromkeys([*data.get("block", []), *policy.network_block]))
+        return Network(allow=tuple(data.get("allow", [])), block=tuple(block))
+
+    def check_needs(self, names: dict[str, int]) -> None:
+        graph: dict[str, list[str]] = {}
+        for name, index in names.items():
+            needs = self.data["jobs"][index].get("needs", [])
+            for need_index, need in enumerate(needs):
+                if need not in names:
+                    self.deny(
+                        "needs.unknown",
+                        f"job {name!r} needs {need!r}, which is not a job of this manifest",
+                        f"/jobs/{index}/needs/{need_index}",
+                    )
+            graph[name] = [need for need in needs if need in names]
+        try:
+            graphlib.TopologicalSorter(graph).prepare()
+        except graphlib.CycleError as exc:
+            cycle: list[str] = exc.args[1]
+            first = names[cycle[0]]
+            self.deny("needs.cycle", "needs form a cycle: " + " -> ".join(cycle), f"/jobs/{first}/needs")
+
+
+def _git_commit(path: Path) -> str | None:
+    """HEAD of the git repo holding ``path`` (``+dirty`` when the file differs from it), or None."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(path.parent), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        if head.returncode != 0:
+            return None
+        status = subprocess.run(
+            ["git", "-C", str(path.parent), "status", "--porcelain", "--", path.name],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = head.stdout.strip()
+    return commit + "+dirty" if status.stdout.strip() else commit
+
+
+def compile_plan(
+    manifests: list[Document], policy: Policy, root: Path, *, today: dt.date | None = None
+) -> Plan:
+    """Check every manifest against ``policy``; return the plan or raise with every denial.
+
+    Raises :class:`~runner.errors.PolicyDenied` (exit 3) with all violations found.
+    """
+    state = _Compilation(
+        root=root.resolve(), policy=policy, today=today or dt.datetime.now(dt.timezone.utc).date()
+    )
+    policy_path = Path(policy.path).resolve()
+    state.record_input(policy_path, policy.document.sha256)
+    names: dict[str, Document] = {}
+    tools: list[Tool] = []
+    jobs: list[JobSpec] = []
+    for document in manifests:
+        compiler = _ManifestCompiler(state, document)
+        if compiler.name in names:
+            other = names[compiler.name]
+            state.deny(
+                document,
+                "manifest.duplicate-name",
+                f"manifest name {compiler.name!r} is also used by {other.path}",
+                "/metadata/name",
+            )
+            continue
+        names[compiler.name] = document
+        state.record_input(Path(document.path).resolve(), document.sha256)
+        compiler.check_tools()
+        jobs.extend(compiler.check_jobs())
+        tools.extend(t for t in compiler.tools.values() if t is not None)
+    if state.violations:
+        raise PolicyDenied(violations=tuple(state.violations))
+    policy_rel = state.relative(policy_path) if state.inside_root(policy_path) else str(policy_path)
+    return Plan(
+        policy=PolicyRef(
+            name=policy.name,
+            path=policy_rel,
+            sha256=policy.document.sha256,
+            git_commit=_git_commit(policy_path),
+        ),
+        inputs=tuple(InputFile(path=p, sha256=d) for p, d in sorted(state.inputs.items())),
+        tools=tuple(tools),
+        jobs=tuple(jobs),
+    )
+
+
+def denial_error(violations: list[Violation]) -> SandrunError:
+    """The error for a mix of problems: invalid input (exit 2) wins over policy denials (exit 3)."""
+    if any(v.rule_id.split(".")[0] in ("yaml", "schema") for v in violations):
+        return InputError(violations=tuple(violations))
+    return PolicyDenied(violations=tuple(violations))

@@ -1,0 +1,180 @@
+"""The policy, parsed once into typed values the rules can use without re-reading YAML.
+
+A policy file is loaded strictly (``runner.source``), validated against its schema, then turned
+into a frozen :class:`Policy`: keys parsed, limits in bytes and milliseconds, roots resolved
+against the compile root with symlinks followed, host patterns parsed. Anything that cannot be
+parsed is an :class:`~runner.errors.InputError` naming the line in the policy file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.errors import InputError, Violation
+from runner.hosts import HostPattern, HostPatternError, parse_block_entry, parse_host_pattern
+from runner.signing import KeyFileError, PublicKey, parse_public_key
+from runner.source import Document
+from runner.units import UnitError, parse_duration, parse_size
+
+__all__ = ["TrustedKey", "LimitValues", "Policy", "policy_from_document", "LIMIT_FIELDS"]
+
+#: Limit field name in YAML -> (attribute in LimitValues, parser).
+LIMIT_FIELDS = {
+    "fuel": ("fuel", int),
+    "memory": ("memory", parse_size),
+    "timeout": ("timeout_ms", parse_duration),
+    "stack": ("stack", parse_size),
+    "output": ("output", parse_size),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedKey:
+    id: str
+    public_key: PublicKey
+    not_after: dt.date | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitValues:
+    """A set of limits where each may be absent (None)."""
+
+    fuel: int | None = None
+    memory: int | None = None
+    timeout_ms: int | None = None
+    stack: int | None = None
+    output: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Policy:
+    document: Document
+    name: str
+    signatures_required: bool
+    trusted_keys: dict[str, TrustedKey]
+    revoked: frozenset[str]
+    default_limits: LimitValues
+    max_limits: LimitValues
+    roots: tuple[Path, ...]
+    write_roots: tuple[Path, ...]
+    network_allow: tuple[HostPattern, ...]
+    network_block: tuple[str, ...]
+    actions_allow: tuple[str, ...]
+    actions_deny: tuple[str, ...]
+    max_score: float | None
+
+    @property
+    def path(self) -> str:
+        return self.document.path
+
+
+def parse_limits(
+    document: Document, pointer: str, data: dict[str, Any], problems: list[Violation]
+) -> LimitValues:
+    """Parse a ``limits`` mapping; unparseable values become violations, not exceptions."""
+    values: dict[str, int] = {}
+    for field, (attribute, parser) in LIMIT_FIELDS.items():
+        if field not in data:
+            continue
+        try:
+            values[attribute] = parser(data[field])
+        except (UnitError, TypeError, ValueError) as exc:
+            problems.append(
+                Violation("limits.invalid", f"{field}: {exc}", document.locate(f"{pointer}/{field}"))
+            )
+    return LimitValues(**values)
+
+
+def _resolve_root(root: Path, text: str) -> Path:
+    return (root / text).resolve()
+
+
+def policy_from_document(document: Document, root: Path) -> Policy:
+    """Build a :class:`Policy` from a schema-valid document, or raise ``InputError``."""
+    data = document.data
+    problems: list[Violation] = []
+    signatures = data.get("signatures", {})
+    keys: dict[str, TrustedKey] = {}
+    for index, entry in enumerate(signatures.get("trusted_keys", [])):
+        pointer = f"/signatures/trusted_keys/{index}"
+        try:
+            public_key = parse_public_key(entry["public_key"])
+        except KeyFileError as exc:
+            problems.append(
+                Violation("policy.key-invalid", str(exc), document.locate(pointer + "/public_key"))
+            )
+            continue
+        not_after = None
+        if "not_after" in entry:
+            try:
+                not_after = dt.date.fromisoformat(entry["not_after"])
+            except ValueError:
+                problems.append(
+                    Violation(
+                        "policy.key-invalid",
+                        "not_after must be a date YYYY-MM-DD",
+                        document.locate(pointer + "/not_after"),
+                    )
+                )
+        if entry["id"] in keys:
+            problems.append(
+                Violation(
+                    "policy.key-duplicate", f"key id {entry['id']!r} listed twice", document.locate(pointer)
+                )
+            )
+        keys[entry["id"]] = TrustedKey(entry["id"], public_key, not_after)
+
+    limits = data.get("limits", {})
+    default_limits = parse_limits(document, "/limits/default", limits.get("default", {}), problems)
+    max_limits = parse_limits(document, "/limits/max", limits.get("max", {}), problems)
+
+    network = data.get("network", {})
+    allow: list[HostPattern] = []
+    for index, text in enumerate(network.get("allow", [])):
+        try:
+            allow.append(parse_host_pattern(text))
+        except HostPatternError as exc:
+            problems.append(
+                Violation("network.pattern", str(exc), document.locate(f"/network/allow/{index}"))
+            )
+    for index, text in enumerate(network.get("block", [])):
+        try:
+            parse_block_entry(text)
+        except HostPatternError as exc:
+            problems.append(
+                Violation("network.pattern", str(exc), document.locate(f"/network/block/{index}"))
+            )
+
+    if problems:
+        raise InputError(violations=tuple(problems))
+
+    fs = data.get("fs", {})
+    roots = tuple(_resolve_root(root, text) for text in fs.get("roots", []))
+    write = fs.get("write", False)
+    if write is True:
+        write_roots = roots
+    elif write is False:
+        write_roots = ()
+    else:
+        write_roots = tuple(_resolve_root(root, text) for text in write)
+    actions = data.get("actions", {})
+    governance = data.get("governance", {})
+    return Policy(
+        document=document,
+        name=data["metadata"]["name"],
+        signatures_required=bool(signatures.get("required", False)),
+        trusted_keys=keys,
+        revoked=frozenset(signatures.get("revoked", [])),
+        default_limits=default_limits,
+        max_limits=max_limits,
+        roots=roots,
+        write_roots=write_roots,
+        network_allow=tuple(allow),
+        network_block=tuple(network.get("block", [])),
+        actions_allow=tuple(actions.get("allow", [])),
+        actions_deny=tuple(actions.get("deny", [])),
+        max_score=governance.get("max_score"),
+    )
