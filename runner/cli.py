@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import traceback
 from pathlib import Path
-from typing import NoReturn
 
 import click
 
 from runner import __version__
-from runner.errors import EXIT_INVALID_INPUT, InputError, Location, SandrunError, Violation
+from runner.errors import EXIT_INTERRUPTED, InputError, Location, SandrunError, Violation
 
 __all__ = ["main", "cli"]
 
@@ -90,7 +88,33 @@ def _report_error(error: SandrunError, fmt: str) -> None:
         click.echo(render_violation(violation, fmt), err=fmt != "github")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _SandrunGroup(click.Group):
+    """The root group: the one place where errors become messages and exit codes."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except SandrunError as error:
+            _report_error(error, _Context.fmt)
+            ctx.exit(error.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:  # a bug: one line, never a traceback, unless asked for
+            if os.environ.get("SANDRUN_DEBUG"):
+                traceback.print_exc()
+            click.echo(
+                f"sandrun: internal error: {type(exc).__name__}: {exc} "
+                "(set SANDRUN_DEBUG=1 for a traceback; please report it)",
+                err=True,
+            )
+            ctx.exit(EXIT_INTERNAL)
+        return None
+
+
+@click.group(cls=_SandrunGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sandrun")
 def cli() -> None:
     """Run untrusted WebAssembly tools under a policy, with a verifiable audit log.
@@ -255,35 +279,6 @@ def verify(module: Path, signature: str, public: str) -> None:
     click.echo(f"ok: signature verifies for sha256 {digest}")
 
 
-def _fail(error: SandrunError) -> NoReturn:
-    _report_error(error, _Context.fmt)
-    sys.exit(error.exit_code)
-
-
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the CLI, turning every error into one line per problem and an exit code."""
-    try:
-        cli.main(args=argv, prog_name="sandrun", standalone_mode=False)
-    except SandrunError as error:
-        _fail(error)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.Abort:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(EXIT_INVALID_INPUT)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
-    except Exception as exc:  # a bug: say so in one line, never dump a traceback on users
-        if os.environ.get("SANDRUN_DEBUG"):
-            traceback.print_exc()
-        click.echo(
-            f"sandrun: internal error: {type(exc).__name__}: {exc} (set SANDRUN_DEBUG=1 for a "
-            "traceback; please report it)",
-            err=True,
-        )
-        sys.exit(EXIT_INTERNAL)
-    sys.exit(0)
+    """Console entry point (``sandrun`` and ``python -m runner``)."""
+    cli.main(args=argv, prog_name="sandrun")
