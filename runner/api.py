@@ -100,3 +100,130 @@ def compile_manifests(
                 return plan
     problems.sort(key=lambda v: (v.location.file, v.location.line or 0) if v.location else ("", 0))
     raise denial_error(problems)
+
+
+# -- running ----------------------------------------------------------------------------------
+
+
+def load_plan(path: Path) -> Plan:
+    """Read a plan written by ``sandrun compile``; a damaged one is invalid input, never a traceback."""
+    import json
+
+    try:
+        raw = path.read_bytes()
+        plan = Plan.from_dict(json.loads(raw))
+    except OSError as exc:
+        raise InputError.one("input.read", f"cannot read plan: {exc.strerror}", Location(file=str(path))) from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError.one("plan.invalid", f"not a valid sandrun plan: {exc}", Location(file=str(path))) from None
+    if plan.to_json() != raw.rstrip(b"\n"):
+        raise InputError.one("plan.invalid", "the plan is not in canonical form (edited by hand?); compile it again",
+                             Location(file=str(path)))
+    return plan
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunOutcome:
+    """What ``run`` produced: the report dict (as written), the exit code, and the signed head."""
+
+    report: dict[str, Any]
+    exit_code: int
+    checkpoint: str | None
+    out_dir: Path
+    interrupted: bool
+
+
+def new_run_id() -> str:
+    """Sortable by time, unique without coordination: ``20261121T183000Z-3f9a1c2b``."""
+    import secrets
+
+    now = dt.datetime.now(dt.timezone.utc)
+    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+
+
+def _tool_records(plan: Plan) -> list[dict[str, Any]]:
+    return [
+        {"manifest": t.manifest, "name": t.name, "module": t.module, "module_sha256": t.sha256,
+         "version": t.version, "signer": t.signer, "signature_verified": t.signature_verified,
+         "actions": list(t.actions)}
+        for t in plan.tools
+    ]
+
+
+def _denial_records(error: SandrunError) -> list[tuple[str, dict[str, Any]]]:
+    """Audit records for a compile-time denial: one per denied tool, then the run's denial."""
+    records: list[tuple[str, dict[str, Any]]] = []
+    for violation in error.violations:
+        pointer = violation.location.pointer if violation.location else ""
+        if pointer.startswith("/tools/"):
+            kind = "tool.revoked" if violation.rule_id in ("tool.revoked", "signature.revoked-key") else "tool.denied"
+            records.append((kind, {"tool": pointer.split("/")[2], "file": violation.location.file,
+                                   "rule_id": violation.rule_id, "reason": violation.message}))
+    records.append(("run.denied", {"exit_code": error.exit_code,
+                                   "violations": [v.to_dict() for v in error.violations]}))
+    return records
+
+
+def run(
+    sources: Sequence[Path],
+    policy_path: Path | None,
+    *,
+    root: Path | None = None,
+    out_dir: Path = Path("sandrun-out"),
+    options: BatchOptions | None = None,
+    signing_key: PrivateKey | None = None,
+    signing_key_name: str | None = None,
+    cancel: threading.Event | None = None,
+    on_progress: Callable[[Any], None] | None = None,
+    today: dt.date | None = None,
+) -> RunOutcome:
+    """Compile (or load a plan), run it, log every step, write the outputs, seal the log.
+
+    ``sources`` is either one plan file (``*.json``) or manifests (files or folders), which then
+    need ``policy_path``. A compile-time denial is logged and sealed before it is raised.
+    """
+    from runner.audit import AuditLog
+    from runner.executor import BatchOptions as _BatchOptions
+    from runner.executor import run_plan
+    from runner.outputs import write_outputs
+    from runner.report import build_report
+
+    root = (root or Path.cwd()).resolve()
+    options = options or _BatchOptions()
+    run_id = new_run_id()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with AuditLog.open(out_dir, run_id=run_id) as log:
+        log.append("run.started", {"sandrun": __version__, "sources": [str(s) for s in sources]})
+        try:
+            if len(sources) == 1 and sources[0].suffix == ".json":
+                plan = load_plan(sources[0])
+            else:
+                if policy_path is None:
+                    raise InputError.one("input.policy", "--policy is required to run manifests")
+                plan = compile_manifests(sources, policy_path, root=root, today=today)
+        except SandrunError as error:
+            for kind, data in _denial_records(error):
+                log.append(kind, data)
+            log.seal(signing_key, signing_key_name)
+            raise
+        log.append("plan.compiled", {"plan_sha256": plan.sha256, "policy": {
+            "name": plan.policy.name, "path": plan.policy.path, "sha256": plan.policy.sha256,
+            "git_commit": plan.policy.git_commit}, "inputs": [{"path": i.path, "sha256": i.sha256}
+                                                            for i in plan.inputs], "jobs": len(plan.jobs)})
+        for record in _tool_records(plan):
+            log.append("tool.registered", record)
+        for record in log.versioned_tools(_tool_records(plan)):
+            log.append("tool.versioned", record)
+        protected = tuple(p.resolve() for p in (out_dir, *(options.protected_dirs or ())))
+        batch = run_plan(plan, root, replace(options, protected_dirs=protected), on_event=log.append,
+                         on_progress=on_progress, cancel=cancel)
+        report = build_report(run_id=run_id, plan_sha256=plan.sha256, policy=plan.policy.name,
+                              results=batch.results)
+        write_outputs(out_dir, report, batch.outcomes)
+        checkpoint = log.seal(signing_key, signing_key_name)
+    if batch.interrupted:
+        exit_code = EXIT_INTERRUPTED
+    else:
+        exit_code = EXIT_OK if report["ok"] else EXIT_JOB_FAILED
+    return RunOutcome(report=report, exit_code=exit_code, checkpoint=str(checkpoint) if checkpoint else None,
+                      out_dir=out_dir, interrupted=batch.interrupted)

@@ -195,6 +195,17 @@ def schema(kind: str) -> None:
     click.echo(schema_text(kind), nl=False)  # type: ignore[arg-type]
 
 
+@cli.command()
+def catalog() -> None:
+    """List the built-in tools and the governance effects of grants and gate actions."""
+    from runner.policy.governance import ACTION_EFFECTS, GRANT_EFFECTS
+
+    click.echo("built-in tools (module: builtin:NAME): none in this version")
+    click.echo("governance effects (added per grant, clipped to 1 per axis; score = L2 norm):")
+    for name, effects in [*GRANT_EFFECTS.items(), *(("action " + k, v) for k, v in ACTION_EFFECTS.items())]:
+        click.echo(f"  {name:<22} " + ", ".join(f"{axis} +{weight}" for axis, weight in effects.items()))
+
+
 @cli.group()
 def keys() -> None:
     """Manage Ed25519 signing keys."""

@@ -1,0 +1,84 @@
+"""Compiler behaviour beyond the one-manifest cases: determinism, defaults, collecting every problem."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import pytest
+
+from runner.api import compile_manifests
+from runner.errors import InputError, PolicyDenied
+
+CASES = Path(__file__).resolve().parents[1] / "cases"
+TODAY = dt.date(2026, 11, 21)
+
+
+def _copy_cases(dest: Path) -> Path:
+    shutil.copytree(CASES, dest, symlinks=True)
+    return dest
+
+
+def test_same_tree_in_two_places_compiles_to_the_same_plan_hash(tmp_path: Path) -> None:
+    hashes = set()
+    for place in ("a/deeper/place", "b"):
+        root = _copy_cases(tmp_path / place)
+        plan = compile_manifests([root / "valid"], root / "_shared" / "policy.yaml", root=root, today=TODAY)
+        assert all(not m.host.startswith("/") for job in plan.jobs for m in job.mounts)
+        hashes.add(plan.sha256)
+    assert len(hashes) == 1
+
+
+def test_plan_records_inputs_policy_and_resolved_jobs() -> None:
+    plan = compile_manifests([CASES / "valid"], CASES / "_shared" / "policy.yaml", root=CASES, today=TODAY)
+    paths = {item.path for item in plan.inputs}
+    assert paths == {"valid/manifest.yaml", "_shared/policy.yaml", "_shared/hello.wasm", "_shared/data/input.txt"}
+    first, second = plan.jobs
+    assert first.mounts[0].host == "_shared/data" and first.mounts[1].mode == "rw"
+    assert first.fs_scope == "readwrite" and second.fs_scope == "none"
+    assert first.network is not None and first.network.block == ("private",)
+    assert first.limits.fuel == 1_000_000 and first.limits.memory == 32 << 20 and first.limits.timeout_ms == 2000
+    # second sets no limits: the policy's defaults, and fuel from limits.max (a capped policy never runs unmetered)
+    assert second.limits.memory == 16 << 20 and second.limits.output == 64 << 10
+    assert second.limits.fuel == 1_000_000_000
+    assert second.needs == ("valid/first",)
+    assert plan.tools[0].signer == "examples-2026" and plan.tools[0].signature_verified
+    assert plan.policy.name == "cases" and len(plan.policy.sha256) == 64
+
+
+def test_key_is_valid_through_its_not_after_day_and_denied_the_day_after() -> None:
+    policy = CASES / "_shared" / "policy.yaml"
+    compile_manifests([CASES / "valid"], policy, root=CASES, today=dt.date(2027, 12, 31))
+    with pytest.raises(PolicyDenied) as caught:
+        compile_manifests([CASES / "valid"], policy, root=CASES, today=dt.date(2028, 1, 1))
+    assert {v.rule_id for v in caught.value.violations} == {"signature.expired-key"}
+
+
+def test_problems_of_every_file_come_out_together_and_invalid_input_wins() -> None:
+    paths = [CASES / "yaml-duplicate-key", CASES / "sha256-mismatch", CASES / "schema-unknown-field"]
+    with pytest.raises(InputError) as caught:
+        compile_manifests(paths, CASES / "_shared" / "policy.yaml", root=CASES, today=TODAY)
+    rules = {v.rule_id for v in caught.value.violations}
+    assert {"yaml.duplicate-key", "tool.digest", "schema.unknown-field"} <= rules
+    assert caught.value.exit_code == 2
+
+
+def test_a_bad_policy_is_reported_with_its_own_file_and_line(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("apiVersion: sandrun/v1\nkind: Policy\nmetadata: {name: p}\nlimits:\n  max: {memory: lots}\n")
+    with pytest.raises(InputError) as caught:
+        compile_manifests([CASES / "valid"], policy, root=CASES, today=TODAY)
+    violation = caught.value.violations[0]
+    assert violation.location is not None
+    assert violation.location.file == str(policy) and violation.location.line == 5
+    assert violation.location.pointer == "/limits/max/memory"
+
+
+def test_duplicate_manifest_names_across_files_are_denied(tmp_path: Path) -> None:
+    root = _copy_cases(tmp_path / "cases")
+    shutil.copytree(root / "valid", root / "valid-again")
+    with pytest.raises(PolicyDenied) as caught:
+        compile_manifests([root / "valid", root / "valid-again"], root / "_shared" / "policy.yaml", root=root,
+                          today=TODAY)
+    assert [v.rule_id for v in caught.value.violations] == ["manifest.duplicate-name"]
