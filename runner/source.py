@@ -41,6 +41,7 @@ _MAX_VIOLATIONS = 50  # stop collecting after this many: a hostile file must not
 # Both yield the same events and marks; only ``style`` of a plain scalar differs ('' vs None).
 _EventSource: Any = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
 
+_UTF8_BOM = b"\xef\xbb\xbf"
 _BOMS = (
     (b"\x00\x00\xfe\xff", "UTF-32"),
     (b"\xff\xfe\x00\x00", "UTF-32"),
@@ -143,6 +144,8 @@ def _decode(raw: bytes, path: str) -> str:
 
     def fail(offset: int, message: str) -> InputError:
         start = raw.rfind(b"\n", 0, offset) + 1
+        if start == 0 and raw.startswith(_UTF8_BOM):
+            start = len(_UTF8_BOM)  # the parser does not count it either
         line = raw.count(b"\n", 0, offset) + 1
         column = len(raw[start:offset].decode("utf-8", errors="replace")) + 1
         return InputError(violations=(Violation("yaml.encoding", message, Location(path, line, column)),))

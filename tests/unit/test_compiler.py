@@ -33,12 +33,19 @@ def test_same_tree_in_two_places_compiles_to_the_same_plan_hash(tmp_path: Path) 
 def test_plan_records_inputs_policy_and_resolved_jobs() -> None:
     plan = compile_manifests([CASES / "valid"], CASES / "_shared" / "policy.yaml", root=CASES, today=TODAY)
     paths = {item.path for item in plan.inputs}
-    assert paths == {"valid/manifest.yaml", "_shared/policy.yaml", "_shared/hello.wasm", "_shared/data/input.txt"}
+    assert paths == {
+        "valid/manifest.yaml",
+        "_shared/policy.yaml",
+        "_shared/hello.wasm",
+        "_shared/data/input.txt",
+    }
     first, second = plan.jobs
     assert first.mounts[0].host == "_shared/data" and first.mounts[1].mode == "rw"
     assert first.fs_scope == "readwrite" and second.fs_scope == "none"
     assert first.network is not None and first.network.block == ("private",)
-    assert first.limits.fuel == 1_000_000 and first.limits.memory == 32 << 20 and first.limits.timeout_ms == 2000
+    assert (
+        first.limits.fuel == 1_000_000 and first.limits.memory == 32 << 20 and first.limits.timeout_ms == 2000
+    )
     # second sets no limits: the policy's defaults, and fuel from limits.max (a capped policy never runs unmetered)
     assert second.limits.memory == 16 << 20 and second.limits.output == 64 << 10
     assert second.limits.fuel == 1_000_000_000
@@ -66,7 +73,9 @@ def test_problems_of_every_file_come_out_together_and_invalid_input_wins() -> No
 
 def test_a_bad_policy_is_reported_with_its_own_file_and_line(tmp_path: Path) -> None:
     policy = tmp_path / "policy.yaml"
-    policy.write_text("apiVersion: sandrun/v1\nkind: Policy\nmetadata: {name: p}\nlimits:\n  max: {memory: lots}\n")
+    policy.write_text(
+        "apiVersion: sandrun/v1\nkind: Policy\nmetadata: {name: p}\nlimits:\n  max: {memory: lots}\n"
+    )
     with pytest.raises(InputError) as caught:
         compile_manifests([CASES / "valid"], policy, root=CASES, today=TODAY)
     violation = caught.value.violations[0]
@@ -79,6 +88,7 @@ def test_duplicate_manifest_names_across_files_are_denied(tmp_path: Path) -> Non
     root = _copy_cases(tmp_path / "cases")
     shutil.copytree(root / "valid", root / "valid-again")
     with pytest.raises(PolicyDenied) as caught:
-        compile_manifests([root / "valid", root / "valid-again"], root / "_shared" / "policy.yaml", root=root,
-                          today=TODAY)
+        compile_manifests(
+            [root / "valid", root / "valid-again"], root / "_shared" / "policy.yaml", root=root, today=TODAY
+        )
     assert [v.rule_id for v in caught.value.violations] == ["manifest.duplicate-name"]

@@ -15,7 +15,9 @@ OTHER = hashlib.sha256(b"module two").hexdigest()
 
 
 def test_statement_is_the_documented_bytes() -> None:
-    assert signing.module_statement(DIGEST) == b"sandrun/module-signature/v1\nsha256:" + DIGEST.encode() + b"\n"
+    assert (
+        signing.module_statement(DIGEST) == b"sandrun/module-signature/v1\nsha256:" + DIGEST.encode() + b"\n"
+    )
 
 
 @pytest.mark.parametrize("bad", ["", DIGEST.upper(), DIGEST[:-1], DIGEST + "0", "g" * 64])
@@ -64,7 +66,13 @@ def test_key_ids_are_safe_file_names(tmp_path, key_id: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "AAAA", base64.b64encode(b"x" * 31).decode(), "-----BEGIN PUBLIC KEY-----\nxx\n-----END PUBLIC KEY-----"]
+    "text",
+    [
+        "",
+        "AAAA",
+        base64.b64encode(b"x" * 31).decode(),
+        "-----BEGIN PUBLIC KEY-----\nxx\n-----END PUBLIC KEY-----",
+    ],
 )
 def test_bad_public_keys_raise_key_file_error(text: str) -> None:
     with pytest.raises(signing.KeyFileError):
@@ -75,5 +83,9 @@ def test_pem_public_key_is_accepted() -> None:
     from cryptography.hazmat.primitives import serialization
 
     key = signing.generate_keypair()
-    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    assert signing.public_key_b64(signing.parse_public_key(pem.decode())) == signing.public_key_b64(key.public_key())
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert signing.public_key_b64(signing.parse_public_key(pem.decode())) == signing.public_key_b64(
+        key.public_key()
+    )

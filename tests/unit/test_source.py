@@ -176,6 +176,10 @@ def test_non_utf8_column_counts_characters() -> None:
     assert error.location == Location("x.yaml", 2, 7, "")
 
 
+def test_encoding_column_does_not_count_the_utf8_bom() -> None:
+    assert load_error(b"\xef\xbb\xbfab\x01: 1\n").location == Location("x.yaml", 1, 3, "")
+
+
 def test_all_problems_of_a_file_are_reported_together() -> None:
     error = load_error(b"a: 1\na: 2\nb: !!str x\n1: y\n")
     assert [(v.rule_id, v.location.line if v.location else None) for v in error.violations] == [

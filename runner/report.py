@@ -1,0 +1,334 @@
+"""Reports of a run: ``report.json``, JUnit XML, a Markdown summary and a self-contained HTML page.
+
+Pure functions over the report dict (DESIGN.md, "Run outputs"), so a report can be rendered again
+later from ``report.json`` or from the audit log alone. Text that a guest controls (a trap message
+inside a ``reason``; tool and job names too, when a plan was crafted by hand) reaches CI logs and
+step summaries, so every renderer passes it through :func:`sanitize_text` first and then escapes it
+for its own format: it can never forge a GitHub workflow command, break the XML, move the terminal
+cursor or inject Markdown/HTML.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from runner.results import JobResult
+
+__all__ = [
+    "sanitize_text",
+    "build_report",
+    "render_json",
+    "render_junit",
+    "render_markdown",
+    "render_html",
+]
+
+# Terminal escape sequences (ECMA-48): CSI, OSC, DCS/SOS/PM/APC strings, two-byte escapes, 8-bit CSI.
+_ANSI = re.compile(
+    r"""
+      \x1b\[[0-?]*[ -/]*[@-~]?                 # CSI ... final byte
+    | \x1b\][^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?  # OSC ... BEL or ST (hyperlinks, titles)
+    | \x1b[PX^_][^\x1b\x9c]*(?:\x1b\\|\x9c)?   # DCS, SOS, PM, APC ... ST
+    | \x1b[ -/]*[0-~]?                         # nF and Fe/Fp/Fs escapes (ESC c, ESC 7, ...)
+    | \x9b[0-?]*[ -/]*[@-~]?                   # 8-bit CSI
+    """,
+    re.VERBOSE,
+)
+# Line breaks of any kind (incl. U+2028/U+2029, which some renderers treat as newlines).
+_BREAKS = re.compile(r"[\t\n\v\f\r\x85\u2028\u2029]+")
+# Left after the above: other C0/C1 controls, DEL, lone surrogates and the XML 1.0 non-characters.
+_ILLEGAL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+# Bidirectional overrides and isolates ("Trojan Source"): they make shown text differ from stored.
+_BIDI = re.compile(r"[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# Workflow commands: GitHub's ``::cmd::`` and the ``##[cmd]`` / Azure ``##vso[`` forms.
+_COMMAND = re.compile(r"(?<=:)(?=:)|(?<=#)(?=#)")
+_ZWSP = "\u200b"
+
+
+def sanitize_text(text: str, *, limit: int = 500) -> str:
+    """Guest-controlled text made safe for one line of a log, a report cell or an XML attribute.
+
+    Removes terminal escape sequences and bidi controls, turns line breaks into spaces, replaces
+    other control characters (and anything XML 1.0 cannot carry, even escaped) with U+FFFD, splits
+    every ``::`` and ``##`` with a zero-width space so no line can start a workflow command, and
+    truncates to ``limit`` characters (ending in ``…``). Format-specific escaping (XML, HTML,
+    Markdown) is still the renderer's job.
+    """
+    text = _ANSI.sub("", text)
+    text = _BIDI.sub("", text)
+    text = _BREAKS.sub(" ", text)
+    text = _ILLEGAL.sub("\ufffd", text)
+    text = text.strip()
+    text = _COMMAND.sub(_ZWSP, text)
+    if len(text) > limit:
+        text = text[: max(limit - 1, 0)].rstrip(_ZWSP) + "…"
+    return text
+
+
+# -- the report dict ---------------------------------------------------------------------------
+
+
+def build_report(*, run_id: str, plan_sha256: str, policy: str, results: Sequence[JobResult]) -> dict[str, Any]:
+    """DESIGN.md's ``report.json``: ``ok`` only when every job passed."""
+    return {
+        "run": run_id,
+        "plan_sha256": plan_sha256,
+        "policy": policy,
+        "ok": all(r.status == "passed" for r in results),
+        "jobs": [r.to_dict() for r in results],
+    }
+
+
+def render_json(report: Mapping[str, Any]) -> str:
+    """Pretty and stable (key order as built), newline-terminated."""
+    return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+
+
+# -- shared formatting -------------------------------------------------------------------------
+
+_ICONS = {"passed": "✅", "failed": "❌", "denied": "⛔", "skipped": "⏭️"}
+
+
+def _counts(jobs: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    counts = {status: 0 for status in _ICONS}
+    for job in jobs:
+        counts[job["status"]] = counts.get(job["status"], 0) + 1
+    return counts
+
+
+def _job_id(job: Mapping[str, Any]) -> str:
+    return f"{job['manifest']}/{job['name']}"
+
+
+def _outcome(job: Mapping[str, Any]) -> str:
+    if job.get("trap"):
+        return f"trap {job['trap']}"
+    if job.get("exit_code") is not None:
+        return f"exit {job['exit_code']}"
+    return "—"
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "—"
+    if n < 1024:
+        return f"{n} B"
+    value, unit = n / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.1f} {unit}"
+
+
+def _duration(ms: int | None) -> str:
+    if ms is None:
+        return "—"
+    return f"{ms} ms" if ms < 1000 else f"{ms / 1000:.2f} s"
+
+
+def _number(n: int | None) -> str:
+    return "—" if n is None else f"{n:,}"
+
+
+# -- JUnit XML ---------------------------------------------------------------------------------
+
+
+def _seconds(ms: int | None) -> str:
+    return f"{(ms or 0) / 1000:.3f}"
+
+
+def _details(job: Mapping[str, Any]) -> str:
+    """The body of a <failure>/<error>: the facts a person needs, one per line, all sanitised."""
+    lines = [
+        f"reason: {job.get('reason') or '—'}",
+        f"tool: {job['tool']} (sha256 {job['module_sha256']})",
+        f"outcome: {_outcome(job)}",
+        f"fuel used: {_number(job.get('fuel_used'))}",
+        f"memory peak: {_bytes(job.get('memory_peak'))}",
+        f"wall time: {_duration(job.get('wall_ms'))}",
+    ]
+    if job.get("stdout_sha256") is not None:
+        for stream in ("stdout", "stderr"):
+            cut = " (truncated)" if job.get(f"{stream}_truncated") else ""
+            lines.append(f"{stream}: logs/{job['manifest']}/{job['name']}.{stream}{cut}")
+    return "\n".join(sanitize_text(line, limit=2000) for line in lines) + "\n"
+
+
+def render_junit(report: Mapping[str, Any]) -> str:
+    """One ``<testsuite>`` per manifest, one ``<testcase>`` per job (classname = manifest, name = job).
+
+    ``failed`` → ``<failure type="exit|<trap kind>">``; ``denied`` → ``<error type="denied">`` (the
+    job never ran: a problem of the setup, not of the tool); ``skipped`` → ``<skipped>``. This is the
+    subset GitHub test reporters, GitLab and Jenkins all read.
+    """
+    jobs: list[Mapping[str, Any]] = report["jobs"]
+    suites: dict[str, list[Mapping[str, Any]]] = {}
+    for job in jobs:
+        suites.setdefault(job["manifest"], []).append(job)
+
+    def totals(element: ET.Element, members: Sequence[Mapping[str, Any]]) -> None:
+        counts = _counts(members)
+        element.set("tests", str(len(members)))
+        element.set("failures", str(counts["failed"]))
+        element.set("errors", str(counts["denied"]))
+        element.set("skipped", str(counts["skipped"]))
+        element.set("time", _seconds(sum(j.get("wall_ms") or 0 for j in members)))
+
+    root = ET.Element("testsuites", name=sanitize_text(f"sandrun {report['run']}", limit=200))
+    totals(root, jobs)
+    for manifest, members in suites.items():
+        suite = ET.SubElement(root, "testsuite", name=sanitize_text(manifest, limit=200))
+        totals(suite, members)
+        properties = ET.SubElement(suite, "properties")
+        for key in ("run", "plan_sha256", "policy"):
+            ET.SubElement(properties, "property", name=key, value=sanitize_text(str(report[key]), limit=200))
+        for job in members:
+            case = ET.SubElement(
+                suite,
+                "testcase",
+                classname=sanitize_text(manifest, limit=200),
+                name=sanitize_text(job["name"], limit=200),
+                time=_seconds(job.get("wall_ms")),
+            )
+            message = sanitize_text(job.get("reason") or job["status"])
+            if job["status"] == "failed":
+                failure = ET.SubElement(case, "failure", message=message, type=job.get("trap") or "exit")
+                failure.text = _details(job)
+            elif job["status"] == "denied":
+                error = ET.SubElement(case, "error", message=message, type="denied")
+                error.text = _details(job)
+            elif job["status"] == "skipped":
+                ET.SubElement(case, "skipped", message=message)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+# -- Markdown ----------------------------------------------------------------------------------
+
+# Backslash-escaped in a GFM table cell: the cell separator, emphasis, code, links/images, HTML.
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~!#])")
+
+
+def _md(text: str, *, limit: int = 500) -> str:
+    """One GFM table cell: sanitised, HTML-escaped, Markdown punctuation escaped."""
+    text = html.escape(sanitize_text(text, limit=limit), quote=False)
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def _headline(report: Mapping[str, Any]) -> tuple[str, str]:
+    jobs = report["jobs"]
+    counts = _counts(jobs)
+    title = f"{counts['passed']} of {len(jobs)} jobs passed"
+    tally = " · ".join(f"{_ICONS[s]} {counts[s]} {s}" for s in _ICONS)
+    return title, tally
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """``summary.md``: a headline, the tally and one table row per job, for a CI step summary."""
+    title, tally = _headline(report)
+    lines = [
+        f"### {'✅' if report['ok'] else '❌'} Sandrun: {_md(title)}",
+        "",
+        f"{tally}  ",
+        f"run {_md(str(report['run']))} · policy {_md(str(report['policy']))} · "
+        f"plan {_md(str(report['plan_sha256'])[:12])}",
+        "",
+    ]
+    if not report["jobs"]:
+        return "\n".join([*lines, "No jobs.", ""])
+    lines += [
+        "| | job | tool | exit / trap | fuel | memory | time | reason |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for job in report["jobs"]:
+        cells = [
+            _ICONS.get(job["status"], "?"),
+            _md(_job_id(job), limit=200),
+            _md(job["tool"], limit=200),
+            _outcome(job),
+            _number(job.get("fuel_used")),
+            _bytes(job.get("memory_peak")),
+            _duration(job.get("wall_ms")),
+            _md(job.get("reason") or ""),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# -- HTML --------------------------------------------------------------------------------------
+
+_CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#1b1f24}
+h1{font-size:1.3em}table{border-collapse:collapse;width:100%}
+th,td{border-bottom:1px solid #d0d7de;padding:.35em .6em;text-align:left;vertical-align:top}
+td.n{text-align:right;white-space:nowrap}.reason{max-width:32em;overflow-wrap:anywhere}
+.passed{color:#1a7f37}.failed{color:#cf222e}.denied{color:#9a6700}.skipped{color:#57606a}
+.bar{background:#eaeef2;height:.5em;width:8em;border-radius:.25em;overflow:hidden;margin-top:.2em}
+.bar span{display:block;height:100%;background:#0969da}.bar span.hot{background:#cf222e}
+.meta,.verification{color:#57606a}
+"""
+
+
+def _h(text: str, *, limit: int = 500) -> str:
+    return html.escape(sanitize_text(text, limit=limit), quote=True)
+
+
+def _usage(used: int | None, granted: int | None, shown: str) -> str:
+    """A cell with the used value and, when a limit was granted, a bar of used/granted."""
+    if granted is None or used is None or granted <= 0:
+        return shown
+    share = min(used / granted, 1.0)
+    hot = ' class="hot"' if share >= 0.9 else ""
+    return (
+        f'{shown}<div class="bar" title="{share:.0%} of the limit"><span{hot} style="width:{share * 100:.1f}%">'
+        "</span></div>"
+    )
+
+
+def render_html(
+    report: Mapping[str, Any],
+    *,
+    limits: Mapping[str, Mapping[str, Any]] | None = None,
+    verification: str | None = None,
+) -> str:
+    """One self-contained page (inline CSS, no script, no external URL, a CSP that forbids loading any).
+
+    ``limits`` (by job id: ``{"fuel", "memory", "timeout_ms"}``) adds bars of used vs granted;
+    ``verification`` is the audit chain's status line, shown as given (escaped).
+    """
+    limits = limits or {}
+    title, tally = _headline(report)
+    rows = []
+    for job in report["jobs"]:
+        granted = limits.get(_job_id(job), {})
+        status = job["status"]
+        rows.append(
+            "<tr>"
+            f'<td class="{_h(status)}">{_ICONS.get(status, "?")} {_h(status)}</td>'
+            f"<td>{_h(_job_id(job), limit=200)}</td><td>{_h(job['tool'], limit=200)}</td>"
+            f"<td>{_h(_outcome(job))}</td>"
+            f'<td class="n">{_usage(job.get("fuel_used"), granted.get("fuel"), _number(job.get("fuel_used")))}</td>'
+            f'<td class="n">{_usage(job.get("memory_peak"), granted.get("memory"), _bytes(job.get("memory_peak")))}</td>'
+            f'<td class="n">{_usage(job.get("wall_ms"), granted.get("timeout_ms"), _duration(job.get("wall_ms")))}</td>'
+            f'<td class="reason">{_h(job.get("reason") or "")}</td>'
+            "</tr>"
+        )
+    body = "\n".join(rows) if rows else '<tr><td colspan="8">No jobs.</td></tr>'
+    check = f'<p class="verification">{_h(verification)}</p>\n' if verification is not None else ""
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">\n"
+        f"<title>Sandrun run {_h(str(report['run']))}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        f"<h1>{'✅' if report['ok'] else '❌'} Sandrun: {_h(title)}</h1>\n"
+        f'<p class="meta">{_h(tally)} · run {_h(str(report["run"]))} · policy {_h(str(report["policy"]))}'
+        f" · plan {_h(str(report['plan_sha256']))}</p>\n{check}"
+        "<table>\n<thead><tr><th>status</th><th>job</th><th>tool</th><th>exit / trap</th><th>fuel</th>"
+        "<th>memory</th><th>time</th><th>reason</th></tr></thead>\n"
+        f"<tbody>\n{body}\n</tbody>\n</table>\n</body>\n</html>\n"
+    )

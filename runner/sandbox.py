@@ -1,0 +1,791 @@
+"""One job in one sandbox: a fresh Wasmtime ``Store`` per job, everything the guest does becomes data.
+
+A :class:`Runtime` owns one ``Engine`` per engine configuration (:class:`EngineKey`: fuel metering
+on/off and ``max_wasm_stack``), one shared ``Linker`` per engine, one epoch ticker thread per engine
+and the compiled-module cache (:mod:`runner.cache`). :meth:`Runtime.run` builds the job's WASI
+preview-1 context from the plan alone (argv, env, stdin, mounts: nothing is inherited from the host),
+applies the limits and turns whatever the guest does into an :class:`~runner.results.Outcome`.
+
+How each limit is enforced (docs/sandbox.md has the user-facing version):
+
+- ``fuel``: ``Store.set_fuel`` on an engine with fuel metering, used only by jobs that set a fuel
+  limit (metering slows every instruction).
+- ``timeout``: epoch interruption. The engine's ticker increments the epoch every ``tick_ms``; each
+  store's deadline is the job's timeout in ticks. Epochs only interrupt WASM code, so the one WASI
+  call that blocks (``poll_oneoff``: sleeps) is shadowed by a host function that sleeps no longer
+  than the job's deadline or its cancel event; once back in WASM, the epoch deadline traps.
+- ``cancel``: the ticker sets the store's epoch deadline to "now" (a single word the running code
+  polls) and the ``poll_oneoff`` shadow wakes up; the job ends as ``timeout`` / ``cancelled``.
+- ``memory``: ``Store.set_limits``; ``memory.grow`` beyond the cap returns -1 (Wasmtime's C API
+  cannot make it trap), so a guest that then exits non-zero or traps while its memory cannot grow
+  by one more page is classified ``memory``; a module whose initial memory exceeds the cap fails
+  to instantiate, also ``memory``.
+- ``stack``: ``Config.max_wasm_stack`` (one engine per distinct value).
+- ``output``: stdout and stderr go to memfds; the ticker cuts each back to the cap every tick (the
+  guest's later writes land past the end, as holes that take no memory), so memory stays bounded
+  by the cap plus what a guest writes in one tick; bytes beyond the cap are counted as dropped.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import stat
+import struct
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+from wasmtime import (
+    Caller,
+    Config,
+    Engine,
+    ExitTrap,
+    Func,
+    FuncType,
+    Linker,
+    Memory,
+    MemoryType,
+    Module,
+    Store,
+    Trap,
+    TrapCode,
+    Val,
+    ValType,
+    WasiConfig,
+    WasmtimeError,
+)
+
+from runner.cache import ModuleCache, Source, default_cache_dir
+from runner.canonical import sha256_hex
+from runner.errors import InputError, Location, PolicyDenied
+from runner.plan import JobSpec, Limits
+from runner.results import Outcome, TrapKind
+
+__all__ = ["EngineKey", "Runtime", "check_mounts", "required_thread_stack"]
+
+_WASM_PAGE = 65536
+_MESSAGE_MAX = 200
+_PROC_FD = "/proc/self/fd"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_THREAD_STACK_MARGIN = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class EngineKey:
+    """What makes compiled code and engines differ: fuel metering and the WASM stack limit."""
+
+    fuel: bool
+    stack: int
+
+    @classmethod
+    def for_limits(cls, limits: Limits) -> EngineKey:
+        return cls(fuel=limits.fuel is not None, stack=limits.stack)
+
+    @property
+    def tag(self) -> str:
+        """A stable text form, part of the module cache key."""
+        return f"epoch=1,fuel={int(self.fuel)},stack={self.stack}"
+
+
+def required_thread_stack(limits: Limits) -> int:
+    """Native stack a thread needs to run a job with ``limits`` (WASM runs on the caller's stack).
+
+    Pass the largest value to ``threading.stack_size`` before starting worker threads: a native
+    stack smaller than ``max_wasm_stack`` would overflow before Wasmtime's own check fires.
+    """
+    return limits.stack + _THREAD_STACK_MARGIN
+
+
+# --- mounts -----------------------------------------------------------------------------------
+
+
+def _location(job: JobSpec, pointer: str) -> Location:
+    return Location(file=f"job {job.id}", pointer=pointer)
+
+
+def _open_beneath(root_fd: int, relative: str, *, directory: bool) -> int:
+    """Open ``relative`` under ``root_fd`` one component at a time without following symlinks.
+
+    Raises ``OSError`` (ELOOP for a symlink, ENOENT, ENOTDIR); the returned fd names exactly the
+    object the check saw, so nothing can be swapped between checking and mounting.
+    """
+    parts = [part for part in relative.split("/") if part not in ("", ".")]
+    fd = os.dup(root_fd)
+    try:
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            flags = _DIR_FLAGS if directory or not last else _FILE_FLAGS
+            next_fd = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = next_fd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _why_unopenable(root: Path, relative: str, exc: OSError) -> Literal["changed", "missing"]:
+    """Tell a planted symlink (``changed``) from a path that is gone or not a directory."""
+    path = root
+    for part in (p for p in relative.split("/") if p not in ("", ".")):
+        path = path / part
+        if path.is_symlink():
+            return "changed"
+    return "missing" if exc.errno in (errno.ENOENT, errno.ENOTDIR) else "changed"
+
+
+@contextmanager
+def _open_root(root: Path) -> Iterator[tuple[Path, int]]:
+    resolved = root.resolve()
+    try:
+        fd = os.open(resolved, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InputError.one("root.missing", f"cannot open the root folder {root}: {exc.strerror}") from exc
+    try:
+        yield resolved, fd
+    finally:
+        os.close(fd)
+
+
+def _open_mounts(job: JobSpec, root: Path, root_fd: int, stack: ExitStack) -> list[tuple[int, Path]]:
+    """An fd and the absolute path of each mount, in order; PolicyDenied when a mount moved."""
+    opened: list[tuple[int, Path]] = []
+    for index, mount in enumerate(job.mounts):
+        target = Path(os.path.normpath(root / mount.host))
+        try:
+            fd = _open_beneath(root_fd, mount.host, directory=True)
+        except OSError as exc:
+            why = _why_unopenable(root, mount.host, exc)
+            detail = (
+                "now leads through a symlink: a job may have planted it; refusing to follow it"
+                if why == "changed"
+                else f"is not a directory any more ({exc.strerror})"
+            )
+            raise PolicyDenied.one(
+                f"mount.{why}",
+                f"mount {mount.host!r} ({target}) {detail}",
+                _location(job, f"/fs/{index}/host"),
+            ) from exc
+        stack.callback(os.close, fd)
+        opened.append((fd, target))
+    return opened
+
+
+def _check_protected(job: JobSpec, targets: list[Path], protected: Iterable[Path]) -> None:
+    for index, (mount, target) in enumerate(zip(job.mounts, targets, strict=True)):
+        if mount.mode != "rw":
+            continue
+        for folder in protected:
+            folder = folder.resolve()
+            if folder == target or target in folder.parents:
+                raise PolicyDenied.one(
+                    "mount.protected",
+                    f"rw mount {mount.host!r} contains {folder}, which a job must never write",
+                    _location(job, f"/fs/{index}/host"),
+                )
+
+
+def check_mounts(
+    job: JobSpec, root: Path, *, protected: Iterable[Path] = ()
+) -> list[tuple[Path, str, str]]:
+    """(absolute host dir, guest path, mode) of each mount, checked right before the job runs.
+
+    A mount must still be exactly ``root / host``: a directory reached without following any
+    symlink (rule ``mount.changed`` otherwise: an earlier job may have planted a link in a rw
+    mount) that exists (``mount.missing``). No rw mount may contain a ``protected`` folder such as
+    the module cache or the audit log (``mount.protected``).
+    """
+    with _open_root(root) as (resolved, root_fd), ExitStack() as stack:
+        opened = _open_mounts(job, resolved, root_fd, stack)
+        targets = [target for _, target in opened]
+        _check_protected(job, targets, protected)
+        return [(target, m.guest, m.mode) for target, m in zip(targets, job.mounts, strict=True)]
+
+
+def _fd_path(fd: int, fallback: Path) -> str:
+    """A path naming exactly the open fd (Linux), so Wasmtime opens the object we checked."""
+    return f"{_PROC_FD}/{fd}" if os.path.isdir(_PROC_FD) else str(fallback)
+
+
+# --- output capture ---------------------------------------------------------------------------
+
+
+class _Capture:
+    """One captured stream (stdout or stderr) kept to ``cap`` bytes."""
+
+    def __init__(self, name: str, cap: int) -> None:
+        self.cap = cap
+        self.fd = os.memfd_create(f"sandrun-{name}", os.MFD_CLOEXEC)
+        self.high = 0
+
+    def trim(self) -> None:
+        """Cut the memfd back to the cap (ticker thread); remember how far the guest got."""
+        size = os.fstat(self.fd).st_size
+        if size > self.cap:
+            self.high = max(self.high, size)
+            os.ftruncate(self.fd, self.cap)
+
+    def result(self) -> tuple[bytes, int]:
+        """(captured bytes, dropped byte count); the guest writes sequentially, so size = total."""
+        total = max(self.high, os.fstat(self.fd).st_size)
+        return os.pread(self.fd, min(total, self.cap), 0), max(0, total - self.cap)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class _Tee:
+    """Passthrough capture (``sandrun exec``): write through to ``sink`` and keep up to ``cap``."""
+
+    def __init__(self, sink: int, cap: int) -> None:
+        self.sink = sink
+        self.cap = cap
+        self.data = bytearray()
+        self.dropped = 0
+
+    def __call__(self, chunk: bytes) -> int:
+        # Called by Wasmtime: must never raise (it would print and report EIO to the guest).
+        try:
+            os.write(self.sink, chunk)
+        except OSError:
+            pass
+        room = self.cap - len(self.data)
+        self.data += chunk[:room]
+        self.dropped += max(0, len(chunk) - max(room, 0))
+        return len(chunk)
+
+    def trim(self) -> None:
+        return None
+
+    def result(self) -> tuple[bytes, int]:
+        return bytes(self.data), self.dropped
+
+    def close(self) -> None:
+        return None
+
+
+# --- per-job state shared with the ticker and host functions --------------------------------
+
+
+@dataclass(eq=False)
+class _JobState:
+    """What the ticker and the ``poll_oneoff`` shadow need to know about a running job."""
+
+    store: Store
+    deadline_ns: int
+    cancel: threading.Event | None
+    clock_origin_ns: int
+    outputs: tuple[_Capture | _Tee, ...]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    live: bool = True
+    cancelled: bool = False
+
+    def on_tick(self) -> None:
+        with self.lock:
+            if not self.live:
+                return
+            if self.cancel is not None and self.cancel.is_set() and not self.cancelled:
+                self.cancelled = True
+                # A single word the running code polls; Wasmtime reads it at each epoch check.
+                self.store.set_epoch_deadline(0)
+            for output in self.outputs:
+                output.trim()
+
+    def finish(self) -> None:
+        with self.lock:
+            self.live = False
+
+
+_current = threading.local()
+
+
+# --- the poll_oneoff shadow -------------------------------------------------------------------
+
+_ERRNO_SUCCESS = 0
+_ERRNO_FAULT = 21
+_ERRNO_INVAL = 28
+_SUBSCRIPTION = 48
+_EVENT = 32
+_CLOCK_REALTIME = 0
+_CLOCK_MONOTONIC = 1
+_EVENTTYPE_CLOCK = 0
+_SUBCLOCK_ABSTIME = 1
+_SLICE_S = 0.05
+_U32 = 0xFFFFFFFF
+
+
+def _clock_due(state: _JobState | None, clock: int, timeout: int, flags: int, now: int) -> int | None:
+    """The monotonic time (ns) a clock subscription fires, or None for an unsupported clock."""
+    if not flags & _SUBCLOCK_ABSTIME:
+        return now + timeout if clock in (_CLOCK_REALTIME, _CLOCK_MONOTONIC) else None
+    if clock == _CLOCK_REALTIME:
+        return now + timeout - time.time_ns()
+    if clock == _CLOCK_MONOTONIC:
+        origin = state.clock_origin_ns if state is not None else now
+        return origin + timeout
+    return None
+
+
+def _sleep_until(state: _JobState | None, due: int) -> None:
+    """Sleep until ``due``, the job's deadline or its cancel event, whichever comes first."""
+    while True:
+        limit = due if state is None else min(due, state.deadline_ns)
+        remaining = (limit - time.monotonic_ns()) / 1e9
+        if remaining <= 0:
+            return
+        if state is not None and state.cancel is not None:
+            if state.cancel.wait(min(remaining, _SLICE_S)):
+                return
+        else:
+            time.sleep(min(remaining, _SLICE_S))
+
+
+def _poll(caller: Caller, in_ptr: int, out_ptr: int, count: int, nevents_ptr: int) -> int:
+    memory = caller.get("memory")
+    if not isinstance(memory, Memory):
+        return _ERRNO_INVAL
+    size = memory.data_len(caller)
+    if count == 0:
+        return _ERRNO_INVAL
+    if (
+        in_ptr + count * _SUBSCRIPTION > size
+        or out_ptr + count * _EVENT > size
+        or nevents_ptr + 4 > size
+    ):
+        return _ERRNO_FAULT
+    raw = memory.read(caller, in_ptr, in_ptr + count * _SUBSCRIPTION)
+    state: _JobState | None = getattr(_current, "job", None)
+    now = time.monotonic_ns()
+    ready: list[tuple[int, int]] = []  # (userdata, event type) of fd subscriptions: always ready
+    clocks: list[tuple[int, int]] = []  # (due, userdata)
+    for index in range(count):
+        base = index * _SUBSCRIPTION
+        userdata, tag = struct.unpack_from("<QB", raw, base)
+        if tag == _EVENTTYPE_CLOCK:
+            clock, timeout, _precision, flags = struct.unpack_from("<I4xQQH", raw, base + 16)
+            due = _clock_due(state, clock, timeout, flags, now)
+            if due is None:
+                return _ERRNO_INVAL
+            clocks.append((due, userdata))
+        elif tag in (1, 2):
+            ready.append((userdata, tag))
+        else:
+            return _ERRNO_INVAL
+    if not ready:
+        _sleep_until(state, min(clocks)[0])
+    now = time.monotonic_ns()
+    fired = [(userdata, _EVENTTYPE_CLOCK) for due, userdata in clocks if due <= now]
+    if not ready and not fired:  # woken early by the deadline or cancel: the epoch trap follows
+        fired = [(min(clocks)[1], _EVENTTYPE_CLOCK)]
+    events = ready + fired
+    out = bytearray(len(events) * _EVENT)
+    for index, (userdata, kind) in enumerate(events):
+        struct.pack_into("<QHB5xQH6x", out, index * _EVENT, userdata, 0, kind, 0, 0)
+    memory.write(caller, bytes(out), out_ptr)
+    memory.write(caller, struct.pack("<I", len(events)), nevents_ptr)
+    return _ERRNO_SUCCESS
+
+
+def _poll_oneoff(caller: Caller, in_ptr: int, out_ptr: int, count: int, nevents_ptr: int) -> int:
+    """WASI ``poll_oneoff`` whose sleeps end at the job's deadline or cancellation.
+
+    Clock subscriptions sleep (in slices) until they are due; fd subscriptions are reported ready
+    at once (files always are). Never raises: an exception in a host function travels through a
+    module global of wasmtime-py, which is racy across threads; errors are WASI errno values.
+    """
+    try:
+        return _poll(caller, in_ptr & _U32, out_ptr & _U32, count & _U32, nevents_ptr & _U32)
+    except Exception:
+        return _ERRNO_FAULT
+
+
+# --- engines ----------------------------------------------------------------------------------
+
+
+class _EngineHost:
+    """One engine, its shared linker, and the ticker thread driving epochs for its jobs."""
+
+    def __init__(self, key: EngineKey, tick_ms: int) -> None:
+        config = Config()
+        config.epoch_interruption = True
+        config.consume_fuel = key.fuel
+        config.max_wasm_stack = key.stack
+        self.key = key
+        self.engine = Engine(config)
+        self.linker = Linker(self.engine)
+        self.linker.define_wasi()
+        self.linker.allow_shadowing = True
+        i32 = ValType.i32()
+        self.linker.define_func(
+            "wasi_snapshot_preview1",
+            "poll_oneoff",
+            FuncType([i32, i32, i32, i32], [i32]),
+            _poll_oneoff,
+            access_caller=True,
+        )
+        self.tick_ms = tick_ms
+        self._jobs: set[_JobState] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._tick, name=f"sandrun-epoch-{key.tag}", daemon=True)
+        self._thread.start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.tick_ms / 1000):
+            self.engine.increment_epoch()
+            with self._lock:
+                jobs = list(self._jobs)
+            for job in jobs:
+                job.on_tick()
+
+    def deadline_ticks(self, timeout_ms: int) -> int:
+        """Ticks until a timeout: rounded up, plus one for the tick already under way."""
+        return math.ceil(timeout_ms / self.tick_ms) + 1
+
+    def register(self, job: _JobState) -> None:
+        with self._lock:
+            self._jobs.add(job)
+
+    def unregister(self, job: _JobState) -> None:
+        job.finish()
+        with self._lock:
+            self._jobs.discard(job)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# --- running one job --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Ending:
+    """How the guest's run ended, before the memory rule and the accounting are applied."""
+
+    exit_code: int | None = None
+    trap: TrapKind | None = None
+    message: str | None = None
+    results: tuple[str, ...] | None = None
+
+
+class _BadInvoke(Exception):
+    """The job's ``invoke`` cannot be called as planned (an Outcome, not an error of Sandrun)."""
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else "trap"
+    return line if len(line) <= _MESSAGE_MAX else line[: _MESSAGE_MAX - 1] + "…"
+
+
+def _from_trap(exc: WasmtimeError) -> _Ending:
+    if isinstance(exc, ExitTrap):
+        return _Ending(exit_code=exc.code)
+    code = exc.trap_code if isinstance(exc, Trap) else None
+    kinds: dict[TrapCode, TrapKind] = {
+        TrapCode.OUT_OF_FUEL: "out_of_fuel",
+        TrapCode.INTERRUPT: "timeout",
+        TrapCode.STACK_OVERFLOW: "stack_overflow",
+    }
+    kind = kinds.get(code, "trap") if code is not None else "trap"
+    return _Ending(trap=kind, message=_first_line(exc.message if isinstance(exc, Trap) else str(exc)))
+
+
+_INT_RANGES = {"i32": 32, "i64": 64}
+_F32_MAX = 3.4028234663852886e38
+
+
+def _convert_arg(kind: str, text: str, index: int) -> int | float:
+    """One ``invoke`` argument from its manifest string, range-checked (Wasmtime truncates)."""
+    try:
+        if kind in _INT_RANGES:
+            bits = _INT_RANGES[kind]
+            value = int(text, 0) if text.strip().lower().lstrip("+-").startswith("0x") else int(text)
+            if not -(1 << (bits - 1)) <= value < (1 << bits):
+                raise _BadInvoke(f"argument {index} ({text!r}) does not fit {kind}")
+            return value - (1 << bits) if value >= 1 << (bits - 1) else value
+        if kind in ("f32", "f64"):
+            number = float(text)
+            if kind == "f32" and math.isfinite(number) and abs(number) > _F32_MAX:
+                raise _BadInvoke(f"argument {index} ({text!r}) does not fit f32")
+            return number
+    except ValueError as exc:
+        raise _BadInvoke(f"argument {index} ({text!r}) is not a valid {kind}") from exc
+    raise _BadInvoke(f"parameter {index} has type {kind}, which invoke cannot pass")
+
+
+def _result_text(value: object) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _entry(job: JobSpec, store: Store, exports: dict[str, object]) -> tuple[Func, list[int | float]]:
+    """The function to call and its arguments: ``_start``, or ``invoke`` with typed arguments."""
+    if job.invoke is None:
+        start = exports.get("_start")
+        if not isinstance(start, Func):
+            raise _BadInvoke("the module exports no _start function (set invoke to call another export)")
+        return start, []
+    func = exports.get(job.invoke)
+    if not isinstance(func, Func):
+        raise _BadInvoke(f"the module exports no function named {job.invoke!r}")
+    params = [str(p) for p in func.type(store).params]
+    if len(params) != len(job.args):
+        raise _BadInvoke(f"{job.invoke!r} takes {len(params)} argument(s), the job gives {len(job.args)}")
+    return func, [_convert_arg(kind, text, i) for i, (kind, text) in enumerate(zip(params, job.args))]
+
+
+def _execute(job: JobSpec, store: Store, linker: Linker, module: Module) -> tuple[_Ending, Memory | None]:
+    """Instantiate and call the entry point; every guest behaviour becomes an :class:`_Ending`."""
+    try:
+        instance = linker.instantiate(store, module)
+    except WasmtimeError as exc:
+        ending = _from_trap(exc)
+        if ending.trap == "trap" and _initial_memory(module) > job.limits.memory:
+            ending.trap = "memory"
+        elif ending.trap == "trap" and not isinstance(exc, Trap):
+            ending.message = f"cannot instantiate: {ending.message}"
+        return ending, None
+    exports = dict(instance.exports(store))
+    memory = exports.get("memory")
+    memory = memory if isinstance(memory, Memory) else None
+    try:
+        func, args = _entry(job, store, exports)
+        initialize = exports.get("_initialize")
+        if job.invoke is not None and isinstance(initialize, Func):
+            initialize(store)  # a WASI reactor must be initialised before its other exports
+        value = func(store, *args)
+    except _BadInvoke as exc:
+        return _Ending(trap="trap", message=str(exc)), memory
+    except WasmtimeError as exc:
+        return _from_trap(exc), memory
+    if job.invoke is None:
+        return _Ending(exit_code=0), memory
+    values = [] if value is None else value if isinstance(value, list) else [value]
+    return _Ending(exit_code=0, results=tuple(_result_text(v) for v in values)), memory
+
+
+def _initial_memory(module: Module) -> int:
+    """The largest initial linear memory the module declares or imports, in bytes."""
+    sizes = [0]
+    for item in [*module.imports, *module.exports]:
+        if isinstance(item.type, MemoryType):
+            sizes.append(item.type.limits.min * _WASM_PAGE)
+    return max(sizes)
+
+
+def _apply_memory_rule(ending: _Ending, peak: int, cap: int) -> None:
+    """A guest that failed while its memory could not grow one more page hit the memory cap."""
+    failed = ending.trap == "trap" or (ending.exit_code not in (None, 0))
+    if not failed or peak + _WASM_PAGE <= cap:
+        return
+    how = f"exited with code {ending.exit_code}" if ending.trap is None else f"trapped: {ending.message}"
+    ending.message = _first_line(f"linear memory reached the cap of {cap} bytes, then the guest {how}")
+    ending.exit_code, ending.trap = None, "memory"
+
+
+class Runtime:
+    """Owns one wasmtime Engine per distinct engine configuration (EngineKey: fuel metering on/off,
+    max_wasm_stack), one shared Linker per engine (define_wasi once; ``poll_oneoff`` shadowed so
+    sleeps obey the job's deadline), one epoch ticker thread per engine, and the module cache.
+
+    Thread-safe: the executor runs one job per thread. Use as a context manager, or call
+    :meth:`close` before the interpreter exits (stores alive at exit can make Wasmtime panic).
+    """
+
+    def __init__(self, *, cache_dir: Path | None = None, memory_cache_entries: int = 64, tick_ms: int = 10) -> None:
+        if tick_ms <= 0:
+            raise ValueError("tick_ms must be positive")
+        self.cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
+        self.cache = ModuleCache(self.cache_dir, memory_entries=memory_cache_entries)
+        self._tick_ms = tick_ms
+        self._engines: dict[EngineKey, _EngineHost] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the tickers and drop engines and cached modules."""
+        with self._lock:
+            self._closed = True
+            engines, self._engines = list(self._engines.values()), {}
+        for host in engines:
+            host.close()
+
+    def _engine(self, key: EngineKey) -> _EngineHost:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the runtime is closed")
+            host = self._engines.get(key)
+            if host is None:
+                host = self._engines[key] = _EngineHost(key, self._tick_ms)
+            return host
+
+    def _module(self, job: JobSpec, root: Path) -> tuple[_EngineHost, Module, Source]:
+        host = self._engine(EngineKey.for_limits(job.limits))
+        key = self.cache.key(job.module_sha256, host.key.tag)
+        module = self.cache.cached(key)
+        if module is not None:
+            return host, module, "memory"
+        path = _module_path(job, root)
+        if not path.is_file():
+            raise InputError.one("module.missing", f"module file {path} is missing", _location(job, "/module"))
+
+        def fetch() -> bytes:
+            data = path.read_bytes()
+            if sha256_hex(data) != job.module_sha256:
+                raise PolicyDenied.one(
+                    "module.digest-changed",
+                    f"{path} no longer has the sha256 the plan approved ({job.module_sha256})",
+                    _location(job, "/module"),
+                    expected=job.module_sha256,
+                    actual=sha256_hex(data),
+                )
+            return data
+
+        try:
+            module, source = self.cache.load(host.engine, key, fetch)
+        except WasmtimeError as exc:
+            raise InputError.one(
+                "module.invalid", f"{path} is not a valid module: {_first_line(str(exc))}", _location(job, "/module")
+            ) from exc
+        return host, module, source
+
+    def load_module(self, job: JobSpec, root: Path) -> Source:
+        """Compile or fetch the job's module into the caches: ``compiled``, ``memory`` or ``disk``.
+
+        Bytes read from the module file are checked against ``job.module_sha256`` before they
+        are compiled (rule ``module.digest-changed``); a cached module is keyed by that digest.
+        """
+        return self._module(job, root)[2]
+
+    def run(
+        self,
+        job: JobSpec,
+        root: Path,
+        *,
+        cancel: threading.Event | None = None,
+        passthrough: bool = False,
+    ) -> Outcome:
+        """Run one job in a fresh store. Raises only for the host's side (mounts, module file);
+        whatever the guest does is in the returned :class:`Outcome`.
+
+        ``passthrough`` (``sandrun exec``): the guest's stdin is this process's stdin and its
+        output is also written to this process's stdout/stderr as it comes.
+        """
+        host, module, _ = self._module(job, root)
+        limits = job.limits
+        with ExitStack() as stack, _open_root(root) as (resolved_root, root_fd):
+            opened = _open_mounts(job, resolved_root, root_fd, stack)
+            _check_protected(job, [target for _, target in opened], [self.cache_dir])
+            wasi = WasiConfig()
+            wasi.argv = [job.program_name, *job.args]
+            wasi.env = [[name, value] for name, value in job.env]
+            if passthrough:
+                wasi.inherit_stdin()
+            elif job.stdin is not None:
+                stdin_fd = _open_stdin(job, resolved_root, root_fd)
+                stack.callback(os.close, stdin_fd)
+                wasi.stdin_file = _fd_path(stdin_fd, resolved_root / job.stdin)
+            outputs: tuple[_Capture | _Tee, ...]
+            if passthrough:
+                outputs = (_Tee(sys.stdout.fileno(), limits.output), _Tee(sys.stderr.fileno(), limits.output))
+                wasi.stdout_custom = outputs[0]
+                wasi.stderr_custom = outputs[1]
+            else:
+                outputs = (_Capture("stdout", limits.output), _Capture("stderr", limits.output))
+                for output in outputs:
+                    stack.callback(output.close)
+                wasi.stdout_file = _fd_path(outputs[0].fd, Path())
+                wasi.stderr_file = _fd_path(outputs[1].fd, Path())
+            for (fd, target), mount in zip(opened, job.mounts, strict=True):
+                wasi.preopen_dir(_fd_path(fd, target), mount.guest, fs_mutable=mount.mode == "rw")
+            store = Store(host.engine)
+            store.set_wasi(wasi)
+            store.set_limits(
+                memory_size=limits.memory,
+                table_elements=max(10_000, limits.memory // 8),
+                instances=1,
+                memories=1,
+            )
+            if limits.fuel is not None:
+                store.set_fuel(limits.fuel)
+            store.set_epoch_deadline(host.deadline_ticks(limits.timeout_ms))
+            started = time.monotonic_ns()
+            state = _JobState(
+                store=store,
+                deadline_ns=started + limits.timeout_ms * 1_000_000,
+                cancel=cancel,
+                clock_origin_ns=started,
+                outputs=outputs,
+            )
+            host.register(state)
+            _current.job = state
+            try:
+                ending, memory = _execute(job, store, host.linker, module)
+            finally:
+                _current.job = None
+                host.unregister(state)
+            wall_ms = (time.monotonic_ns() - started) // 1_000_000
+            if ending.trap == "timeout":
+                ending.message = "cancelled" if state.cancelled else f"exceeded the timeout of {limits.timeout_ms} ms"
+            peak = memory.data_len(store) if memory is not None else 0
+            _apply_memory_rule(ending, peak, limits.memory)
+            fuel_used = None if limits.fuel is None else limits.fuel - store.get_fuel()
+            (stdout, stdout_dropped), (stderr, stderr_dropped) = (o.result() for o in outputs)
+            del state, store, memory
+        return Outcome(
+            exit_code=ending.exit_code,
+            trap=ending.trap,
+            trap_message=ending.message,
+            fuel_used=fuel_used,
+            memory_peak=peak,
+            wall_ms=int(wall_ms),
+            stdout=stdout,
+            stderr=stderr,
+            stdout_dropped=stdout_dropped,
+            stderr_dropped=stderr_dropped,
+            invoke_results=ending.results,
+        )
+
+
+def _module_path(job: JobSpec, root: Path) -> Path:
+    if job.module.startswith("builtin:"):
+        raise InputError.one("module.builtin-unknown", f"no built-in module {job.module!r}", _location(job, "/module"))
+    return root / job.module
+
+
+def _open_stdin(job: JobSpec, root: Path, root_fd: int) -> int:
+    assert job.stdin is not None
+    try:
+        fd = _open_beneath(root_fd, job.stdin, directory=False)
+    except OSError as exc:
+        why = _why_unopenable(root, job.stdin, exc)
+        if why == "changed":
+            raise PolicyDenied.one(
+                "stdin.changed",
+                f"stdin file {job.stdin!r} now leads through a symlink; refusing to follow it",
+                _location(job, "/stdin"),
+            ) from exc
+        raise InputError.one(
+            "stdin.missing", f"stdin file {job.stdin!r} cannot be opened: {exc.strerror}", _location(job, "/stdin")
+        ) from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device could block the guest forever
+        os.close(fd)
+        raise InputError.one("stdin.missing", f"stdin {job.stdin!r} is not a regular file", _location(job, "/stdin"))
+    return fd

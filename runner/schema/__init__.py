@@ -1,0 +1,344 @@
+"""The JSON Schemas of manifests and policies, and validation that reports every problem with its line.
+
+The schemas (Draft 2020-12, package data) are the contract editors see: every object is closed
+(``additionalProperties: false``), every name, digest, size, duration and host pattern has an
+anchored ``pattern`` for the editor, and a ``format`` that Sandrun checks with the same strict
+parsers the compiler uses (:mod:`runner.units`, :mod:`runner.hosts`).
+
+jsonschema has traps this module closes rather than documents:
+
+* ``format`` is only an annotation unless a format checker is passed: one always is;
+* ``1.0`` is an ``integer`` and NaN a ``number`` by default: both types are redefined
+  (``true`` was never a number there, and stays refused);
+* ``pattern`` is unanchored and ``$`` accepts a trailing newline: every pattern starts with ``^``
+  and ends with ``(?![\\s\\S])``;
+* one ``additionalProperties`` error names all unknown keys at once: it is split into one
+  violation per key, located at the key, with the closest known field suggested;
+* ``anyOf``/``oneOf`` errors hide the useful one in ``context``: ``best_match`` picks it.
+
+Only this package imports ``jsonschema`` (slow to import), and only on the first validation;
+validators are built once per schema kind and cached. jsonschema is thorough but slow (about
+2 ms for a 60-line manifest), so a valid document, the common case, is recognised by a compiled
+check of the same schema (``_fast``, several times faster) and jsonschema runs only to explain
+a document that check refused.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import math
+import re
+from collections.abc import Callable, Iterator
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from runner.errors import Location, Violation, escape_pointer_token
+from runner.schema._fast import Check, compile_check
+from runner.units import parse_duration, parse_size
+
+if TYPE_CHECKING:
+    from jsonschema.exceptions import ValidationError
+    from jsonschema.protocols import Validator
+
+    from runner.source import Document
+
+__all__ = ["SchemaKind", "SCHEMA_KINDS", "schema_text", "validate"]
+
+SchemaKind = Literal["manifest", "policy"]
+SCHEMA_KINDS: tuple[SchemaKind, ...] = get_args(SchemaKind)
+
+
+def schema_text(kind: SchemaKind) -> str:
+    """The schema exactly as shipped (``sandrun schema manifest`` prints it)."""
+    if kind not in SCHEMA_KINDS:
+        raise ValueError(f"unknown schema kind {kind!r}; expected one of {', '.join(SCHEMA_KINDS)}")
+    return resources.files(__name__).joinpath(f"{kind}.schema.json").read_text(encoding="utf-8")
+
+
+def validate(document: Document, kind: SchemaKind) -> list[Violation]:
+    """Every schema violation of ``document``, one per field and problem, sorted by position."""
+    if _fast_check(kind)(document.data):
+        return []
+    found: dict[tuple[str, str], Violation] = {}
+    for error in _validator(kind).iter_errors(document.data):
+        for violation in _violations(document, _most_relevant(error)):
+            found.setdefault((violation.rule_id, _located(violation).pointer), violation)
+    kept = [v for (rule_id, pointer), v in found.items() if not _is_noise(rule_id, pointer, found)]
+    return sorted(kept, key=_position)
+
+
+def _is_noise(rule_id: str, pointer: str, found: dict[tuple[str, str], Violation]) -> bool:
+    """Whether another violation of the same value already says it better.
+
+    A value of the wrong type fails every other keyword too; a value failing both its shape
+    ``pattern`` and its strict ``format`` is best explained by the parser behind the format.
+    """
+    if rule_id != "schema.type" and ("schema.type", pointer) in found:
+        return True
+    return rule_id == "schema.pattern" and ("schema.format", pointer) in found
+
+
+def _located(violation: Violation) -> Location:
+    return violation.location or Location("")  # never None here: every schema violation is located
+
+
+def _position(violation: Violation) -> tuple[int, int, str, str]:
+    location = _located(violation)
+    return (location.line or 0, location.column or 0, location.pointer, violation.rule_id)
+
+
+# --- building the validators ------------------------------------------------------------------
+
+
+class _FormatProblem(ValueError):
+    """A strict parser refused a value; its message is the reason shown to the user."""
+
+
+def _hosts_parser(name: str) -> Callable[[str], object]:
+    def parse(text: str) -> object:
+        from runner import hosts  # lazily: a module that is not needed costs nothing
+
+        return getattr(hosts, name)(text)
+
+    return parse
+
+
+#: Custom formats and the parser whose verdict they are. Each raises a ``ValueError`` subclass
+#: (``UnitError``, ``HostPatternError``) whose message is written for people.
+_FORMAT_PARSERS: dict[str, Callable[[str], object]] = {
+    "sandrun-size": parse_size,
+    "sandrun-duration": parse_duration,
+    "sandrun-host-pattern": _hosts_parser("parse_host_pattern"),
+    "sandrun-block-entry": _hosts_parser("parse_block_entry"),
+}
+
+
+def _format_check(parse: Callable[[str], object]) -> Callable[[object], bool]:
+    def check(instance: object) -> bool:
+        if isinstance(instance, str):  # other types are the ``type`` keyword's business
+            try:
+                parse(instance)
+            except ValueError as exc:
+                raise _FormatProblem(str(exc)) from exc
+        return True
+
+    return check
+
+
+def _is_integer(instance: object) -> bool:
+    return isinstance(instance, int) and not isinstance(instance, bool)  # 1.0 and true are not
+
+
+def _is_number(instance: object) -> bool:
+    return math.isfinite(instance) if isinstance(instance, float) else _is_integer(instance)  # NaN is not
+
+
+#: JSON types as Sandrun means them; both jsonschema and the fast check use exactly these.
+_TYPES: dict[str, Callable[[object], bool]] = {
+    "null": lambda instance: instance is None,
+    "boolean": lambda instance: isinstance(instance, bool),
+    "integer": _is_integer,
+    "number": _is_number,
+    "string": lambda instance: isinstance(instance, str),
+    "array": lambda instance: isinstance(instance, list),
+    "object": lambda instance: isinstance(instance, dict),
+}
+
+
+@functools.cache
+def _validator_class() -> Any:
+    from jsonschema import Draft202012Validator, TypeChecker, validators
+
+    types = TypeChecker(
+        {name: (lambda _checker, instance, test=test: test(instance)) for name, test in _TYPES.items()}
+    )
+    return validators.extend(Draft202012Validator, type_checker=types)
+
+
+@functools.cache
+def _validator(kind: SchemaKind) -> Validator:
+    from jsonschema import FormatChecker
+
+    formats = FormatChecker(formats=("date",))  # the only standard format the schemas use
+    for name, parse in _FORMAT_PARSERS.items():
+        formats.checks(name, raises=_FormatProblem)(_format_check(parse))
+    validator: Validator = _validator_class()(json.loads(schema_text(kind)), format_checker=formats)
+    return validator
+
+
+@functools.cache
+def _fast_check(kind: SchemaKind) -> Check:
+    """The compiled yes/no answer (see ``_fast``); jsonschema runs only to explain a no."""
+    validator = _validator(kind)
+    format_checker: Any = validator.format_checker
+    return compile_check(validator.schema, _TYPES, format_checker.conforms)
+
+
+# --- turning jsonschema errors into violations -------------------------------------------------
+
+
+def _most_relevant(error: ValidationError) -> ValidationError:
+    """For ``anyOf``/``oneOf``, the error of the branch that came closest, when one clearly did."""
+    if error.validator in ("anyOf", "oneOf") and error.context:
+        from jsonschema.exceptions import best_match
+
+        return best_match([error]) or error
+    return error
+
+
+def _rule_id(keyword: str) -> str:
+    """``minItems`` -> ``schema.min-items``: rule ids are kebab-case like every other."""
+    return "schema." + re.sub(r"(?<=[a-z])(?=[A-Z])", "-", keyword).lower()
+
+
+def _pointer(tokens: Any) -> str:
+    return "".join("/" + escape_pointer_token(token) for token in tokens)
+
+
+def _violations(document: Document, error: ValidationError) -> Iterator[Violation]:
+    pointer = _pointer(error.absolute_path)
+    keyword = str(error.validator)
+    if "propertyNames" in error.absolute_schema_path:  # the instance is a key of the object
+        key = pointer + "/" + escape_pointer_token(str(error.instance))
+        message = f"key {_message(document, error, key)}"
+        yield Violation(_rule_id(keyword), message, document.locate_key(key), actual=error.instance)
+    elif keyword == "additionalProperties":
+        known = sorted(error.schema.get("properties", {}))
+        for name in error.instance:
+            if name not in known:
+                key = pointer + "/" + escape_pointer_token(name)
+                yield Violation(
+                    "schema.unknown-field", _unknown_field(name, known), document.locate_key(key), actual=name
+                )
+    elif keyword == "required":
+        for name in error.validator_value:
+            if name not in error.instance:
+                member = pointer + "/" + escape_pointer_token(name)
+                message = f"missing required field {name!r}"
+                condition = error.schema.get("description")  # says why, for an if/then requirement
+                if condition and list(error.relative_schema_path)[-2:-1] == ["then"]:
+                    message += f": {_lower_first(condition)}"
+                yield Violation("schema.required", message, document.locate(member))
+    else:
+        yield Violation(
+            _rule_id(keyword),
+            _message(document, error, pointer),
+            document.locate(pointer),
+            expected=_jsonable(error.validator_value),
+            actual=_jsonable(error.instance),
+        )
+
+
+def _unknown_field(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    if close:
+        return f"unknown field {name!r}; did you mean {close[0]!r}?"
+    if known:
+        return f"unknown field {name!r}; known fields: {', '.join(known)}"
+    return f"unknown field {name!r}; this mapping takes no fields"
+
+
+_TYPE_WORDS = {
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "array": "a list",
+    "object": "a mapping",
+    "null": "null",
+}
+
+
+def _described(value: object) -> str:
+    """How a value reads in a message: ``the integer 777``, ``a list``, ``null``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"the integer {_shown(value)}"
+    if isinstance(value, float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {_shown(value)}"
+    return "a list" if isinstance(value, list) else "a mapping" if isinstance(value, dict) else repr(value)
+
+
+def _shown(value: object) -> str:
+    """``repr`` kept short, and safe for integers too long to print."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return "a huge integer"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _jsonable(value: Any) -> Any:
+    """Keep ``expected``/``actual`` small and printable: scalars as they are, structures elided."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (str, bool)) or value is None:
+        return value if not isinstance(value, str) or len(value) <= 200 else value[:200] + "..."
+    if isinstance(value, int):
+        return value if value.bit_length() <= 64 else None
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    return None
+
+
+def _lower_first(text: str) -> str:
+    """``Tool name`` -> ``tool name``; ``SHA-256 digest`` and ``Ed25519 signature`` stay as they are."""
+    first = text.split(" ", 1)[0]
+    return text[:1].lower() + text[1:] if first.isalpha() and first[1:].islower() else text
+
+
+def _what(schema: dict[str, Any]) -> str:
+    """``a valid tool name: lowercase letters, ...`` from the failing schema's title/description."""
+    title, description = schema.get("title"), schema.get("description")
+    if title and description:
+        return f"a valid {_lower_first(title)}: {_lower_first(description)}"
+    return f"a valid {_lower_first(title)}" if title else "valid here"
+
+
+def _message(document: Document, error: ValidationError, pointer: str) -> str:
+    """The message for a keyword that failed on one value."""
+    keyword, expected, value, schema = error.validator, error.validator_value, error.instance, error.schema
+    fmt = schema.get("format") if isinstance(schema, dict) else None
+    if fmt in ("sandrun-size", "sandrun-duration") and keyword in ("type", "minimum", "maximum"):
+        try:  # the strict parser explains a wrong size or duration best ("has no unit", ...)
+            _FORMAT_PARSERS[fmt](value)  # type: ignore[arg-type]
+        except ValueError as exc:
+            return str(exc)
+    if keyword == "type":
+        types = [expected] if isinstance(expected, str) else list(expected)
+        message = f"expected {' or '.join(_TYPE_WORDS.get(t, t) for t in types)}, got {_described(value)}"
+        if "string" in types and value is not None and document.is_plain_scalar(pointer):
+            message += '; quote it ("...") so YAML keeps the text as written'
+        return message
+    if keyword == "format":
+        if isinstance(error.cause, _FormatProblem):
+            return str(error.cause)
+        return f"{_shown(value)} is not a valid {expected}" + (" (YYYY-MM-DD)" if expected == "date" else "")
+    if keyword == "const":
+        return f"expected {expected!r}, got {_described(value)}"
+    if keyword == "enum":
+        choices = [str(choice) for choice in expected]
+        close = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) else []
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"{_shown(value)} is not one of {', '.join(map(repr, expected))}{hint}"
+    if keyword in ("minimum", "exclusiveMinimum"):
+        return f"{_shown(value)} is too small; the minimum is {expected}"
+    if keyword in ("maximum", "exclusiveMaximum"):
+        return f"{_shown(value)} is too large; the maximum is {expected}"
+    if keyword in ("minItems", "minLength", "minProperties"):
+        return "must not be empty" if expected == 1 else f"needs at least {expected} {_UNITS[keyword]}"
+    if keyword == "uniqueItems":
+        duplicates = [item for index, item in enumerate(value) if item in value[:index]]
+        return f"{_shown(duplicates[0] if duplicates else value)} is listed more than once"
+    if keyword in ("pattern", "anyOf", "oneOf"):
+        return f"{_shown(value)} is not {_what(schema)}"
+    return str(error.message)
+
+
+_UNITS = {"minItems": "items", "minLength": "characters", "minProperties": "fields"}
