@@ -41,6 +41,7 @@ __all__ = ["CACHE_FORMAT", "Source", "ModuleCache", "default_cache_dir", "check_
 CACHE_FORMAT = "sandrun-module-cache/v1"
 Source = Literal["compiled", "memory", "disk"]
 _MAX_SIDECAR = 4096
+_CHUNK = 1 << 20
 _PROC_FD = Path("/proc/self/fd")
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -147,9 +148,8 @@ class ModuleCache:
             info = os.fstat(fd)
             if not _owned_private_file(info) or info.st_size != meta.get("size"):
                 return None
-            with os.fdopen(os.dup(fd), "rb") as stream:
-                if hashlib.file_digest(stream, "sha256").hexdigest() != meta.get("sha256"):
-                    return None
+            if _fd_sha256(fd) != meta.get("sha256"):
+                return None
             source = _PROC_FD / str(fd) if _PROC_FD.is_dir() else artifact
             return Module.deserialize_file(engine, str(source))
         except (OSError, WasmtimeError):
@@ -174,6 +174,15 @@ class ModuleCache:
             _write_atomically(sidecar, json.dumps(meta, sort_keys=True).encode())
         except (OSError, WasmtimeError):
             return
+
+
+def _fd_sha256(fd: int) -> str:
+    digest = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, _CHUNK, offset):
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.hexdigest()
 
 
 def _read_sidecar(path: Path) -> dict[str, object] | None:

@@ -59,7 +59,7 @@ def sanitize_text(text: str, *, limit: int = 500) -> str:
     truncates to ``limit`` characters (ending in ``…``). Format-specific escaping (XML, HTML,
     Markdown) is still the renderer's job.
     """
-    text = _ANSI.sub("", text)
+    text = _ANSI.sub("", text[: limit * 16 + 256])  # bounded work, whatever a guest printed
     text = _BIDI.sub("", text)
     text = _BREAKS.sub(" ", text)
     text = _ILLEGAL.sub("\ufffd", text)
@@ -73,7 +73,9 @@ def sanitize_text(text: str, *, limit: int = 500) -> str:
 # -- the report dict ---------------------------------------------------------------------------
 
 
-def build_report(*, run_id: str, plan_sha256: str, policy: str, results: Sequence[JobResult]) -> dict[str, Any]:
+def build_report(
+    *, run_id: str, plan_sha256: str, policy: str, results: Sequence[JobResult]
+) -> dict[str, Any]:
     """DESIGN.md's ``report.json``: ``ok`` only when every job passed."""
     return {
         "run": run_id,
@@ -212,7 +214,7 @@ def render_junit(report: Mapping[str, Any]) -> str:
 # -- Markdown ----------------------------------------------------------------------------------
 
 # Backslash-escaped in a GFM table cell: the cell separator, emphasis, code, links/images, HTML.
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~!#])")
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~!])")
 
 
 def _md(text: str, *, limit: int = 500) -> str:
@@ -275,6 +277,9 @@ td.n{text-align:right;white-space:nowrap}.reason{max-width:32em;overflow-wrap:an
 """
 
 
+_CSP = "default-src 'none'; style-src 'unsafe-inline'"
+
+
 def _h(text: str, *, limit: int = 500) -> str:
     return html.escape(sanitize_text(text, limit=limit), quote=True)
 
@@ -285,10 +290,8 @@ def _usage(used: int | None, granted: int | None, shown: str) -> str:
         return shown
     share = min(used / granted, 1.0)
     hot = ' class="hot"' if share >= 0.9 else ""
-    return (
-        f'{shown}<div class="bar" title="{share:.0%} of the limit"><span{hot} style="width:{share * 100:.1f}%">'
-        "</span></div>"
-    )
+    bar = f'<span{hot} style="width:{share * 100:.1f}%"></span>'
+    return f'{shown}<div class="bar" title="{share:.0%} of the limit">{bar}</div>'
 
 
 def render_html(
@@ -308,22 +311,23 @@ def render_html(
     for job in report["jobs"]:
         granted = limits.get(_job_id(job), {})
         status = job["status"]
+        fuel = _usage(job.get("fuel_used"), granted.get("fuel"), _number(job.get("fuel_used")))
+        memory = _usage(job.get("memory_peak"), granted.get("memory"), _bytes(job.get("memory_peak")))
+        wall = _usage(job.get("wall_ms"), granted.get("timeout_ms"), _duration(job.get("wall_ms")))
         rows.append(
             "<tr>"
             f'<td class="{_h(status)}">{_ICONS.get(status, "?")} {_h(status)}</td>'
             f"<td>{_h(_job_id(job), limit=200)}</td><td>{_h(job['tool'], limit=200)}</td>"
             f"<td>{_h(_outcome(job))}</td>"
-            f'<td class="n">{_usage(job.get("fuel_used"), granted.get("fuel"), _number(job.get("fuel_used")))}</td>'
-            f'<td class="n">{_usage(job.get("memory_peak"), granted.get("memory"), _bytes(job.get("memory_peak")))}</td>'
-            f'<td class="n">{_usage(job.get("wall_ms"), granted.get("timeout_ms"), _duration(job.get("wall_ms")))}</td>'
+            f'<td class="n">{fuel}</td><td class="n">{memory}</td><td class="n">{wall}</td>'
             f'<td class="reason">{_h(job.get("reason") or "")}</td>'
             "</tr>"
         )
     body = "\n".join(rows) if rows else '<tr><td colspan="8">No jobs.</td></tr>'
     check = f'<p class="verification">{_h(verification)}</p>\n' if verification is not None else ""
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">\n'
         f"<title>Sandrun run {_h(str(report['run']))}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
         f"<h1>{'✅' if report['ok'] else '❌'} Sandrun: {_h(title)}</h1>\n"
         f'<p class="meta">{_h(tally)} · run {_h(str(report["run"]))} · policy {_h(str(report["policy"]))}'

@@ -17,9 +17,9 @@ How each limit is enforced (docs/sandbox.md has the user-facing version):
 - ``cancel``: the ticker sets the store's epoch deadline to "now" (a single word the running code
   polls) and the ``poll_oneoff`` shadow wakes up; the job ends as ``timeout`` / ``cancelled``.
 - ``memory``: ``Store.set_limits``; ``memory.grow`` beyond the cap returns -1 (Wasmtime's C API
-  cannot make it trap), so a guest that then exits non-zero or traps while its memory cannot grow
-  by one more page is classified ``memory``; a module whose initial memory exceeds the cap fails
-  to instantiate, also ``memory``.
+  cannot make it trap), so a guest that then exits non-zero or traps with its memory within 1/16
+  of the cap (at least 1 MiB) is classified ``memory``; a module whose initial memory exceeds the
+  cap fails to instantiate, also ``memory``.
 - ``stack``: ``Config.max_wasm_stack`` (one engine per distinct value).
 - ``output``: stdout and stderr go to memfds; the ticker cuts each back to the cap every tick (the
   guest's later writes land past the end, as holes that take no memory), so memory stays bounded
@@ -28,6 +28,7 @@ How each limit is enforced (docs/sandbox.md has the user-facing version):
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import math
 import os
@@ -36,12 +37,12 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 from wasmtime import (
     Caller,
@@ -57,11 +58,11 @@ from wasmtime import (
     Store,
     Trap,
     TrapCode,
-    Val,
     ValType,
     WasiConfig,
     WasmtimeError,
 )
+from wasmtime import _bindings as ffi  # the epoch deadline callback is in the C API, not wrapped
 
 from runner.cache import ModuleCache, Source, default_cache_dir
 from runner.canonical import sha256_hex
@@ -72,8 +73,10 @@ from runner.results import Outcome, TrapKind
 __all__ = ["EngineKey", "Runtime", "check_mounts", "required_thread_stack"]
 
 _WASM_PAGE = 65536
+_MEMORY_SLACK = 1 << 20
 _MESSAGE_MAX = 200
 _PROC_FD = "/proc/self/fd"
+_HAVE_PROC_FD = os.path.isdir(_PROC_FD)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _THREAD_STACK_MARGIN = 1 << 20
@@ -185,7 +188,6 @@ def _check_protected(job: JobSpec, targets: list[Path], protected: Iterable[Path
         if mount.mode != "rw":
             continue
         for folder in protected:
-            folder = folder.resolve()
             if folder == target or target in folder.parents:
                 raise PolicyDenied.one(
                     "mount.protected",
@@ -194,9 +196,7 @@ def _check_protected(job: JobSpec, targets: list[Path], protected: Iterable[Path
                 )
 
 
-def check_mounts(
-    job: JobSpec, root: Path, *, protected: Iterable[Path] = ()
-) -> list[tuple[Path, str, str]]:
+def check_mounts(job: JobSpec, root: Path, *, protected: Iterable[Path] = ()) -> list[tuple[Path, str, str]]:
     """(absolute host dir, guest path, mode) of each mount, checked right before the job runs.
 
     A mount must still be exactly ``root / host``: a directory reached without following any
@@ -207,25 +207,37 @@ def check_mounts(
     with _open_root(root) as (resolved, root_fd), ExitStack() as stack:
         opened = _open_mounts(job, resolved, root_fd, stack)
         targets = [target for _, target in opened]
-        _check_protected(job, targets, protected)
+        _check_protected(job, targets, [folder.resolve() for folder in protected])
         return [(target, m.guest, m.mode) for target, m in zip(targets, job.mounts, strict=True)]
 
 
 def _fd_path(fd: int, fallback: Path) -> str:
     """A path naming exactly the open fd (Linux), so Wasmtime opens the object we checked."""
-    return f"{_PROC_FD}/{fd}" if os.path.isdir(_PROC_FD) else str(fallback)
+    return f"{_PROC_FD}/{fd}" if _HAVE_PROC_FD else str(fallback)
 
 
 # --- output capture ---------------------------------------------------------------------------
 
 
 class _Capture:
-    """One captured stream (stdout or stderr) kept to ``cap`` bytes."""
+    """One captured stream (stdout or stderr) in a memfd, kept to ``cap`` bytes.
 
-    def __init__(self, name: str, cap: int) -> None:
-        self.cap = cap
+    Wasmtime writes to the memfd through its own descriptor (``/proc/self/fd/N``): no Python
+    callback per write (``stdout_custom`` costs ~250 µs per job). Each worker thread reuses its
+    pair of memfds from job to job, which saves creating and closing them.
+    """
+
+    def __init__(self, name: str) -> None:
         self.fd = os.memfd_create(f"sandrun-{name}", os.MFD_CLOEXEC)
+        self.path = f"{_PROC_FD}/{self.fd}"
+        self.cap = 0
         self.high = 0
+
+    def reset(self, cap: int) -> _Capture:
+        # Empty already (result() truncates), and Wasmtime opens the path with O_TRUNC.
+        self.cap = cap
+        self.high = 0
+        return self
 
     def trim(self) -> None:
         """Cut the memfd back to the cap (ticker thread); remember how far the guest got."""
@@ -237,10 +249,24 @@ class _Capture:
     def result(self) -> tuple[bytes, int]:
         """(captured bytes, dropped byte count); the guest writes sequentially, so size = total."""
         total = max(self.high, os.fstat(self.fd).st_size)
-        return os.pread(self.fd, min(total, self.cap), 0), max(0, total - self.cap)
+        if total == 0:
+            return b"", 0
+        data = os.pread(self.fd, min(total, self.cap), 0)
+        os.ftruncate(self.fd, 0)  # free the memory now, not at the next job
+        return data, max(0, total - self.cap)
 
-    def close(self) -> None:
+    def __del__(self) -> None:
         os.close(self.fd)
+
+
+def _thread_captures() -> tuple[_Capture, _Capture]:
+    captures: tuple[_Capture, _Capture] | None = getattr(_captures, "pair", None)
+    if captures is None:
+        captures = _captures.pair = (_Capture("stdout"), _Capture("stderr"))
+    return captures
+
+
+_captures = threading.local()
 
 
 class _Tee:
@@ -254,10 +280,8 @@ class _Tee:
 
     def __call__(self, chunk: bytes) -> int:
         # Called by Wasmtime: must never raise (it would print and report EIO to the guest).
-        try:
+        with suppress(OSError):
             os.write(self.sink, chunk)
-        except OSError:
-            pass
         room = self.cap - len(self.data)
         self.data += chunk[:room]
         self.dropped += max(0, len(chunk) - max(room, 0))
@@ -269,36 +293,45 @@ class _Tee:
     def result(self) -> tuple[bytes, int]:
         return bytes(self.data), self.dropped
 
-    def close(self) -> None:
-        return None
-
 
 # --- per-job state shared with the ticker and host functions --------------------------------
 
 
 @dataclass(eq=False)
 class _JobState:
-    """What the ticker and the ``poll_oneoff`` shadow need to know about a running job."""
+    """What the ticker, the epoch callback and the ``poll_oneoff`` shadow know of a running job."""
 
-    store: Store
     deadline_ns: int
     cancel: threading.Event | None
     clock_origin_ns: int
     outputs: tuple[_Capture | _Tee, ...]
+    tick_ns: int
     lock: threading.Lock = field(default_factory=threading.Lock)
     live: bool = True
-    cancelled: bool = False
+    interrupted: Literal["timeout", "cancelled"] | None = None
+    raised: BaseException | None = None  # e.g. KeyboardInterrupt caught in the epoch callback
+
+    def next_check(self, now: int) -> int | None:
+        """Ticks until the next look at this job, or None (and why, in ``interrupted``) to stop it."""
+        if self.cancel is not None and self.cancel.is_set():
+            self.interrupted = "cancelled"
+            return None
+        remaining = self.deadline_ns - now
+        if remaining <= 0:
+            self.interrupted = "timeout"
+            return None
+        return max(1, min(_CHECK_TICKS, -(-remaining // self.tick_ns)))
+
+    @property
+    def grace_s(self) -> float:
+        """Long enough for the epoch to reach the store's deadline (and the callback to stop it)."""
+        return (_CHECK_TICKS + 1) * self.tick_ns / 1e9
 
     def on_tick(self) -> None:
         with self.lock:
-            if not self.live:
-                return
-            if self.cancel is not None and self.cancel.is_set() and not self.cancelled:
-                self.cancelled = True
-                # A single word the running code polls; Wasmtime reads it at each epoch check.
-                self.store.set_epoch_deadline(0)
-            for output in self.outputs:
-                output.trim()
+            if self.live:
+                for output in self.outputs:
+                    output.trim()
 
     def finish(self) -> None:
         with self.lock:
@@ -306,6 +339,32 @@ class _JobState:
 
 
 _current = threading.local()
+_CHECK_TICKS = 3
+_UPDATE_DEADLINE_CONTINUE = 0
+_NO_FINALIZER = ffi._wasmtime_store_epoch_deadline_callback.argtypes[3]()  # a NULL function pointer
+
+
+@ffi._wasmtime_store_epoch_deadline_callback.argtypes[1]  # type: ignore[misc]
+def _on_epoch_deadline(_context: object, _data: object, delta: Any, kind: Any) -> int:
+    """Called by Wasmtime (on the job's thread) when the store's epoch deadline is reached:
+    extend it by a few ticks, or stop the guest with an error once it is cancelled or late.
+
+    The deadline is re-armed every few ticks instead of once for the whole timeout because
+    compiled code caches it: a deadline changed from another thread would go unnoticed.
+    """
+    state: _JobState | None = getattr(_current, "job", None)
+    try:
+        ticks = None if state is None else state.next_check(time.monotonic_ns())
+        if ticks is not None:
+            delta[0] = ticks
+            kind[0] = _UPDATE_DEADLINE_CONTINUE
+            return 0
+    except BaseException as exc:  # never unwind into Wasmtime; Ctrl-C is re-raised by run()
+        if state is not None:
+            state.interrupted = "cancelled"
+            state.raised = exc
+    error = ffi.wasmtime_error_new(b"sandrun: job interrupted")
+    return ctypes.cast(error, ctypes.c_void_p).value or 0
 
 
 # --- the poll_oneoff shadow -------------------------------------------------------------------
@@ -335,16 +394,16 @@ def _clock_due(state: _JobState | None, clock: int, timeout: int, flags: int, no
     return None
 
 
-def _sleep_until(state: _JobState | None, due: int) -> None:
-    """Sleep until ``due``, the job's deadline or its cancel event, whichever comes first."""
+def _sleep_until(state: _JobState | None, due: int) -> bool:
+    """Sleep until ``due``; True when the job's deadline or cancel event cut the sleep short."""
     while True:
         limit = due if state is None else min(due, state.deadline_ns)
         remaining = (limit - time.monotonic_ns()) / 1e9
         if remaining <= 0:
-            return
+            return state is not None and due > state.deadline_ns
         if state is not None and state.cancel is not None:
             if state.cancel.wait(min(remaining, _SLICE_S)):
-                return
+                return True
         else:
             time.sleep(min(remaining, _SLICE_S))
 
@@ -356,11 +415,7 @@ def _poll(caller: Caller, in_ptr: int, out_ptr: int, count: int, nevents_ptr: in
     size = memory.data_len(caller)
     if count == 0:
         return _ERRNO_INVAL
-    if (
-        in_ptr + count * _SUBSCRIPTION > size
-        or out_ptr + count * _EVENT > size
-        or nevents_ptr + 4 > size
-    ):
+    if in_ptr + count * _SUBSCRIPTION > size or out_ptr + count * _EVENT > size or nevents_ptr + 4 > size:
         return _ERRNO_FAULT
     raw = memory.read(caller, in_ptr, in_ptr + count * _SUBSCRIPTION)
     state: _JobState | None = getattr(_current, "job", None)
@@ -380,11 +435,14 @@ def _poll(caller: Caller, in_ptr: int, out_ptr: int, count: int, nevents_ptr: in
             ready.append((userdata, tag))
         else:
             return _ERRNO_INVAL
-    if not ready:
-        _sleep_until(state, min(clocks)[0])
+    if not ready and _sleep_until(state, min(clocks)[0]) and state is not None:
+        # Cut short: the guest would outlive its deadline. Mark it, and give the ticker time to
+        # arm the epoch trap, which fires as soon as the guest is back in WASM.
+        state.interrupted = "cancelled" if state.cancel is not None and state.cancel.is_set() else "timeout"
+        time.sleep(state.grace_s)
     now = time.monotonic_ns()
     fired = [(userdata, _EVENTTYPE_CLOCK) for due, userdata in clocks if due <= now]
-    if not ready and not fired:  # woken early by the deadline or cancel: the epoch trap follows
+    if not ready and not fired:
         fired = [(min(clocks)[1], _EVENTTYPE_CLOCK)]
     events = ready + fired
     out = bytearray(len(events) * _EVENT)
@@ -440,16 +498,21 @@ class _EngineHost:
         self._thread.start()
 
     def _tick(self) -> None:
-        while not self._stop.wait(self.tick_ms / 1000):
+        # Ticks are scheduled against the clock, not slept one after another, so the epoch does
+        # not drift behind wall time: a late tick is caught up at once.
+        period = self.tick_ms / 1000
+        start = time.monotonic()
+        ticks = 0
+        while True:
+            ticks += 1
+            delay = start + ticks * period - time.monotonic()
+            if self._stop.wait(delay) if delay > 0 else self._stop.is_set():
+                return
             self.engine.increment_epoch()
             with self._lock:
                 jobs = list(self._jobs)
             for job in jobs:
                 job.on_tick()
-
-    def deadline_ticks(self, timeout_ms: int) -> int:
-        """Ticks until a timeout: rounded up, plus one for the tick already under way."""
-        return math.ceil(timeout_ms / self.tick_ms) + 1
 
     def register(self, job: _JobState) -> None:
         with self._lock:
@@ -483,11 +546,14 @@ class _BadInvoke(Exception):
 
 
 def _first_line(text: str) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else "trap"
+    """The line that says what happened: the first after Wasmtime's ``Caused by:``, else the first."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    causes = lines[lines.index("Caused by:") + 1 :] if "Caused by:" in lines else []
+    line = causes[0] if causes else lines[0] if lines else "trap"
     return line if len(line) <= _MESSAGE_MAX else line[: _MESSAGE_MAX - 1] + "…"
 
 
-def _from_trap(exc: WasmtimeError) -> _Ending:
+def _from_trap(exc: Trap | WasmtimeError) -> _Ending:
     if isinstance(exc, ExitTrap):
         return _Ending(exit_code=exc.code)
     code = exc.trap_code if isinstance(exc, Trap) else None
@@ -527,7 +593,7 @@ def _result_text(value: object) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def _entry(job: JobSpec, store: Store, exports: dict[str, object]) -> tuple[Func, list[int | float]]:
+def _entry(job: JobSpec, store: Store, exports: Mapping[str, object]) -> tuple[Func, list[int | float]]:
     """The function to call and its arguments: ``_start``, or ``invoke`` with typed arguments."""
     if job.invoke is None:
         start = exports.get("_start")
@@ -540,21 +606,23 @@ def _entry(job: JobSpec, store: Store, exports: dict[str, object]) -> tuple[Func
     params = [str(p) for p in func.type(store).params]
     if len(params) != len(job.args):
         raise _BadInvoke(f"{job.invoke!r} takes {len(params)} argument(s), the job gives {len(job.args)}")
-    return func, [_convert_arg(kind, text, i) for i, (kind, text) in enumerate(zip(params, job.args))]
+    return func, [
+        _convert_arg(kind, text, i) for i, (kind, text) in enumerate(zip(params, job.args, strict=True))
+    ]
 
 
 def _execute(job: JobSpec, store: Store, linker: Linker, module: Module) -> tuple[_Ending, Memory | None]:
     """Instantiate and call the entry point; every guest behaviour becomes an :class:`_Ending`."""
     try:
         instance = linker.instantiate(store, module)
-    except WasmtimeError as exc:
+    except (Trap, WasmtimeError) as exc:
         ending = _from_trap(exc)
         if ending.trap == "trap" and _initial_memory(module) > job.limits.memory:
             ending.trap = "memory"
         elif ending.trap == "trap" and not isinstance(exc, Trap):
             ending.message = f"cannot instantiate: {ending.message}"
         return ending, None
-    exports = dict(instance.exports(store))
+    exports = instance.exports(store)
     memory = exports.get("memory")
     memory = memory if isinstance(memory, Memory) else None
     try:
@@ -565,7 +633,7 @@ def _execute(job: JobSpec, store: Store, linker: Linker, module: Module) -> tupl
         value = func(store, *args)
     except _BadInvoke as exc:
         return _Ending(trap="trap", message=str(exc)), memory
-    except WasmtimeError as exc:
+    except (Trap, WasmtimeError) as exc:
         return _from_trap(exc), memory
     if job.invoke is None:
         return _Ending(exit_code=0), memory
@@ -575,17 +643,19 @@ def _execute(job: JobSpec, store: Store, linker: Linker, module: Module) -> tupl
 
 def _initial_memory(module: Module) -> int:
     """The largest initial linear memory the module declares or imports, in bytes."""
-    sizes = [0]
-    for item in [*module.imports, *module.exports]:
-        if isinstance(item.type, MemoryType):
-            sizes.append(item.type.limits.min * _WASM_PAGE)
-    return max(sizes)
+    types = [item.type for item in module.imports] + [item.type for item in module.exports]
+    return max([t.limits.min * _WASM_PAGE for t in types if isinstance(t, MemoryType)], default=0)
 
 
 def _apply_memory_rule(ending: _Ending, peak: int, cap: int) -> None:
-    """A guest that failed while its memory could not grow one more page hit the memory cap."""
+    """A guest that failed with its memory within 1/16 of the cap (at least 1 MiB) hit the cap.
+
+    ``memory.grow`` past the cap returns -1 instead of trapping (the C API has no
+    ``trap_on_grow_failure``), and allocators grow in chunks, so a refused grow leaves the memory
+    somewhat below the cap; the guest then reports failure its own way (exit code or trap).
+    """
     failed = ending.trap == "trap" or (ending.exit_code not in (None, 0))
-    if not failed or peak + _WASM_PAGE <= cap:
+    if not failed or peak + max(_MEMORY_SLACK, cap // 16) <= cap:
         return
     how = f"exited with code {ending.exit_code}" if ending.trap is None else f"trapped: {ending.message}"
     ending.message = _first_line(f"linear memory reached the cap of {cap} bytes, then the guest {how}")
@@ -601,11 +671,14 @@ class Runtime:
     :meth:`close` before the interpreter exits (stores alive at exit can make Wasmtime panic).
     """
 
-    def __init__(self, *, cache_dir: Path | None = None, memory_cache_entries: int = 64, tick_ms: int = 10) -> None:
+    def __init__(
+        self, *, cache_dir: Path | None = None, memory_cache_entries: int = 64, tick_ms: int = 10
+    ) -> None:
         if tick_ms <= 0:
             raise ValueError("tick_ms must be positive")
         self.cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
         self.cache = ModuleCache(self.cache_dir, memory_entries=memory_cache_entries)
+        self._protected = (self.cache_dir.resolve(),)
         self._tick_ms = tick_ms
         self._engines: dict[EngineKey, _EngineHost] = {}
         self._lock = threading.Lock()
@@ -644,7 +717,9 @@ class Runtime:
             return host, module, "memory"
         path = _module_path(job, root)
         if not path.is_file():
-            raise InputError.one("module.missing", f"module file {path} is missing", _location(job, "/module"))
+            raise InputError.one(
+                "module.missing", f"module file {path} is missing", _location(job, "/module")
+            )
 
         def fetch() -> bytes:
             data = path.read_bytes()
@@ -662,7 +737,9 @@ class Runtime:
             module, source = self.cache.load(host.engine, key, fetch)
         except WasmtimeError as exc:
             raise InputError.one(
-                "module.invalid", f"{path} is not a valid module: {_first_line(str(exc))}", _location(job, "/module")
+                "module.invalid",
+                f"{path} is not a valid module: {_first_line(str(exc))}",
+                _location(job, "/module"),
             ) from exc
         return host, module, source
 
@@ -690,31 +767,14 @@ class Runtime:
         """
         host, module, _ = self._module(job, root)
         limits = job.limits
-        with ExitStack() as stack, _open_root(root) as (resolved_root, root_fd):
-            opened = _open_mounts(job, resolved_root, root_fd, stack)
-            _check_protected(job, [target for _, target in opened], [self.cache_dir])
+        with ExitStack() as stack:
             wasi = WasiConfig()
             wasi.argv = [job.program_name, *job.args]
-            wasi.env = [[name, value] for name, value in job.env]
-            if passthrough:
-                wasi.inherit_stdin()
-            elif job.stdin is not None:
-                stdin_fd = _open_stdin(job, resolved_root, root_fd)
-                stack.callback(os.close, stdin_fd)
-                wasi.stdin_file = _fd_path(stdin_fd, resolved_root / job.stdin)
-            outputs: tuple[_Capture | _Tee, ...]
-            if passthrough:
-                outputs = (_Tee(sys.stdout.fileno(), limits.output), _Tee(sys.stderr.fileno(), limits.output))
-                wasi.stdout_custom = outputs[0]
-                wasi.stderr_custom = outputs[1]
-            else:
-                outputs = (_Capture("stdout", limits.output), _Capture("stderr", limits.output))
-                for output in outputs:
-                    stack.callback(output.close)
-                wasi.stdout_file = _fd_path(outputs[0].fd, Path())
-                wasi.stderr_file = _fd_path(outputs[1].fd, Path())
-            for (fd, target), mount in zip(opened, job.mounts, strict=True):
-                wasi.preopen_dir(_fd_path(fd, target), mount.guest, fs_mutable=mount.mode == "rw")
+            if job.env:  # WASI's default environment is empty: nothing of the host's
+                wasi.env = [[name, value] for name, value in job.env]
+            if job.mounts or (job.stdin is not None and not passthrough):
+                self._grant_files(job, root, wasi, stack, stdin=not passthrough)
+            outputs = self._outputs(wasi, limits.output, passthrough)
             store = Store(host.engine)
             store.set_wasi(wasi)
             store.set_limits(
@@ -725,30 +785,37 @@ class Runtime:
             )
             if limits.fuel is not None:
                 store.set_fuel(limits.fuel)
-            store.set_epoch_deadline(host.deadline_ticks(limits.timeout_ms))
             started = time.monotonic_ns()
             state = _JobState(
-                store=store,
                 deadline_ns=started + limits.timeout_ms * 1_000_000,
                 cancel=cancel,
                 clock_origin_ns=started,
                 outputs=outputs,
+                tick_ns=self._tick_ms * 1_000_000,
             )
-            host.register(state)
-            _current.job = state
-            try:
-                ending, memory = _execute(job, store, host.linker, module)
-            finally:
-                _current.job = None
-                host.unregister(state)
-            wall_ms = (time.monotonic_ns() - started) // 1_000_000
-            if ending.trap == "timeout":
-                ending.message = "cancelled" if state.cancelled else f"exceeded the timeout of {limits.timeout_ms} ms"
-            peak = memory.data_len(store) if memory is not None else 0
-            _apply_memory_rule(ending, peak, limits.memory)
-            fuel_used = None if limits.fuel is None else limits.fuel - store.get_fuel()
-            (stdout, stdout_dropped), (stderr, stderr_dropped) = (o.result() for o in outputs)
-            del state, store, memory
+            store.set_epoch_deadline(state.next_check(started) or 1)
+            ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), _on_epoch_deadline, None, _NO_FINALIZER)
+        host.register(state)
+        _current.job = state
+        try:
+            ending, memory = _execute(job, store, host.linker, module)
+        finally:
+            _current.job = None
+            host.unregister(state)
+        if state.raised is not None:
+            raise state.raised
+        wall_ms = (time.monotonic_ns() - started) // 1_000_000
+        if ending.trap == "timeout" or state.interrupted is not None:
+            # An interrupted sleep counts even when the guest exited before the epoch trap.
+            reason = "cancelled" if state.interrupted == "cancelled" else None
+            ending = _Ending(
+                trap="timeout", message=reason or f"exceeded the timeout of {limits.timeout_ms} ms"
+            )
+        peak = memory.data_len(store) if memory is not None else 0
+        _apply_memory_rule(ending, peak, limits.memory)
+        fuel_used = None if limits.fuel is None else limits.fuel - store.get_fuel()
+        del state, store, memory  # closes Wasmtime's descriptors before the memfds are read
+        (stdout, stdout_dropped), (stderr, stderr_dropped) = (o.result() for o in outputs)
         return Outcome(
             exit_code=ending.exit_code,
             trap=ending.trap,
@@ -763,10 +830,39 @@ class Runtime:
             invoke_results=ending.results,
         )
 
+    def _grant_files(
+        self, job: JobSpec, root: Path, wasi: WasiConfig, stack: ExitStack, *, stdin: bool
+    ) -> None:
+        """Preopen the mounts and open stdin, each through an fd opened without following links."""
+        resolved, root_fd = stack.enter_context(_open_root(root))
+        opened = _open_mounts(job, resolved, root_fd, stack)
+        _check_protected(job, [target for _, target in opened], self._protected)
+        for (fd, target), mount in zip(opened, job.mounts, strict=True):
+            wasi.preopen_dir(_fd_path(fd, target), mount.guest, fs_mutable=mount.mode == "rw")
+        if stdin and job.stdin is not None:
+            stdin_fd = _open_stdin(job, resolved, root_fd)
+            stack.callback(os.close, stdin_fd)
+            wasi.stdin_file = _fd_path(stdin_fd, resolved / job.stdin)
+
+    @staticmethod
+    def _outputs(wasi: WasiConfig, cap: int, passthrough: bool) -> tuple[_Capture | _Tee, _Capture | _Tee]:
+        if passthrough:
+            wasi.inherit_stdin()
+            stdout, stderr = _Tee(sys.stdout.fileno(), cap), _Tee(sys.stderr.fileno(), cap)
+            wasi.stdout_custom = stdout
+            wasi.stderr_custom = stderr
+            return stdout, stderr
+        out, err = (capture.reset(cap) for capture in _thread_captures())
+        wasi.stdout_file = out.path
+        wasi.stderr_file = err.path
+        return out, err
+
 
 def _module_path(job: JobSpec, root: Path) -> Path:
     if job.module.startswith("builtin:"):
-        raise InputError.one("module.builtin-unknown", f"no built-in module {job.module!r}", _location(job, "/module"))
+        raise InputError.one(
+            "module.builtin-unknown", f"no built-in module {job.module!r}", _location(job, "/module")
+        )
     return root / job.module
 
 
@@ -783,9 +879,13 @@ def _open_stdin(job: JobSpec, root: Path, root_fd: int) -> int:
                 _location(job, "/stdin"),
             ) from exc
         raise InputError.one(
-            "stdin.missing", f"stdin file {job.stdin!r} cannot be opened: {exc.strerror}", _location(job, "/stdin")
+            "stdin.missing",
+            f"stdin file {job.stdin!r} cannot be opened: {exc.strerror}",
+            _location(job, "/stdin"),
         ) from exc
     if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device could block the guest forever
         os.close(fd)
-        raise InputError.one("stdin.missing", f"stdin {job.stdin!r} is not a regular file", _location(job, "/stdin"))
+        raise InputError.one(
+            "stdin.missing", f"stdin {job.stdin!r} is not a regular file", _location(job, "/stdin")
+        )
     return fd

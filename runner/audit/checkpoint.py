@@ -220,4 +220,3 @@ def load_runner_key(path: Path | None, env: Mapping[str, str]) -> PrivateKey | N
     except KeyFileError as exc:
         where = str(path) if path is not None else "$" + SIGNING_KEY_ENV
         raise InputError.one("input.signing-key", str(exc), Location(file=where)) from None
-

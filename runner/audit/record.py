@@ -74,9 +74,16 @@ _KIND = rb"[a-z][a-z0-9-]*(?:\.[a-z][a-z0-9-]*)+"
 _RUN = rb"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}"
 _TS = rb"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z"
 _TAIL = re.compile(
-    rb',"hash":"([0-9a-f]{64})","kind":"(' + _KIND + rb')","prev":"([0-9a-f]{64})","run":"(' + _RUN
-    + rb')","seq":(0|[1-9][0-9]{0,17}),"ts":"' + _TS + rb'"}'
+    rb',"hash":"([0-9a-f]{64})","kind":"('
+    + _KIND
+    + rb')","prev":"([0-9a-f]{64})","run":"('
+    + _RUN
+    + rb')","seq":(0|[1-9][0-9]{0,17}),"ts":"'
+    + _TS
+    + rb'"}'
 )
+_match_tail = _TAIL.fullmatch
+_sha256 = hashlib.sha256
 _HASH_MEMBER = b',"hash":"'
 _HASH_MEMBER_LEN = len(_HASH_MEMBER) + 64 + 1
 _KIND_RE = re.compile(_KIND.decode())
@@ -121,8 +128,14 @@ def encode_record(
         raise ValueError(f"an audit kind is dotted lowercase words like 'job.finished': {kind!r}")
     if not isinstance(data, dict):
         raise TypeError("audit data is a JSON object")
-    record: dict[str, Any] = {"data": data, "kind": kind, "prev": prev, "run": check_run_id(run), "seq": seq,
-                              "ts": ts}
+    record: dict[str, Any] = {
+        "data": data,
+        "kind": kind,
+        "prev": prev,
+        "run": check_run_id(run),
+        "seq": seq,
+        "ts": ts,
+    }
     body = canonical_json(record)
     digest = sha256_hex(body)
     # Everything after the top-level "kind" is hex, a restricted run id, an int and a timestamp, so
@@ -136,14 +149,15 @@ def encode_record(
 def parse_line(line: bytes) -> LineHead:
     """Check one line (without its LF): shape, and that its hash is the hash of its content."""
     cut = line.rfind(_HASH_MEMBER)
-    match = _TAIL.fullmatch(line, cut) if cut > 0 else None
+    match = _match_tail(line, cut) if cut > 0 else None
     if match is None or not line.startswith(b'{"data":{') or line[cut - 1] != 0x7D:
         raise LineError("not a well-formed audit record")
     digest, kind, prev, run, seq = match.groups()
     hex_digest = digest.decode("ascii")
-    if hashlib.sha256(line[:cut] + line[cut + _HASH_MEMBER_LEN :]).hexdigest() != hex_digest:
+    if _sha256(line[:cut] + line[cut + _HASH_MEMBER_LEN :]).hexdigest() != hex_digest:
         raise LineError("the record's content does not match its hash", "/hash")
-    return LineHead(hex_digest, kind.decode("ascii"), prev.decode("ascii"), run.decode("ascii"), int(seq))
+    # tuple.__new__ skips NamedTuple's Python-level constructor: this is the verifier's hot path.
+    return tuple.__new__(LineHead, (hex_digest, kind.decode(), prev.decode(), run.decode(), int(seq)))
 
 
 def _no_float(text: str) -> Any:

@@ -13,7 +13,13 @@ from runner.plan import JobSpec, Limits, Mount
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
-DEFAULT_LIMITS = {"fuel": None, "memory": 64 << 20, "timeout_ms": 10_000, "stack": 512 << 10, "output": 1 << 20}
+DEFAULT_LIMITS = {
+    "fuel": None,
+    "memory": 64 << 20,
+    "timeout_ms": 10_000,
+    "stack": 512 << 10,
+    "output": 1 << 20,
+}
 
 
 def make_job(

@@ -1,0 +1,403 @@
+"""The only writer of ``audit.jsonl``: append under a lock, group-commit fsync, seal.
+
+Durability contract (docs/audit.md, "Crash safety"):
+
+* every record is one ``os.write`` of a whole line, so it reaches the OS (the page cache) before
+  :meth:`AuditLog.append` returns: a process that dies, even by SIGKILL, leaves only whole records;
+* ``fdatasync`` runs as a group commit on a background thread, at most ``fsync_interval_s`` after a
+  record was written or as soon as ``fsync_every`` records are pending, and synchronously at
+  :meth:`AuditLog.seal` and :meth:`AuditLog.close`; appenders never wait for the disk;
+* a power loss can therefore cost the records of the last interval (and the fsync in flight): the
+  log then ends in whole records (an unsealed run) or a torn last line, never a broken chain.
+
+``fcntl.flock`` on ``audit.lock`` serialises writers: a second run on the same folder waits for the
+first to close, up to ``lock_timeout_s``, then fails with ``audit.locked``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import fcntl
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from runner.audit.checkpoint import DEFAULT_KEY_NAME, ORIGIN_PREFIX, Checkpoint, sign_checkpoint
+from runner.audit.query import tool_changes
+from runner.audit.record import (
+    GENESIS,
+    RUN_SEALED,
+    TOOL_REGISTERED,
+    LineError,
+    LineHead,
+    check_run_id,
+    encode_record,
+    format_ts,
+    parse_line,
+    parse_record,
+)
+from runner.errors import AuditError, Location
+from runner.signing import PrivateKey
+
+__all__ = ["LOG_NAME", "LOCK_NAME", "AuditLog", "repair_torn_tail"]
+
+LOG_NAME = "audit.jsonl"
+LOCK_NAME = "audit.lock"
+_TAIL_CHUNK = 64 * 1024
+_sync = getattr(os, "fdatasync", os.fsync)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a new directory entry durable (the file's data alone is not enough after a power loss)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _lock(lock_path: Path, timeout_s: float) -> int:
+    """An exclusive ``flock`` on ``lock_path``, polling until ``timeout_s``; the fd holds it."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError as exc:
+            if (
+                exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+                or time.monotonic() >= deadline
+            ):
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise AuditError.one(
+                        "audit.locked",
+                        f"another sandrun process is writing this audit log (waited {timeout_s:g}s)",
+                        Location(file=str(lock_path)),
+                    ) from None
+                raise
+        time.sleep(0.02)
+
+
+def _read_tail(path: Path) -> tuple[list[bytes], bytes, int]:
+    """The last two complete lines (oldest first), the bytes after the last LF, and the file size."""
+    with open(path, "rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        chunk = b""
+        start = size
+        while start > 0 and chunk.count(b"\n") < 3:
+            step = min(_TAIL_CHUNK, start)
+            start -= step
+            handle.seek(start)
+            chunk = handle.read(step) + chunk
+    if b"\n" not in chunk:  # only possible when the whole file was read
+        return [], chunk, size
+    complete, _, torn = chunk.rpartition(b"\n")
+    lines = complete.split(b"\n")
+    if start > 0:
+        lines = lines[1:]  # the first piece may be the end of an older line
+    return lines[-2:], torn, size
+
+
+def _tail_state(path: Path) -> tuple[LineHead | None, bytes]:
+    """Check the end of an existing log; ``AuditError`` if it is torn or its last records are bad."""
+    lines, torn, _ = _read_tail(path)
+    where = str(path)
+    heads: list[LineHead] = []
+    for line in lines:
+        try:
+            heads.append(parse_line(line))
+        except LineError as exc:
+            raise AuditError.one(
+                "audit.edited",
+                f"the log's last records do not verify ({exc}); run `sandrun audit verify {where}`",
+                Location(file=where, pointer=exc.pointer),
+            ) from None
+    if len(heads) == 2 and (heads[1].prev != heads[0].hash or heads[1].seq != heads[0].seq + 1):
+        raise AuditError.one(
+            "audit.edited",
+            f"the log's last two records do not chain; run `sandrun audit verify {where}`",
+            Location(file=where, line=heads[1].seq + 1, pointer="/prev"),
+        )
+    if len(heads) == 1 and heads[0].seq == 0 and heads[0].prev != GENESIS:
+        raise AuditError.one(
+            "audit.edited",
+            "the first record does not start the chain",
+            Location(file=where, line=1, pointer="/prev"),
+        )
+    return (heads[-1] if heads else None), torn
+
+
+class AuditLog:
+    """Appends one run's records to ``DIR/audit.jsonl``, continuing the chain, and seals the run.
+
+    Thread-safe: the executor's workers may call :meth:`append` concurrently. Use as a context
+    manager; leaving it without :meth:`seal` closes the log unsealed, which ``verify`` reports.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: Path,
+        fd: int,
+        lock_fd: int,
+        run_id: str,
+        origin: str,
+        head: LineHead | None,
+        fsync_interval_s: float,
+        fsync_every: int,
+        clock: Callable[[], dt.datetime],
+    ) -> None:
+        self.path = path
+        self.run_id = run_id
+        self.origin = origin
+        self._fd = fd
+        self._lock_fd = lock_fd
+        self._seq = 0 if head is None else head.seq + 1
+        self._prev = GENESIS if head is None else head.hash
+        self._first_seq = self._seq
+        self._clock = clock
+        self._every = max(1, fsync_every)
+        self._interval = fsync_interval_s
+        self._mutex = threading.Lock()
+        self._written = 0
+        self._synced = 0
+        self._failure: str | None = None
+        self._sealed = False
+        self._closed = False
+        self._wake = threading.Event()
+        self._flusher: threading.Thread | None = None
+        if fsync_interval_s > 0:
+            self._flusher = threading.Thread(target=self._flush_loop, name="sandrun-audit-fsync", daemon=True)
+            self._flusher.start()
+
+    @classmethod
+    def open(
+        cls,
+        out_dir: Path,
+        *,
+        run_id: str,
+        fsync_interval_s: float = 0.2,
+        fsync_every: int = 256,
+        lock_timeout_s: float = 30.0,
+        origin: str | None = None,
+        clock: Callable[[], dt.datetime] | None = None,
+    ) -> AuditLog:
+        """Lock ``out_dir``, check the end of its log and continue the chain from it.
+
+        Refuses (``AuditError``) a log whose last line is torn (``audit.torn-line``; see
+        :func:`repair_torn_tail`) or whose last records do not verify: it never appends to a broken
+        chain. ``fsync_interval_s=0`` syncs every record before ``append`` returns.
+        """
+        check_run_id(run_id)
+        origin = origin or ORIGIN_PREFIX + run_id
+        Checkpoint(origin, 0, GENESIS)  # validates the origin before anything is written
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / LOG_NAME
+        lock_fd = _lock(out_dir / LOCK_NAME, lock_timeout_s)
+        try:
+            created = not path.exists()
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                if created:
+                    _fsync_dir(out_dir)
+                head, torn = _tail_state(path)
+                if torn:
+                    line = None if head is None else head.seq + 2
+                    raise AuditError.one(
+                        "audit.torn-line",
+                        "the log ends in an incomplete line (a crash or power loss while writing); "
+                        "`sandrun audit verify` shows it, repair_torn_tail() cuts it off into a side file",
+                        Location(file=str(path), line=line),
+                    )
+                if head is not None and head.run == run_id:
+                    raise AuditError.one(
+                        "audit.run-reused",
+                        f"run id {run_id} already wrote to this log",
+                        Location(file=str(path), line=head.seq + 1, pointer="/run"),
+                    )
+            except BaseException:
+                os.close(fd)
+                raise
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        return cls(
+            path=path,
+            fd=fd,
+            lock_fd=lock_fd,
+            run_id=run_id,
+            origin=origin,
+            head=head,
+            fsync_interval_s=fsync_interval_s,
+            fsync_every=fsync_every,
+            clock=clock or (lambda: dt.datetime.now(dt.timezone.utc)),
+        )
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def append(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Write one record (flushed to the OS before returning) and return it, hash included."""
+        if kind == RUN_SEALED:
+            raise ValueError("run.sealed records are written by seal()")
+        with self._mutex:
+            record = self._write(kind, data)
+            pending = self._written - self._synced
+        if self._flusher is None:
+            self._sync()
+        elif pending >= self._every:
+            self._wake.set()
+        return record
+
+    def _write(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Append one line; the caller holds the mutex. A failed write poisons the log for good."""
+        if self._closed or self._sealed:
+            state = "sealed" if self._sealed else "closed"
+            raise AuditError.one(
+                "audit.closed", f"run {self.run_id} is already {state}", Location(file=str(self.path))
+            )
+        if self._failure is not None:
+            raise AuditError.one("audit.write-failed", self._failure, Location(file=str(self.path)))
+        record, line = encode_record(
+            seq=self._seq, ts=format_ts(self._clock()), kind=kind, run=self.run_id, data=data, prev=self._prev
+        )
+        view = memoryview(line)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            self._failure = f"writing the audit log failed ({exc.strerror}); its last line may be torn"
+            raise AuditError.one("audit.write-failed", self._failure, Location(file=str(self.path))) from None
+        self._seq += 1
+        self._prev = record["hash"]
+        self._written += 1
+        return record
+
+    def _sync(self) -> None:
+        """fdatasync if records are pending; a failure is remembered and fails the next append."""
+        with self._mutex:
+            target = self._written
+            if target == self._synced or self._fd < 0:
+                return
+        try:
+            _sync(self._fd)
+        except OSError as exc:
+            with self._mutex:
+                self._failure = f"syncing the audit log failed ({exc.strerror})"
+            return
+        with self._mutex:
+            self._synced = max(self._synced, target)
+
+    def _flush_loop(self) -> None:
+        while True:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            if self._closed:
+                return
+            self._sync()
+
+    def seal(self, signing_key: PrivateKey | None, key_name: str | None = None) -> Checkpoint:
+        """End the run: a ``run.sealed`` record holding the checkpoint over every record before it.
+
+        The checkpoint's tree size is the seal's ``seq`` and its root hash is the seal's ``prev``
+        (the chain head); it is signed when ``signing_key`` is given. Synced before returning.
+        """
+        with self._mutex:
+            checkpoint = Checkpoint(self.origin, self._seq, self._prev)
+            if signing_key is not None:
+                checkpoint = sign_checkpoint(checkpoint, signing_key, key_name or DEFAULT_KEY_NAME)
+            data = {
+                "size": self._seq,
+                "head": self._prev,
+                "run_records": self._seq - self._first_seq,
+                "checkpoint": checkpoint.text,
+                "signers": [s.name for s in checkpoint.signatures],
+            }
+            self._write(RUN_SEALED, data)
+            self._sealed = True
+        self._sync()
+        if self._failure is not None:
+            raise AuditError.one("audit.write-failed", self._failure, Location(file=str(self.path)))
+        return checkpoint
+
+    def close(self) -> None:
+        """Stop the flusher, sync, release the file and the lock. Idempotent."""
+        with self._mutex:
+            if self._closed:
+                return
+            self._closed = True
+        self._wake.set()
+        if self._flusher is not None:
+            self._flusher.join()
+        self._sync()
+        with self._mutex:
+            os.close(self._fd)
+            self._fd = -1
+            os.close(self._lock_fd)
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def sealed(self) -> bool:
+        return self._sealed
+
+    @property
+    def head(self) -> tuple[int, str]:
+        """``(records so far, hash of the last one)``: what a checkpoint made now would sign."""
+        with self._mutex:
+            return self._seq, self._prev
+
+    # -- reading back ----------------------------------------------------------------------------
+
+    def versioned_tools(self, tools: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """``tool.versioned`` data for each tool whose digest or version differs from its latest
+        ``tool.registered`` record in an earlier run of this log (see :func:`query.tool_changes`)."""
+        earlier: list[dict[str, Any]] = []
+        with open(self.path, "rb") as handle:
+            for line in handle:
+                if b'"kind":"' + TOOL_REGISTERED.encode() + b'"' not in line or not line.endswith(b"\n"):
+                    continue
+                try:
+                    earlier.append(parse_record(line[:-1]))
+                except LineError:
+                    continue  # a damaged line is verify's business; it cannot vouch for a version
+        return tool_changes(earlier, tools, run=self.run_id)
+
+
+def repair_torn_tail(out_dir: Path, *, lock_timeout_s: float = 30.0) -> Path | None:
+    """Cut an incomplete last line off ``out_dir``'s log, keeping its bytes in a side file.
+
+    The explicit, never automatic, repair after a crash or power loss: it takes the writers' lock,
+    refuses unless everything before the torn bytes ends in a record that verifies, moves the torn
+    bytes to ``audit.jsonl.torn-<UTC time>`` and truncates. Returns the side file, or None if the
+    log was not torn. ``sandrun audit verify`` reports the cut as the next run's continuation.
+    """
+    path = out_dir / LOG_NAME
+    lock_fd = _lock(out_dir / LOCK_NAME, lock_timeout_s)
+    try:
+        _, torn = _tail_state(path)
+        if not torn:
+            return None
+        size = path.stat().st_size
+        side = out_dir / f"{LOG_NAME}.torn-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}"
+        side.write_bytes(torn)
+        with open(path, "r+b") as handle:
+            handle.truncate(size - len(torn))
+            handle.flush()
+            os.fsync(handle.fileno())
+        _fsync_dir(out_dir)
+        return side
+    finally:
+        os.close(lock_fd)

@@ -1,0 +1,442 @@
+"""The batch: a plan's jobs on a pool of worker threads, in ``needs`` order, each in its own sandbox.
+
+Wasmtime releases the GIL while WASM runs, so ``jobs`` worker threads really run ``jobs`` guests
+at once. One dispatcher (the calling thread) decides what starts when:
+
+- a job starts only after every job it ``needs`` finished and passed; otherwise it is ``skipped``
+  and the reason names the need;
+- two jobs whose mounts overlap (the same host folder, or one inside the other) never run at the
+  same time when either may write there; a job's ``stdin`` file counts as a read-only mount;
+- with ``fail_fast``, the first failed or denied job cancels the running ones and skips the rest;
+- when the caller's ``cancel`` event is set (Ctrl-C), running jobs are interrupted, the rest are
+  skipped and the result says ``interrupted``.
+
+Right before a job starts its mounts are resolved again (``sandbox.check_mounts``): an earlier
+job may have planted a symlink in a ``rw`` folder, and no ``rw`` mount may contain a protected
+folder (the output and cache folders). Either makes that job ``denied``; the others go on. Every
+failure of a job is a :class:`~runner.results.JobResult`, never an exception out of the batch.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import functools
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from runner.errors import PolicyDenied, SandrunError
+from runner.plan import JobSpec, Plan
+from runner.progress import ProgressEvent
+from runner.report import sanitize_text
+from runner.results import JobResult, Outcome, Status
+from runner.sandbox import EngineKey, Runtime, check_mounts, required_thread_stack
+
+__all__ = ["EventSink", "BatchOptions", "BatchResult", "run_plan", "status_for"]
+
+EventSink = Callable[[str, dict[str, Any]], None]
+ProgressSink = Callable[[ProgressEvent], None]
+
+_POLL_S = 0.05  # how often the dispatcher looks at the caller's cancel event while it waits
+_TRAP_MESSAGE_MAX = 2000  # bound on the raw trap message kept in the audit record
+_MIN_THREAD_STACK = 8 << 20  # the usual Linux default; set explicitly (musl's is 128 KiB)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchOptions:
+    """How to run a batch. ``protected_dirs`` are folders no ``rw`` mount may contain (out, cache)."""
+
+    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    fail_fast: bool = False
+    passthrough: bool = False
+    cache_dir: Path | None = None
+    protected_dirs: tuple[Path, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.jobs, int) or self.jobs < 1:
+            raise ValueError(f"jobs must be a positive integer, not {self.jobs!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """Results in plan order; the outcome of every job that ran (by id, for its log files)."""
+
+    results: tuple[JobResult, ...]
+    outcomes: dict[str, Outcome]
+    interrupted: bool
+
+
+def status_for(job: JobSpec, outcome: Outcome) -> tuple[Status, str | None]:
+    """``passed`` when the job met ``expect`` (its exit code, no trap); else ``failed`` and why."""
+    if outcome.trap is not None:
+        detail = f" ({sanitize_text(outcome.trap_message, limit=200)})" if outcome.trap_message else ""
+        return "failed", f"trap: {outcome.trap}{detail}"
+    if outcome.exit_code != job.expect_exit_code:
+        return "failed", f"exit code {outcome.exit_code}, expected {job.expect_exit_code}"
+    return "passed", None
+
+
+def _result(job: JobSpec, status: Status, reason: str | None, outcome: Outcome | None = None) -> JobResult:
+    ran: dict[str, Any] = {}
+    if outcome is not None:
+        ran = {
+            "exit_code": outcome.exit_code,
+            "trap": outcome.trap,
+            "fuel_used": outcome.fuel_used,
+            "memory_peak": outcome.memory_peak,
+            "wall_ms": outcome.wall_ms,
+            "stdout_sha256": outcome.stdout_sha256,
+            "stderr_sha256": outcome.stderr_sha256,
+            "stdout_truncated": outcome.stdout_truncated,
+            "stderr_truncated": outcome.stderr_truncated,
+        }
+    return JobResult(
+        manifest=job.manifest,
+        name=job.name,
+        tool=job.tool,
+        module_sha256=job.module_sha256,
+        status=status,
+        reason=reason,
+        **ran,
+    )
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _flat(record: Any) -> dict[str, Any]:
+    """A dataclass of scalars as a dict: ``asdict`` without its deep copy, which costs ~10 µs a call."""
+    return {name: getattr(record, name) for name in _field_names(type(record))}
+
+
+def _refused(job: JobSpec, error: SandrunError) -> JobResult:
+    """A job Sandrun would not (or could not) start: ``denied`` by policy, else ``failed``."""
+    violation = error.violations[0]
+    status: Status = "denied" if isinstance(error, PolicyDenied) else "failed"
+    return _result(job, status, f"[{violation.rule_id}] {violation.message}")
+
+
+# -- which jobs may not run together ----------------------------------------------------------
+
+_Footprint = tuple[tuple[tuple[str, ...], bool], ...]  # (host path parts, may write) per mount
+
+
+def _footprint(job: JobSpec) -> _Footprint:
+    paths = [(PurePosixPath(m.host).parts, m.mode == "rw") for m in job.mounts]
+    if job.stdin is not None:
+        paths.append((PurePosixPath(job.stdin).parts, False))
+    return tuple(paths)
+
+
+def _nested(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    shorter = min(len(a), len(b))
+    return a[:shorter] == b[:shorter]
+
+
+def _clash(a: _Footprint, b: _Footprint) -> bool:
+    """True when one job may write where the other reads or writes (paths are symlink-free)."""
+    return any((wa or wb) and _nested(pa, pb) for pa, wa in a for pb, wb in b)
+
+
+_ToolKey = tuple[str, str, str, EngineKey]  # manifest, tool, module digest, engine configuration
+
+
+# -- the batch ---------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Batch:
+    """State of one :func:`run_plan` call, shared by the worker threads (see ``cond``)."""
+
+    plan: Plan
+    root: Path
+    options: BatchOptions
+    runtime: Runtime
+    on_event: EventSink
+    on_progress: ProgressSink | None
+    cancel: threading.Event | None
+    stop: threading.Event = field(default_factory=threading.Event)
+    sink_lock: threading.Lock = field(default_factory=threading.Lock)
+    sink_error: BaseException | None = None
+    stop_reason: str | None = None
+    interrupted: bool = False
+    load_errors: dict[_ToolKey, SandrunError] = field(default_factory=dict)
+    results: dict[int, JobResult] = field(default_factory=dict)
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    # scheduling state, filled by prepare(), guarded by cond
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    footprints: list[_Footprint] = field(default_factory=list)
+    waiting: list[int] = field(default_factory=list)  # needs not finished yet, per job
+    dependents: list[list[int]] = field(default_factory=list)
+    pending: set[int] = field(default_factory=set)  # not finished yet (running ones included)
+    ready: list[int] = field(default_factory=list)  # needs met, not started, in plan order
+    running: set[int] = field(default_factory=set)
+
+    # -- callbacks: serialised, and a failing one (the audit log cannot be written) stops the batch
+
+    def emit(self, kind: str, data: dict[str, Any]) -> None:
+        self._call(lambda: self.on_event(kind, data))
+
+    def progress(self, event: ProgressEvent) -> None:
+        if self.on_progress is not None:
+            sink = self.on_progress
+            self._call(lambda: sink(event))
+
+    def _call(self, action: Callable[[], None]) -> None:
+        with self.sink_lock:
+            if self.sink_error is not None:
+                return
+            try:
+                action()
+            except BaseException as exc:
+                self.sink_error = exc
+                self.halt("aborted: the run could not be recorded")
+
+    # -- deployment
+
+    @staticmethod
+    def _tool_key(job: JobSpec) -> _ToolKey:
+        return job.manifest, job.tool, job.module_sha256, EngineKey.for_limits(job.limits)
+
+    def deploy(self) -> None:
+        """Compile or fetch every tool's module once, before any job starts (plan order)."""
+        seen: set[_ToolKey] = set()
+        for job in self.plan.jobs:
+            key = self._tool_key(job)
+            if key in seen or self.stop.is_set():
+                continue
+            seen.add(key)
+            self.check_cancel()
+            record = {"tool": job.tool, "manifest": job.manifest, "module_sha256": job.module_sha256}
+            try:
+                source = self.runtime.load_module(job, self.root)
+            except SandrunError as error:
+                self.load_errors[key] = error
+                first = error.violations[0]
+                self.emit("tool.denied", {**record, "rule_id": first.rule_id, "reason": first.message})
+                continue
+            self.emit("tool.deployed", {**record, "source": source, "engine": key[3].tag})
+
+    # -- one job, on a worker thread
+
+    def run_job(self, index: int) -> tuple[int, JobResult, Outcome | None]:
+        job = self.plan.jobs[index]
+        outcome: Outcome | None = None
+        load_error = self.load_errors.get(self._tool_key(job))
+        try:
+            if load_error is not None:
+                result = _refused(job, load_error)
+            elif self.stop.is_set():
+                result = _result(job, "skipped", self.stop_reason)
+            else:
+                check_mounts(job, self.root, protected=(*self.options.protected_dirs, self.runtime.cache_dir))
+                self.started(index, job)
+                outcome = self.runtime.run(
+                    job, self.root, cancel=self.stop, passthrough=self.options.passthrough
+                )
+                status, reason = status_for(job, outcome)
+                if status != "passed" and self.stop.is_set():
+                    reason = f"{self.stop_reason} ({reason})"
+                result = _result(job, status, reason, outcome)
+        except SandrunError as error:
+            result = _refused(job, error)
+        except Exception as error:  # a bug of ours must not take the batch down: it is this job's result
+            result = _result(job, "failed", f"internal error: {type(error).__name__}: {error}")
+        self.finish(index, result, outcome)
+        return index, result, outcome
+
+    def started(self, index: int, job: JobSpec) -> None:
+        """Record a job's start, once its mounts passed the last check."""
+        record = {
+            "id": job.id,
+            "index": index,
+            "module_sha256": job.module_sha256,
+            "limits": _flat(job.limits),
+            "mounts": [_flat(m) for m in job.mounts],
+            "fs_scope": job.fs_scope,
+        }
+        self.emit("job.started", record)
+        self.progress(ProgressEvent(kind="started", job_id=job.id, index=index, total=len(self.plan.jobs)))
+
+    def finish(self, index: int, result: JobResult, outcome: Outcome | None) -> None:
+        """Record a job's end (ran, refused or skipped) in the audit log and the progress display."""
+        extra: dict[str, Any] = {
+            "index": index,
+            "trap_message": None,
+            "invoke_results": None,
+            "stdout_dropped": 0,
+            "stderr_dropped": 0,
+        }
+        if outcome is not None:
+            message, results = outcome.trap_message, outcome.invoke_results
+            extra["trap_message"] = None if message is None else message[:_TRAP_MESSAGE_MAX]
+            extra["invoke_results"] = None if results is None else list(results)
+            extra["stdout_dropped"], extra["stderr_dropped"] = outcome.stdout_dropped, outcome.stderr_dropped
+        self.emit("job.finished", {**_flat(result), **extra})
+        event = ProgressEvent(
+            kind="finished",
+            job_id=result.id,
+            index=index,
+            total=len(self.plan.jobs),
+            status=result.status,
+            wall_ms=result.wall_ms,
+            reason=result.reason,
+        )
+        self.progress(event)
+
+    # -- the dispatcher
+
+    def halt(self, reason: str) -> None:
+        """Stop the batch: running guests are cancelled, nothing else starts."""
+        if not self.stop.is_set():
+            self.stop_reason = reason
+            self.stop.set()
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set() and not self.interrupted:
+            self.interrupted = True
+            self.halt("interrupted")
+
+    # -- scheduling: workers pick their next job themselves, so a finished job hands over without
+    # a thread switch
+
+    def prepare(self) -> None:
+        jobs = self.plan.jobs
+        ids = {job.id: i for i, job in enumerate(jobs)}
+        self.footprints = [_footprint(job) for job in jobs]
+        self.waiting = [len(set(job.needs)) for job in jobs]
+        self.dependents = [[] for _ in jobs]
+        for i, job in enumerate(jobs):
+            for need in set(job.needs):
+                self.dependents[ids[need]].append(i)
+        self.pending = set(range(len(jobs)))
+        self.ready = [i for i in range(len(jobs)) if self.waiting[i] == 0]
+
+    def settle(self, index: int, result: JobResult) -> None:
+        """A job ended (ran, or was skipped): release or skip what needs it. Holds ``cond``."""
+        self.results[index] = result
+        self.pending.discard(index)
+        self.running.discard(index)
+        for dependent in self.dependents[index]:
+            if dependent not in self.pending:
+                continue
+            if result.status != "passed":
+                self.skip(dependent, f"needs {result.id} ({result.status})")
+            else:
+                self.waiting[dependent] -= 1
+                if self.waiting[dependent] == 0:
+                    bisect.insort(self.ready, dependent)
+        self.cond.notify_all()
+
+    def skip(self, index: int, reason: str | None) -> None:
+        if index not in self.pending or index in self.running:
+            return
+        if index in self.ready:
+            self.ready.remove(index)
+        result = _result(self.plan.jobs[index], "skipped", reason)
+        self.finish(index, result, None)
+        self.settle(index, result)
+
+    def next_job(self) -> int | None:
+        """The first ready job that clashes with no running one; None when the batch is over.
+
+        Holds ``cond``; waits while every ready job must wait for a running one.
+        """
+        while self.pending:
+            if self.stop.is_set():
+                for index in sorted(self.pending - self.running):
+                    self.skip(index, self.stop_reason)
+            else:
+                for position, index in enumerate(self.ready):
+                    if not any(_clash(self.footprints[index], self.footprints[r]) for r in self.running):
+                        del self.ready[position]
+                        self.running.add(index)
+                        return index
+                if not self.running:  # nothing runs and nothing may start: only a needs cycle does that
+                    for index in sorted(self.pending):
+                        self.skip(index, "needs cycle: never runnable")
+            if self.pending:
+                self.cond.wait(_POLL_S)
+        return None
+
+    def work(self) -> None:
+        """A worker thread: take the next runnable job, run it, record it, until none is left."""
+        while True:
+            with self.cond:
+                index = self.next_job()
+            if index is None:
+                return
+            index, result, outcome = self.run_job(index)
+            with self.cond:
+                if outcome is not None:
+                    self.outcomes[result.id] = outcome
+                if result.status in ("failed", "denied") and self.options.fail_fast:
+                    self.halt(f"fail-fast: {result.id} {result.status}")
+                self.settle(index, result)
+
+    def dispatch(self) -> None:
+        """Run the workers; this thread only watches the caller's cancel event (Ctrl-C)."""
+        self.prepare()
+        threads = self._start_workers(self.work)
+        try:
+            with self.cond:
+                while self.pending:
+                    self.check_cancel()
+                    if self.stop.is_set():
+                        self.cond.notify_all()
+                    self.cond.wait(_POLL_S)
+        finally:
+            self.halt("aborted")  # a no-op after a normal end; after a bug of ours, no guest keeps running
+            for thread in threads:
+                thread.join()
+
+    def _start_workers(self, target: Callable[[], None]) -> list[threading.Thread]:
+        """Worker threads with a native stack big enough for the largest ``max_wasm_stack``."""
+        count = max(1, min(self.options.jobs, len(self.plan.jobs)))
+        needed = max((required_thread_stack(job.limits) for job in self.plan.jobs), default=0)
+        previous = threading.stack_size(max(needed, _MIN_THREAD_STACK))
+        try:
+            threads = [
+                threading.Thread(target=target, name=f"sandrun-job-{i}", daemon=True) for i in range(count)
+            ]
+            for thread in threads:
+                thread.start()
+        finally:
+            threading.stack_size(previous)
+        return threads
+
+
+def run_plan(
+    plan: Plan,
+    root: Path,
+    options: BatchOptions,
+    *,
+    on_event: EventSink = lambda kind, data: None,
+    on_progress: ProgressSink | None = None,
+    cancel: threading.Event | None = None,
+) -> BatchResult:
+    """Run every job of ``plan`` under ``root``; results in plan order.
+
+    ``on_event(kind, data)`` receives ``tool.deployed``/``tool.denied``, ``job.started`` and
+    ``job.finished`` records (one per job, skipped ones too) and ``on_progress`` the progress
+    events; both are called from several threads but never at the same time. If either raises,
+    the batch stops (running jobs cancelled, pending ones skipped) and the error is re-raised.
+    """
+    with Runtime(cache_dir=options.cache_dir) as runtime:
+        batch = _Batch(plan, root, options, runtime, on_event, on_progress, cancel)
+        batch.deploy()
+        if plan.jobs:
+            batch.dispatch()
+    if batch.sink_error is not None:
+        raise batch.sink_error
+    return BatchResult(
+        results=tuple(batch.results[i] for i in range(len(plan.jobs))),
+        outcomes=batch.outcomes,
+        interrupted=batch.interrupted,
+    )

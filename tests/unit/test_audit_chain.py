@@ -1,0 +1,328 @@
+"""The writer: exact line format, continuation across runs, lock, group commit, crash safety."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from runner.audit import AuditLog, load_runner_key, read_records, repair_torn_tail, verify_log
+from runner.audit import chain as chain_module
+from runner.audit.record import GENESIS, parse_line
+from runner.canonical import canonical_json, sha256_hex
+from runner.errors import AuditError, InputError, Location
+from runner.signing import generate_keypair
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _python(script: str, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_each_line_is_the_canonical_record_and_hashes_as_documented(tmp_path: Path) -> None:
+    with AuditLog.open(tmp_path, run_id="r1") as log:
+        first = log.append("run.started", {"kind": "nested keys named like the envelope", "hash": "x"})
+        second = log.append("job.finished", {"name": "ünïcode", "n": 2**62})
+        log.seal(None)
+    lines = (tmp_path / "audit.jsonl").read_bytes().split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 4
+    assert lines[0] == canonical_json(first) and lines[1] == canonical_json(second)
+    assert first["hash"] == sha256_hex(canonical_json({k: v for k, v in first.items() if k != "hash"}))
+    assert (first["seq"], first["prev"], second["seq"], second["prev"]) == (0, GENESIS, 1, first["hash"])
+    assert first["ts"].endswith("Z") and len(first["ts"]) == len("2026-11-21T18:00:00.123Z")
+
+
+def test_the_chain_continues_across_runs_in_the_same_folder(tmp_path: Path) -> None:
+    heads = []
+    for run in ("r1", "r2", "r3"):
+        with AuditLog.open(tmp_path, run_id=run) as log:
+            record = log.append("run.started", {})
+            heads.append(record)
+            log.seal(None)
+    assert [h["seq"] for h in heads] == [0, 2, 4]
+    records = read_records(tmp_path / "audit.jsonl")
+    assert heads[1]["prev"] == records[1]["hash"] and heads[2]["prev"] == records[3]["hash"]
+    report = verify_log(tmp_path / "audit.jsonl")
+    assert report.status == "intact" and [r.run for r in report.runs] == ["r1", "r2", "r3"]
+
+
+def test_seal_checkpoint_signs_the_head_and_size(tmp_path: Path) -> None:
+    key = generate_keypair()
+    with AuditLog.open(tmp_path, run_id="r1", origin="example.org/ci/audit") as log:
+        last = log.append("run.started", {})
+        checkpoint = log.seal(key, "ci")
+        with pytest.raises(AuditError) as caught:
+            log.append("job.started", {})
+        assert caught.value.rule_id == "audit.closed"
+    assert (checkpoint.origin, checkpoint.size, checkpoint.root_hash) == (
+        "example.org/ci/audit",
+        1,
+        last["hash"],
+    )
+    assert str(checkpoint).startswith("example.org/ci/audit\n1\n") and "\n\n\u2014 ci " in str(checkpoint)
+    seal = read_records(tmp_path / "audit.jsonl")[-1]
+    assert seal["kind"] == "run.sealed" and seal["data"]["checkpoint"] == str(checkpoint)
+    with pytest.raises(ValueError):
+        AuditLog.open(tmp_path, run_id="r2", origin="has space")
+
+
+def test_bad_input_to_append_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    with AuditLog.open(tmp_path, run_id="r1") as log:
+        for kind, data in (("job.finished", {"wall_s": 0.5}), ("NotAKind", {}), ("job.finished", [1])):
+            with pytest.raises((TypeError, ValueError)):
+                log.append(kind, data)  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            log.append("run.sealed", {})
+        log.append("run.started", {})
+    assert [r["seq"] for r in read_records(tmp_path / "audit.jsonl")] == [0]
+
+
+def test_concurrent_appends_from_threads_keep_one_chain(tmp_path: Path) -> None:
+    with AuditLog.open(tmp_path, run_id="r1") as log:
+        workers = [
+            threading.Thread(target=lambda: [log.append("job.finished", {"i": i}) for i in range(200)])
+            for _ in range(4)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        log.seal(None)
+    report = verify_log(tmp_path / "audit.jsonl")
+    assert report.status == "intact" and report.records == 801
+
+
+def test_fsync_is_a_group_commit_and_always_runs_at_seal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced_sizes: list[int] = []
+    real_sync = chain_module._sync
+
+    def counting_sync(fd: int) -> None:
+        real_sync(fd)
+        synced_sizes.append(os.fstat(fd).st_size)
+
+    monkeypatch.setattr(chain_module, "_sync", counting_sync)
+    with AuditLog.open(tmp_path, run_id="r1", fsync_interval_s=3600, fsync_every=10) as log:
+        for i in range(9):
+            log.append("job.finished", {"i": i})
+        assert synced_sizes == []  # below the count, long before the interval: no fsync yet
+        log.append("job.finished", {"i": 9})  # the 10th pending record wakes the flusher
+        deadline = time.monotonic() + 30
+        while not synced_sizes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(synced_sizes) == 1
+        log.seal(None)
+        assert synced_sizes[-1] == (tmp_path / "audit.jsonl").stat().st_size  # the seal is durable
+    synced_sizes.clear()
+    with AuditLog.open(tmp_path, run_id="r2", fsync_interval_s=0) as log:  # synchronous mode
+        for i in range(3):
+            log.append("job.finished", {"i": i})
+    assert len(synced_sizes) == 3
+
+
+def test_the_interval_bounds_what_a_power_loss_can_cost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced = threading.Event()
+    real_sync = chain_module._sync
+
+    def signalling_sync(fd: int) -> None:
+        real_sync(fd)
+        synced.set()
+
+    monkeypatch.setattr(chain_module, "_sync", signalling_sync)
+    with AuditLog.open(tmp_path, run_id="r1", fsync_interval_s=0.05, fsync_every=10_000) as log:
+        log.append("run.started", {})
+        assert synced.wait(30)  # generous: only that it happens without more records or a seal
+
+
+def test_a_torn_tail_is_refused_then_repaired_explicitly(tmp_path: Path) -> None:
+    with AuditLog.open(tmp_path, run_id="r1") as log:
+        log.append("run.started", {})
+        log.append("job.started", {})
+    path = tmp_path / "audit.jsonl"
+    intact = path.read_bytes()
+    path.write_bytes(intact + b'{"data":{"half a rec')
+    with pytest.raises(AuditError) as caught:
+        AuditLog.open(tmp_path, run_id="r2")
+    assert caught.value.rule_id == "audit.torn-line" and caught.value.location.line == 3  # type: ignore[union-attr]
+    assert path.read_bytes().endswith(b"half a rec")  # refusing changed nothing
+    side = repair_torn_tail(tmp_path)
+    assert side is not None and side.read_bytes() == b'{"data":{"half a rec'
+    assert path.read_bytes() == intact and repair_torn_tail(tmp_path) is None
+    with AuditLog.open(tmp_path, run_id="r2") as log:
+        log.seal(None)
+    assert verify_log(path).status == "intact"
+
+
+def _two_records(folder: Path, value: int) -> list[bytes]:
+    with AuditLog.open(folder, run_id="r1") as log:
+        log.append("run.started", {"v": value})
+        log.append("job.started", {"x": 1})
+    return (folder / "audit.jsonl").read_bytes().split(b"\n")[:-1]
+
+
+@pytest.mark.parametrize("damage", ["edit-last", "unlinked-last"])
+def test_open_refuses_to_append_to_a_broken_tail(tmp_path: Path, damage: str) -> None:
+    lines = _two_records(tmp_path / "a", 1)
+    if damage == "edit-last":
+        lines[-1] = lines[-1].replace(b'"x":1', b'"x":2')
+    else:  # a valid record from another log: it does not follow the line before it
+        lines[-1] = _two_records(tmp_path / "b", 2)[-1]
+    (tmp_path / "a" / "audit.jsonl").write_bytes(b"".join(line + b"\n" for line in lines))
+    with pytest.raises(AuditError) as caught:
+        AuditLog.open(tmp_path / "a", run_id="r2")
+    assert caught.value.rule_id == "audit.edited"
+
+
+def test_open_refuses_a_reused_run_id(tmp_path: Path) -> None:
+    with AuditLog.open(tmp_path, run_id="r1") as log:
+        log.append("run.started", {})
+    with pytest.raises(AuditError) as caught:
+        AuditLog.open(tmp_path, run_id="r1")
+    assert caught.value.rule_id == "audit.run-reused"
+
+
+def test_a_second_writer_times_out_with_audit_locked(tmp_path: Path) -> None:
+    with AuditLog.open(tmp_path, run_id="r1"):
+        with pytest.raises(AuditError) as caught:
+            AuditLog.open(tmp_path, run_id="r2", lock_timeout_s=0.1)
+        assert caught.value.rule_id == "audit.locked"
+    with AuditLog.open(tmp_path, run_id="r2") as log:  # released on close
+        log.seal(None)
+
+
+WRITER = """
+    import sys, time
+    from pathlib import Path
+    from runner.audit import AuditLog
+    with AuditLog.open(Path(sys.argv[1]), run_id=sys.argv[2], lock_timeout_s=60) as log:
+        print("locked", flush=True)
+        for i in range(100):
+            log.append("job.finished", {"i": i})
+            time.sleep(0.001)
+        log.seal(None)
+"""
+
+
+def test_two_processes_writing_one_folder_are_serialised(tmp_path: Path) -> None:
+    writers = [_python(WRITER, str(tmp_path), run) for run in ("run-a", "run-b")]
+    for writer in writers:
+        assert writer.wait(120) == 0, writer.stderr.read() if writer.stderr else ""
+    report = verify_log(tmp_path / "audit.jsonl")
+    assert report.status == "intact", report.problems
+    assert sorted(r.run for r in report.runs) == ["run-a", "run-b"]
+    assert [r.records for r in report.runs] == [101, 101]  # each run contiguous, never interleaved
+
+
+KILLED = """
+    import sys
+    from pathlib import Path
+    from runner.audit import AuditLog
+    log = AuditLog.open(Path(sys.argv[1]), run_id="doomed")
+    log.append("run.started", {})
+    i = 0
+    while True:
+        log.append("job.finished", {"i": i, "pad": "x" * 500})
+        i += 1
+        if i == 300:
+            print("ready", flush=True)
+"""
+
+
+def test_a_sigkilled_run_leaves_a_log_that_verifies_as_unsealed(tmp_path: Path) -> None:
+    writer = _python(KILLED, str(tmp_path))
+    assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
+    time.sleep(0.05)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait(60)
+    path = tmp_path / "audit.jsonl"
+    assert path.read_bytes().endswith(b"\n")
+    report = verify_log(path)
+    assert (report.ok, report.sealed, report.status) == (True, False, "unsealed")
+    assert report.records > 300
+    [problem] = report.problems
+    assert problem.rule_id == "audit.unsealed"
+    assert problem.message.startswith(f"unsealed: interrupted after seq {report.records - 1}")
+    # the next run continues the chain after the interrupted one
+    with AuditLog.open(tmp_path, run_id="next") as log:
+        assert log.append("run.started", {})["seq"] == report.records
+        log.seal(None)
+    report = verify_log(path)
+    assert report.status == "intact" and [r.sealed for r in report.runs] == [False, True]
+
+
+def test_load_runner_key_from_a_file_or_the_environment(tmp_path: Path) -> None:
+    from runner.signing import public_key_raw, write_keypair
+
+    pair = write_keypair("runner", tmp_path)
+    pem = pair.private_path.read_text()
+    from_file = load_runner_key(pair.private_path, {})
+    from_env = load_runner_key(None, {"SANDRUN_SIGNING_KEY": pem})
+    assert from_file is not None and from_env is not None
+    assert public_key_raw(from_file.public_key()) == public_key_raw(from_env.public_key())
+    assert load_runner_key(None, {}) is None
+    with pytest.raises(InputError) as caught:
+        load_runner_key(None, {"SANDRUN_SIGNING_KEY": "not a key"})
+    assert caught.value.rule_id == "input.signing-key"
+    assert caught.value.location == Location(file="$SANDRUN_SIGNING_KEY")
+    assert "not a key" not in str(caught.value)
+    with pytest.raises(InputError):
+        load_runner_key(tmp_path / "missing.key", {})
+
+
+def test_versioned_tools_compares_with_the_latest_earlier_registration(tmp_path: Path) -> None:
+    def tool(version: str, digest: str, name: str = "mdlint") -> dict[str, str]:
+        return {"manifest": "m.yaml", "name": name, "version": version, "module_sha256": digest * 64}
+
+    for run, tools in (("r1", [tool("1.0", "a"), tool("2.0", "c", "fmt")]), ("r2", [tool("1.1", "b")])):
+        with AuditLog.open(tmp_path, run_id=run) as log:
+            for t in tools:
+                log.append("tool.registered", t)
+            log.seal(None)
+    with AuditLog.open(tmp_path, run_id="r3") as log:
+        current = [tool("1.1", "b"), tool("2.1", "d", "fmt"), tool("0.1", "e", "new")]
+        for t in current:
+            log.append("tool.registered", t)  # the current run's own records are not "earlier"
+        changes = log.versioned_tools(current)
+    assert [(c["name"], c["previous"]["version"], c["previous"]["run"], c["version"]) for c in changes] == [
+        ("fmt", "2.0", "r1", "2.1")
+    ]
+
+
+def test_parse_line_matches_what_append_wrote(tmp_path: Path) -> None:
+    with AuditLog.open(tmp_path, run_id="r1") as log:
+        record = log.append("run.started", {"a": [1, "two", None, True]})
+    head = parse_line((tmp_path / "audit.jsonl").read_bytes()[:-1])
+    assert head == (record["hash"], "run.started", GENESIS, "r1", 0)
+
+
+def test_the_worked_example_in_the_docs_is_exact(tmp_path: Path) -> None:
+    import datetime as dt
+
+    moment = dt.datetime(2026, 11, 21, 18, 0, 0, 123000, tzinfo=dt.timezone.utc)
+    with AuditLog.open(tmp_path, run_id="20261121T180000Z-3f9a1c2b", clock=lambda: moment) as log:
+        log.append("run.started", {"sandrun": "0.1.0"})
+    line = (tmp_path / "audit.jsonl").read_bytes().split(b"\n")[0]
+    docs = (REPO / "docs" / "audit.md").read_text(encoding="utf-8")
+    assert "\n" + line.decode() + "\n" in docs
+    cut = line.rfind(b',"hash":"')
+    hashed = line[:cut] + line[cut + 74 :]
+    assert "\n" + hashed.decode() + "\n" in docs and f"{len(hashed)} bytes" in docs
+    assert sha256_hex(hashed) == parse_line(line).hash and parse_line(line).hash in docs

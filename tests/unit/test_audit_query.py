@@ -1,0 +1,99 @@
+"""Answers from the log alone: filters, and report.json rebuilt from the records."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.audit import AuditLog, read_records, results_from_log, select
+from runner.errors import AuditError
+from runner.results import JobResult, Status
+
+
+def _result(i: int, status: Status) -> JobResult:
+    return JobResult(
+        manifest="m.yaml",
+        name=f"job-{i}",
+        tool="t",
+        module_sha256=hashlib.sha256(b"t").hexdigest(),
+        status=status,
+        exit_code=0 if status == "passed" else None,
+        trap=None if status == "passed" else "out_of_fuel",
+        fuel_used=100 * i,
+        memory_peak=65536,
+        wall_ms=i,
+        stdout_sha256=hashlib.sha256(b"o").hexdigest(),
+        stderr_sha256=hashlib.sha256(b"").hexdigest(),
+        stdout_truncated=i == 2,
+        reason=None if status == "passed" else "out of fuel",
+    )
+
+
+def _run(folder: Path, run: str, statuses: list[Status]) -> dict[str, Any]:
+    """A run like api.run logs it; returns the report.json the run itself would write."""
+    results = [_result(i, s) for i, s in enumerate(statuses)]
+    with AuditLog.open(folder, run_id=run) as log:
+        log.append("run.started", {})
+        log.append(
+            "plan.compiled",
+            {"plan_sha256": "cd" * 32, "policy": {"name": "ci", "sha256": "ef" * 32, "git_commit": "0" * 40}},
+        )
+        for i in range(len(results)):
+            log.append("job.started", {"job": results[i].id, "index": i})
+        for i in reversed(range(len(results))):  # finished out of plan order, as a thread pool does
+            log.append("job.finished", {**results[i].to_dict(), "index": i, "outcome": {"extra": "kept"}})
+        log.seal(None)
+    return {
+        "run": run,
+        "plan_sha256": "cd" * 32,
+        "policy": "ci",
+        "ok": all(s == "passed" for s in statuses),
+        "jobs": [r.to_dict() for r in results],
+    }
+
+
+def test_report_json_is_rebuilt_from_the_log_alone(tmp_path: Path) -> None:
+    first = _run(tmp_path, "r1", ["passed", "passed"])
+    second = _run(tmp_path, "r2", ["passed", "failed", "passed"])
+    records = read_records(tmp_path / "audit.jsonl")
+    assert results_from_log(records) == second
+    assert results_from_log(records, "r1") == first
+    assert second["ok"] is False and first["ok"] is True
+    assert [j["name"] for j in second["jobs"]] == ["job-0", "job-1", "job-2"]
+    assert set(second["jobs"][0]) == {f.name for f in dataclasses.fields(JobResult)}
+
+
+def test_a_run_without_a_plan_has_no_report(tmp_path: Path) -> None:
+    with AuditLog.open(tmp_path, run_id="denied") as log:
+        log.append("run.started", {})
+        log.append("run.denied", {"exit_code": 3, "violations": []})
+        log.seal(None)
+    with pytest.raises(AuditError) as caught:
+        results_from_log(read_records(tmp_path / "audit.jsonl"))
+    assert caught.value.rule_id == "audit.no-plan"
+
+
+def test_select_filters_by_job_kind_and_run(tmp_path: Path) -> None:
+    _run(tmp_path, "r1", ["passed", "failed"])
+    _run(tmp_path, "r2", ["passed"])
+    records = read_records(tmp_path / "audit.jsonl")
+    assert len(select(records, job="job-1")) == 2  # started and finished, by name
+    assert [r["kind"] for r in select(records, job="m.yaml/job-1", kind="job.finished")] == ["job.finished"]
+    assert {r["kind"] for r in select(records, kind="job")} == {"job.started", "job.finished"}
+    assert select(records, kind="job.*") == select(records, kind="job")
+    assert select(records, kind="jo") == []
+    assert {r["run"] for r in select(records, run="r2")} == {"r2"} and len(select(records, run="r2")) == 5
+    assert select(records, job="job-0", run="r2", kind="job.finished")[0]["data"]["status"] == "passed"
+
+
+def test_read_records_refuses_a_damaged_line(tmp_path: Path) -> None:
+    _run(tmp_path, "r1", ["passed"])
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(path.read_bytes() + b'{"torn')
+    with pytest.raises(AuditError) as caught:
+        read_records(path)
+    assert caught.value.rule_id == "audit.torn-line"

@@ -1,0 +1,173 @@
+"""Run outputs (report.json, junit.xml, summary.md, logs/) and the progress display."""
+
+from __future__ import annotations
+
+import io
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner import outputs
+from runner.outputs import log_path, write_outputs
+from runner.progress import ProgressDisplay, ProgressEvent, make_progress, wants_live
+from runner.report import build_report
+from runner.results import JobResult, Outcome
+
+SHA = "c" * 64
+
+
+def outcome(stdout: bytes, stderr: bytes = b"", exit_code: int = 0) -> Outcome:
+    return Outcome(exit_code=exit_code, trap=None, trap_message=None, fuel_used=None, memory_peak=65536,
+                   wall_ms=3, stdout=stdout, stderr=stderr, stdout_dropped=5)  # fmt: skip
+
+
+def row(name: str, status: Any, manifest: str = "docs", ran: Outcome | None = None, **kw: Any) -> JobResult:
+    extra: dict[str, Any] = {}
+    if ran is not None:
+        extra = {"exit_code": ran.exit_code, "wall_ms": ran.wall_ms, "stdout_sha256": ran.stdout_sha256,
+                 "stderr_sha256": ran.stderr_sha256, "stdout_truncated": ran.stdout_truncated}  # fmt: skip
+    return JobResult(manifest=manifest, name=name, tool="t", module_sha256=SHA, status=status, **extra, **kw)
+
+
+def sample() -> tuple[dict[str, Any], dict[str, Outcome]]:
+    ran = {
+        "docs/lint": outcome(b"all good\n", b"warn\n"),
+        "docs/bad": outcome(b"\x00\xffbinary", exit_code=1),
+    }
+    results = [
+        row("lint", "passed", ran=ran["docs/lint"]),
+        row("bad", "failed", ran=ran["docs/bad"], reason="exit code 1, expected 0"),
+        row("later", "skipped", reason="needs docs/bad (failed)"),
+    ]
+    return build_report(run_id="r1", plan_sha256=SHA, policy="ci", results=results), ran
+
+
+# -- write_outputs ----------------------------------------------------------------------------
+
+
+def test_writes_every_output(tmp_path: Path) -> None:
+    report, ran = sample()
+    write_outputs(tmp_path / "out", report, ran)
+    out = tmp_path / "out"
+    assert json.loads((out / "report.json").read_text()) == report
+    assert ET.parse(out / "junit.xml").getroot().get("tests") == "3"
+    assert "docs/bad" in (out / "summary.md").read_text()
+    assert (out / "logs/docs/lint.stdout").read_bytes() == b"all good\n"
+    assert (out / "logs/docs/lint.stderr").read_bytes() == b"warn\n"
+    assert (out / "logs/docs/bad.stdout").read_bytes() == b"\x00\xffbinary"  # as captured, byte for byte
+    assert not (out / "logs/docs/later.stdout").exists()  # never ran: no log at all
+    assert sorted(p.name for p in out.iterdir()) == ["junit.xml", "logs", "report.json", "summary.md"]
+
+
+def test_logs_of_an_earlier_run_do_not_linger(tmp_path: Path) -> None:
+    report, ran = sample()
+    write_outputs(tmp_path, report, ran)
+    only_lint = build_report(run_id="r2", plan_sha256=SHA, policy="ci", results=[report_row(report, "lint")])
+    write_outputs(tmp_path, only_lint, {"docs/lint": outcome(b"second\n")})
+    assert (tmp_path / "logs/docs/lint.stdout").read_bytes() == b"second\n"
+    assert not (tmp_path / "logs/docs/bad.stdout").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def report_row(report: dict[str, Any], name: str) -> JobResult:
+    return JobResult.from_dict(next(j for j in report["jobs"] if j["name"] == name))
+
+
+def test_hand_crafted_names_stay_inside_logs(tmp_path: Path) -> None:
+    evil = row("../../escaped", "passed", manifest="..", ran=outcome(b"x"))
+    report = build_report(run_id="r", plan_sha256=SHA, policy="ci", results=[evil])
+    write_outputs(tmp_path / "out", report, {evil.id: outcome(b"x")})
+    written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert all((tmp_path / "out") in p.parents for p in written)
+    assert log_path("..", "../../escaped", "stdout") == Path("logs/__/______escaped.stdout")
+    assert not any(p.name == "escaped.stdout" for p in tmp_path.rglob("*"))
+
+
+def test_a_failure_while_writing_leaves_the_previous_files_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report, ran = sample()
+    write_outputs(tmp_path, report, ran)
+    before = (tmp_path / "report.json").read_bytes()
+
+    def broken(_: Any) -> str:
+        raise RuntimeError("renderer crashed")
+
+    monkeypatch.setattr(outputs, "render_junit", broken)
+    second = build_report(run_id="r2", plan_sha256=SHA, policy="ci", results=[report_row(report, "lint")])
+    with pytest.raises(RuntimeError):
+        write_outputs(tmp_path, second, ran)
+    assert (tmp_path / "report.json").read_bytes() == before  # written last: still the previous run's
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files left
+
+
+# -- progress ---------------------------------------------------------------------------------
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_live_only_on_a_terminal_outside_ci() -> None:
+    assert wants_live(Tty(), {}) is True
+    assert wants_live(io.StringIO(), {}) is False
+    assert wants_live(Tty(), {"CI": "true"}) is False
+    assert wants_live(Tty(), {"CI": "1"}) is False
+    assert wants_live(Tty(), {"CI": "false"}) is True
+    assert wants_live(Tty(), {"TERM": "dumb"}) is False
+    assert make_progress(io.StringIO(), environ={})._live is False
+
+
+def _events() -> list[ProgressEvent]:
+    return [
+        ProgressEvent(kind="started", job_id="docs/lint-readme", index=0, total=3),
+        ProgressEvent(kind="started", job_id="docs/spell", index=1, total=3),
+        ProgressEvent(kind="finished", job_id="docs/lint-readme", index=0, total=3, status="passed",
+                      wall_ms=12),
+        ProgressEvent(kind="finished", job_id="docs/spell", index=1, total=3, status="failed", wall_ms=5,
+                      reason="trap: trap (\x1b[2J::error::boom\nnext)"),
+        ProgressEvent(kind="finished", job_id="docs/after", index=2, total=3, status="skipped",
+                      reason="needs docs/spell (failed)"),
+    ]  # fmt: skip
+
+
+def test_plain_lines() -> None:
+    stream = io.StringIO()
+    display = ProgressDisplay(stream, live=False)
+    for event in _events():
+        display(event)
+    display.close()
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "[1/3] passed docs/lint-readme (12 ms)"
+    assert lines[1].startswith("[2/3] failed docs/spell (5 ms): trap: trap (")
+    assert "\x1b" not in lines[1] and "::" not in lines[1]
+    assert lines[2] == "[3/3] skipped docs/after: needs docs/spell (failed)"
+    assert len(lines) == 3
+
+
+def test_live_line_updates_in_place_and_keeps_failures() -> None:
+    stream = Tty()
+    clock = iter([0.0, 0.01, 0.02, 0.03, 1.0, 1.1, 2.0])
+    display = ProgressDisplay(stream, live=True, width=200, clock=lambda: next(clock))
+    for event in _events():
+        display(event)
+    display.close()
+    text = stream.getvalue()
+    assert text.count("\n") == 3  # the failure, the skip, and the final line: nothing else scrolls
+    assert "\r\x1b[2K[2/3] failed docs/spell" in text
+    assert "0 running · 1 failed" in text
+    final = text.rstrip("\n").split("\r\x1b[2K")[-1]
+    assert final.startswith("sandrun [3/3] 0 running · 1 failed")
+    assert "\x1b[2J" not in text  # the guest's escape did not reach the terminal
+
+
+def test_live_redraws_are_throttled() -> None:
+    stream = Tty()
+    display = ProgressDisplay(stream, live=True, clock=lambda: 5.0)  # time stands still
+    for i in range(50):
+        display(ProgressEvent(kind="started", job_id=f"m/j{i}", index=i, total=100))
+    assert stream.getvalue().count("\r") == 1
