@@ -8,14 +8,30 @@ never see half the story.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from runner.errors import InputError, Location, SandrunError, Violation
+from runner import __version__
+from runner.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_JOB_FAILED,
+    EXIT_OK,
+    InputError,
+    Location,
+    SandrunError,
+    Violation,
+)
 from runner.plan import Plan
 from runner.policy.compiler import compile_plan, denial_error
 from runner.policy.model import Policy, policy_from_document
 from runner.source import Document, load_yaml_file
+
+if TYPE_CHECKING:
+    from runner.executor import BatchOptions
+    from runner.signing import PrivateKey
 
 __all__ = ["MANIFEST_SUFFIXES", "expand_paths", "load_manifests", "load_policy", "compile_manifests"]
 
@@ -113,12 +129,19 @@ def load_plan(path: Path) -> Plan:
         raw = path.read_bytes()
         plan = Plan.from_dict(json.loads(raw))
     except OSError as exc:
-        raise InputError.one("input.read", f"cannot read plan: {exc.strerror}", Location(file=str(path))) from None
+        raise InputError.one(
+            "input.read", f"cannot read plan: {exc.strerror}", Location(file=str(path))
+        ) from None
     except (ValueError, KeyError, TypeError) as exc:
-        raise InputError.one("plan.invalid", f"not a valid sandrun plan: {exc}", Location(file=str(path))) from None
+        raise InputError.one(
+            "plan.invalid", f"not a valid sandrun plan: {exc}", Location(file=str(path))
+        ) from None
     if plan.to_json() != raw.rstrip(b"\n"):
-        raise InputError.one("plan.invalid", "the plan is not in canonical form (edited by hand?); compile it again",
-                             Location(file=str(path)))
+        raise InputError.one(
+            "plan.invalid",
+            "the plan is not in canonical form (edited by hand?); compile it again",
+            Location(file=str(path)),
+        )
     return plan
 
 
@@ -143,9 +166,16 @@ def new_run_id() -> str:
 
 def _tool_records(plan: Plan) -> list[dict[str, Any]]:
     return [
-        {"manifest": t.manifest, "name": t.name, "module": t.module, "module_sha256": t.sha256,
-         "version": t.version, "signer": t.signer, "signature_verified": t.signature_verified,
-         "actions": list(t.actions)}
+        {
+            "manifest": t.manifest,
+            "name": t.name,
+            "module": t.module,
+            "module_sha256": t.sha256,
+            "version": t.version,
+            "signer": t.signer,
+            "signature_verified": t.signature_verified,
+            "actions": list(t.actions),
+        }
         for t in plan.tools
     ]
 
@@ -156,11 +186,25 @@ def _denial_records(error: SandrunError) -> list[tuple[str, dict[str, Any]]]:
     for violation in error.violations:
         pointer = violation.location.pointer if violation.location else ""
         if pointer.startswith("/tools/"):
-            kind = "tool.revoked" if violation.rule_id in ("tool.revoked", "signature.revoked-key") else "tool.denied"
-            records.append((kind, {"tool": pointer.split("/")[2], "file": violation.location.file,
-                                   "rule_id": violation.rule_id, "reason": violation.message}))
-    records.append(("run.denied", {"exit_code": error.exit_code,
-                                   "violations": [v.to_dict() for v in error.violations]}))
+            kind = (
+                "tool.revoked"
+                if violation.rule_id in ("tool.revoked", "signature.revoked-key")
+                else "tool.denied"
+            )
+            records.append(
+                (
+                    kind,
+                    {
+                        "tool": pointer.split("/")[2],
+                        "file": violation.location.file,
+                        "rule_id": violation.rule_id,
+                        "reason": violation.message,
+                    },
+                )
+            )
+    records.append(
+        ("run.denied", {"exit_code": error.exit_code, "violations": [v.to_dict() for v in error.violations]})
+    )
     return records
 
 
@@ -206,24 +250,46 @@ def run(
                 log.append(kind, data)
             log.seal(signing_key, signing_key_name)
             raise
-        log.append("plan.compiled", {"plan_sha256": plan.sha256, "policy": {
-            "name": plan.policy.name, "path": plan.policy.path, "sha256": plan.policy.sha256,
-            "git_commit": plan.policy.git_commit}, "inputs": [{"path": i.path, "sha256": i.sha256}
-                                                            for i in plan.inputs], "jobs": len(plan.jobs)})
+        log.append(
+            "plan.compiled",
+            {
+                "plan_sha256": plan.sha256,
+                "policy": {
+                    "name": plan.policy.name,
+                    "path": plan.policy.path,
+                    "sha256": plan.policy.sha256,
+                    "git_commit": plan.policy.git_commit,
+                },
+                "inputs": [{"path": i.path, "sha256": i.sha256} for i in plan.inputs],
+                "jobs": len(plan.jobs),
+            },
+        )
         for record in _tool_records(plan):
             log.append("tool.registered", record)
         for record in log.versioned_tools(_tool_records(plan)):
             log.append("tool.versioned", record)
         protected = tuple(p.resolve() for p in (out_dir, *(options.protected_dirs or ())))
-        batch = run_plan(plan, root, replace(options, protected_dirs=protected), on_event=log.append,
-                         on_progress=on_progress, cancel=cancel)
-        report = build_report(run_id=run_id, plan_sha256=plan.sha256, policy=plan.policy.name,
-                              results=batch.results)
+        batch = run_plan(
+            plan,
+            root,
+            replace(options, protected_dirs=protected),
+            on_event=log.append,
+            on_progress=on_progress,
+            cancel=cancel,
+        )
+        report = build_report(
+            run_id=run_id, plan_sha256=plan.sha256, policy=plan.policy.name, results=batch.results
+        )
         write_outputs(out_dir, report, batch.outcomes)
         checkpoint = log.seal(signing_key, signing_key_name)
     if batch.interrupted:
         exit_code = EXIT_INTERRUPTED
     else:
         exit_code = EXIT_OK if report["ok"] else EXIT_JOB_FAILED
-    return RunOutcome(report=report, exit_code=exit_code, checkpoint=str(checkpoint) if checkpoint else None,
-                      out_dir=out_dir, interrupted=batch.interrupted)
+    return RunOutcome(
+        report=report,
+        exit_code=exit_code,
+        checkpoint=str(checkpoint) if checkpoint else None,
+        out_dir=out_dir,
+        interrupted=batch.interrupted,
+    )

@@ -20,8 +20,6 @@ failure of a job is a :class:`~runner.results.JobResult`, never an exception out
 from __future__ import annotations
 
 import bisect
-import dataclasses
-import functools
 import os
 import threading
 from collections.abc import Callable
@@ -105,14 +103,9 @@ def _result(job: JobSpec, status: Status, reason: str | None, outcome: Outcome |
     )
 
 
-@functools.cache
-def _field_names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls))
-
-
 def _flat(record: Any) -> dict[str, Any]:
     """A dataclass of scalars as a dict: ``asdict`` without its deep copy, which costs ~10 µs a call."""
-    return {name: getattr(record, name) for name in _field_names(type(record))}
+    return {name: getattr(record, name) for name in record.__dataclass_fields__}
 
 
 def _refused(job: JobSpec, error: SandrunError) -> JobResult:
@@ -235,7 +228,10 @@ class _Batch:
             elif self.stop.is_set():
                 result = _result(job, "skipped", self.stop_reason)
             else:
-                check_mounts(job, self.root, protected=(*self.options.protected_dirs, self.runtime.cache_dir))
+                if job.mounts:  # resolved again now: an earlier job may have planted a symlink
+                    check_mounts(
+                        job, self.root, protected=(*self.options.protected_dirs, self.runtime.cache_dir)
+                    )
                 self.started(index, job)
                 outcome = self.runtime.run(
                     job, self.root, cancel=self.stop, passthrough=self.options.passthrough
@@ -319,29 +315,43 @@ class _Batch:
         self.ready = [i for i in range(len(jobs)) if self.waiting[i] == 0]
 
     def settle(self, index: int, result: JobResult) -> None:
-        """A job ended (ran, or was skipped): release or skip what needs it. Holds ``cond``."""
-        self.results[index] = result
-        self.pending.discard(index)
-        self.running.discard(index)
-        for dependent in self.dependents[index]:
-            if dependent not in self.pending:
-                continue
-            if result.status != "passed":
-                self.skip(dependent, f"needs {result.id} ({result.status})")
-            else:
-                self.waiting[dependent] -= 1
-                if self.waiting[dependent] == 0:
-                    bisect.insort(self.ready, dependent)
+        """A job ended (ran, or was skipped): release what needs it, or skip it. Holds ``cond``.
+
+        Iterative, not recursive: a failure at the head of a long ``needs`` chain skips it all.
+        """
+        ended = [(index, result)]
+        while ended:
+            index, result = ended.pop()
+            self.results[index] = result
+            self.pending.discard(index)
+            self.running.discard(index)
+            for dependent in self.dependents[index]:
+                if dependent not in self.pending:
+                    continue
+                if self.stop.is_set():  # the batch is ending anyway: say why, rather than blame the need
+                    reason = self.stop_reason
+                elif result.status != "passed":
+                    reason = f"needs {result.id} ({result.status})"
+                else:
+                    self.waiting[dependent] -= 1
+                    if self.waiting[dependent] == 0:
+                        bisect.insort(self.ready, dependent)
+                    continue
+                ended.append((dependent, self._skipped(dependent, reason)))
         self.cond.notify_all()
 
     def skip(self, index: int, reason: str | None) -> None:
-        if index not in self.pending or index in self.running:
-            return
+        """Skip a job that has not started. Holds ``cond``."""
+        if index in self.pending and index not in self.running:
+            self.settle(index, self._skipped(index, reason))
+
+    def _skipped(self, index: int, reason: str | None) -> JobResult:
+        self.pending.discard(index)
         if index in self.ready:
             self.ready.remove(index)
         result = _result(self.plan.jobs[index], "skipped", reason)
         self.finish(index, result, None)
-        self.settle(index, result)
+        return result
 
     def next_job(self) -> int | None:
         """The first ready job that clashes with no running one; None when the batch is over.
@@ -392,7 +402,8 @@ class _Batch:
                         self.cond.notify_all()
                     self.cond.wait(_POLL_S)
         finally:
-            self.halt("aborted")  # a no-op after a normal end; after a bug of ours, no guest keeps running
+            if self.pending:  # only after a bug of ours: let no guest keep running
+                self.halt("aborted")
             for thread in threads:
                 thread.join()
 

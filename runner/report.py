@@ -109,7 +109,7 @@ def _job_id(job: Mapping[str, Any]) -> str:
 
 def _outcome(job: Mapping[str, Any]) -> str:
     if job.get("trap"):
-        return f"trap {job['trap']}"
+        return str(job["trap"])
     if job.get("exit_code") is not None:
         return f"exit {job['exit_code']}"
     return "—"

@@ -27,6 +27,7 @@ from runner.policy.governance import Grants, score
 from runner.policy.model import LimitValues, Policy, parse_limits
 from runner.signing import verify_module_digest
 from runner.source import Document
+from runner.units import format_duration, format_size
 
 __all__ = ["BUILTIN_LIMITS", "compile_plan", "denial_error"]
 
@@ -69,6 +70,13 @@ class _Compilation:
     def record_input(self, path: Path, digest: str) -> None:
         key = self.relative(path) if self.inside_root(path) else str(path)
         self.inputs[key] = digest
+
+
+def _shown(field_name: str, value: int) -> str:
+    """A limit as people write it: sizes in KiB/MiB, durations in s/m, fuel as a number."""
+    if field_name == "timeout":
+        return format_duration(value)
+    return str(value) if field_name == "fuel" else format_size(value)
 
 
 def _within(path: Path, roots: tuple[Path, ...]) -> bool:
@@ -139,7 +147,7 @@ class _ManifestCompiler:
         if path is None:
             return None
         if not path.is_file():
-            self.deny("tool.module-missing", f"{module_text!r} is not a file", pointer + "/module")
+            self.deny("tool.module.not-file", f"{module_text!r} is not a file", pointer + "/module")
             return None
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         self.state.record_input(path, digest)
@@ -269,7 +277,7 @@ class _ManifestCompiler:
         )
         job_score = score(grants)
         max_score = self.state.policy.max_score
-        if max_score is not None and job_score > max_score:
+        if tool is not None and max_score is not None and job_score > max_score:
             self.deny(
                 "governance.score",
                 f"governance score {job_score:.4f} is above the policy's max_score {max_score}",
@@ -326,7 +334,8 @@ class _ManifestCompiler:
                 where = f"{pointer}/limits/{field_name}" if field_name in data else f"{pointer}"
                 self.deny(
                     "limits.max",
-                    f"{field_name} {value} is above the policy's maximum {cap}",
+                    f"{field_name} {_shown(field_name, value)} is above the policy's maximum "
+                    f"{_shown(field_name, cap)}",
                     where,
                     expected=f"<= {cap}",
                     actual=value,

@@ -78,7 +78,7 @@ def test_check_formats_json_and_github() -> None:
     assert data["violations"][0]["location"]["pointer"] == "/tools/hello/sha256"
     github = CliRunner().invoke(cli, [*args, "--format", "github"])
     assert github.exit_code == 3
-    assert github.stdout.startswith("::error file=") and ",line=6," in github.stdout
+    assert github.stdout.startswith("::error file=") and ",line=5," in github.stdout
     assert "title=tool.digest::" in github.stdout
 
 

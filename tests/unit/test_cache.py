@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -11,7 +12,7 @@ import pytest
 from conftest import make_job
 from wasmtime import wat2wasm
 
-from runner.cache import CACHE_FORMAT, ModuleCache, check_private_dir, default_cache_dir
+from runner.cache import CACHE_FORMAT, ModuleCache, _digest, check_private_dir, default_cache_dir
 from runner.plan import JobSpec
 from runner.sandbox import Runtime
 
@@ -84,14 +85,10 @@ def damage_group_writable(artifact: Path, sidecar: Path) -> None:
 
 def damage_consistent_garbage(artifact: Path, sidecar: Path) -> None:
     """Bytes that pass the integrity check but are not a Wasmtime artifact: Wasmtime refuses."""
-    import hashlib
-
     garbage = b"\x7fELF" + b"\x00" * 200
     artifact.write_bytes(garbage)
     meta = json.loads(sidecar.read_text())
-    sidecar.write_text(
-        json.dumps({**meta, "size": len(garbage), "sha256": hashlib.sha256(garbage).hexdigest()})
-    )
+    sidecar.write_text(json.dumps({**meta, "size": len(garbage), "sha256": _digest(memoryview(garbage))}))
 
 
 @pytest.mark.parametrize(
@@ -211,3 +208,13 @@ def test_cache_without_folder_only_compiles(probe_wasm: bytes) -> None:
     key = cache.key("0" * 64, "test")
     assert cache.load(engine, key, lambda: probe_wasm)[1] == "compiled"
     assert cache.load(engine, key, lambda: probe_wasm)[1] == "memory"
+
+
+def test_digest_is_over_chunk_digests() -> None:
+    data = os.urandom(20 << 20)  # three 8 MiB chunks, hashed in parallel
+    chunks = [data[i : i + (8 << 20)] for i in range(0, len(data), 8 << 20)]
+    expected = hashlib.sha256(b"".join(hashlib.sha256(c).digest() for c in chunks)).hexdigest()
+    assert _digest(memoryview(data)) == expected
+    flipped = bytearray(data)
+    flipped[-1] ^= 1
+    assert _digest(memoryview(flipped)) != expected

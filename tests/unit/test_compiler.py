@@ -24,14 +24,14 @@ def test_same_tree_in_two_places_compiles_to_the_same_plan_hash(tmp_path: Path) 
     hashes = set()
     for place in ("a/deeper/place", "b"):
         root = _copy_cases(tmp_path / place)
-        plan = compile_manifests([root / "valid"], root / "_shared" / "policy.yaml", root=root, today=TODAY)
+        plan = compile_manifests([root / "valid" / "manifest.yaml"], root / "_shared" / "policy.yaml", root=root, today=TODAY)
         assert all(not m.host.startswith("/") for job in plan.jobs for m in job.mounts)
         hashes.add(plan.sha256)
     assert len(hashes) == 1
 
 
 def test_plan_records_inputs_policy_and_resolved_jobs() -> None:
-    plan = compile_manifests([CASES / "valid"], CASES / "_shared" / "policy.yaml", root=CASES, today=TODAY)
+    plan = compile_manifests([CASES / "valid" / "manifest.yaml"], CASES / "_shared" / "policy.yaml", root=CASES, today=TODAY)
     paths = {item.path for item in plan.inputs}
     assert paths == {
         "valid/manifest.yaml",
@@ -56,14 +56,14 @@ def test_plan_records_inputs_policy_and_resolved_jobs() -> None:
 
 def test_key_is_valid_through_its_not_after_day_and_denied_the_day_after() -> None:
     policy = CASES / "_shared" / "policy.yaml"
-    compile_manifests([CASES / "valid"], policy, root=CASES, today=dt.date(2027, 12, 31))
+    compile_manifests([CASES / "valid" / "manifest.yaml"], policy, root=CASES, today=dt.date(2027, 12, 31))
     with pytest.raises(PolicyDenied) as caught:
-        compile_manifests([CASES / "valid"], policy, root=CASES, today=dt.date(2028, 1, 1))
+        compile_manifests([CASES / "valid" / "manifest.yaml"], policy, root=CASES, today=dt.date(2028, 1, 1))
     assert {v.rule_id for v in caught.value.violations} == {"signature.expired-key"}
 
 
 def test_problems_of_every_file_come_out_together_and_invalid_input_wins() -> None:
-    paths = [CASES / "yaml-duplicate-key", CASES / "sha256-mismatch", CASES / "schema-unknown-field"]
+    paths = [CASES / n / "manifest.yaml" for n in ("yaml-duplicate-key", "sha256-mismatch", "schema-unknown-field")]
     with pytest.raises(InputError) as caught:
         compile_manifests(paths, CASES / "_shared" / "policy.yaml", root=CASES, today=TODAY)
     rules = {v.rule_id for v in caught.value.violations}
@@ -77,7 +77,7 @@ def test_a_bad_policy_is_reported_with_its_own_file_and_line(tmp_path: Path) -> 
         "apiVersion: sandrun/v1\nkind: Policy\nmetadata: {name: p}\nlimits:\n  max: {memory: lots}\n"
     )
     with pytest.raises(InputError) as caught:
-        compile_manifests([CASES / "valid"], policy, root=CASES, today=TODAY)
+        compile_manifests([CASES / "valid" / "manifest.yaml"], policy, root=CASES, today=TODAY)
     violation = caught.value.violations[0]
     assert violation.location is not None
     assert violation.location.file == str(policy) and violation.location.line == 5
@@ -89,6 +89,6 @@ def test_duplicate_manifest_names_across_files_are_denied(tmp_path: Path) -> Non
     shutil.copytree(root / "valid", root / "valid-again")
     with pytest.raises(PolicyDenied) as caught:
         compile_manifests(
-            [root / "valid", root / "valid-again"], root / "_shared" / "policy.yaml", root=root, today=TODAY
+            [root / "valid" / "manifest.yaml", root / "valid-again" / "manifest.yaml"], root / "_shared" / "policy.yaml", root=root, today=TODAY
         )
     assert [v.rule_id for v in caught.value.violations] == ["manifest.duplicate-name"]

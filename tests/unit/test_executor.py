@@ -514,3 +514,13 @@ def test_progress_events_for_every_job(tmp_path: Path) -> None:
         ("finished", "tests/b", "skipped"),
     ]
     assert {e.total for e in events} == {2}
+
+
+def test_a_failure_at_the_head_of_a_long_chain_skips_it_all(tmp_path: Path) -> None:
+    ok, bad = wat(EXIT, code=0), wat(EXIT, code=1)
+    chain = [job(tmp_path, bad, "j0")] + [
+        job(tmp_path, ok, f"j{i}", needs=[f"j{i - 1}"]) for i in range(1, 3000)
+    ]
+    rows = run(tmp_path, plan_of(*reversed(chain))).results  # deeper than Python's recursion limit
+    assert sum(r.status == "skipped" for r in rows) == 2999
+    assert by_name(run(tmp_path, plan_of(*chain)))["j2999"].reason == "needs tests/j2998 (skipped)"

@@ -193,7 +193,7 @@ def test_markdown_summary_table() -> None:
         "❌", "docs/spell", "mdlint", "exit 3", "1,234", "2.0 MiB", "1.50 s", "exit code 3, expected 0",
     ]  # fmt: skip
     loop = next(r for r in rows if "docs/loop" in r[1])
-    assert loop[3].strip() == "trap timeout"
+    assert loop[3].strip() == "timeout"
     assert "⏭️" in next(r for r in rows if "docs/after" in r[1])[0]
 
 
