@@ -10,12 +10,12 @@ How each limit is enforced (docs/sandbox.md has the user-facing version):
 
 - ``fuel``: ``Store.set_fuel`` on an engine with fuel metering, used only by jobs that set a fuel
   limit (metering slows every instruction).
-- ``timeout``: epoch interruption. The engine's ticker increments the epoch every ``tick_ms``; each
-  store's deadline is the job's timeout in ticks. Epochs only interrupt WASM code, so the one WASI
-  call that blocks (``poll_oneoff``: sleeps) is shadowed by a host function that sleeps no longer
-  than the job's deadline or its cancel event; once back in WASM, the epoch deadline traps.
-- ``cancel``: the ticker sets the store's epoch deadline to "now" (a single word the running code
-  polls) and the ``poll_oneoff`` shadow wakes up; the job ends as ``timeout`` / ``cancelled``.
+- ``timeout`` and ``cancel``: epoch interruption. The engine's ticker increments the epoch every
+  ``tick_ms``; every few ticks the store's epoch-deadline callback compares the wall clock with the
+  job's deadline and looks at its cancel event, and stops the guest (``timeout``, or ``timeout`` /
+  ``cancelled``). Epochs only interrupt WASM code, so the one WASI call that blocks
+  (``poll_oneoff``: sleeps) is shadowed by a host function that sleeps no longer than the job's
+  deadline or its cancellation; once back in WASM, the callback stops the guest.
 - ``memory``: ``Store.set_limits``; ``memory.grow`` beyond the cap returns -1 (Wasmtime's C API
   cannot make it trap), so a guest that then exits non-zero or traps with its memory within 1/16
   of the cap (at least 1 MiB) is classified ``memory``; a module whose initial memory exceeds the

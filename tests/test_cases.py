@@ -26,6 +26,12 @@ TODAY = dt.date(2026, 11, 21)
 NAMES = sorted(p.name for p in CASES.iterdir() if p.is_dir() and not p.name.startswith("_"))
 
 
+def _policy(case: Path) -> Path:
+    """A case may bring its own policy; otherwise the shared one."""
+    own = case / "policy.yaml"
+    return own if own.exists() else POLICY
+
+
 def _expected(case: Path) -> dict:
     return yaml.safe_load((case / "expected.yaml").read_text(encoding="utf-8"))
 
@@ -35,11 +41,11 @@ def test_case_yields_exactly_the_expected_violations(name: str) -> None:
     case = CASES / name
     expected = _expected(case)
     if expected["exit_code"] == 0:
-        plan = compile_manifests([case / "manifest.yaml"], POLICY, root=CASES, today=TODAY)
+        plan = compile_manifests([case / "manifest.yaml"], _policy(case), root=CASES, today=TODAY)
         assert [job.name for job in plan.jobs] == expected["jobs"]
         return
     with pytest.raises(SandrunError) as caught:
-        compile_manifests([case / "manifest.yaml"], POLICY, root=CASES, today=TODAY)
+        compile_manifests([case / "manifest.yaml"], _policy(case), root=CASES, today=TODAY)
     error = caught.value
     got = sorted(
         (v.rule_id, v.location.line if v.location else None, v.location.pointer if v.location else None)
@@ -58,7 +64,7 @@ def test_case_through_the_cli_prints_one_line_per_problem_and_no_traceback(name:
     case = CASES / name
     expected = _expected(case)
     result = CliRunner().invoke(
-        cli, ["check", str(case / "manifest.yaml"), "--policy", str(POLICY), "--root", str(CASES)]
+        cli, ["check", str(case / "manifest.yaml"), "--policy", str(_policy(case)), "--root", str(CASES)]
     )
     assert "Traceback" not in result.output
     assert result.exit_code == expected["exit_code"], result.output

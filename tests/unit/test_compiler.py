@@ -92,3 +92,9 @@ def test_duplicate_manifest_names_across_files_are_denied(tmp_path: Path) -> Non
             [root / "valid" / "manifest.yaml", root / "valid-again" / "manifest.yaml"], root / "_shared" / "policy.yaml", root=root, today=TODAY
         )
     assert [v.rule_id for v in caught.value.violations] == ["manifest.duplicate-name"]
+
+
+def test_unknown_key_under_optional_signatures_counts_as_unsigned() -> None:
+    plan = compile_manifests([CASES / "signature-unknown-key" / "manifest.yaml"], CASES / "_shared" / "policy.yaml",
+                             root=CASES, today=TODAY)
+    assert plan.tools[0].signer is None and not plan.tools[0].signature_verified
