@@ -35,7 +35,7 @@ limits:
 fs: {roots: [./data], write: [./out]}
 network: {allow: ["https://*.example.org"], block: [private]}
 actions: {allow: ["tool.fs.*"], deny: ["tool.fs.delete"]}
-governance: {max_score: 0.9}
+governance: {max_score: 1.5}
 """
 
 MANIFEST = """\

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,10 +30,24 @@ from runner.policy.model import Policy, policy_from_document
 from runner.source import Document, load_yaml_file
 
 if TYPE_CHECKING:
+    from runner.audit import Checkpoint
     from runner.executor import BatchOptions
+    from runner.results import Outcome
     from runner.signing import PrivateKey
 
-__all__ = ["MANIFEST_SUFFIXES", "expand_paths", "load_manifests", "load_policy", "compile_manifests"]
+__all__ = [
+    "MANIFEST_SUFFIXES",
+    "expand_paths",
+    "load_manifests",
+    "load_policy",
+    "compile_manifests",
+    "compile_documents",
+    "load_plan",
+    "plan_maker",
+    "run",
+    "RunOutcome",
+    "new_run_id",
+]
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 
@@ -97,25 +111,36 @@ def compile_manifests(
     Invalid input (YAML, schema) makes it an :class:`InputError` (exit 2), otherwise policy denials
     make it a :class:`~runner.errors.PolicyDenied` (exit 3).
     """
+    documents, problems = load_manifests(paths)
+    return compile_documents(documents, policy_path, root=root, today=today, problems=problems)
+
+
+def compile_documents(
+    documents: list[Document],
+    policy_path: Path,
+    *,
+    root: Path | None = None,
+    today: dt.date | None = None,
+    problems: Sequence[Violation] = (),
+) -> Plan:
+    """Compile manifests already loaded; ``problems`` are earlier ones to report together."""
     root = (root or Path.cwd()).resolve()
-    problems: list[Violation] = []
+    found = list(problems)
     try:
         policy: Policy | None = load_policy(policy_path, root)
     except InputError as exc:
         policy = None
-        problems.extend(exc.violations)
-    documents, found = load_manifests(paths)
-    problems.extend(found)
+        found.extend(exc.violations)
     if policy is not None:
         try:
             plan = compile_plan(documents, policy, root, today=today)
         except SandrunError as exc:
-            problems.extend(exc.violations)
+            found.extend(exc.violations)
         else:
-            if not problems:
+            if not found:
                 return plan
-    problems.sort(key=lambda v: (v.location.file, v.location.line or 0) if v.location else ("", 0))
-    raise denial_error(problems)
+    found.sort(key=lambda v: (v.location.file, v.location.line or 0) if v.location else ("", 0))
+    raise denial_error(found)
 
 
 # -- running ----------------------------------------------------------------------------------
@@ -151,9 +176,10 @@ class RunOutcome:
 
     report: dict[str, Any]
     exit_code: int
-    checkpoint: str | None
+    checkpoint: Checkpoint
     out_dir: Path
     interrupted: bool
+    outcomes: Mapping[str, Outcome]
 
 
 def new_run_id() -> str:
@@ -209,8 +235,7 @@ def _denial_records(error: SandrunError) -> list[tuple[str, dict[str, Any]]]:
 
 
 def run(
-    sources: Sequence[Path],
-    policy_path: Path | None,
+    make_plan: Callable[[], Plan],
     *,
     root: Path | None = None,
     out_dir: Path = Path("sandrun-out"),
@@ -219,16 +244,17 @@ def run(
     signing_key_name: str | None = None,
     cancel: threading.Event | None = None,
     on_progress: Callable[[Any], None] | None = None,
-    today: dt.date | None = None,
+    sources: Sequence[str] = (),
 ) -> RunOutcome:
-    """Compile (or load a plan), run it, log every step, write the outputs, seal the log.
+    """Make the plan, run it, log every step, write the outputs, seal the log.
 
-    ``sources`` is either one plan file (``*.json``) or manifests (files or folders), which then
-    need ``policy_path``. A compile-time denial is logged and sealed before it is raised.
+    ``make_plan`` compiles manifests or loads a plan (see :func:`plan_maker`); a denial it raises
+    is logged and sealed before it propagates, so the audit log records refused runs too.
     """
     from runner.audit import AuditLog
     from runner.executor import BatchOptions as _BatchOptions
     from runner.executor import run_plan
+    from runner.fileio import write_atomic
     from runner.outputs import write_outputs
     from runner.report import build_report
 
@@ -237,38 +263,21 @@ def run(
     run_id = new_run_id()
     out_dir.mkdir(parents=True, exist_ok=True)
     with AuditLog.open(out_dir, run_id=run_id) as log:
-        log.append("run.started", {"sandrun": __version__, "sources": [str(s) for s in sources]})
+        log.append("run.started", {"sandrun": __version__, "sources": list(sources)})
         try:
-            if len(sources) == 1 and sources[0].suffix == ".json":
-                plan = load_plan(sources[0])
-            else:
-                if policy_path is None:
-                    raise InputError.one("input.policy", "--policy is required to run manifests")
-                plan = compile_manifests(sources, policy_path, root=root, today=today)
+            plan = make_plan()
         except SandrunError as error:
             for kind, data in _denial_records(error):
                 log.append(kind, data)
             log.seal(signing_key, signing_key_name)
             raise
-        log.append(
-            "plan.compiled",
-            {
-                "plan_sha256": plan.sha256,
-                "policy": {
-                    "name": plan.policy.name,
-                    "path": plan.policy.path,
-                    "sha256": plan.policy.sha256,
-                    "git_commit": plan.policy.git_commit,
-                },
-                "inputs": [{"path": i.path, "sha256": i.sha256} for i in plan.inputs],
-                "jobs": len(plan.jobs),
-            },
-        )
-        for record in _tool_records(plan):
+        log.append("plan.compiled", _plan_record(plan))
+        tools = _tool_records(plan)
+        for record in tools:
             log.append("tool.registered", record)
-        for record in log.versioned_tools(_tool_records(plan)):
+        for record in log.versioned_tools(tools):
             log.append("tool.versioned", record)
-        protected = tuple(p.resolve() for p in (out_dir, *(options.protected_dirs or ())))
+        protected = tuple(p.resolve() for p in (out_dir, *options.protected_dirs))
         batch = run_plan(
             plan,
             root,
@@ -282,6 +291,7 @@ def run(
         )
         write_outputs(out_dir, report, batch.outcomes)
         checkpoint = log.seal(signing_key, signing_key_name)
+        write_atomic(out_dir / "checkpoint.txt", str(checkpoint).encode("utf-8"))
     if batch.interrupted:
         exit_code = EXIT_INTERRUPTED
     else:
@@ -289,7 +299,94 @@ def run(
     return RunOutcome(
         report=report,
         exit_code=exit_code,
-        checkpoint=str(checkpoint) if checkpoint else None,
+        checkpoint=checkpoint,
         out_dir=out_dir,
         interrupted=batch.interrupted,
+        outcomes=batch.outcomes,
     )
+
+
+def _plan_record(plan: Plan) -> dict[str, Any]:
+    policy = plan.policy
+    return {
+        "plan_sha256": plan.sha256,
+        "policy": {
+            "name": policy.name,
+            "path": policy.path,
+            "sha256": policy.sha256,
+            "git_commit": policy.git_commit,
+        },
+        "inputs": [{"path": i.path, "sha256": i.sha256} for i in plan.inputs],
+        "jobs": [job.id for job in plan.jobs],
+    }
+
+
+def plan_maker(
+    sources: Sequence[Path],
+    policy_path: Path | None,
+    *,
+    root: Path | None = None,
+    today: dt.date | None = None,
+) -> Callable[[], Plan]:
+    """What ``sandrun run`` runs: one ``*.json`` plan as is, or manifests compiled under a policy."""
+    if len(sources) == 1 and sources[0].suffix == ".json":
+        return lambda: load_plan(sources[0])
+    if policy_path is None:
+        raise InputError.one("input.policy", "--policy is required to run manifests (or give one plan.json)")
+    return lambda: compile_manifests(sources, policy_path, root=root, today=today)
+
+
+def default_policy_path() -> Path:
+    """The strict default policy (``policies/default.yaml``), shipped inside the package too."""
+    from importlib import resources
+
+    return Path(str(resources.files("runner").joinpath("data/default-policy.yaml")))
+
+
+def exec_manifest(
+    module: Path,
+    args: Sequence[str],
+    *,
+    mounts: Sequence[tuple[str, str, str]] = (),
+    env: Mapping[str, str] | None = None,
+    limits: Mapping[str, Any] | None = None,
+    invoke: str | None = None,
+    program_name: str | None = None,
+) -> Document:
+    """The one-job manifest ``sandrun exec`` runs, built from its flags and checked like any other.
+
+    It goes through the same strict loader and schema (JSON is YAML), so a bad flag value is
+    reported exactly as the same mistake in a manifest file would be.
+    """
+    import hashlib
+    import json
+    import re
+
+    from runner.source import load_yaml_bytes
+
+    try:
+        digest = hashlib.sha256(module.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise InputError.one(
+            "input.read", f"cannot read module: {exc.strerror}", Location(file=str(module))
+        ) from None
+    tool = re.sub(r"[^a-z0-9-]+", "-", module.stem.lower()).strip("-")[:60] or "tool"
+    job: dict[str, Any] = {"name": "exec", "tool": tool, "args": list(args)}
+    if program_name is not None:
+        job["program_name"] = program_name
+    if invoke is not None:
+        job["invoke"] = invoke
+    if env:
+        job["env"] = dict(env)
+    if mounts:
+        job["fs"] = [{"host": host, "guest": guest, "mode": mode} for host, guest, mode in mounts]
+    if limits:
+        job["limits"] = dict(limits)
+    manifest = {
+        "apiVersion": "sandrun/v1",
+        "kind": "Manifest",
+        "metadata": {"name": "exec"},
+        "tools": {tool: {"module": str(module), "sha256": digest}},
+        "jobs": [job],
+    }
+    return load_yaml_bytes(json.dumps(manifest, indent=1).encode("utf-8"), "(sandrun exec)")

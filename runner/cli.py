@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import threading
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -193,6 +197,377 @@ def schema(kind: str) -> None:
     from runner.schema import schema_text
 
     click.echo(schema_text(kind), nl=False)  # type: ignore[arg-type]
+
+
+_out_option = click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("sandrun-out"),
+    show_default=True,
+    help="Folder for audit.jsonl, report.json, junit.xml, summary.md, logs/.",
+)
+_signing_options = [
+    click.option(
+        "--signing-key",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help="Ed25519 private key that signs the audit seal (or set SANDRUN_SIGNING_KEY to its PEM).",
+    ),
+    click.option("--key-name", default=None, help="Name of the signing key in the signed checkpoint."),
+]
+_batch_options = [
+    click.option(
+        "--cache-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        help="Compiled-module cache (default: $XDG_CACHE_HOME/sandrun/modules).",
+    ),
+]
+
+
+def _apply(options: list) -> Callable:  # type: ignore[type-arg]
+    def decorate(function: Callable) -> Callable:  # type: ignore[type-arg]
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
+def _signing_key(path: Path | None) -> Any:
+    from runner.audit import load_runner_key
+
+    return load_runner_key(path, os.environ)
+
+
+def _run_with_interrupts(start: Callable[[threading.Event, Any], Any]) -> Any:
+    """Run ``start(cancel, progress)``; the first Ctrl-C cancels the batch cleanly (exit 130)."""
+    import signal
+
+    from runner.progress import make_progress
+
+    cancel = threading.Event()
+    progress = make_progress()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def interrupt(signum: int, frame: object) -> None:
+        cancel.set()
+        signal.signal(signal.SIGINT, previous)  # a second Ctrl-C stops at once
+
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        signal.signal(signal.SIGINT, interrupt)
+    try:
+        return start(cancel, progress)
+    finally:
+        progress.close()
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _print_run_end(outcome: Any) -> None:
+    from runner.report import render_markdown
+
+    click.echo(render_markdown(outcome.report), nl=False)
+    checkpoint = outcome.checkpoint
+    click.echo(
+        f"outputs: {outcome.out_dir}/ (report.json, junit.xml, summary.md, logs/, audit.jsonl)", err=True
+    )
+    click.echo(
+        f"audit head: {checkpoint.root_hash} after {checkpoint.size} records; publish "
+        f"{outcome.out_dir}/checkpoint.txt outside the log to anchor it",
+        err=True,
+    )
+
+
+@cli.command(name="run")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--policy",
+    "policy_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The policy (required unless SOURCES is one compiled plan.json).",
+)
+@_root_option
+@_out_option
+@click.option(
+    "-j", "--jobs", type=click.IntRange(min=1), default=None, help="Parallel jobs (default: cores)."
+)
+@click.option("--fail-fast", is_flag=True, help="Stop at the first failed job (default: run everything).")
+@_apply(_batch_options)
+@_apply(_signing_options)
+def run_command(
+    sources: tuple[Path, ...],
+    policy_path: Path | None,
+    root: Path | None,
+    out_dir: Path,
+    jobs: int | None,
+    fail_fast: bool,
+    cache_dir: Path | None,
+    signing_key: Path | None,
+    key_name: str | None,
+) -> None:
+    """Run manifests (compiled under --policy) or a compiled plan; write outputs and the audit log."""
+    from runner.api import plan_maker, run
+    from runner.executor import BatchOptions
+
+    make_plan = plan_maker(list(sources), policy_path, root=root)
+    key = _signing_key(signing_key)
+    options = BatchOptions(fail_fast=fail_fast, cache_dir=cache_dir, **({"jobs": jobs} if jobs else {}))
+    outcome = _run_with_interrupts(
+        lambda cancel, progress: run(
+            make_plan,
+            root=root,
+            out_dir=out_dir,
+            options=options,
+            signing_key=key,
+            signing_key_name=key_name,
+            cancel=cancel,
+            on_progress=progress,
+            sources=[str(s) for s in sources],
+        )
+    )
+    _print_run_end(outcome)
+    sys.exit(outcome.exit_code)
+
+
+def _parse_map_dir(text: str) -> tuple[str, str, str]:
+    host, sep, rest = text.partition("::")
+    if not sep or not host or not rest:
+        raise click.BadParameter(f"{text!r}: expected HOST::GUEST[:ro|rw]")
+    guest, mode = rest, "ro"
+    if rest.endswith((":ro", ":rw")):
+        guest, mode = rest[:-3], rest[-2:]
+    return host, guest, mode
+
+
+def _parse_env(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise click.BadParameter(f"{text!r}: expected NAME=VALUE")
+    return name, value
+
+
+EXIT_TRAP = 134
+
+
+@cli.command(name="exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("module", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option(
+    "--map-dir",
+    "map_dirs",
+    multiple=True,
+    metavar="HOST::GUEST[:ro|rw]",
+    help="Mount a host folder in the guest (read-only unless :rw).",
+)
+@click.option("--env", "env", multiple=True, metavar="NAME=VALUE", help="Set a guest environment variable.")
+@click.option("--fuel", type=click.IntRange(min=1), default=None)
+@click.option("--memory", default=None, help="Linear memory cap, e.g. 64MiB.")
+@click.option("--timeout", default=None, help="Wall-clock timeout, e.g. 30s.")
+@click.option("--stack", default=None, help="WASM stack cap, e.g. 512KiB.")
+@click.option("--output", default=None, help="Cap on captured stdout and stderr each, e.g. 1MiB.")
+@click.option("--invoke", default=None, help="Call this export with ARGS instead of _start.")
+@click.option("--program-name", default=None, help="argv[0] (default: the module's name).")
+@click.option(
+    "--policy",
+    "policy_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Policy to check against (default: the built-in strict default policy).",
+)
+@_root_option
+@_out_option
+@_apply(_batch_options)
+@_apply(_signing_options)
+def exec_command(
+    module: Path,
+    args: tuple[str, ...],
+    map_dirs: tuple[str, ...],
+    env: tuple[str, ...],
+    fuel: int | None,
+    memory: str | None,
+    timeout: str | None,
+    stack: str | None,
+    output: str | None,
+    invoke: str | None,
+    program_name: str | None,
+    policy_path: Path | None,
+    root: Path | None,
+    out_dir: Path,
+    cache_dir: Path | None,
+    signing_key: Path | None,
+    key_name: str | None,
+) -> None:
+    """Run one module ad hoc, like `wasmtime run`, in the same sandbox and audit.
+
+    The guest's stdin, stdout and stderr pass through (and are captured in the logs); the exit
+    status is the guest's own, or 134 when it trapped (timeout, fuel, memory, stack, trap).
+    """
+    from runner.api import compile_documents, default_policy_path, exec_manifest, run
+    from runner.executor import BatchOptions
+
+    limits = {
+        k: v
+        for k, v in {
+            "fuel": fuel,
+            "memory": memory,
+            "timeout": timeout,
+            "stack": stack,
+            "output": output,
+        }.items()
+        if v is not None
+    }
+    document = exec_manifest(
+        module,
+        args,
+        mounts=[_parse_map_dir(m) for m in map_dirs],
+        env=dict(_parse_env(e) for e in env),
+        limits=limits,
+        invoke=invoke,
+        program_name=program_name,
+    )
+    policy = policy_path or default_policy_path()
+    key = _signing_key(signing_key)
+    options = BatchOptions(jobs=1, passthrough=True, cache_dir=cache_dir)
+    outcome = _run_with_interrupts(
+        lambda cancel, progress: run(
+            lambda: compile_documents([document], policy, root=root),
+            root=root,
+            out_dir=out_dir,
+            options=options,
+            signing_key=key,
+            signing_key_name=key_name,
+            cancel=cancel,
+            sources=[str(module)],
+        )
+    )
+    job = outcome.report["jobs"][0]
+    if outcome.interrupted:
+        sys.exit(EXIT_INTERRUPTED)
+    if job["trap"] is not None:
+        click.echo(f"sandrun exec: {job['reason']}", err=True)
+        sys.exit(EXIT_TRAP)
+    if job["exit_code"] is None:
+        click.echo(f"sandrun exec: {job['status']}: {job['reason']}", err=True)
+        sys.exit(1)
+    sys.exit(job["exit_code"])
+
+
+@cli.group()
+def audit() -> None:
+    """Verify and query audit logs."""
+
+
+@audit.command("verify")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--pub", "public_keys", multiple=True, help="Trusted runner public key (file or base64); repeatable."
+)
+@click.option(
+    "--expect-head", default=None, help="Published head to check against: a checkpoint file, or its text."
+)
+@click.option("--strict", is_flag=True, help="Also require every line to be exactly canonical JSON.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def audit_verify(
+    path: Path, public_keys: tuple[str, ...], expect_head: str | None, strict: bool, fmt: str
+) -> None:
+    """Recompute the chain offline; name the first damaged record. Exit 0 intact, 4 otherwise."""
+    from runner.audit import verify_log
+
+    _Context.fmt = fmt
+    keys = [_public_key(text) for text in public_keys]
+    if expect_head is not None and Path(expect_head).is_file():
+        expect_head = Path(expect_head).read_text(encoding="utf-8")
+    report = verify_log(_log_path(path), public_keys=keys, expect_head=expect_head, strict=strict)
+    if fmt == "json":
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        for problem in report.problems:
+            click.echo(render_violation(problem, "text"), err=True)
+        click.echo(
+            f"{report.status}: {report.records} records, {len(report.runs)} run(s), head {report.head}"
+            + (", seal signatures verified" if report.signatures_checked else "")
+        )
+    sys.exit(report.exit_code)
+
+
+def _log_path(path: Path) -> Path:
+    from runner.audit import LOG_NAME
+
+    return path / LOG_NAME if path.is_dir() else path
+
+
+def _public_key(text: str) -> Any:
+    from runner.signing import KeyFileError, parse_public_key
+
+    path = Path(text)
+    try:
+        return parse_public_key(path.read_text(encoding="ascii") if path.is_file() else text)
+    except (KeyFileError, UnicodeDecodeError) as exc:
+        raise InputError.one("keys.invalid", f"public key {text}: {exc}") from None
+
+
+@audit.command("show")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--job", default=None, help="Only records of this job (manifest/job).")
+@click.option("--kind", default=None, help="Only records of this kind (e.g. job.finished).")
+@click.option("--run", "run_id", default=None, help="Only records of this run.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def audit_show(path: Path, job: str | None, kind: str | None, run_id: str | None, fmt: str) -> None:
+    """Show audit records, filtered, to answer questions after the fact."""
+    from runner.audit import read_records, select
+    from runner.report import sanitize_text
+
+    records = select(read_records(_log_path(path)), job=job, kind=kind, run=run_id)
+    for record in records:
+        if fmt == "json":
+            click.echo(json.dumps(record, sort_keys=True))
+        else:
+            data = sanitize_text(json.dumps(record["data"], sort_keys=True), limit=300)
+            click.echo(f"{record['seq']:>6} {record['ts']} {record['kind']:<16} {data}")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--format", "fmt", type=click.Choice(["json", "junit", "md", "html"]), default="md", show_default=True
+)
+@click.option("--run", "run_id", default=None, help="Which run (default: the last one in the log).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write here instead of stdout.",
+)
+def report(path: Path, fmt: str, run_id: str | None, output: Path | None) -> None:
+    """Rebuild a run's report from the audit log alone (HTML shows limits used and the chain's state)."""
+    from runner.audit import read_records, results_from_log, verify_log
+    from runner.fileio import write_atomic
+    from runner.report import render_html, render_json, render_junit, render_markdown
+
+    log = _log_path(path)
+    records = read_records(log)
+    data = results_from_log(records, run_id)
+    if fmt == "html":
+        verification = verify_log(log)
+        limits = {
+            r["data"]["id"]: r["data"]["limits"]
+            for r in records
+            if r["kind"] == "job.started" and r["run"] == data["run"]
+        }
+        text = render_html(
+            data, limits=limits, verification=f"{verification.status}: {verification.records} records"
+        )
+    else:
+        text = {"json": render_json, "junit": render_junit, "md": render_markdown}[fmt](data)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        write_atomic(output, text.encode("utf-8"))
 
 
 @cli.command()

@@ -387,7 +387,7 @@ J = "/jobs/0"
         (P, "/network/allow/0", "*", "schema.format"),
         (P, "/actions/allow/0", "tool.fs.[a]", "schema.pattern"),
         (P, "/actions/deny/0", "Tool.*", "schema.pattern"),
-        (P, "/governance/max_score", 1.5, "schema.maximum"),
+        (P, "/governance/max_score", 2.5, "schema.maximum"),
         (P, "/governance/max_score", -0.1, "schema.minimum"),
         (P, "/governance/max_score", True, "schema.type"),
         (P, "/governance/max_score", "0.5", "schema.type"),
