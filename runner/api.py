@@ -21,6 +21,7 @@ from runner.errors import (
     EXIT_OK,
     InputError,
     Location,
+    PolicyDenied,
     SandrunError,
     Violation,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "compile_manifests",
     "compile_documents",
     "load_plan",
+    "verified_plan",
     "plan_maker",
     "run",
     "RunOutcome",
@@ -306,6 +308,28 @@ def run(
     )
 
 
+def verified_plan(path: Path, *, root: Path | None = None, today: dt.date | None = None) -> Plan:
+    """A compiled plan, run only if its recorded inputs still compile to exactly it.
+
+    A plan is a lock file, not a grant: recompiling its manifests under its policy (both named in
+    the plan, relative to the root) must give the same bytes, so an edited plan, a changed input
+    or a key that has since expired is refused rather than trusted (``plan.mismatch``, exit 3).
+    """
+    plan = load_plan(path)
+    base = (root or Path.cwd()).resolve()
+    again = compile_manifests(
+        [base / m for m in plan.manifests], base / plan.policy.path, root=base, today=today
+    )
+    if again.sha256 != plan.sha256:
+        raise PolicyDenied.one(
+            "plan.mismatch",
+            f"the plan (sha256 {plan.sha256[:12]}) does not match what its manifests and policy compile to now "
+            f"({again.sha256[:12]}): it was edited or its inputs changed; compile it again",
+            Location(file=str(path)),
+        )
+    return plan
+
+
 def _plan_record(plan: Plan) -> dict[str, Any]:
     policy = plan.policy
     return {
@@ -330,7 +354,7 @@ def plan_maker(
 ) -> Callable[[], Plan]:
     """What ``sandrun run`` runs: one ``*.json`` plan as is, or manifests compiled under a policy."""
     if len(sources) == 1 and sources[0].suffix == ".json":
-        return lambda: load_plan(sources[0])
+        return lambda: verified_plan(sources[0], root=root, today=today)
     if policy_path is None:
         raise InputError.one("input.policy", "--policy is required to run manifests (or give one plan.json)")
     return lambda: compile_manifests(sources, policy_path, root=root, today=today)
@@ -389,4 +413,10 @@ def exec_manifest(
         "tools": {tool: {"module": str(module), "sha256": digest}},
         "jobs": [job],
     }
-    return load_yaml_bytes(json.dumps(manifest, indent=1).encode("utf-8"), "(sandrun exec)")
+    from runner.schema import validate
+
+    document = load_yaml_bytes(json.dumps(manifest, indent=1).encode("utf-8"), "(sandrun exec)")
+    problems = validate(document, "manifest")
+    if problems:
+        raise InputError(violations=tuple(problems))
+    return document

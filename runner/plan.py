@@ -164,6 +164,7 @@ class Plan:
     inputs: tuple[InputFile, ...]
     tools: tuple[Tool, ...]
     jobs: tuple[JobSpec, ...]
+    manifests: tuple[str, ...] = ()
     format: str = PLAN_FORMAT
 
     def __post_init__(self) -> None:
@@ -200,6 +201,7 @@ class Plan:
             inputs=tuple(InputFile(**item) for item in data["inputs"]),
             tools=tuple(Tool(**{**item, "actions": tuple(item["actions"])}) for item in data["tools"]),
             jobs=tuple(_job_from_dict(item) for item in data["jobs"]),
+            manifests=tuple(data["manifests"]),
         )
 
 

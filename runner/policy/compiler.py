@@ -67,9 +67,12 @@ class _Compilation:
     def inside_root(self, path: Path) -> bool:
         return path == self.root or self.root in path.parents
 
+    def input_key(self, path: Path) -> str:
+        """How the plan names an input file: relative to the root when inside it."""
+        return self.relative(path) if self.inside_root(path) else str(path)
+
     def record_input(self, path: Path, digest: str) -> None:
-        key = self.relative(path) if self.inside_root(path) else str(path)
-        self.inputs[key] = digest
+        self.inputs[self.input_key(path)] = digest
 
 
 def _shown(field_name: str, value: int) -> str:
@@ -519,7 +522,7 @@ def compile_plan(
         tools.extend(t for t in compiler.tools.values() if t is not None)
     if state.violations:
         raise PolicyDenied(violations=tuple(state.violations))
-    policy_rel = state.relative(policy_path) if state.inside_root(policy_path) else str(policy_path)
+    policy_rel = state.input_key(policy_path)
     return Plan(
         policy=PolicyRef(
             name=policy.name,
@@ -528,6 +531,7 @@ def compile_plan(
             git_commit=_git_commit(policy_path),
         ),
         inputs=tuple(InputFile(path=p, sha256=d) for p, d in sorted(state.inputs.items())),
+        manifests=tuple(state.input_key(Path(d.path).resolve()) for d in manifests),
         tools=tuple(tools),
         jobs=tuple(jobs),
     )
