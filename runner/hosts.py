@@ -272,7 +272,9 @@ def _dns_label(label: str) -> str:
         raise _Reason("host.label", "empty label (a leading dot or two dots in a row)")
     ascii_label = label.lower() if label.isascii() else _a_label(label)
     if len(ascii_label) > 63:
-        raise _Reason("host.label", f"label {ascii_label[:20]}… is {len(ascii_label)} characters long; at most 63")
+        raise _Reason(
+            "host.label", f"label {ascii_label[:20]}… is {len(ascii_label)} characters long; at most 63"
+        )
     if not _LABEL.fullmatch(ascii_label):
         raise _Reason(
             "host.label",
@@ -307,7 +309,9 @@ def _parse_ports(text: str | None, scheme: str | None) -> tuple[int, int] | None
             return None
         usual = USUAL_PORTS.get(scheme)
         if usual is None:
-            raise _Reason("port.default", f"scheme {scheme!r} has no usual port; give one, e.g. {scheme}://host:1234")
+            raise _Reason(
+                "port.default", f"scheme {scheme!r} has no usual port; give one, e.g. {scheme}://host:1234"
+            )
         return (usual, usual)
     if text == "*":
         return _ALL_PORTS
@@ -315,7 +319,9 @@ def _parse_ports(text: str | None, scheme: str | None) -> tuple[int, int] | None
     if ranged:
         low, high = _port(ranged.group(1)), _port(ranged.group(2))
         if low > high:
-            raise _Reason("port.range", f"port range {text!r} is empty: the first port must not exceed the second")
+            raise _Reason(
+                "port.range", f"port range {text!r} is empty: the first port must not exceed the second"
+            )
         return (low, high)
     if _NUMBER.fullmatch(text):
         port = _port(text)

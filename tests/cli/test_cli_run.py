@@ -62,7 +62,7 @@ def test_tampered_log_fails_verification_naming_the_line(tmp_path: Path) -> None
     assert sandrun("run", "manifests/examples", "--policy", "policies/default.yaml", "--out", str(out)).returncode == 0
     log = out / "audit.jsonl"
     lines = log.read_text().splitlines(keepends=True)
-    index = next(i for i, line in enumerate(lines) if '"job.finished"' in line)
+    index = next(i for i, line in enumerate(lines) if '"job.finished"' in line and '"exit_code":3' in line)
     lines[index] = lines[index].replace('"exit_code":3', '"exit_code":0')
     log.write_text("".join(lines))
     result = sandrun("audit", "verify", str(out))
