@@ -530,6 +530,16 @@ def audit_show(path: Path, job: str | None, kind: str | None, run_id: str | None
             click.echo(f"{record['seq']:>6} {record['ts']} {record['kind']:<16} {data}")
 
 
+@audit.command("repair")
+@click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
+def audit_repair(out_dir: Path) -> None:
+    """Move a torn last line (left by a crash) aside so runs can continue the log; never automatic."""
+    from runner.audit import repair_torn_tail
+
+    side = repair_torn_tail(out_dir)
+    click.echo(f"moved the torn tail to {side}" if side else "the log is not torn; nothing to do")
+
+
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option(

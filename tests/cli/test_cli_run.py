@@ -172,3 +172,19 @@ def test_bad_input_is_one_line_and_exit_2_never_a_traceback(tmp_path: Path, args
     assert "Traceback" not in result.stderr + result.stdout
     assert result.returncode == 2, result.stderr
     assert len([line for line in result.stderr.splitlines() if line.strip()]) <= 3
+
+
+def test_torn_tail_is_reported_then_repaired_explicitly(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert sandrun("run", "manifests/examples", "--policy", "policies/default.yaml", "--out", str(out)).returncode == 0
+    with open(out / "audit.jsonl", "ab") as log:
+        log.write(b'{"seq":15,"ts":"2026-')
+    torn = sandrun("audit", "verify", str(out))
+    assert torn.returncode == 4 and "[audit.torn-line]" in torn.stderr
+    refused = sandrun("run", "manifests/examples", "--policy", "policies/default.yaml", "--out", str(out))
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    repaired = sandrun("audit", "repair", str(out))
+    assert repaired.returncode == 0 and "torn" in repaired.stdout
+    assert sandrun("audit", "verify", str(out)).returncode == 0
+    assert sandrun("run", "manifests/examples", "--policy", "policies/default.yaml", "--out", str(out)).returncode == 0
+    assert sandrun("audit", "verify", str(out)).stdout.startswith("intact: ")
