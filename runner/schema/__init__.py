@@ -16,26 +16,29 @@ jsonschema has traps this module closes rather than documents:
   violation per key, located at the key, with the closest known field suggested;
 * ``anyOf``/``oneOf`` errors hide the useful one in ``context``: ``best_match`` picks it.
 
-Only this package imports ``jsonschema`` (slow to import), and only on the first validation;
-validators are built once per schema kind and cached. jsonschema is thorough but slow (about
-2 ms for a 60-line manifest), so a valid document, the common case, is recognised by a compiled
-check of the same schema (``_fast``, several times faster) and jsonschema runs only to explain
-a document that check refused.
+Only this package imports ``jsonschema`` and ``fastjsonschema`` (both slow to import), and only on
+the first validation; validators are built once per schema kind and cached. jsonschema is thorough
+but slow (about 2 ms for a 60-line manifest), so a valid document, the common case, is recognised
+by fastjsonschema (the same schema compiled to Python code, over ten times faster) and jsonschema
+runs only to explain a document that check refused. A document the fast check accepts skips
+jsonschema, so that check must never be looser; where fastjsonschema reads the schema more loosely
+it is closed here, see :func:`_fast_check`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import json
 import math
 import re
 from collections.abc import Callable, Iterator
+from datetime import date
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from runner.errors import Location, Violation, escape_pointer_token
-from runner.schema._fast import Check, compile_check
 from runner.units import parse_duration, parse_size
 
 if TYPE_CHECKING:
@@ -89,7 +92,7 @@ def _position(violation: Violation) -> tuple[int, int, str, str]:
     return (location.line or 0, location.column or 0, location.pointer, violation.rule_id)
 
 
-# --- building the validators ------------------------------------------------------------------
+# --- the formats: one strict parser each, shared by both validators ---------------------------
 
 
 class _FormatProblem(ValueError):
@@ -105,17 +108,32 @@ def _hosts_parser(name: str) -> Callable[[str], object]:
     return parse
 
 
-#: Custom formats and the parser whose verdict they are. Each raises a ``ValueError`` subclass
-#: (``UnitError``, ``HostPatternError``) whose message is written for people.
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _parse_date(text: str) -> date:
+    """``YYYY-MM-DD`` and nothing else (``date.fromisoformat`` alone also takes ``20270630``)."""
+    if _DATE.fullmatch(text):
+        with contextlib.suppress(ValueError):  # 2027-13-01
+            return date.fromisoformat(text)
+    raise ValueError(f"{_shown(text)} is not a valid date (YYYY-MM-DD)")
+
+
+#: Every format the schemas use, and the parser whose verdict it is. Each raises a ``ValueError``
+#: (``UnitError``, ``HostPatternError``, ...) whose message is written for people. No other format
+#: is checked by either validator: the fast check refuses a schema naming one (``_as_draft_07``).
 _FORMAT_PARSERS: dict[str, Callable[[str], object]] = {
     "sandrun-size": parse_size,
     "sandrun-duration": parse_duration,
     "sandrun-host-pattern": _hosts_parser("parse_host_pattern"),
     "sandrun-block-entry": _hosts_parser("parse_block_entry"),
+    "date": _parse_date,
 }
 
 
 def _format_check(parse: Callable[[str], object]) -> Callable[[object], bool]:
+    """For jsonschema: the parser's reason travels as the error's ``cause``."""
+
     def check(instance: object) -> bool:
         if isinstance(instance, str):  # other types are the ``type`` keyword's business
             try:
@@ -127,6 +145,22 @@ def _format_check(parse: Callable[[str], object]) -> Callable[[object], bool]:
     return check
 
 
+def _format_test(parse: Callable[[str], object]) -> Callable[[str], bool]:
+    """For fastjsonschema (which calls it on strings only): yes or no, never an exception."""
+
+    def test(text: str) -> bool:
+        try:
+            parse(text)
+        except ValueError:
+            return False
+        return True
+
+    return test
+
+
+# --- jsonschema: finds and explains every error ----------------------------------------------
+
+
 def _is_integer(instance: object) -> bool:
     return isinstance(instance, int) and not isinstance(instance, bool)  # 1.0 and true are not
 
@@ -135,7 +169,7 @@ def _is_number(instance: object) -> bool:
     return math.isfinite(instance) if isinstance(instance, float) else _is_integer(instance)  # NaN is not
 
 
-#: JSON types as Sandrun means them; both jsonschema and the fast check use exactly these.
+#: JSON types as Sandrun means them (the fast check keeps to them too: see ``_plain_json``).
 _TYPES: dict[str, Callable[[object], bool]] = {
     "null": lambda instance: instance is None,
     "boolean": lambda instance: isinstance(instance, bool),
@@ -161,19 +195,112 @@ def _validator_class() -> Any:
 def _validator(kind: SchemaKind) -> Validator:
     from jsonschema import FormatChecker
 
-    formats = FormatChecker(formats=("date",))  # the only standard format the schemas use
+    formats = FormatChecker(formats=())  # none of jsonschema's own: Sandrun's, the same as the fast check's
     for name, parse in _FORMAT_PARSERS.items():
         formats.checks(name, raises=_FormatProblem)(_format_check(parse))
     validator: Validator = _validator_class()(json.loads(schema_text(kind)), format_checker=formats)
     return validator
 
 
+# --- fastjsonschema: recognises a valid document, fast -----------------------------------------
+
+_DRAFT_07 = "http://json-schema.org/draft-07/schema#"
+
+#: Keywords fastjsonschema's Draft 7 reads exactly as jsonschema's Draft 2020-12 does (``$ref`` once
+#: ``_as_draft_07`` has moved it). fastjsonschema ignores a keyword it does not know, which would make
+#: the fast check looser than jsonschema: a schema using any keyword not listed here is refused.
+_ANNOTATIONS = frozenset({"$schema", "$id", "$comment", "title", "description", "examples", "default"})
+_VALUE_KEYWORDS = frozenset(
+    {"type", "enum", "const", "required", "minItems", "minLength", "uniqueItems", "minimum", "maximum"}
+    | {"pattern", "format", "$ref"}
+)
+_SUBSCHEMA_KEYWORDS = frozenset(
+    {"not", "if", "then", "else", "items", "additionalProperties", "propertyNames"}
+)
+_SUBSCHEMA_LISTS = frozenset({"anyOf", "allOf"})
+_SUBSCHEMA_MAPS = frozenset({"properties", "$defs"})
+
+
+def _as_draft_07(schema: Any) -> Any:
+    """A copy of ``schema`` that fastjsonschema's Draft 7 reads as jsonschema reads the original.
+
+    Draft 7 ignores the keywords next to a ``$ref`` (2020-12 applies them): the ``$ref`` moves into
+    an ``allOf``. fastjsonschema reads ``$`` in a pattern as ``\\Z`` and checks formats jsonschema is
+    not given: a schema with either is refused (a stricter check turns looser under ``not``).
+    """
+    if isinstance(schema, bool):
+        return schema
+    if not isinstance(schema, dict):
+        raise ValueError(f"not a schema: {schema!r}")
+    copy: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _SUBSCHEMA_KEYWORDS:
+            copy[key] = _as_draft_07(value)
+        elif key in _SUBSCHEMA_LISTS:
+            copy[key] = [_as_draft_07(sub) for sub in value]
+        elif key in _SUBSCHEMA_MAPS:
+            copy[key] = {name: _as_draft_07(sub) for name, sub in value.items()}
+        elif key in _VALUE_KEYWORDS or key in _ANNOTATIONS:
+            copy[key] = value
+        else:
+            raise ValueError(f"keyword {key!r} is not supported by the fast check")
+    if "$" in copy.get("pattern", ""):
+        raise ValueError(f"pattern {copy['pattern']!r}: fastjsonschema reads '$' as '\\Z'")
+    if "format" in copy and copy["format"] not in _FORMAT_PARSERS:
+        raise ValueError(f"format {copy['format']!r} has no parser in _FORMAT_PARSERS")
+    if "$ref" in copy and copy.keys() - _ANNOTATIONS - {"$ref"}:
+        copy["allOf"] = [{"$ref": copy.pop("$ref")}, *copy.get("allOf", ())]
+    return copy
+
+
+_SCALARS = frozenset({str, int, bool, type(None)})
+
+
+def _plain_json(data: Any) -> bool:
+    """Whether ``data`` holds only values fastjsonschema types exactly as ``_TYPES`` does.
+
+    Its ``integer`` takes ``1.0``, its ``number`` NaN and ``Decimal``, its ``array`` a tuple: a
+    document holding a whole or non-finite float, or anything but plain JSON, is left to jsonschema
+    (exact types, so a subclass is too). Such documents are rare; YAML gives neither NaN nor tuples.
+    """
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        kind = type(node)
+        if kind is dict:
+            for key in node:  # a loop, not all(): this walk is a tenth of the fast check's time
+                if type(key) is not str:
+                    return False
+            stack.extend(node.values())
+        elif kind is list:
+            stack.extend(node)
+        elif kind is float:
+            if node.is_integer() or not math.isfinite(node):
+                return False
+        elif kind not in _SCALARS:
+            return False
+    return True
+
+
 @functools.cache
-def _fast_check(kind: SchemaKind) -> Check:
-    """The compiled yes/no answer (see ``_fast``); jsonschema runs only to explain a no."""
-    validator = _validator(kind)
-    format_checker: Any = validator.format_checker
-    return compile_check(validator.schema, _TYPES, format_checker.conforms)
+def _fast_check(kind: SchemaKind) -> Callable[[Any], bool]:
+    """Whether a document is valid; ``False`` may also mean "ask jsonschema", never the reverse."""
+    import fastjsonschema
+
+    check = fastjsonschema.compile(
+        _as_draft_07(json.loads(schema_text(kind))) | {"$schema": _DRAFT_07},
+        formats={name: _format_test(parse) for name, parse in _FORMAT_PARSERS.items()},
+        use_default=False,  # it would write each ``default`` into the document
+    )
+
+    def is_valid(data: Any) -> bool:
+        try:
+            check(data)
+        except fastjsonschema.JsonSchemaValueException:
+            return False
+        return _plain_json(data)
+
+    return is_valid
 
 
 # --- turning jsonschema errors into violations -------------------------------------------------
@@ -317,9 +444,7 @@ def _message(document: Document, error: ValidationError, pointer: str) -> str:
             message += '; quote it ("...") so YAML keeps the text as written'
         return message
     if keyword == "format":
-        if isinstance(error.cause, _FormatProblem):
-            return str(error.cause)
-        return f"{_shown(value)} is not a valid {expected}" + (" (YYYY-MM-DD)" if expected == "date" else "")
+        return str(error.cause)  # every format is Sandrun's, and its parser says why (_format_check)
     if keyword == "const":
         return f"expected {expected!r}, got {_described(value)}"
     if keyword == "enum":

@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,13 @@ from runner.errors import Violation
 from runner.schema import (  # the fast path is checked against jsonschema
     SCHEMA_KINDS,
     SchemaKind,
+    _as_draft_07,
     _fast_check,
+    _plain_json,
     _validator,
     schema_text,
     validate,
 )
-from runner.schema._fast import compile_check
 from runner.source import Document, load_yaml_bytes
 from runner.units import DURATION_PATTERN, SIZE_PATTERN
 
@@ -233,8 +235,8 @@ def test_definitions_shared_by_both_schemas_are_identical() -> None:
         assert manifest[name] == policy[name], name
 
 
-def test_importing_the_package_does_not_import_jsonschema() -> None:
-    code = "import sys, runner.schema; assert 'jsonschema' not in sys.modules, 'imported'"
+def test_importing_the_package_imports_neither_validator() -> None:
+    code = "import sys, runner.schema; assert not {'jsonschema', 'fastjsonschema'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
@@ -378,6 +380,8 @@ J = "/jobs/0"
         (P, "/signatures/trusted_keys/0/not_after", "2027-13-01", "schema.format"),
         (P, "/signatures/trusted_keys/0/not_after", "2027-6-30", "schema.format"),
         (P, "/signatures/trusted_keys/0/not_after", "2027-06-30\n", "schema.format"),
+        (P, "/signatures/trusted_keys/0/not_after", "20270630", "schema.format"),  # fromisoformat takes it
+        (P, "/signatures/trusted_keys/0/not_after", "2027-06-30T00:00", "schema.format"),
         (P, "/signatures/revoked/0", "not valid!", "schema.any-of"),
         (P, "/signatures/revoked/0", 5, "schema.type"),
         (P, "/signatures/revoked", [HEX, HEX], "schema.unique-items"),
@@ -549,7 +553,7 @@ def test_repeated_missing_fields_are_reported_once_each() -> None:
     assert _found(violations) == [("schema.required", f"/{name}") for name in ("jobs", "metadata", "tools")]
 
 
-# --- the compiled fast path agrees with jsonschema --------------------------------------------
+# --- the fast path (fastjsonschema) never accepts what jsonschema refuses ----------------------
 
 
 def _pointers(node: Any, pointer: str = "") -> Iterator[str]:
@@ -559,16 +563,50 @@ def _pointers(node: Any, pointer: str = "") -> Iterator[str]:
         yield from _pointers(value, f"{pointer}/{key}")
 
 
+#: Values fastjsonschema or a careless fast check reads differently from jsonschema with Sandrun's
+#: types and formats: whole floats are integers to it, NaN and Decimal numbers, tuples arrays;
+#: "1" is not 1; `$` would let a trailing newline through; unknown fields hide one level down.
+TRAPS: list[Any] = [
+    1.0,
+    0.0,
+    2.0**63,
+    True,
+    False,
+    "1",
+    "",
+    "x\n",
+    "64MiB\n",
+    "30s\n",
+    HEX + "\n",
+    "builtin:x\n",
+    "2027-06-30\n",
+    math.nan,
+    math.inf,
+    Decimal("0.5"),
+    Decimal(1),
+    ("x",),
+    (),
+    {"bogus": {"bogus": 1}},
+    {"name": "x", "bogus": {}},
+]
+
 _JSON = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(min_value=-(2**64), max_value=2**64)
     | st.floats(allow_nan=True)
     | st.text(max_size=8)
-    | st.sampled_from(["64MiB", "30s", "ro", "rw", "sandrun/v1", HEX, "https://a.b", "private", "/src", "x"]),
+    | st.sampled_from(["64MiB", "30s", "ro", "rw", "sandrun/v1", HEX, "https://a.b", "private", "/src", "x"])
+    | st.sampled_from(TRAPS),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=6,
 )
+
+
+def _assert_agrees(kind: SchemaKind, document: Any) -> None:
+    fast, valid = _fast_check(kind)(document), _validator(kind).is_valid(document)
+    assert valid or not fast, "accepted by the fast path, refused by jsonschema"  # it would skip jsonschema
+    assert fast or not valid or not _plain_json(document), "refused by the fast path only"  # stays fast
 
 
 @settings(max_examples=300, deadline=None)
@@ -586,25 +624,84 @@ def test_fast_path_agrees_with_jsonschema(kind: SchemaKind, data: st.DataObject)
             )
         else:
             document = _set(document, pointer, data.draw(_JSON))
-    assert _fast_check(kind)(document) == _validator(kind).is_valid(document)
+    _assert_agrees(kind, document)
 
 
-_TYPE_NAMES = ("null", "boolean", "integer", "number", "string", "array", "object")
+@pytest.mark.parametrize("kind", SCHEMA_KINDS)
+def test_fast_path_is_not_fooled_by_any_trap_anywhere(kind: SchemaKind) -> None:
+    for pointer in sorted(_pointers(FULL[kind]))[1:]:
+        for trap in TRAPS:
+            _assert_agrees(kind, _set(FULL[kind], pointer, trap))
+        if isinstance(_at(FULL[kind], pointer), dict):
+            _assert_agrees(kind, _set(FULL[kind], f"{pointer}/bogus", {"bogus": 1}))
+
+
+@pytest.mark.parametrize(
+    ("kind", "pointer", "value"),
+    [
+        (M, f"{J}/limits/fuel", 1.0),  # fastjsonschema's Draft 7 reads 1.0 as an integer
+        (M, f"{J}/limits/memory", 64.0),
+        (P, "/governance/max_score", math.nan),  # NaN is a number to it, and passes min and max
+        (P, "/governance/max_score", Decimal("0.5")),
+        (M, f"{J}/args", ("--strict",)),  # a tuple is an array to it
+        (M, f"{J}/program_name", ""),  # Draft 7 ignores minLength next to a $ref
+    ],
+)
+def test_fast_path_closes_what_fastjsonschema_leaves_open(kind: SchemaKind, pointer: str, value: Any) -> None:
+    document = _set(FULL[kind], pointer, value)
+    assert not _fast_check(kind)(document)
+    assert not _validator(kind).is_valid(document)
+
+
+@pytest.mark.parametrize(("kind", "text"), [(M, MINIMAL_MANIFEST), (P, MINIMAL_POLICY), (M, None), (P, None)])
+def test_fast_path_accepts_valid_documents(kind: SchemaKind, text: str | None) -> None:
+    document = _load(text) if text else _document(FULL[kind])
+    assert _fast_check(kind)(document.data)  # or every valid document would pay for jsonschema
+
+
+def test_whole_float_where_a_number_is_allowed_is_left_to_jsonschema_and_valid() -> None:
+    document = _set(FULL_POLICY, "/governance/max_score", 1.0)
+    assert not _fast_check("policy")(document)
+    assert validate(_document(document), "policy") == []
+
+
+def test_validation_does_not_fill_in_defaults() -> None:
+    data = copy.deepcopy(FULL_MANIFEST)  # its second mount has no `mode`; the schema's default is "ro"
+    assert validate(Document(path="m.yaml", data=data, sha256="0" * 64), "manifest") == []
+    assert data == FULL_MANIFEST
 
 
 @pytest.mark.parametrize(
     "schema",
     [
-        {"maxLength": 3},
-        {"patternProperties": {}, "additionalProperties": False},
-        {"const": 1},
-        {"$ref": "#/x"},
-        {"not": {"uniqueItems": True}},
+        {"maxLength": 3},  # a keyword the schemas do not use
+        {"properties": {"a": {"prefixItems": [{}]}}},  # 2020-12 only: Draft 7 would ignore it
+        {"$defs": {"a": {"unevaluatedProperties": False}}},
+        {"anyOf": [{"dependentRequired": {}}]},
+        {"not": {"pattern": "^a$"}},  # fastjsonschema reads `$` as `\\Z`
+        {"format": "email"},  # a format without Sandrun's parser
     ],
 )
-def test_fast_path_refuses_keywords_it_does_not_implement(schema: dict[str, Any]) -> None:
+def test_fast_path_refuses_a_schema_it_would_read_differently(schema: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
-        compile_check(schema, dict.fromkeys(_TYPE_NAMES, lambda value: True), lambda value, name: True)
+        _as_draft_07(schema)
+
+
+def test_ref_next_to_other_keywords_keeps_them_for_draft_7() -> None:
+    schema = {"$ref": "#/$defs/a", "title": "A", "minLength": 1, "allOf": [{"type": "string"}]}
+    assert _as_draft_07(schema) == {
+        "title": "A",
+        "minLength": 1,
+        "allOf": [{"$ref": "#/$defs/a"}, {"type": "string"}],
+    }
+    assert _as_draft_07({"$ref": "#/$defs/a", "title": "A"}) == {"$ref": "#/$defs/a", "title": "A"}
+
+
+def test_bad_date_names_the_form_it_needs() -> None:
+    violation = _check("policy", "/signatures/trusted_keys/0/not_after", "2027-13-01")
+    assert violation == [("schema.format", "/signatures/trusted_keys/0/not_after")]
+    document = _document(_set(FULL_POLICY, "/signatures/trusted_keys/0/not_after", "2027-13-01"))
+    assert "YYYY-MM-DD" in validate(document, "policy")[0].message
 
 
 def test_messages_name_what_is_expected() -> None:
