@@ -216,7 +216,7 @@ _signing_options = [
     ),
     click.option("--key-name", default=None, help="Name of the signing key in the signed checkpoint."),
 ]
-_batch_options = [
+_cache_option = [
     click.option(
         "--cache-dir",
         type=click.Path(path_type=Path, file_okay=False),
@@ -235,33 +235,63 @@ def _apply(options: list) -> Callable:  # type: ignore[type-arg]
     return decorate
 
 
+_run_options = [_root_option, _out_option, *_cache_option, *_signing_options]
+
+
 def _signing_key(path: Path | None) -> Any:
     from runner.audit import load_runner_key
 
     return load_runner_key(path, os.environ)
 
 
-def _run_with_interrupts(start: Callable[[threading.Event, Any], Any]) -> Any:
-    """Run ``start(cancel, progress)``; the first Ctrl-C cancels the batch cleanly (exit 130)."""
+def _start_run(
+    make_plan: Callable[[], Any],
+    *,
+    root: Path | None,
+    out_dir: Path,
+    options: Any,
+    signing_key: Path | None,
+    key_name: str | None,
+    sources: list[str],
+    progress: bool,
+) -> Any:
+    """``api.run`` with the runner's key, a progress display, and Ctrl-C turned into a clean stop.
+
+    The first Ctrl-C sets the batch's cancel event: running jobs are interrupted, results so far
+    are written and the log is sealed (exit 130); a second Ctrl-C stops at once.
+    """
     import signal
 
+    from runner.api import run
     from runner.progress import make_progress
 
+    key = _signing_key(signing_key)
     cancel = threading.Event()
-    progress = make_progress()
+    display = make_progress() if progress else None
     previous = signal.getsignal(signal.SIGINT)
 
     def interrupt(signum: int, frame: object) -> None:
         cancel.set()
-        signal.signal(signal.SIGINT, previous)  # a second Ctrl-C stops at once
+        signal.signal(signal.SIGINT, previous)
 
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
         signal.signal(signal.SIGINT, interrupt)
     try:
-        return start(cancel, progress)
+        return run(
+            make_plan,
+            root=root,
+            out_dir=out_dir,
+            options=options,
+            signing_key=key,
+            signing_key_name=key_name,
+            cancel=cancel,
+            on_progress=display,
+            sources=sources,
+        )
     finally:
-        progress.close()
+        if display is not None:
+            display.close()
         if in_main:
             signal.signal(signal.SIGINT, previous)
 
@@ -290,14 +320,11 @@ def _print_run_end(outcome: Any) -> None:
     default=None,
     help="The policy (required unless SOURCES is one compiled plan.json).",
 )
-@_root_option
-@_out_option
 @click.option(
     "-j", "--jobs", type=click.IntRange(min=1), default=None, help="Parallel jobs (default: cores)."
 )
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failed job (default: run everything).")
-@_apply(_batch_options)
-@_apply(_signing_options)
+@_apply(_run_options)
 def run_command(
     sources: tuple[Path, ...],
     policy_path: Path | None,
@@ -310,24 +337,20 @@ def run_command(
     key_name: str | None,
 ) -> None:
     """Run manifests (compiled under --policy) or a compiled plan; write outputs and the audit log."""
-    from runner.api import plan_maker, run
+    from runner.api import plan_maker
     from runner.executor import BatchOptions
 
     make_plan = plan_maker(list(sources), policy_path, root=root)
-    key = _signing_key(signing_key)
     options = BatchOptions(fail_fast=fail_fast, cache_dir=cache_dir, **({"jobs": jobs} if jobs else {}))
-    outcome = _run_with_interrupts(
-        lambda cancel, progress: run(
-            make_plan,
-            root=root,
-            out_dir=out_dir,
-            options=options,
-            signing_key=key,
-            signing_key_name=key_name,
-            cancel=cancel,
-            on_progress=progress,
-            sources=[str(s) for s in sources],
-        )
+    outcome = _start_run(
+        make_plan,
+        root=root,
+        out_dir=out_dir,
+        options=options,
+        signing_key=signing_key,
+        key_name=key_name,
+        sources=[str(s) for s in sources],
+        progress=True,
     )
     _print_run_end(outcome)
     sys.exit(outcome.exit_code)
@@ -378,10 +401,7 @@ EXIT_TRAP = 134
     default=None,
     help="Policy to check against (default: the built-in strict default policy).",
 )
-@_root_option
-@_out_option
-@_apply(_batch_options)
-@_apply(_signing_options)
+@_apply(_run_options)
 def exec_command(
     module: Path,
     args: tuple[str, ...],
@@ -406,7 +426,7 @@ def exec_command(
     The guest's stdin, stdout and stderr pass through (and are captured in the logs); the exit
     status is the guest's own, or 134 when it trapped (timeout, fuel, memory, stack, trap).
     """
-    from runner.api import compile_documents, default_policy_path, exec_manifest, run
+    from runner.api import compile_documents, default_policy_path, exec_manifest
     from runner.executor import BatchOptions
 
     limits = {
@@ -430,19 +450,16 @@ def exec_command(
         program_name=program_name,
     )
     policy = policy_path or default_policy_path()
-    key = _signing_key(signing_key)
     options = BatchOptions(jobs=1, passthrough=True, cache_dir=cache_dir)
-    outcome = _run_with_interrupts(
-        lambda cancel, progress: run(
-            lambda: compile_documents([document], policy, root=root),
-            root=root,
-            out_dir=out_dir,
-            options=options,
-            signing_key=key,
-            signing_key_name=key_name,
-            cancel=cancel,
-            sources=[str(module)],
-        )
+    outcome = _start_run(
+        lambda: compile_documents([document], policy, root=root),
+        root=root,
+        out_dir=out_dir,
+        options=options,
+        signing_key=signing_key,
+        key_name=key_name,
+        sources=[str(module)],
+        progress=False,
     )
     job = outcome.report["jobs"][0]
     if outcome.interrupted:
