@@ -132,12 +132,17 @@ def main() -> None:
     per_manifest_ms = statistics.median(checks) / args.manifests * 1000
     baseline_ms = statistics.median(baselines) / args.manifests * 1000
     print(f"sandrun check: {args.manifests} manifests x {args.rounds} rounds (median)")
-    print(f"  time per manifest          {per_manifest_ms:8.3f} ms   target {TARGET_MS} ms  "
-          f"-> {per_manifest_ms / TARGET_MS:5.2f}x of target ({'OK' if per_manifest_ms < TARGET_MS else 'OVER'})")
+    verdict = "OK" if per_manifest_ms < TARGET_MS else "OVER"
+    print(
+        f"  time per manifest          {per_manifest_ms:8.3f} ms   target {TARGET_MS} ms  "
+        f"-> {per_manifest_ms / TARGET_MS:5.2f}x of target ({verdict})"
+    )
     print(f"  share in schema validation {statistics.median(schema_shares) * 100:8.1f} %")
     print(f"  share in strict YAML load  {statistics.median(yaml_shares) * 100:8.1f} %")
-    print(f"  baseline: bare PyYAML {loader.__name__} {baseline_ms:8.3f} ms/manifest -> check is "
-          f"{per_manifest_ms / baseline_ms:5.2f}x the bare parse")
+    print(
+        f"  baseline: bare PyYAML {loader.__name__} {baseline_ms:8.3f} ms/manifest -> check is "
+        f"{per_manifest_ms / baseline_ms:5.2f}x the bare parse"
+    )
 
 
 if __name__ == "__main__":

@@ -212,8 +212,9 @@ def _denial_records(error: SandrunError) -> list[tuple[str, dict[str, Any]]]:
     """Audit records for a compile-time denial: one per denied tool, then the run's denial."""
     records: list[tuple[str, dict[str, Any]]] = []
     for violation in error.violations:
-        pointer = violation.location.pointer if violation.location else ""
-        if pointer.startswith("/tools/"):
+        location = violation.location
+        if location is not None and location.pointer.startswith("/tools/"):
+            pointer = location.pointer
             kind = (
                 "tool.revoked"
                 if violation.rule_id in ("tool.revoked", "signature.revoked-key")
@@ -224,7 +225,7 @@ def _denial_records(error: SandrunError) -> list[tuple[str, dict[str, Any]]]:
                     kind,
                     {
                         "tool": pointer.split("/")[2],
-                        "file": violation.location.file,
+                        "file": location.file,
                         "rule_id": violation.rule_id,
                         "reason": violation.message,
                     },
@@ -323,7 +324,8 @@ def verified_plan(path: Path, *, root: Path | None = None, today: dt.date | None
     if again.sha256 != plan.sha256:
         raise PolicyDenied.one(
             "plan.mismatch",
-            f"the plan (sha256 {plan.sha256[:12]}) does not match what its manifests and policy compile to now "
+            f"the plan (sha256 {plan.sha256[:12]}) does not match what its manifests and policy compile "
+            f"to now "
             f"({again.sha256[:12]}): it was edited or its inputs changed; compile it again",
             Location(file=str(path)),
         )

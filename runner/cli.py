@@ -341,7 +341,7 @@ def run_command(
     from runner.executor import BatchOptions
 
     make_plan = plan_maker(list(sources), policy_path, root=root)
-    options = BatchOptions(fail_fast=fail_fast, cache_dir=cache_dir, **({"jobs": jobs} if jobs else {}))
+    options = BatchOptions(fail_fast=fail_fast, cache_dir=cache_dir, jobs=jobs or os.cpu_count() or 1)
     outcome = _start_run(
         make_plan,
         root=root,

@@ -36,7 +36,7 @@ from runner.sandbox import EngineKey, Runtime, check_mounts, required_thread_sta
 
 __all__ = ["EventSink", "BatchOptions", "BatchResult", "run_plan", "status_for"]
 
-EventSink = Callable[[str, dict[str, Any]], None]
+EventSink = Callable[[str, dict[str, Any]], object]
 ProgressSink = Callable[[ProgressEvent], None]
 
 _POLL_S = 0.05  # how often the dispatcher looks at the caller's cancel event while it waits
@@ -181,7 +181,7 @@ class _Batch:
             sink = self.on_progress
             self._call(lambda: sink(event))
 
-    def _call(self, action: Callable[[], None]) -> None:
+    def _call(self, action: Callable[[], object]) -> None:
         with self.sink_lock:
             if self.sink_error is not None:
                 return

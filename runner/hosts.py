@@ -12,6 +12,7 @@ The grammar, the tables and every decision are documented in ``docs/network.md``
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import unicodedata
@@ -127,7 +128,7 @@ def parse_host_pattern(text: str) -> HostPattern:
     if not isinstance(text, str):
         raise HostPatternError(text, "type", "a host pattern must be a string")
     try:
-        return _parse(text)
+        return _parse_cached(text)
     except _Reason as reason:
         raise HostPatternError(text, reason.code, reason.message) from None
 
@@ -156,6 +157,10 @@ def _parse(text: str) -> HostPattern:
         network=network,
         ports=ports,
     )
+
+
+# The compiler parses the same policy and job patterns for every job; results are immutable.
+_parse_cached = functools.lru_cache(maxsize=4096)(_parse)
 
 
 def _parse_scheme(text: str) -> str | None:
@@ -522,8 +527,6 @@ def parse_block_entry(text: str) -> tuple[IPv4Network | IPv6Network, ...]:
     if address.startswith("[") and address.endswith("]"):
         address = address[1:-1]
     try:
-        if slash and not _PREFIX.fullmatch(prefix):
-            raise _Reason("host.cidr", "prefix length must be a number without leading zeros")
         if "%" in address:
             raise _Reason("host.ipv6", "IPv6 zone ids (%…) are not allowed")
         try:

@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from runner.errors import InputError, PolicyDenied, SandrunError, Violation
 from runner.hosts import HostPatternError, covers, parse_host_pattern
@@ -196,7 +196,7 @@ class _ManifestCompiler:
             actions=tuple(spec.get("actions", [])),
         )
 
-    def check_signature(self, pointer: str, spec: dict[str, Any], digest: str) -> str | bool | None:
+    def check_signature(self, pointer: str, spec: dict[str, Any], digest: str) -> str | Literal[False] | None:
         """The verified signer's key id; None when unsigned and allowed; False when denied."""
         policy = self.state.policy
         signature = spec.get("signature")

@@ -9,6 +9,7 @@ parsed is an :class:`~runner.errors.InputError` naming the line in the policy fi
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from runner.units import UnitError, parse_duration, parse_size
 __all__ = ["TrustedKey", "LimitValues", "Policy", "policy_from_document", "LIMIT_FIELDS"]
 
 #: Limit field name in YAML -> (attribute in LimitValues, parser).
-LIMIT_FIELDS = {
+LIMIT_FIELDS: dict[str, tuple[str, Callable[[Any], int]]] = {
     "fuel": ("fuel", int),
     "memory": ("memory", parse_size),
     "timeout": ("timeout_ms", parse_duration),

@@ -18,14 +18,22 @@ POLICY = CASES / "_shared" / "policy.yaml"
 
 
 def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_help_does_not_import_wasmtime_or_jsonschema() -> None:
-    code = ("import sys; from runner.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print('LOADED', [m for m in ('wasmtime', 'jsonschema', 'cryptography', 'yaml') if m in sys.modules])")
+    code = (
+        "import sys; from runner.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('LOADED', [m for m in ('wasmtime', 'jsonschema', 'cryptography', 'yaml') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "LOADED []" in out
     assert "Exit codes" in out
@@ -86,8 +94,19 @@ def test_compile_writes_a_canonical_plan_that_round_trips(tmp_path: Path) -> Non
     from runner.plan import Plan
 
     out = tmp_path / "plan.json"
-    result = CliRunner().invoke(cli, ["compile", str(CASES / "valid" / "manifest.yaml"), "--policy", str(POLICY),
-                                      "--root", str(CASES), "-o", str(out)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "compile",
+            str(CASES / "valid" / "manifest.yaml"),
+            "--policy",
+            str(POLICY),
+            "--root",
+            str(CASES),
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     raw = out.read_bytes().rstrip(b"\n")
     plan = Plan.from_dict(json.loads(raw))

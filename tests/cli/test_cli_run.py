@@ -17,10 +17,19 @@ import wasmtime
 REPO = Path(__file__).resolve().parents[2]
 
 
-def sandrun(*args: str, cwd: Path = REPO, env: dict[str, str] | None = None,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, check=False, env={**os.environ, "CI": "true", **(env or {})}, input=input)
+def sandrun(
+    *args: str, cwd: Path = REPO, env: dict[str, str] | None = None, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "CI": "true", **(env or {})},
+        input=input,
+    )
 
 
 def test_readme_demo_runs_green_and_its_log_verifies_and_rebuilds_the_report(tmp_path: Path) -> None:
@@ -29,8 +38,14 @@ def test_readme_demo_runs_green_and_its_log_verifies_and_rebuilds_the_report(tmp
     assert result.returncode == 0, result.stderr
     assert "3 of 3 jobs passed" in result.stdout
     assert "Traceback" not in result.stderr
-    for name in ("audit.jsonl", "report.json", "junit.xml", "summary.md", "checkpoint.txt",
-                 "logs/docs-checks/count-words.stdout"):
+    for name in (
+        "audit.jsonl",
+        "report.json",
+        "junit.xml",
+        "summary.md",
+        "checkpoint.txt",
+        "logs/docs-checks/count-words.stdout",
+    ):
         assert (out / name).is_file(), name
     assert "/docs/guide.md" in (out / "logs/docs-checks/count-words.stdout").read_text()
     verified = sandrun("audit", "verify", str(out))
@@ -47,7 +62,9 @@ def test_signed_seal_verifies_only_with_the_runner_key(tmp_path: Path) -> None:
     assert sandrun("keys", "generate", "--id", "other", "--out", str(keys)).returncode == 0
     out = tmp_path / "out"
     env = {"SANDRUN_SIGNING_KEY": (keys / "runner.key").read_text()}
-    result = sandrun("run", "manifests/examples", "--policy", "policies/default.yaml", "--out", str(out), env=env)
+    result = sandrun(
+        "run", "manifests/examples", "--policy", "policies/default.yaml", "--out", str(out), env=env
+    )
     assert result.returncode == 0, result.stderr
     good = sandrun("audit", "verify", str(out), "--pub", str(keys / "runner.pub"), "--format", "json")
     assert good.returncode == 0 and json.loads(good.stdout)["signatures_checked"] is True
@@ -59,7 +76,12 @@ def test_signed_seal_verifies_only_with_the_runner_key(tmp_path: Path) -> None:
 
 def test_tampered_log_fails_verification_naming_the_line(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert sandrun("run", "manifests/examples", "--policy", "policies/default.yaml", "--out", str(out)).returncode == 0
+    assert (
+        sandrun(
+            "run", "manifests/examples", "--policy", "policies/default.yaml", "--out", str(out)
+        ).returncode
+        == 0
+    )
     log = out / "audit.jsonl"
     lines = log.read_text().splitlines(keepends=True)
     index = next(i for i, line in enumerate(lines) if '"job.finished"' in line and '"exit_code":3' in line)
@@ -72,17 +94,32 @@ def test_tampered_log_fails_verification_naming_the_line(tmp_path: Path) -> None
 
 def test_compiled_plan_runs_and_a_denied_run_is_logged_but_writes_no_report(tmp_path: Path) -> None:
     plan = tmp_path / "plan.json"
-    assert sandrun("compile", "manifests/examples", "--policy", "policies/default.yaml", "-o", str(plan)).returncode == 0
+    assert (
+        sandrun(
+            "compile", "manifests/examples", "--policy", "policies/default.yaml", "-o", str(plan)
+        ).returncode
+        == 0
+    )
     out = tmp_path / "out"
     ran = sandrun("run", str(plan), "--out", str(out))
     assert ran.returncode == 0, ran.stderr
-    assert json.loads((out / "report.json").read_text())["plan_sha256"] == hashlib.sha256(
-        plan.read_bytes().rstrip(b"\n")).hexdigest()
+    assert (
+        json.loads((out / "report.json").read_text())["plan_sha256"]
+        == hashlib.sha256(plan.read_bytes().rstrip(b"\n")).hexdigest()
+    )
 
     denied_out = tmp_path / "denied"
     case = REPO / "tests" / "cases" / "sha256-mismatch" / "manifest.yaml"
-    denied = sandrun("run", str(case), "--policy", "tests/cases/_shared/policy.yaml", "--root", "tests/cases",
-                     "--out", str(denied_out))
+    denied = sandrun(
+        "run",
+        str(case),
+        "--policy",
+        "tests/cases/_shared/policy.yaml",
+        "--root",
+        "tests/cases",
+        "--out",
+        str(denied_out),
+    )
     assert denied.returncode == 3 and "[tool.digest]" in denied.stderr
     assert not (denied_out / "report.json").exists()
     records = [json.loads(line) for line in (denied_out / "audit.jsonl").read_text().splitlines()]
@@ -92,7 +129,12 @@ def test_compiled_plan_runs_and_a_denied_run_is_logged_but_writes_no_report(tmp_
 
 def test_a_plan_runs_only_if_its_inputs_still_compile_to_it(tmp_path: Path) -> None:
     plan = tmp_path / "plan.json"
-    assert sandrun("compile", "manifests/examples", "--policy", "policies/default.yaml", "-o", str(plan)).returncode == 0
+    assert (
+        sandrun(
+            "compile", "manifests/examples", "--policy", "policies/default.yaml", "-o", str(plan)
+        ).returncode
+        == 0
+    )
     original = plan.read_text()
     plan.write_text(original.replace('"expect_exit_code":3', '"expect_exit_code":0'))  # still canonical
     result = sandrun("run", str(plan), "--out", str(tmp_path / "out"))
@@ -107,8 +149,15 @@ def test_a_plan_runs_only_if_its_inputs_still_compile_to_it(tmp_path: Path) -> N
 
 def test_exec_behaves_like_wasmtime_run(tmp_path: Path) -> None:
     out = str(tmp_path / "out")
-    counted = sandrun("exec", "--out", out, "--map-dir", "manifests/examples/docs::/d",
-                      "manifests/tools/wordcount.wasm", "/d/guide.md")
+    counted = sandrun(
+        "exec",
+        "--out",
+        out,
+        "--map-dir",
+        "manifests/examples/docs::/d",
+        "manifests/tools/wordcount.wasm",
+        "/d/guide.md",
+    )
     assert counted.returncode == 0, counted.stderr
     assert "/d/guide.md" in counted.stdout  # the guest's stdout passes through
     failed = sandrun("exec", "--out", out, "manifests/tools/fail.wasm")
@@ -119,11 +168,19 @@ def test_exec_behaves_like_wasmtime_run(tmp_path: Path) -> None:
 
 def test_exec_trap_exits_134_and_stdin_passes_through(tmp_path: Path) -> None:
     spin = tmp_path / "spin.wasm"
-    spin.write_bytes(wasmtime.wat2wasm('(module (memory (export "memory") 1) (func (export "_start") (loop br 0)))'))
+    spin.write_bytes(
+        wasmtime.wat2wasm('(module (memory (export "memory") 1) (func (export "_start") (loop br 0)))')
+    )
     trapped = sandrun("exec", "--out", str(tmp_path / "out"), "--timeout", "300ms", "spin.wasm", cwd=tmp_path)
     assert trapped.returncode == 134 and "timeout" in trapped.stderr
-    echoed = sandrun("exec", "--out", str(tmp_path / "out2"), "tests/fixtures/probe.wasm", "stdin",
-                     input="hello from stdin\n")
+    echoed = sandrun(
+        "exec",
+        "--out",
+        str(tmp_path / "out2"),
+        "tests/fixtures/probe.wasm",
+        "stdin",
+        input="hello from stdin\n",
+    )
     assert echoed.returncode == 0, echoed.stderr
     assert "hello from stdin" in echoed.stdout
 
@@ -133,15 +190,33 @@ def test_ctrl_c_interrupts_running_jobs_writes_results_and_exits_130(tmp_path: P
     (tmp_path / "spin.wasm").write_bytes(module)
     digest = hashlib.sha256(module).hexdigest()
     (tmp_path / "policy.yaml").write_text(
-        "apiVersion: sandrun/v1\nkind: Policy\nmetadata: {name: p}\n"
-        "limits:\n  max: {timeout: 10m}\n")
+        "apiVersion: sandrun/v1\nkind: Policy\nmetadata: {name: p}\nlimits:\n  max: {timeout: 10m}\n"
+    )
     jobs = "".join(f"  - {{name: spin{i}, tool: spin, limits: {{timeout: 5m}}}}\n" for i in range(4))
     (tmp_path / "m.yaml").write_text(
         "apiVersion: sandrun/v1\nkind: Manifest\nmetadata: {name: spin}\n"
-        f"tools:\n  spin: {{module: spin.wasm, sha256: {digest}}}\njobs:\n{jobs}")
-    proc = subprocess.Popen([sys.executable, "-m", "runner", "run", "m.yaml", "--policy", "policy.yaml", "--jobs", "2",
-                             "--out", "out"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "CI": "true"})
+        f"tools:\n  spin: {{module: spin.wasm, sha256: {digest}}}\njobs:\n{jobs}"
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runner",
+            "run",
+            "m.yaml",
+            "--policy",
+            "policy.yaml",
+            "--jobs",
+            "2",
+            "--out",
+            "out",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "CI": "true"},
+    )
     deadline = time.monotonic() + 60
     log = tmp_path / "out" / "audit.jsonl"
     while time.monotonic() < deadline and (not log.exists() or log.read_text().count('"job.started"') < 2):
@@ -156,17 +231,20 @@ def test_ctrl_c_interrupts_running_jobs_writes_results_and_exits_130(tmp_path: P
     assert sandrun("audit", "verify", str(tmp_path / "out")).returncode == 0
 
 
-@pytest.mark.parametrize("args", [
-    ["run", "manifests/examples"],                       # no policy
-    ["run", "nope/", "--policy", "policies/default.yaml"],
-    ["run", "manifests/examples", "--policy", "nope.yaml"],
-    ["exec", "nope.wasm"],
-    ["exec", "--map-dir", "nonsense", "manifests/tools/fail.wasm"],
-    ["exec", "--memory", "lots", "manifests/tools/fail.wasm"],
-    ["audit", "verify", "nope.jsonl"],
-    ["report", "nope.jsonl"],
-    ["run", "manifests/examples", "--policy", "policies/default.yaml", "--signing-key", "README.md"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "manifests/examples"],  # no policy
+        ["run", "nope/", "--policy", "policies/default.yaml"],
+        ["run", "manifests/examples", "--policy", "nope.yaml"],
+        ["exec", "nope.wasm"],
+        ["exec", "--map-dir", "nonsense", "manifests/tools/fail.wasm"],
+        ["exec", "--memory", "lots", "manifests/tools/fail.wasm"],
+        ["audit", "verify", "nope.jsonl"],
+        ["report", "nope.jsonl"],
+        ["run", "manifests/examples", "--policy", "policies/default.yaml", "--signing-key", "README.md"],
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2_never_a_traceback(tmp_path: Path, args: list[str]) -> None:
     result = sandrun(*args, "--out", str(tmp_path / "out")) if args[0] in ("run", "exec") else sandrun(*args)
     assert "Traceback" not in result.stderr + result.stdout
@@ -176,7 +254,12 @@ def test_bad_input_is_one_line_and_exit_2_never_a_traceback(tmp_path: Path, args
 
 def test_torn_tail_is_reported_then_repaired_explicitly(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert sandrun("run", "manifests/examples", "--policy", "policies/default.yaml", "--out", str(out)).returncode == 0
+    assert (
+        sandrun(
+            "run", "manifests/examples", "--policy", "policies/default.yaml", "--out", str(out)
+        ).returncode
+        == 0
+    )
     with open(out / "audit.jsonl", "ab") as log:
         log.write(b'{"seq":15,"ts":"2026-')
     torn = sandrun("audit", "verify", str(out))
@@ -186,5 +269,10 @@ def test_torn_tail_is_reported_then_repaired_explicitly(tmp_path: Path) -> None:
     repaired = sandrun("audit", "repair", str(out))
     assert repaired.returncode == 0 and "torn" in repaired.stdout
     assert sandrun("audit", "verify", str(out)).returncode == 0
-    assert sandrun("run", "manifests/examples", "--policy", "policies/default.yaml", "--out", str(out)).returncode == 0
+    assert (
+        sandrun(
+            "run", "manifests/examples", "--policy", "policies/default.yaml", "--out", str(out)
+        ).returncode
+        == 0
+    )
     assert sandrun("audit", "verify", str(out)).stdout.startswith("intact: ")

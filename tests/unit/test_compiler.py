@@ -24,14 +24,18 @@ def test_same_tree_in_two_places_compiles_to_the_same_plan_hash(tmp_path: Path) 
     hashes = set()
     for place in ("a/deeper/place", "b"):
         root = _copy_cases(tmp_path / place)
-        plan = compile_manifests([root / "valid" / "manifest.yaml"], root / "_shared" / "policy.yaml", root=root, today=TODAY)
+        plan = compile_manifests(
+            [root / "valid" / "manifest.yaml"], root / "_shared" / "policy.yaml", root=root, today=TODAY
+        )
         assert all(not m.host.startswith("/") for job in plan.jobs for m in job.mounts)
         hashes.add(plan.sha256)
     assert len(hashes) == 1
 
 
 def test_plan_records_inputs_policy_and_resolved_jobs() -> None:
-    plan = compile_manifests([CASES / "valid" / "manifest.yaml"], CASES / "_shared" / "policy.yaml", root=CASES, today=TODAY)
+    plan = compile_manifests(
+        [CASES / "valid" / "manifest.yaml"], CASES / "_shared" / "policy.yaml", root=CASES, today=TODAY
+    )
     paths = {item.path for item in plan.inputs}
     assert paths == {
         "valid/manifest.yaml",
@@ -46,7 +50,8 @@ def test_plan_records_inputs_policy_and_resolved_jobs() -> None:
     assert (
         first.limits.fuel == 1_000_000 and first.limits.memory == 32 << 20 and first.limits.timeout_ms == 2000
     )
-    # second sets no limits: the policy's defaults, and fuel from limits.max (a capped policy never runs unmetered)
+    # second sets no limits: the policy's defaults, and fuel from limits.max
+    # (a policy that caps fuel never lets a job run unmetered)
     assert second.limits.memory == 16 << 20 and second.limits.output == 64 << 10
     assert second.limits.fuel == 1_000_000_000
     assert second.needs == ("valid/first",)
@@ -63,7 +68,9 @@ def test_key_is_valid_through_its_not_after_day_and_denied_the_day_after() -> No
 
 
 def test_problems_of_every_file_come_out_together_and_invalid_input_wins() -> None:
-    paths = [CASES / n / "manifest.yaml" for n in ("yaml-duplicate-key", "sha256-mismatch", "schema-unknown-field")]
+    paths = [
+        CASES / n / "manifest.yaml" for n in ("yaml-duplicate-key", "sha256-mismatch", "schema-unknown-field")
+    ]
     with pytest.raises(InputError) as caught:
         compile_manifests(paths, CASES / "_shared" / "policy.yaml", root=CASES, today=TODAY)
     rules = {v.rule_id for v in caught.value.violations}
@@ -89,12 +96,19 @@ def test_duplicate_manifest_names_across_files_are_denied(tmp_path: Path) -> Non
     shutil.copytree(root / "valid", root / "valid-again")
     with pytest.raises(PolicyDenied) as caught:
         compile_manifests(
-            [root / "valid" / "manifest.yaml", root / "valid-again" / "manifest.yaml"], root / "_shared" / "policy.yaml", root=root, today=TODAY
+            [root / "valid" / "manifest.yaml", root / "valid-again" / "manifest.yaml"],
+            root / "_shared" / "policy.yaml",
+            root=root,
+            today=TODAY,
         )
     assert [v.rule_id for v in caught.value.violations] == ["manifest.duplicate-name"]
 
 
 def test_unknown_key_under_optional_signatures_counts_as_unsigned() -> None:
-    plan = compile_manifests([CASES / "signature-unknown-key" / "manifest.yaml"], CASES / "_shared" / "policy.yaml",
-                             root=CASES, today=TODAY)
+    plan = compile_manifests(
+        [CASES / "signature-unknown-key" / "manifest.yaml"],
+        CASES / "_shared" / "policy.yaml",
+        root=CASES,
+        today=TODAY,
+    )
     assert plan.tools[0].signer is None and not plan.tools[0].signature_verified
