@@ -188,10 +188,10 @@ def _check_protected(job: JobSpec, targets: list[Path], protected: Iterable[Path
         if mount.mode != "rw":
             continue
         for folder in protected:
-            if folder == target or target in folder.parents:
+            if folder == target or target in folder.parents or folder in target.parents:
                 raise PolicyDenied.one(
                     "mount.protected",
-                    f"rw mount {mount.host!r} contains {folder}, which a job must never write",
+                    f"rw mount {mount.host!r} overlaps {folder}, which a job must never write",
                     _location(job, f"/fs/{index}/host"),
                 )
 

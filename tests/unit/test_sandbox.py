@@ -318,6 +318,12 @@ def test_rw_mount_may_not_contain_the_module_cache(tmp_path: Path, probe_wasm: b
     assert caught.value.rule_id == "mount.protected"
     with pytest.raises(PolicyDenied):
         check_mounts(rw, tmp_path, protected=[tmp_path / "out" / "audit"])
+    (tmp_path / "out" / "inner").mkdir()
+    inside = make_job(tmp_path, probe_wasm, mounts=(("out/inner", "/in", "rw"),))
+    with pytest.raises(PolicyDenied) as caught:  # a rw mount inside a protected folder is refused too
+        check_mounts(inside, tmp_path, protected=[tmp_path / "out"])
+    assert caught.value.rule_id == "mount.protected"
+    assert check_mounts(inside, tmp_path, protected=[tmp_path / "elsewhere"])
 
 
 def test_engines_per_configuration(runtime: Runtime, tmp_path: Path, probe_wasm: bytes) -> None:
