@@ -587,7 +587,9 @@ def report(path: Path, fmt: str, run_id: str | None, output: Path | None) -> Non
             if r["kind"] == "job.started" and r["run"] == data["run"]
         }
         text = render_html(
-            data, limits=limits, verification=f"{verification.status}: {verification.records} records"
+            data,
+            limits=limits,
+            verification=f"audit chain {verification.status}: {verification.records} records checked",
         )
     else:
         text = {"json": render_json, "junit": render_junit, "md": render_markdown}[fmt](data)
