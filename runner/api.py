@@ -274,7 +274,8 @@ def run(
                 log.append(kind, data)
             log.seal(signing_key, signing_key_name)
             raise
-        log.append("plan.compiled", _plan_record(plan))
+        plan_sha256 = plan.sha256  # hashing a big plan costs: once per run
+        log.append("plan.compiled", _plan_record(plan, plan_sha256))
         tools = _tool_records(plan)
         for record in tools:
             log.append("tool.registered", record)
@@ -290,7 +291,7 @@ def run(
             cancel=cancel,
         )
         report = build_report(
-            run_id=run_id, plan_sha256=plan.sha256, policy=plan.policy.name, results=batch.results
+            run_id=run_id, plan_sha256=plan_sha256, policy=plan.policy.name, results=batch.results
         )
         write_outputs(out_dir, report, batch.outcomes)
         checkpoint = log.seal(signing_key, signing_key_name)
@@ -332,10 +333,10 @@ def verified_plan(path: Path, *, root: Path | None = None, today: dt.date | None
     return plan
 
 
-def _plan_record(plan: Plan) -> dict[str, Any]:
+def _plan_record(plan: Plan, plan_sha256: str) -> dict[str, Any]:
     policy = plan.policy
     return {
-        "plan_sha256": plan.sha256,
+        "plan_sha256": plan_sha256,
         "policy": {
             "name": policy.name,
             "path": policy.path,

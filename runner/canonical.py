@@ -14,16 +14,35 @@ from typing import Any
 __all__ = ["canonical_json", "sha256_hex", "reject_floats"]
 
 
-def reject_floats(value: Any, path: str = "") -> None:
-    """Raise ``TypeError`` naming the first float inside ``value``."""
+def _has_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_has_float(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_float(item) for item in value)
+    return False
+
+
+def reject_floats(value: Any) -> None:
+    """Raise ``TypeError`` naming the first float inside ``value``.
+
+    The common case (no float) is a plain walk; paths are only built once a float was found,
+    since every audit record goes through here.
+    """
+    if _has_float(value):
+        _name_float(value, "")
+
+
+def _name_float(value: Any, path: str) -> None:
     if isinstance(value, float):
         raise TypeError(f"floats are not allowed in canonical JSON (at {path or '/'})")
     if isinstance(value, dict):
         for key, item in value.items():
-            reject_floats(item, f"{path}/{key}")
+            _name_float(item, f"{path}/{key}")
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            reject_floats(item, f"{path}/{index}")
+            _name_float(item, f"{path}/{index}")
 
 
 def canonical_json(value: Any) -> bytes:

@@ -155,6 +155,7 @@ class _Batch:
     on_progress: ProgressSink | None
     cancel: threading.Event | None
     stop: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)  # nothing pending any more
     sink_lock: threading.Lock = field(default_factory=threading.Lock)
     sink_error: BaseException | None = None
     stop_reason: str | None = None
@@ -338,6 +339,8 @@ class _Batch:
                         bisect.insort(self.ready, dependent)
                     continue
                 ended.append((dependent, self._skipped(dependent, reason)))
+        if not self.pending:
+            self.finished.set()
         self.cond.notify_all()
 
     def skip(self, index: int, reason: str | None) -> None:
@@ -393,14 +396,16 @@ class _Batch:
     def dispatch(self) -> None:
         """Run the workers; this thread only watches the caller's cancel event (Ctrl-C)."""
         self.prepare()
+        if not self.pending:
+            self.finished.set()
         threads = self._start_workers(self.work)
         try:
-            with self.cond:
-                while self.pending:
+            # its own event, not ``cond``: waking this thread at every finished job costs a GIL hand-off
+            while not self.finished.wait(_POLL_S):
+                with self.cond:
                     self.check_cancel()
                     if self.stop.is_set():
                         self.cond.notify_all()
-                    self.cond.wait(_POLL_S)
         finally:
             if self.pending:  # only after a bug of ours: let no guest keep running
                 self.halt("aborted")

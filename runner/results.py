@@ -8,7 +8,7 @@ record carries, so reports can be rebuilt from the log alone.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 __all__ = ["TRAP_KINDS", "STATUSES", "TrapKind", "Status", "Outcome", "JobResult"]
@@ -89,7 +89,8 @@ class JobResult:
         return f"{self.manifest}/{self.name}"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # every field is a scalar: a flat copy, not dataclasses.asdict's deep one (it is per job)
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobResult:

@@ -1,0 +1,620 @@
+"""Benchmark: the executor against bare wasmtime-py doing the same work, in one run.
+
+Every figure is a ratio against a baseline measured in the same run, so it compares rather than
+times on a noisy machine. The baseline is wasmtime-py used directly: compile once, then
+``Store`` + ``WasiConfig`` + instantiate + ``_start`` in a loop.
+
+(a) per-job overhead, 1,000 jobs of a tiny WASI tool (``fixtures/hello.wasm``): ``runner.api.run``
+    (audit log, reports and per-job logs included) and ``run_plan`` + an audit log sink, ``--jobs 1``,
+    against the bare loop with stdout/stderr captured to a memfd and read back, which is the same
+    work (Sandrun always captures); the bare loop without capture is printed too. Target 1.5x.
+(b) a CPU-bound job (``fixtures/interp.wasm``, a bytecode interpreter): Sandrun against bare
+    wasmtime-py with the same limits on (fuel, epoch deadline + ticker, memory limit), target
+    1.05x; a plan without a fuel limit against bare with epoch + memory only (it must not pay for
+    fuel metering); and what each limit costs bare wasmtime-py against none.
+(c) ``--jobs 2`` against ``--jobs 1`` on 4 CPU-bound jobs: throughput, target 1.8x on 2 cores.
+(d) cold against warm start of a run whose module is tens of MB (generated here): time from
+    ``run_plan`` to the end of a ``_start`` that returns at once, with an empty cache folder, then
+    with the disk cache filled (a new Runtime each time, so nothing is in memory). Target 100x.
+(e) peak RSS of a 10,000-job batch run through ``runner.api.run`` in a child process: RSS after
+    1k, 5k and 10k jobs and the growth per 1,000 jobs. Target: under 1 MiB per 1,000 jobs (about
+    what the results a run keeps for its report take).
+
+Run: ``python bench/bench_executor.py [--quick] [--profile]`` (``--profile``: cProfile of (a) only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import dataclasses
+import hashlib
+import json
+import os
+import pstats
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from runner.api import run as sandrun_run  # noqa: E402
+from runner.audit import AuditLog  # noqa: E402
+from runner.executor import BatchOptions, BatchResult, run_plan  # noqa: E402
+from runner.plan import JobSpec, Limits, Plan, PolicyRef, Tool  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+MEMORY = 64 << 20
+TIMEOUT_MS = 120_000
+FUEL = 10**13
+TICK_S = 0.01  # Sandrun's epoch tick; the bare baseline runs the same ticker
+
+TARGET_OVERHEAD = 1.5
+TARGET_CPU = 1.05
+TARGET_PARALLEL = 1.8
+TARGET_WARM = 100.0
+TARGET_RSS_GROWTH_MIB = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    jobs: int  # (a) batch size
+    rounds: int
+    interp_n: int  # (b) work of one CPU-bound job (~1.6 s per million here)
+    parallel_n: int  # (c) work of each of its 4 jobs
+    big_functions: int  # (d) module size: ~15 KB of wasm per function, ~0.4 s of compiling on 2 cores
+    rss_jobs: int  # (e)
+
+
+FULL = Settings(
+    jobs=1000, rounds=3, interp_n=700_000, parallel_n=600_000, big_functions=2600, rss_jobs=10_000
+)
+QUICK = Settings(
+    jobs=1000, rounds=2, interp_n=250_000, parallel_n=250_000, big_functions=650, rss_jobs=10_000
+)
+
+
+# -- plans ------------------------------------------------------------------------------------
+
+
+def install(root: Path, name: str, wasm: bytes) -> tuple[str, str]:
+    """Write a module under ``root``; (path relative to root, sha256)."""
+    path = root / "modules" / f"{name}.wasm"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(wasm)
+    return path.relative_to(root).as_posix(), hashlib.sha256(wasm).hexdigest()
+
+
+def make_plan(module: tuple[str, str], argvs: list[list[str]], *, fuel: int | None = None) -> Plan:
+    """A plan of one job per argv (``argv[0]`` its program name), as the policy compiler would make it."""
+    path, digest = module
+    limits = Limits(fuel=fuel, memory=MEMORY, timeout_ms=TIMEOUT_MS, stack=512 << 10, output=64 << 10)
+    jobs = tuple(
+        JobSpec(
+            id=f"bench/job-{i:05d}",
+            manifest="bench",
+            name=f"job-{i:05d}",
+            tool="tool",
+            module=path,
+            module_sha256=digest,
+            args=tuple(argv[1:]),
+            program_name=argv[0],
+            invoke=None,
+            env=(("LANG", "C"),),
+            stdin=None,
+            mounts=(),
+            network=None,
+            limits=limits,
+            needs=(),
+            expect_exit_code=0,
+            actions=(),
+            score="0",
+        )
+        for i, argv in enumerate(argvs)
+    )
+    tool = Tool(
+        manifest="bench",
+        name="tool",
+        module=path,
+        sha256=digest,
+        version=None,
+        signer=None,
+        signature_verified=False,
+        actions=(),
+    )
+    policy = PolicyRef(name="bench", path="policy.yaml", sha256="0" * 64, git_commit=None)
+    return Plan(policy=policy, inputs=(), tools=(tool,), jobs=jobs, manifests=("bench.yaml",))
+
+
+def check_passed(batch: BatchResult) -> None:
+    bad = [r for r in batch.results if r.status != "passed"]
+    assert not bad, bad[0]
+
+
+def run_audited(plan: Plan, root: Path, cache: Path, jobs: int = 1) -> tuple[float, list[str]]:
+    """The executor with an audit log as its event sink (what ``api.run`` wires up), timed.
+
+    Also returns where each module came from (``compiled``, ``memory``, ``disk``).
+    """
+    sources: list[str] = []
+    with tempfile.TemporaryDirectory(dir=root) as out:
+        start = time.perf_counter()
+        with AuditLog.open(Path(out), run_id="bench") as log:
+
+            def sink(kind: str, data: dict[str, Any]) -> None:
+                if kind == "tool.deployed":
+                    sources.append(data["source"])
+                log.append(kind, data)
+
+            batch = run_plan(plan, root, BatchOptions(jobs=jobs, cache_dir=cache), on_event=sink)
+            log.seal(None)
+        elapsed = time.perf_counter() - start
+    check_passed(batch)
+    return elapsed, sources
+
+
+def run_full(plan: Plan, root: Path, cache: Path, jobs: int = 1) -> float:
+    """``runner.api.run``: what ``sandrun run`` does once the plan is made (audit, reports, logs)."""
+    with tempfile.TemporaryDirectory(dir=root) as out:
+        start = time.perf_counter()
+        outcome = sandrun_run(
+            lambda: plan, root=root, out_dir=Path(out), options=BatchOptions(jobs=jobs, cache_dir=cache)
+        )
+        elapsed = time.perf_counter() - start
+    assert outcome.exit_code == 0, outcome.exit_code
+    return elapsed
+
+
+# -- the bare wasmtime-py baseline --------------------------------------------------------------
+
+
+class Bare:
+    """wasmtime-py used directly: one engine and linker, the module compiled once."""
+
+    def __init__(self, wasm: bytes, *, fuel: bool = False, epoch: bool = False, memory: bool = False) -> None:
+        config = wasmtime.Config()
+        config.consume_fuel = fuel
+        config.epoch_interruption = epoch
+        self.fuel, self.epoch, self.memory = fuel, epoch, memory
+        self.engine = wasmtime.Engine(config)
+        self.module = wasmtime.Module(self.engine, wasm)
+        self.linker = wasmtime.Linker(self.engine)
+        self.linker.define_wasi()
+
+    def run(self, argv: list[str], capture: tuple[int, int] | None = None) -> bytes:
+        """One job; with ``capture`` (two memfds) stdout/stderr are captured and read back."""
+        store = wasmtime.Store(self.engine)
+        wasi = wasmtime.WasiConfig()
+        wasi.argv = argv
+        wasi.env = [["LANG", "C"]]
+        if capture is not None:
+            wasi.stdout_file = f"/proc/self/fd/{capture[0]}"
+            wasi.stderr_file = f"/proc/self/fd/{capture[1]}"
+        store.set_wasi(wasi)
+        if self.memory:
+            store.set_limits(
+                memory_size=MEMORY, table_elements=max(10_000, MEMORY // 8), instances=1, memories=1
+            )
+        if self.fuel:
+            store.set_fuel(FUEL)
+        if self.epoch:
+            store.set_epoch_deadline(int(TIMEOUT_MS / 1000 / TICK_S))
+        try:
+            self.linker.instantiate(store, self.module).exports(store)["_start"](store)  # type: ignore[operator]
+        except wasmtime.ExitTrap as exc:
+            assert exc.code == 0, exc.code
+        del store
+        if capture is None:
+            return b""
+        out = b""
+        for fd in capture:
+            size = os.fstat(fd).st_size
+            if size:
+                out += os.pread(fd, size, 0)
+                os.ftruncate(fd, 0)
+        return out
+
+    def loop(self, argvs: list[list[str]], capture: bool) -> float:
+        fds = (os.memfd_create("out"), os.memfd_create("err")) if capture else None
+        try:
+            start = time.perf_counter()
+            for argv in argvs:
+                self.run(argv, fds)
+            return time.perf_counter() - start
+        finally:
+            for fd in fds or ():
+                os.close(fd)
+
+    @contextmanager
+    def ticking(self) -> Iterator[None]:
+        """The epoch ticker a timeout needs (Sandrun runs one per engine)."""
+        stop = threading.Event()
+
+        def tick() -> None:
+            while not stop.wait(TICK_S):
+                self.engine.increment_epoch()
+
+        thread = threading.Thread(target=tick, daemon=True)
+        if self.epoch:
+            thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if self.epoch:
+                thread.join()
+
+    def timed(self, argv: list[str]) -> float:
+        with self.ticking():
+            start = time.perf_counter()
+            self.run(argv)
+            return time.perf_counter() - start
+
+    def timed_call(self, argv: list[str]) -> Callable[[], float]:
+        return lambda: self.timed(argv)
+
+
+# -- the big module of (d) ----------------------------------------------------------------------
+
+
+def _uleb(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _sleb(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        if (n == 0 and not byte & 0x40) or (n == -1 and byte & 0x40):
+            out.append(byte)
+            return bytes(out)
+        out.append(byte | 0x80)
+
+
+def _section(code: int, payload: bytes) -> bytes:
+    return bytes([code]) + _uleb(len(payload)) + payload
+
+
+def _vector(items: list[bytes]) -> bytes:
+    return _uleb(len(items)) + b"".join(items)
+
+
+def big_module(functions: int, groups: int = 1000, width: int = 16) -> bytes:
+    """A valid module of ``functions`` functions (~15 KB each) whose ``_start`` returns at once.
+
+    Each function mixes ``width`` i64 locals seeded from its parameter and returns all of them
+    combined, so the optimiser can fold nothing away: compiling costs what real code of this size
+    costs (~0.3 s per MB here, on 2 cores), and the compiled code is about as large as the WebAssembly.
+    """
+    common = bytearray()
+    for g in range(groups):
+        a, b, c, d = (
+            (g * 5 + 1) % width + 1,
+            (g * 3 + 2) % width + 1,
+            (g * 11 + 5) % width + 1,
+            g * 7 % width + 1,
+        )
+        # d = (a * b ^ c) + constant
+        common += bytes([0x20, a, 0x20, b, 0x7E, 0x20, c, 0x85, 0x42]) + _sleb(g * 2654435761 % 1000003)
+        common += bytes([0x7C, 0x21, d])
+    common += bytes([0x20, 1]) + b"".join(bytes([0x20, k, 0x85]) for k in range(2, width + 1))
+    common += bytes([0xA7, 0x0B])  # i32.wrap_i64; end
+    bodies = []
+    for f in range(functions):
+        seeds = b"".join(  # local k = i64(param + f * 31 + k)
+            bytes([0x20, 0, 0x41]) + _sleb(f * 31 + k) + bytes([0x6A, 0xAC, 0x21, k])
+            for k in range(1, width + 1)
+        )
+        body = b"\x01" + _uleb(width) + b"\x7e" + seeds + common
+        bodies.append(_uleb(len(body)) + body)
+    start = b"\x00\x41\x01\x10\x00\x1a\x0b"  # call function 0 once, drop its result
+    bodies.append(_uleb(len(start)) + start)
+    return b"".join(
+        (
+            b"\x00asm\x01\x00\x00\x00",
+            _section(1, _vector([b"\x60\x00\x00", b"\x60\x01\x7f\x01\x7f"])),
+            _section(3, _vector([b"\x01"] * functions + [b"\x00"])),
+            _section(7, _vector([_uleb(6) + b"_start\x00" + _uleb(functions)])),
+            _section(10, _vector(bodies)),
+        )
+    )
+
+
+# -- (e) in a child process ---------------------------------------------------------------------
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def rss_child(count: int) -> None:
+    """Run ``count`` tiny jobs through ``api.run``; print RSS samples (KiB) as one JSON line."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        module = install(root, "hello", (FIXTURES / "hello.wasm").read_bytes())
+        plan = make_plan(module, [["hello", str(i)] for i in range(count)])
+        marks = {1000, 5000, 10_000, count}
+        samples: dict[str, int] = {}
+        finished = 0
+
+        def progress(event: Any) -> None:
+            nonlocal finished
+            if event.kind == "finished":
+                finished += 1
+                if finished in marks:
+                    samples[str(finished)] = _rss_kib("VmRSS")
+
+        samples["start"] = _rss_kib("VmRSS")
+        outcome = sandrun_run(
+            lambda: plan,
+            root=root,
+            out_dir=root / "out",
+            options=BatchOptions(jobs=1, cache_dir=root / "cache"),
+            on_progress=progress,
+        )
+        assert outcome.exit_code == 0
+        samples["end"] = _rss_kib("VmRSS")
+        samples["peak"] = _rss_kib("VmHWM")
+    print(json.dumps(samples))
+
+
+# -- the measurements ----------------------------------------------------------------------------
+
+
+def median_of(
+    rounds: int,
+    measures: dict[str, Callable[[], float]],
+    pick: Callable[[list[float]], float] = statistics.median,
+) -> dict[str, float]:
+    """Median (or ``pick``) time of each measure, interleaved round by round (fair to drift)."""
+    times: dict[str, list[float]] = {name: [] for name in measures}
+    for _ in range(rounds):
+        for name, measure in measures.items():
+            times[name].append(measure())
+    return {name: pick(values) for name, values in times.items()}
+
+
+Row = tuple[str, float, float, bool]  # name, figure, target, higher is better
+
+
+def bench_overhead(root: Path, s: Settings, rows: list[Row]) -> None:
+    wasm = (FIXTURES / "hello.wasm").read_bytes()
+    module = install(root, "hello", wasm)
+    argvs = [["hello", str(i)] for i in range(s.jobs)]
+    plan = make_plan(module, argvs)
+    cache = root / "cache-a"
+    bare = Bare(wasm)
+    bare.loop(argvs[:50], capture=True)  # warm up: imports, the disk cache, page faults
+    run_audited(make_plan(module, argvs[:50]), root, cache)
+    t = median_of(
+        s.rounds,
+        {
+            "bare": lambda: bare.loop(argvs, capture=False),
+            "bare_cap": lambda: bare.loop(argvs, capture=True),
+            "audited": lambda: run_audited(plan, root, cache)[0],
+            "full": lambda: run_full(plan, root, cache),
+            "full_j2": lambda: run_full(plan, root, cache, jobs=2),
+        },
+    )
+    us = {name: value / s.jobs * 1e6 for name, value in t.items()}
+    print(f"(a) per-job time, {s.jobs} jobs of hello.wasm, median of {s.rounds} rounds")
+    print(f"    bare wasmtime-py, output discarded          {us['bare']:8.1f} us/job")
+    print(f"    bare wasmtime-py, output captured (memfd)   {us['bare_cap']:8.1f} us/job   <- the same work")
+    print(
+        f"    run_plan + audit log, --jobs 1              {us['audited']:8.1f} us/job   "
+        f"x{us['audited'] / us['bare_cap']:.2f} (x{us['audited'] / us['bare']:.2f} vs discarded)"
+    )
+    print(
+        f"    api.run (audit + reports + logs), --jobs 1  {us['full']:8.1f} us/job   "
+        f"x{us['full'] / us['bare_cap']:.2f} (x{us['full'] / us['bare']:.2f} vs discarded)"
+    )
+    print(
+        f"    api.run, --jobs 2                           {us['full_j2']:8.1f} us/job   "
+        f"x{us['full_j2'] / us['bare_cap']:.2f}"
+    )
+    rows.append(
+        ("(a) run_plan+audit / bare captured", us["audited"] / us["bare_cap"], TARGET_OVERHEAD, False)
+    )
+    rows.append(("(a) api.run / bare captured", us["full"] / us["bare_cap"], TARGET_OVERHEAD, False))
+
+
+def bench_cpu(root: Path, s: Settings, rows: list[Row]) -> None:
+    wasm = (FIXTURES / "interp.wasm").read_bytes()
+    module = install(root, "interp", wasm)
+    argv = ["interp", str(s.interp_n)]
+    cache = root / "cache-b"
+    with_fuel, no_fuel = make_plan(module, [argv], fuel=FUEL), make_plan(module, [argv])
+    run_audited(with_fuel, root, cache), run_audited(no_fuel, root, cache)  # fill the disk cache
+    bares = {
+        "none": Bare(wasm),
+        "fuel": Bare(wasm, fuel=True),
+        "epoch": Bare(wasm, epoch=True),
+        "memory": Bare(wasm, memory=True),
+        "epoch+memory": Bare(wasm, epoch=True, memory=True),
+        "all": Bare(wasm, fuel=True, epoch=True, memory=True),
+    }
+    measures: dict[str, Callable[[], float]] = {
+        f"bare {name}": bare.timed_call(argv) for name, bare in bares.items()
+    }
+    measures["sandrun fuel"] = lambda: run_audited(with_fuel, root, cache)[0]
+    measures["sandrun no fuel"] = lambda: run_audited(no_fuel, root, cache)[0]
+    # The best of more rounds: on a shared machine noise only ever adds time to a CPU-bound job.
+    t = median_of(s.rounds + 2, measures, pick=min)
+    print(f"(b) CPU-bound job: interp.wasm {s.interp_n:,}, best of {s.rounds + 2} rounds")
+    print("    what each limit costs bare wasmtime-py against none:")
+    for name in bares:
+        print(f"      {name:<13} {t[f'bare {name}']:7.3f} s   x{t[f'bare {name}'] / t['bare none']:.3f}")
+    fuel_ratio = t["sandrun fuel"] / t["bare all"]
+    free_ratio = t["sandrun no fuel"] / t["bare epoch+memory"]
+    print(
+        f"    Sandrun, fuel limit     {t['sandrun fuel']:7.3f} s   x{fuel_ratio:.3f} vs bare with all limits"
+    )
+    print(
+        f"    Sandrun, no fuel limit  {t['sandrun no fuel']:7.3f} s   x{free_ratio:.3f} vs bare epoch+memory,"
+        f" x{t['sandrun no fuel'] / t['bare none']:.3f} vs bare none, "
+        f"x{t['sandrun no fuel'] / t['sandrun fuel']:.3f} vs Sandrun with fuel"
+    )
+    rows.append(("(b) Sandrun fuel / bare all limits", fuel_ratio, TARGET_CPU, False))
+    rows.append(("(b) Sandrun no fuel / bare epoch+memory", free_ratio, TARGET_CPU, False))
+
+
+def bare_threads(bare: Bare, argvs: list[list[str]], threads: int) -> float:
+    """The same jobs on ``threads`` plain threads: what the machine allows, the baseline of (c)."""
+    workers = [
+        threading.Thread(target=lambda share=argvs[i::threads]: [bare.run(argv) for argv in share])
+        for i in range(threads)
+    ]
+    with bare.ticking():
+        start = time.perf_counter()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        return time.perf_counter() - start
+
+
+def bench_parallel(root: Path, s: Settings, rows: list[Row]) -> None:
+    wasm = (FIXTURES / "interp.wasm").read_bytes()
+    module = install(root, "interp", wasm)
+    argvs = [["interp", str(s.parallel_n)]] * 4
+    plan = make_plan(module, argvs)
+    cache = root / "cache-c"
+    run_audited(make_plan(module, [["interp", "1"]]), root, cache)
+    bare = Bare(wasm, epoch=True, memory=True)
+    t = median_of(
+        s.rounds,
+        {
+            "j1": lambda: run_audited(plan, root, cache, jobs=1)[0],
+            "j2": lambda: run_audited(plan, root, cache, jobs=2)[0],
+            "b1": lambda: bare_threads(bare, argvs, 1),
+            "b2": lambda: bare_threads(bare, argvs, 2),
+        },
+    )
+    ratio = t["j1"] / t["j2"]
+    print(f"(c) 4 CPU-bound jobs (interp.wasm {s.parallel_n:,}), {os.cpu_count()} CPUs, median of {s.rounds}")
+    print(f"    Sandrun --jobs 1 {t['j1']:6.2f} s   --jobs 2 {t['j2']:6.2f} s   throughput x{ratio:.2f}")
+    machine = t["b1"] / t["b2"]
+    print(
+        f"    bare, 1 thread   {t['b1']:6.2f} s   2 threads {t['b2']:6.2f} s   throughput x{machine:.2f}"
+        "   <- what this machine allows"
+    )
+    rows.append(("(c) throughput --jobs 2 / --jobs 1", ratio, TARGET_PARALLEL, True))
+
+
+def bench_cold_warm(root: Path, s: Settings, rows: list[Row]) -> None:
+    start = time.perf_counter()
+    wasm = big_module(s.big_functions)
+    module = install(root, "big", wasm)
+    made = time.perf_counter() - start
+    plan = make_plan(module, [["big"]])
+    cache = root / "cache-d"
+
+    def start_once() -> tuple[float, str]:
+        elapsed, sources = run_audited(plan, root, cache)
+        return elapsed, sources[0]
+
+    cold, cold_source = start_once()
+    warm_runs = [start_once() for _ in range(max(3, s.rounds))]
+    warm = statistics.median(t for t, _ in warm_runs)
+    cwasm = sum(p.stat().st_size for p in cache.glob("*.cwasm"))
+    print(
+        f"(d) a {len(wasm) / 1e6:.1f} MB module ({s.big_functions} functions, generated in {made:.1f} s), "
+        f"compiled code in the disk cache {cwasm / 1e6:.1f} MB"
+    )
+    print(f"    cold (empty cache: {cold_source})  {cold * 1000:9.1f} ms to the end of _start")
+    print(
+        f"    warm (new Runtime: {'/'.join(sorted({src for _, src in warm_runs}))})    {warm * 1000:9.1f} ms"
+        f"   -> x{cold / warm:.0f} faster"
+    )
+    assert cold_source == "compiled" and all(src == "disk" for _, src in warm_runs)
+    rows.append(("(d) cold / warm start", cold / warm, TARGET_WARM, True))
+
+
+def bench_rss(s: Settings, rows: list[Row]) -> None:
+    child = subprocess.run(
+        [sys.executable, __file__, "--rss-child", str(s.rss_jobs)], capture_output=True, text=True, check=True
+    )
+    kib = json.loads(child.stdout.strip().splitlines()[-1])
+    marks = [m for m in ("1000", "5000", "10000") if m in kib]
+    growth = (kib[marks[-1]] - kib["1000"]) / 1024 / ((int(marks[-1]) - 1000) / 1000)
+    print(f"(e) RSS of a {s.rss_jobs:,}-job batch through api.run (child process)")
+    print(
+        "    "
+        + "   ".join(f"{name}: {kib[name] / 1024:.1f} MiB" for name in ("start", *marks, "end", "peak"))
+    )
+    print(f"    growth from 1k to {int(marks[-1]) // 1000}k jobs: {growth:.2f} MiB per 1,000 jobs")
+    rows.append(("(e) RSS growth, MiB per 1,000 jobs", growth, TARGET_RSS_GROWTH_MIB, False))
+
+
+def profile_overhead(root: Path, s: Settings) -> None:
+    """cProfile of (a)'s ``api.run``, its worker and audit threads included (one profile each)."""
+    module = install(root, "hello", (FIXTURES / "hello.wasm").read_bytes())
+    plan = make_plan(module, [["hello", str(i)] for i in range(s.jobs)])
+    cache = root / "cache-p"
+    run_audited(plan, root, cache)
+    profiles = [cProfile.Profile()]
+    thread_run = threading.Thread.run
+
+    def profiled(thread: threading.Thread) -> None:
+        profile = cProfile.Profile()
+        profiles.append(profile)
+        profile.runcall(thread_run, thread)
+
+    threading.Thread.run = profiled  # type: ignore[method-assign]
+    try:
+        profiles[0].runcall(run_full, plan, root, cache)
+    finally:
+        threading.Thread.run = thread_run  # type: ignore[method-assign]
+    stats = pstats.Stats(*profiles).strip_dirs()  # type: ignore[arg-type]
+    stats.sort_stats("tottime").print_stats(30)
+    stats.sort_stats("cumulative").print_stats(50)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller work, about 2 minutes")
+    parser.add_argument("--profile", action="store_true", help="profile (a) instead of measuring")
+    parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        rss_child(args.rss_child)
+        return
+    settings = QUICK if args.quick else FULL
+    rows: list[Row] = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp).resolve()
+        if args.profile:
+            profile_overhead(root, settings)
+            return
+        bench_overhead(root, settings, rows)
+        bench_cpu(root, settings, rows)
+        bench_parallel(root, settings, rows)
+        bench_cold_warm(root, settings, rows)
+    bench_rss(settings, rows)
+    print(f"\nsummary ({'quick' if args.quick else 'full'} run, {time.perf_counter() - started:.0f} s)")
+    for name, figure, target, higher in rows:
+        ok = figure >= target if higher else figure <= target
+        sign = ">=" if higher else "<="
+        print(f"  {name:<42} {figure:9.2f}   target {sign} {target:<5g} {'OK' if ok else 'OVER'}")
+
+
+if __name__ == "__main__":
+    main()
