@@ -14,13 +14,27 @@ from typing import Any
 __all__ = ["canonical_json", "sha256_hex", "reject_floats"]
 
 
+_PLAIN = (str, int, bool, type(None))
+
+
 def _has_float(value: Any) -> bool:
-    if isinstance(value, float):
-        return True
-    if isinstance(value, dict):
-        return any(_has_float(item) for item in value.values())
-    if isinstance(value, (list, tuple)):
-        return any(_has_float(item) for item in value)
+    """Iterative and by exact type first: this runs on every audit record."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind in _PLAIN:
+            continue
+        if kind is dict:
+            stack.extend(item.values())
+        elif kind is list or kind is tuple:
+            stack.extend(item)
+        elif isinstance(item, float):
+            return True
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
     return False
 
 

@@ -58,6 +58,8 @@ def _write_logs(out_dir: Path, report: Mapping[str, Any], outcomes: Mapping[str,
             if outcome is None:  # never ran: no log, rather than an empty one that looks like output
                 continue
             for stream, data in (("stdout", outcome.stdout), ("stderr", outcome.stderr)):
+                if not data:  # no output, no file: creating one costs more than the job on some disks
+                    continue
                 target = staging / log_path(job["manifest"], job["name"], stream).relative_to("logs")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 _write_new(target, data)

@@ -59,6 +59,7 @@ def test_writes_every_output(tmp_path: Path) -> None:
     assert (out / "logs/docs/lint.stderr").read_bytes() == b"warn\n"
     assert (out / "logs/docs/bad.stdout").read_bytes() == b"\x00\xffbinary"  # as captured, byte for byte
     assert not (out / "logs/docs/later.stdout").exists()  # never ran: no log at all
+    assert not (out / "logs/docs/bad.stderr").exists()  # ran, wrote nothing there: no empty file either
     assert sorted(p.name for p in out.iterdir()) == ["junit.xml", "logs", "report.json", "summary.md"]
 
 
