@@ -32,9 +32,17 @@ def sandrun(
     )
 
 
+DEMO = ("manifests/examples", "--policy", "policies/default.yaml")
+
+
+def run_demo(out: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The README's demo, with its outputs in ``out``."""
+    return sandrun("run", *DEMO, "--out", str(out), env=env)
+
+
 def test_readme_demo_runs_green_and_its_log_verifies_and_rebuilds_the_report(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = sandrun("run", "manifests/examples", "--policy", "policies/default.yaml", "--out", str(out))
+    result = run_demo(out)
     assert result.returncode == 0, result.stderr
     assert "3 of 3 jobs passed" in result.stdout
     assert "Traceback" not in result.stderr
@@ -62,9 +70,7 @@ def test_signed_seal_verifies_only_with_the_runner_key(tmp_path: Path) -> None:
     assert sandrun("keys", "generate", "--id", "other", "--out", str(keys)).returncode == 0
     out = tmp_path / "out"
     env = {"SANDRUN_SIGNING_KEY": (keys / "runner.key").read_text()}
-    result = sandrun(
-        "run", "manifests/examples", "--policy", "policies/default.yaml", "--out", str(out), env=env
-    )
+    result = run_demo(out, env=env)
     assert result.returncode == 0, result.stderr
     good = sandrun("audit", "verify", str(out), "--pub", str(keys / "runner.pub"), "--format", "json")
     assert good.returncode == 0 and json.loads(good.stdout)["signatures_checked"] is True
@@ -76,12 +82,7 @@ def test_signed_seal_verifies_only_with_the_runner_key(tmp_path: Path) -> None:
 
 def test_tampered_log_fails_verification_naming_the_line(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert (
-        sandrun(
-            "run", "manifests/examples", "--policy", "policies/default.yaml", "--out", str(out)
-        ).returncode
-        == 0
-    )
+    assert run_demo(out).returncode == 0
     log = out / "audit.jsonl"
     lines = log.read_text().splitlines(keepends=True)
     index = next(i for i, line in enumerate(lines) if '"job.finished"' in line and '"exit_code":3' in line)
@@ -94,12 +95,7 @@ def test_tampered_log_fails_verification_naming_the_line(tmp_path: Path) -> None
 
 def test_compiled_plan_runs_and_a_denied_run_is_logged_but_writes_no_report(tmp_path: Path) -> None:
     plan = tmp_path / "plan.json"
-    assert (
-        sandrun(
-            "compile", "manifests/examples", "--policy", "policies/default.yaml", "-o", str(plan)
-        ).returncode
-        == 0
-    )
+    assert sandrun("compile", *DEMO, "-o", str(plan)).returncode == 0
     out = tmp_path / "out"
     ran = sandrun("run", str(plan), "--out", str(out))
     assert ran.returncode == 0, ran.stderr
@@ -129,12 +125,7 @@ def test_compiled_plan_runs_and_a_denied_run_is_logged_but_writes_no_report(tmp_
 
 def test_a_plan_runs_only_if_its_inputs_still_compile_to_it(tmp_path: Path) -> None:
     plan = tmp_path / "plan.json"
-    assert (
-        sandrun(
-            "compile", "manifests/examples", "--policy", "policies/default.yaml", "-o", str(plan)
-        ).returncode
-        == 0
-    )
+    assert sandrun("compile", *DEMO, "-o", str(plan)).returncode == 0
     original = plan.read_text()
     plan.write_text(original.replace('"expect_exit_code":3', '"expect_exit_code":0'))  # still canonical
     result = sandrun("run", str(plan), "--out", str(tmp_path / "out"))
@@ -254,25 +245,15 @@ def test_bad_input_is_one_line_and_exit_2_never_a_traceback(tmp_path: Path, args
 
 def test_torn_tail_is_reported_then_repaired_explicitly(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert (
-        sandrun(
-            "run", "manifests/examples", "--policy", "policies/default.yaml", "--out", str(out)
-        ).returncode
-        == 0
-    )
+    assert run_demo(out).returncode == 0
     with open(out / "audit.jsonl", "ab") as log:
         log.write(b'{"seq":15,"ts":"2026-')
     torn = sandrun("audit", "verify", str(out))
     assert torn.returncode == 4 and "[audit.torn-line]" in torn.stderr
-    refused = sandrun("run", "manifests/examples", "--policy", "policies/default.yaml", "--out", str(out))
+    refused = run_demo(out)
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     repaired = sandrun("audit", "repair", str(out))
     assert repaired.returncode == 0 and "torn" in repaired.stdout
     assert sandrun("audit", "verify", str(out)).returncode == 0
-    assert (
-        sandrun(
-            "run", "manifests/examples", "--policy", "policies/default.yaml", "--out", str(out)
-        ).returncode
-        == 0
-    )
+    assert run_demo(out).returncode == 0
     assert sandrun("audit", "verify", str(out)).stdout.startswith("intact: ")
