@@ -38,6 +38,8 @@ from typing import Literal
 
 from wasmtime import Engine, Module, WasmtimeError
 
+from runner.fileio import write_atomic
+
 __all__ = ["CACHE_FORMAT", "Source", "ModuleCache", "default_cache_dir", "check_private_dir"]
 
 CACHE_FORMAT = "sandrun-module-cache/v1"
@@ -168,8 +170,8 @@ class ModuleCache:
             data = module.serialize()
             with memoryview(data) as view:
                 meta = {"format": CACHE_FORMAT, "key": key, "size": len(data), "sha256": _digest(view)}
-            _write_atomically(artifact, data)
-            _write_atomically(sidecar, json.dumps(meta, sort_keys=True).encode())
+            write_atomic(artifact, data, mode=0o600)
+            write_atomic(sidecar, json.dumps(meta, sort_keys=True).encode(), mode=0o600)
         except (OSError, WasmtimeError):
             return
 
@@ -209,16 +211,3 @@ def _read_sidecar(path: Path) -> dict[str, object] | None:
     except ValueError:
         return None
     return meta if isinstance(meta, dict) else None
-
-
-def _write_atomically(path: Path, data: bytes | bytearray) -> None:
-    """Write to a private temporary file in the same folder, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
