@@ -564,7 +564,7 @@ def bench_rss(s: Settings, rows: list[Row]) -> None:
 
 
 def profile_overhead(root: Path, s: Settings) -> None:
-    """cProfile of (a)'s ``api.run``, its worker and audit threads included (one profile each)."""
+    """cProfile of (a)'s executor + audit log (run_audited), worker and audit threads included."""
     module = install(root, "hello", (FIXTURES / "hello.wasm").read_bytes())
     plan = make_plan(module, [["hello", str(i)] for i in range(s.jobs)])
     cache = root / "cache-p"
@@ -579,7 +579,7 @@ def profile_overhead(root: Path, s: Settings) -> None:
 
     threading.Thread.run = profiled  # type: ignore[method-assign]
     try:
-        profiles[0].runcall(run_full, plan, root, cache)
+        profiles[0].runcall(run_audited, plan, root, cache)
     finally:
         threading.Thread.run = thread_run  # type: ignore[method-assign]
     stats = pstats.Stats(*profiles).strip_dirs()  # type: ignore[arg-type]
