@@ -518,6 +518,7 @@ def _log_path(path: Path) -> Path:
 
 
 def _public_key(text: str) -> Any:
+    """A public key given as a file or as its text (base64 or PEM); bad ones are one clear line."""
     from runner.signing import KeyFileError, parse_public_key
 
     path = Path(text)
@@ -678,15 +679,10 @@ def verify(module: Path, signature: str, public: str) -> None:
     import hashlib
 
     from runner.errors import PolicyDenied
-    from runner.signing import KeyFileError, parse_public_key, verify_module_digest
+    from runner.signing import verify_module_digest
 
     digest = hashlib.sha256(_read_module(module)).hexdigest()
-    public_path = Path(public)
-    try:
-        text = public_path.read_text(encoding="ascii") if public_path.is_file() else public
-        key = parse_public_key(text)
-    except (KeyFileError, UnicodeDecodeError) as exc:
-        raise InputError.one("keys.invalid", f"public key: {exc}") from None
+    key = _public_key(public)
     if not verify_module_digest(key, digest, signature):
         raise PolicyDenied.one(
             "signature.invalid", f"the signature does not verify for sha256 {digest}", _file(module)

@@ -54,6 +54,10 @@ def test_keys_sign_verify_round_trip(tmp_path: Path) -> None:
     module.write_bytes(b"\0asm\1\0\0\0\0")
     bad = run("verify", str(module), "--sig", sig, "--pub", str(tmp_path / "keys" / "ci-key.pub"))
     assert bad.returncode == 3
+    garbled = run("verify", str(module), "--sig", sig, "--pub", "not-a-key")
+    assert (
+        garbled.returncode == 2 and "[keys.invalid]" in garbled.stderr and "Traceback" not in garbled.stderr
+    )
     assert "[signature.invalid]" in bad.stderr and "Traceback" not in bad.stderr
 
 
