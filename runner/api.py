@@ -33,7 +33,6 @@ from runner.source import Document, load_yaml_file
 if TYPE_CHECKING:
     from runner.audit import Checkpoint
     from runner.executor import BatchOptions
-    from runner.results import Outcome
     from runner.signing import PrivateKey
 
 __all__ = [
@@ -181,7 +180,6 @@ class RunOutcome:
     checkpoint: Checkpoint
     out_dir: Path
     interrupted: bool
-    outcomes: Mapping[str, Outcome]
 
 
 def new_run_id() -> str:
@@ -306,7 +304,6 @@ def run(
         checkpoint=checkpoint,
         out_dir=out_dir,
         interrupted=batch.interrupted,
-        outcomes=batch.outcomes,
     )
 
 
