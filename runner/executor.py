@@ -89,8 +89,8 @@ def _result(job: JobSpec, status: Status, reason: str | None, outcome: Outcome |
             "wall_ms": outcome.wall_ms,
             "stdout_sha256": outcome.stdout_sha256,
             "stderr_sha256": outcome.stderr_sha256,
-            "stdout_truncated": outcome.stdout_truncated,
-            "stderr_truncated": outcome.stderr_truncated,
+            "stdout_truncated": outcome.stdout_dropped > 0,
+            "stderr_truncated": outcome.stderr_dropped > 0,
         }
     return JobResult(
         manifest=job.manifest,
@@ -175,19 +175,14 @@ class _Batch:
     # -- callbacks: serialised, and a failing one (the audit log cannot be written) stops the batch
 
     def emit(self, kind: str, data: dict[str, Any]) -> None:
-        self._call(lambda: self.on_event(kind, data))
+        self._call(self.on_event, kind, data)
 
-    def progress(self, event: ProgressEvent) -> None:
-        if self.on_progress is not None:
-            sink = self.on_progress
-            self._call(lambda: sink(event))
-
-    def _call(self, action: Callable[[], object]) -> None:
+    def _call(self, sink: Callable[..., object], *args: Any) -> None:
         with self.sink_lock:
             if self.sink_error is not None:
                 return
             try:
-                action()
+                sink(*args)
             except BaseException as exc:
                 self.sink_error = exc
                 self.halt("aborted: the run could not be recorded")
@@ -222,7 +217,7 @@ class _Batch:
     def run_job(self, index: int) -> tuple[int, JobResult, Outcome | None]:
         job = self.plan.jobs[index]
         outcome: Outcome | None = None
-        load_error = self.load_errors.get(self._tool_key(job))
+        load_error = self.load_errors.get(self._tool_key(job)) if self.load_errors else None
         try:
             if load_error is not None:
                 result = _refused(job, load_error)
@@ -259,33 +254,33 @@ class _Batch:
             "fs_scope": job.fs_scope,
         }
         self.emit("job.started", record)
-        self.progress(ProgressEvent(kind="started", job_id=job.id, index=index, total=len(self.plan.jobs)))
+        if self.on_progress is not None:
+            event = ProgressEvent(kind="started", job_id=job.id, index=index, total=len(self.plan.jobs))
+            self._call(self.on_progress, event)
 
     def finish(self, index: int, result: JobResult, outcome: Outcome | None) -> None:
         """Record a job's end (ran, refused or skipped) in the audit log and the progress display."""
-        extra: dict[str, Any] = {
-            "index": index,
-            "trap_message": None,
-            "invoke_results": None,
-            "stdout_dropped": 0,
-            "stderr_dropped": 0,
-        }
-        if outcome is not None:
+        data = result.to_dict()
+        data["index"] = index
+        if outcome is None:
+            data.update(trap_message=None, invoke_results=None, stdout_dropped=0, stderr_dropped=0)
+        else:
             message, results = outcome.trap_message, outcome.invoke_results
-            extra["trap_message"] = None if message is None else message[:_TRAP_MESSAGE_MAX]
-            extra["invoke_results"] = None if results is None else list(results)
-            extra["stdout_dropped"], extra["stderr_dropped"] = outcome.stdout_dropped, outcome.stderr_dropped
-        self.emit("job.finished", {**_flat(result), **extra})
-        event = ProgressEvent(
-            kind="finished",
-            job_id=result.id,
-            index=index,
-            total=len(self.plan.jobs),
-            status=result.status,
-            wall_ms=result.wall_ms,
-            reason=result.reason,
-        )
-        self.progress(event)
+            data["trap_message"] = None if message is None else message[:_TRAP_MESSAGE_MAX]
+            data["invoke_results"] = None if results is None else list(results)
+            data["stdout_dropped"], data["stderr_dropped"] = outcome.stdout_dropped, outcome.stderr_dropped
+        self.emit("job.finished", data)
+        if self.on_progress is not None:
+            event = ProgressEvent(
+                kind="finished",
+                job_id=result.id,
+                index=index,
+                total=len(self.plan.jobs),
+                status=result.status,
+                wall_ms=result.wall_ms,
+                reason=result.reason,
+            )
+            self._call(self.on_progress, event)
 
     # -- the dispatcher
 

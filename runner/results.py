@@ -19,6 +19,14 @@ TRAP_KINDS: tuple[str, ...] = ("out_of_fuel", "timeout", "memory", "stack_overfl
 STATUSES: tuple[str, ...] = ("passed", "failed", "denied", "skipped")
 
 
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+def _sha256_hex(data: bytes) -> str:
+    # most streams of most jobs are empty: their digest is a constant
+    return hashlib.sha256(data).hexdigest() if data else _EMPTY_SHA256
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Outcome:
     """What one sandboxed job did. ``exit_code`` is set when the guest exited (or returned from
@@ -45,11 +53,11 @@ class Outcome:
 
     @property
     def stdout_sha256(self) -> str:
-        return hashlib.sha256(self.stdout).hexdigest()
+        return _sha256_hex(self.stdout)
 
     @property
     def stderr_sha256(self) -> str:
-        return hashlib.sha256(self.stderr).hexdigest()
+        return _sha256_hex(self.stderr)
 
     @property
     def stdout_truncated(self) -> bool:

@@ -297,7 +297,7 @@ class _Tee:
 # --- per-job state shared with the ticker and host functions --------------------------------
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _JobState:
     """What the ticker, the epoch callback and the ``poll_oneoff`` shadow know of a running job."""
 
@@ -627,9 +627,10 @@ def _execute(job: JobSpec, store: Store, linker: Linker, module: Module) -> tupl
     memory = memory if isinstance(memory, Memory) else None
     try:
         func, args = _entry(job, store, exports)
-        initialize = exports.get("_initialize")
-        if job.invoke is not None and isinstance(initialize, Func):
-            initialize(store)  # a WASI reactor must be initialised before its other exports
+        if job.invoke is not None:
+            initialize = exports.get("_initialize")
+            if isinstance(initialize, Func):
+                initialize(store)  # a WASI reactor must be initialised before its other exports
         value = func(store, *args)
     except _BadInvoke as exc:
         return _Ending(trap="trap", message=str(exc)), memory
@@ -662,6 +663,21 @@ def _apply_memory_rule(ending: _Ending, peak: int, cap: int) -> None:
     ending.exit_code, ending.trap = None, "memory"
 
 
+def _store(engine: Engine, wasi: WasiConfig, limits: Limits) -> Store:
+    """A fresh store for one job: its WASI context and its memory and fuel limits."""
+    store = Store(engine)
+    store.set_wasi(wasi)
+    store.set_limits(
+        memory_size=limits.memory,
+        table_elements=max(10_000, limits.memory // 8),
+        instances=1,
+        memories=1,
+    )
+    if limits.fuel is not None:
+        store.set_fuel(limits.fuel)
+    return store
+
+
 class Runtime:
     """Owns one wasmtime Engine per distinct engine configuration (EngineKey: fuel metering on/off,
     max_wasm_stack), one shared Linker per engine (define_wasi once; ``poll_oneoff`` shadowed so
@@ -683,6 +699,10 @@ class Runtime:
         self._engines: dict[EngineKey, _EngineHost] = {}
         self._lock = threading.Lock()
         self._closed = False
+        # The module the last job ran, found again without the cache's lock and key building (it
+        # stays alive even if the LRU evicts it meanwhile). Replaced as a whole tuple, so
+        # concurrent workers never see half of it.
+        self._last: tuple[tuple[str, bool, int], _EngineHost, Module] | None = None
 
     def __enter__(self) -> Runtime:
         return self
@@ -765,36 +785,36 @@ class Runtime:
         ``passthrough`` (``sandrun exec``): the guest's stdin is this process's stdin and its
         output is also written to this process's stdout/stderr as it comes.
         """
-        host, module, _ = self._module(job, root)
+        wanted = (job.module_sha256, job.limits.fuel is not None, job.limits.stack)
+        last = self._last
+        if last is not None and last[0] == wanted:  # a batch runs one tool many times in a row
+            host, module = last[1], last[2]
+        else:
+            host, module, _ = self._module(job, root)
+            self._last = (wanted, host, module)
         limits = job.limits
-        with ExitStack() as stack:
-            wasi = WasiConfig()
-            wasi.argv = [job.program_name, *job.args]
-            if job.env:  # WASI's default environment is empty: nothing of the host's
-                wasi.env = [[name, value] for name, value in job.env]
-            if job.mounts or (job.stdin is not None and not passthrough):
+        wasi = WasiConfig()
+        wasi.argv = [job.program_name, *job.args]
+        if job.env:  # WASI's default environment is empty: nothing of the host's
+            wasi.env = [[name, value] for name, value in job.env]
+        outputs = self._outputs(wasi, limits.output, passthrough)
+        if job.mounts or (job.stdin is not None and not passthrough):
+            # The fds that name the granted files must stay open until set_wasi has opened them.
+            with ExitStack() as stack:
                 self._grant_files(job, root, wasi, stack, stdin=not passthrough)
-            outputs = self._outputs(wasi, limits.output, passthrough)
-            store = Store(host.engine)
-            store.set_wasi(wasi)
-            store.set_limits(
-                memory_size=limits.memory,
-                table_elements=max(10_000, limits.memory // 8),
-                instances=1,
-                memories=1,
-            )
-            if limits.fuel is not None:
-                store.set_fuel(limits.fuel)
-            started = time.monotonic_ns()
-            state = _JobState(
-                deadline_ns=started + limits.timeout_ms * 1_000_000,
-                cancel=cancel,
-                clock_origin_ns=started,
-                outputs=outputs,
-                tick_ns=self._tick_ms * 1_000_000,
-            )
-            store.set_epoch_deadline(state.next_check(started) or 1)
-            ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), _on_epoch_deadline, None, _NO_FINALIZER)
+                store = _store(host.engine, wasi, limits)
+        else:
+            store = _store(host.engine, wasi, limits)
+        started = time.monotonic_ns()
+        state = _JobState(
+            deadline_ns=started + limits.timeout_ms * 1_000_000,
+            cancel=cancel,
+            clock_origin_ns=started,
+            outputs=outputs,
+            tick_ns=self._tick_ms * 1_000_000,
+        )
+        store.set_epoch_deadline(state.next_check(started) or 1)
+        ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), _on_epoch_deadline, None, _NO_FINALIZER)
         host.register(state)
         _current.job = state
         try:

@@ -152,7 +152,7 @@ class AuditLog:
         head: LineHead | None,
         fsync_interval_s: float,
         fsync_every: int,
-        clock: Callable[[], dt.datetime],
+        clock: Callable[[], int],
     ) -> None:
         self.path = path
         self.run_id = run_id
@@ -187,7 +187,7 @@ class AuditLog:
         fsync_every: int = 256,
         lock_timeout_s: float = 30.0,
         origin: str | None = None,
-        clock: Callable[[], dt.datetime] | None = None,
+        clock: Callable[[], int] = time.time_ns,
     ) -> AuditLog:
         """Lock ``out_dir``, check the end of its log and continue the chain from it.
 
@@ -237,7 +237,7 @@ class AuditLog:
             head=head,
             fsync_interval_s=fsync_interval_s,
             fsync_every=fsync_every,
-            clock=clock or (lambda: dt.datetime.now(dt.timezone.utc)),
+            clock=clock,
         )
 
     # -- writing ---------------------------------------------------------------------------------

@@ -10,13 +10,13 @@ at a few hundred thousand records per second. :func:`parse_record` is the full (
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import re
+import time
 from typing import Any, NamedTuple
 
-from runner.canonical import canonical_json, sha256_hex
+from runner.canonical import canonical_json
 
 __all__ = [
     "RUN_STARTED",
@@ -88,6 +88,9 @@ _HASH_MEMBER = b',"hash":"'
 _HASH_MEMBER_LEN = len(_HASH_MEMBER) + 64 + 1
 _KIND_RE = re.compile(_KIND.decode())
 _RUN_RE = re.compile(_RUN.decode())
+_TS_RE = re.compile(_TS.decode())
+_SEQ_END = 10**18  # parse_line reads at most 18 digits
+_HEX64_RE = re.compile("[0-9a-f]{64}")
 
 
 class LineError(ValueError):
@@ -108,10 +111,23 @@ class LineHead(NamedTuple):
     seq: int
 
 
-def format_ts(moment: dt.datetime) -> str:
-    """RFC 3339 UTC with milliseconds, ``2026-11-21T18:00:00.123Z``: a string, never a float."""
-    moment = moment.astimezone(dt.timezone.utc)
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+def format_ts(ns: int) -> str:
+    """RFC 3339 UTC with milliseconds, ``2026-11-21T18:00:00.123Z``, from nanoseconds since the epoch.
+
+    A string, never a float. The date and time of day are formatted once per second (one cached
+    second, swapped atomically): records come thousands a second and ``strftime`` is their
+    slowest step.
+    """
+    global _ts_second
+    seconds, millis = divmod(ns // 1_000_000, 1000)
+    cached_seconds, prefix = _ts_second
+    if seconds != cached_seconds:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _ts_second = (seconds, prefix)
+    return f"{prefix}.{millis:03d}Z"
+
+
+_ts_second: tuple[int, str] = (-1, "")
 
 
 def check_run_id(run: str) -> str:
@@ -123,27 +139,29 @@ def check_run_id(run: str) -> str:
 def encode_record(
     *, seq: int, ts: str, kind: str, run: str, data: dict[str, Any], prev: str
 ) -> tuple[dict[str, Any], bytes]:
-    """The record (with its hash) and its line (with LF). ``TypeError`` for floats in ``data``."""
+    """The record (with its hash) and its line (with LF). ``TypeError`` for floats in ``data``.
+
+    Only ``data`` goes through the JSON encoder. Every other member is checked to be plain ASCII
+    that JSON never escapes (dotted kind, restricted run id, hex, int, fixed timestamp), so it is
+    written straight into its place in the canonical key order (data, hash, kind, prev, run, seq,
+    ts); a test holds the result equal to :func:`~runner.canonical.canonical_json` of the record.
+    This is the audit log's hot path: two records per job.
+    """
     if not _KIND_RE.fullmatch(kind):
         raise ValueError(f"an audit kind is dotted lowercase words like 'job.finished': {kind!r}")
-    if not isinstance(data, dict):
+    if type(data) is not dict:
         raise TypeError("audit data is a JSON object")
-    record: dict[str, Any] = {
-        "data": data,
-        "kind": kind,
-        "prev": prev,
-        "run": check_run_id(run),
-        "seq": seq,
-        "ts": ts,
-    }
-    body = canonical_json(record)
-    digest = sha256_hex(body)
-    # Everything after the top-level "kind" is hex, a restricted run id, an int and a timestamp, so
-    # the last ',"kind":"' in the body is the top-level one even if ``data`` holds a "kind" key.
-    cut = body.rfind(b',"kind":"')
-    line = body[:cut] + _HASH_MEMBER + digest.encode("ascii") + b'"' + body[cut:] + b"\n"
-    record["hash"] = digest
-    return record, line
+    if type(seq) is not int or not 0 <= seq < _SEQ_END:
+        raise ValueError(f"seq is an integer from 0 to 10**18 - 1, not {seq!r}")
+    if not _TS_RE.fullmatch(ts):
+        raise ValueError(f"ts is an RFC 3339 UTC time with milliseconds, not {ts!r}")
+    if not _HEX64_RE.fullmatch(prev):
+        raise ValueError(f"prev is a sha256 in lowercase hex, not {prev!r}")
+    head = b'{"data":' + canonical_json(data)
+    tail = f',"kind":"{kind}","prev":"{prev}","run":"{check_run_id(run)}","seq":{seq},"ts":"{ts}"}}'.encode()
+    digest = _sha256(head + tail).hexdigest()
+    line = b"".join((head, _HASH_MEMBER, digest.encode(), b'"', tail, b"\n"))
+    return {"data": data, "hash": digest, "kind": kind, "prev": prev, "run": run, "seq": seq, "ts": ts}, line
 
 
 def parse_line(line: bytes) -> LineHead:

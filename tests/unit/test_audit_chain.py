@@ -12,10 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from runner.audit import AuditLog, load_runner_key, read_records, repair_torn_tail, verify_log
 from runner.audit import chain as chain_module
-from runner.audit.record import GENESIS, parse_line
+from runner.audit.record import GENESIS, encode_record, format_ts, parse_line
 from runner.canonical import canonical_json, sha256_hex
 from runner.errors import AuditError, InputError, Location
 from runner.signing import generate_keypair
@@ -314,9 +316,7 @@ def test_parse_line_matches_what_append_wrote(tmp_path: Path) -> None:
 
 
 def test_the_worked_example_in_the_docs_is_exact(tmp_path: Path) -> None:
-    import datetime as dt
-
-    moment = dt.datetime(2026, 11, 21, 18, 0, 0, 123000, tzinfo=dt.timezone.utc)
+    moment = 1795284000_123_000_000  # 2026-11-21T18:00:00.123Z in nanoseconds
     with AuditLog.open(tmp_path, run_id="20261121T180000Z-3f9a1c2b", clock=lambda: moment) as log:
         log.append("run.started", {"sandrun": "0.1.0"})
     line = (tmp_path / "audit.jsonl").read_bytes().split(b"\n")[0]
@@ -326,3 +326,71 @@ def test_the_worked_example_in_the_docs_is_exact(tmp_path: Path) -> None:
     hashed = line[:cut] + line[cut + 74 :]
     assert "\n" + hashed.decode() + "\n" in docs and f"{len(hashed)} bytes" in docs
     assert sha256_hex(hashed) == parse_line(line).hash and parse_line(line).hash in docs
+
+
+_data = st.dictionaries(
+    st.text(max_size=6),
+    st.none() | st.booleans() | st.integers() | st.text() | st.lists(st.integers(), max_size=3),
+    max_size=6,
+)
+
+
+@given(
+    data=_data,
+    seq=st.integers(min_value=0, max_value=10**18 - 1),
+    kind=st.sampled_from(["job.finished", "data.kind", "a.b-c.d0"]),
+    run=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,20}", fullmatch=True),
+    ms=st.integers(min_value=0, max_value=253402300799999),  # up to 9999-12-31T23:59:59.999Z
+    prev=st.from_regex(r"[0-9a-f]{64}", fullmatch=True),
+)
+def test_encoded_record_is_the_canonical_json_of_the_record(
+    data: dict[str, object], seq: int, kind: str, run: str, ms: int, prev: str
+) -> None:
+    # encode_record writes everything but ``data`` by hand: it must still be exactly canonical
+    ts = format_ts(ms * 1_000_000)
+    record, line = encode_record(seq=seq, ts=ts, kind=kind, run=run, data=data, prev=prev)
+    unhashed = {"data": data, "kind": kind, "prev": prev, "run": run, "seq": seq, "ts": ts}
+    assert record == {**unhashed, "hash": sha256_hex(canonical_json(unhashed))}
+    assert line == canonical_json(record) + b"\n"
+    assert parse_line(line[:-1]).hash == record["hash"]
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("kind", "Job.Finished"),
+        ("kind", 'job.x","seq":0'),
+        ("run", 'r1","seq'),
+        ("prev", "A" * 64),
+        ("prev", "0" * 63),
+        ("ts", "2026-11-21T18:00:00Z"),
+        ("seq", -1),
+        ("seq", 10**18),
+        ("seq", True),
+    ],
+)
+def test_encode_record_refuses_fields_it_would_have_to_escape(field: str, value: object) -> None:
+    fields: dict[str, object] = {
+        "seq": 0,
+        "ts": "2026-11-21T18:00:00.000Z",
+        "kind": "job.started",
+        "run": "r1",
+        "data": {},
+        "prev": GENESIS,
+    }
+    with pytest.raises(ValueError):
+        encode_record(**{**fields, field: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "ms, text",
+    [
+        (0, "1970-01-01T00:00:00.000Z"),
+        (1795284000123, "2026-11-21T18:00:00.123Z"),
+        (1795284000999, "2026-11-21T18:00:00.999Z"),
+        (1795284001000, "2026-11-21T18:00:01.000Z"),  # the cached second must roll over
+        (1795284000001, "2026-11-21T18:00:00.001Z"),  # and back
+    ],
+)
+def test_format_ts_is_rfc3339_utc_milliseconds(ms: int, text: str) -> None:
+    assert format_ts(ms * 1_000_000 + 999_999) == text  # sub-millisecond digits are cut, not rounded
