@@ -135,6 +135,55 @@ def make_plan(module: tuple[str, str], argvs: list[list[str]], *, fuel: int | No
     return Plan(policy=policy, inputs=(), tools=(tool,), jobs=jobs, manifests=("bench.yaml",))
 
 
+def _started_record(index: int) -> dict[str, Any]:
+    limits = {
+        "fuel": None,
+        "memory": MEMORY,
+        "timeout_ms": TIMEOUT_MS,
+        "stack": 512 << 10,
+        "output": 64 << 10,
+    }
+    return {
+        "id": f"bench/job-{index:05d}",
+        "index": index,
+        "module_sha256": "0" * 64,
+        "limits": limits,
+        "mounts": [],
+        "fs_scope": "none",
+    }
+
+
+def _finished_record(index: int, out: bytes) -> dict[str, Any]:
+    empty = hashlib.sha256(b"").hexdigest()
+    return {
+        "manifest": "bench",
+        "name": f"job-{index:05d}",
+        "tool": "tool",
+        "module_sha256": "0" * 64,
+        "status": "passed",
+        "exit_code": 0,
+        "trap": None,
+        "fuel_used": None,
+        "memory_peak": 1 << 20,
+        "wall_ms": 0,
+        "stdout_sha256": hashlib.sha256(out).hexdigest(),
+        "stderr_sha256": empty,
+        "stdout_truncated": False,
+        "stderr_truncated": False,
+        "reason": None,
+        "index": index,
+        "trap_message": None,
+        "invoke_results": None,
+        "stdout_dropped": 0,
+        "stderr_dropped": 0,
+    }
+
+
+def bare_logged(bare: Bare, argvs: list[list[str]], root: Path) -> float:
+    with tempfile.TemporaryDirectory(dir=root) as out, AuditLog.open(Path(out), run_id="bare") as log:
+        return bare.loop(argvs, capture=True, log=log)
+
+
 def check_passed(batch: BatchResult) -> None:
     bad = [r for r in batch.results if r.status != "passed"]
     assert not bad, bad[0]
@@ -223,12 +272,18 @@ class Bare:
                 os.ftruncate(fd, 0)
         return out
 
-    def loop(self, argvs: list[list[str]], capture: bool) -> float:
+    def loop(self, argvs: list[list[str]], capture: bool, log: AuditLog | None = None) -> float:
+        """The bare loop; with ``log``, also the two audit records a job gets, as Sandrun writes them
+        (no limits, no classification, no scheduling): what audit logging alone costs."""
         fds = (os.memfd_create("out"), os.memfd_create("err")) if capture else None
         try:
             start = time.perf_counter()
-            for argv in argvs:
-                self.run(argv, fds)
+            for index, argv in enumerate(argvs):
+                if log is not None:
+                    log.append("job.started", _started_record(index))
+                out = self.run(argv, fds)
+                if log is not None:
+                    log.append("job.finished", _finished_record(index, out))
             return time.perf_counter() - start
         finally:
             for fd in fds or ():
@@ -408,6 +463,7 @@ def bench_overhead(root: Path, s: Settings, rows: list[Row]) -> None:
         {
             "bare": lambda: bare.loop(argvs, capture=False),
             "bare_cap": lambda: bare.loop(argvs, capture=True),
+            "bare_log": lambda: bare_logged(bare, argvs, root),
             "audited": lambda: run_audited(plan, root, cache)[0],
             "full": lambda: run_full(plan, root, cache),
             "full_j2": lambda: run_full(plan, root, cache, jobs=2),
@@ -417,6 +473,10 @@ def bench_overhead(root: Path, s: Settings, rows: list[Row]) -> None:
     print(f"(a) per-job time, {s.jobs} jobs of hello.wasm, median of {s.rounds} rounds")
     print(f"    bare wasmtime-py, output discarded          {us['bare']:8.1f} us/job")
     print(f"    bare wasmtime-py, output captured (memfd)   {us['bare_cap']:8.1f} us/job   <- the same work")
+    print(
+        f"    bare + its two audit records                {us['bare_log']:8.1f} us/job   "
+        f"x{us['bare_log'] / us['bare_cap']:.2f}   <- audit logging alone"
+    )
     print(
         f"    run_plan + audit log, --jobs 1              {us['audited']:8.1f} us/job   "
         f"x{us['audited'] / us['bare_cap']:.2f} (x{us['audited'] / us['bare']:.2f} vs discarded)"

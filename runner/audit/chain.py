@@ -35,8 +35,9 @@ from runner.audit.record import (
     TOOL_REGISTERED,
     LineError,
     LineHead,
+    check_kind,
     check_run_id,
-    encode_record,
+    encode_checked,
     format_ts,
     parse_line,
     parse_record,
@@ -264,8 +265,13 @@ class AuditLog:
             )
         if self._failure is not None:
             raise AuditError.one("audit.write-failed", self._failure, Location(file=str(self.path)))
-        record, line = encode_record(
-            seq=self._seq, ts=format_ts(self._clock()), kind=kind, run=self.run_id, data=data, prev=self._prev
+        record, line = encode_checked(  # run checked at open, seq, ts and prev are this log's own
+            seq=self._seq,
+            ts=format_ts(self._clock()),
+            kind=check_kind(kind),
+            run=self.run_id,
+            data=data,
+            prev=self._prev,
         )
         view = memoryview(line)
         try:

@@ -57,7 +57,7 @@ def test_canonical_json_equals_the_standard_library_encoding(value: object) -> N
     "value",
     [
         {"big": 2**64, "neg": -(2**63) - 1},  # past orjson's 64-bit integers
-        {"text": "\x00\x1f\x7f\u2028\u2029\"\\/\ud7ff\ue000\U0010ffff"},  # escapes, separators
+        {"text": '\x00\x1f\x7f\u2028\u2029"\\/\ud7ff\ue000\U0010ffff'},  # escapes, separators
         {"b": 1, "a": {"d": [3, (4, 5)], "c": ""}, "": None},  # tuples are arrays; the empty key
         functools.reduce(lambda inner, _: [inner], range(300), []),  # deeper than orjson goes
         {"z": True, "é": False, "Z": 0, "\U0001f600": 1, "\uffff": 2},  # code point order
@@ -76,7 +76,13 @@ def test_str_subclasses_encode_as_their_text() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", [{"when": dt.date(2026, 11, 21)}, [uuid.UUID(int=0)], {"job": Limits(fuel=None, memory=1 << 20, timeout_ms=1000, stack=1 << 20, output=1024)}, {1: 2, "a": 3}]
+    "value",
+    [
+        {"when": dt.date(2026, 11, 21)},
+        [uuid.UUID(int=0)],
+        {"job": Limits(fuel=None, memory=1 << 20, timeout_ms=1000, stack=1 << 20, output=1024)},
+        {1: 2, "a": 3},
+    ],
 )
 def test_values_outside_json_are_refused_as_the_reference_refuses_them(value: object) -> None:
     # orjson would encode dates, UUIDs and dataclasses; canonical JSON does not
