@@ -7,7 +7,9 @@ times on a noisy machine. The baseline is wasmtime-py used directly: compile onc
 (a) per-job overhead, 1,000 jobs of a tiny WASI tool (``fixtures/hello.wasm``): ``runner.api.run``
     (audit log, reports and per-job logs included) and ``run_plan`` + an audit log sink, ``--jobs 1``,
     against the bare loop with stdout/stderr captured to a memfd and read back, which is the same
-    work (Sandrun always captures); the bare loop without capture is printed too. Target 1.5x.
+    work (Sandrun always captures); the bare loop without capture is printed too, and the bare loop
+    appending the two audit records a job gets (``job.started``, ``job.finished``) through
+    ``AuditLog``, which is what audit logging alone costs. Target 1.5x.
 (b) a CPU-bound job (``fixtures/interp.wasm``, a bytecode interpreter): Sandrun against bare
     wasmtime-py with the same limits on (fuel, epoch deadline + ticker, memory limit), target
     1.05x; a plan without a fuel limit against bare with epoch + memory only (it must not pay for
