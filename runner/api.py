@@ -256,7 +256,7 @@ def run(
     from runner.executor import BatchOptions as _BatchOptions
     from runner.executor import run_plan
     from runner.fileio import write_atomic
-    from runner.outputs import write_outputs
+    from runner.outputs import LogFolder, write_outputs
     from runner.report import build_report
 
     root = (root or Path.cwd()).resolve()
@@ -280,18 +280,20 @@ def run(
         for record in log.versioned_tools(tools):
             log.append("tool.versioned", record)
         protected = tuple(p.resolve() for p in (out_dir, *options.protected_dirs))
-        batch = run_plan(
-            plan,
-            root,
-            replace(options, protected_dirs=protected),
-            on_event=log.append,
-            on_progress=on_progress,
-            cancel=cancel,
-        )
-        report = build_report(
-            run_id=run_id, plan_sha256=plan_sha256, policy=plan.policy.name, results=batch.results
-        )
-        write_outputs(out_dir, report, batch.outcomes)
+        with LogFolder(out_dir) as logs:
+            batch = run_plan(
+                plan,
+                root,
+                replace(options, protected_dirs=protected),
+                on_event=log.append,
+                on_progress=on_progress,
+                on_output=lambda job, outcome: logs.add(job.manifest, job.name, outcome),
+                cancel=cancel,
+            )
+            report = build_report(
+                run_id=run_id, plan_sha256=plan_sha256, policy=plan.policy.name, results=batch.results
+            )
+            write_outputs(out_dir, report, logs)
         checkpoint = log.seal(signing_key, signing_key_name)
         write_atomic(out_dir / "checkpoint.txt", str(checkpoint).encode("utf-8"))
     if batch.interrupted:

@@ -34,10 +34,11 @@ from runner.report import sanitize_text
 from runner.results import JobResult, Outcome, Status
 from runner.sandbox import EngineKey, Runtime, check_mounts, required_thread_stack
 
-__all__ = ["EventSink", "BatchOptions", "BatchResult", "run_plan", "status_for"]
+__all__ = ["EventSink", "OutputSink", "BatchOptions", "BatchResult", "run_plan", "status_for"]
 
 EventSink = Callable[[str, dict[str, Any]], object]
 ProgressSink = Callable[[ProgressEvent], None]
+OutputSink = Callable[[JobSpec, Outcome], object]
 
 _POLL_S = 0.05  # how often the dispatcher looks at the caller's cancel event while it waits
 _TRAP_MESSAGE_MAX = 2000  # bound on the raw trap message kept in the audit record
@@ -61,10 +62,9 @@ class BatchOptions:
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
-    """Results in plan order; the outcome of every job that ran (by id, for its log files)."""
+    """Results in plan order (each job's output went to ``on_output`` as it ended)."""
 
     results: tuple[JobResult, ...]
-    outcomes: dict[str, Outcome]
     interrupted: bool
 
 
@@ -153,6 +153,7 @@ class _Batch:
     runtime: Runtime
     on_event: EventSink
     on_progress: ProgressSink | None
+    on_output: OutputSink | None
     cancel: threading.Event | None
     stop: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)  # nothing pending any more
@@ -162,7 +163,6 @@ class _Batch:
     interrupted: bool = False
     load_errors: dict[_ToolKey, SandrunError] = field(default_factory=dict)
     results: dict[int, JobResult] = field(default_factory=dict)
-    outcomes: dict[str, Outcome] = field(default_factory=dict)
     # scheduling state, filled by prepare(), guarded by cond
     cond: threading.Condition = field(default_factory=threading.Condition)
     footprints: list[_Footprint] = field(default_factory=list)
@@ -381,9 +381,9 @@ class _Batch:
             if index is None:
                 return
             index, result, outcome = self.run_job(index)
+            if outcome is not None and self.on_output is not None:
+                self._call(self.on_output, self.plan.jobs[index], outcome)
             with self.cond:
-                if outcome is not None:
-                    self.outcomes[result.id] = outcome
                 if result.status in ("failed", "denied") and self.options.fail_fast:
                     self.halt(f"fail-fast: {result.id} {result.status}")
                 self.settle(index, result)
@@ -430,17 +430,20 @@ def run_plan(
     *,
     on_event: EventSink = lambda kind, data: None,
     on_progress: ProgressSink | None = None,
+    on_output: OutputSink | None = None,
     cancel: threading.Event | None = None,
 ) -> BatchResult:
     """Run every job of ``plan`` under ``root``; results in plan order.
 
     ``on_event(kind, data)`` receives ``tool.deployed``/``tool.denied``, ``job.started`` and
     ``job.finished`` records (one per job, skipped ones too) and ``on_progress`` the progress
-    events; both are called from several threads but never at the same time. If either raises,
-    the batch stops (running jobs cancelled, pending ones skipped) and the error is re-raised.
+    events, ``on_output(job, outcome)`` each job's captured output as soon as it ran (so the caller
+    can write it out rather than keep it); all are called from several threads but never at the
+    same time. If one raises, the batch stops (running jobs cancelled, pending ones skipped) and
+    the error is re-raised.
     """
     with Runtime(cache_dir=options.cache_dir) as runtime:
-        batch = _Batch(plan, root, options, runtime, on_event, on_progress, cancel)
+        batch = _Batch(plan, root, options, runtime, on_event, on_progress, on_output, cancel)
         batch.deploy()
         if plan.jobs:
             batch.dispatch()
@@ -448,6 +451,5 @@ def run_plan(
         raise batch.sink_error
     return BatchResult(
         results=tuple(batch.results[i] for i in range(len(plan.jobs))),
-        outcomes=batch.outcomes,
         interrupted=batch.interrupted,
     )

@@ -1,8 +1,8 @@
 """The files a run leaves in ``--out``: ``report.json``, ``junit.xml``, ``summary.md`` and ``logs/``.
 
 Nothing is ever half-written: each report file is replaced atomically (temporary file, fsync,
-``os.replace``), and the ``logs/`` folder is built complete under a temporary name and then
-swapped in, so it always holds the logs of one run, never a mix with stale files of an earlier
+``os.replace``), and the ``logs/`` folder is filled while the jobs run under a temporary name and
+then swapped in, so it always holds the logs of one run, never a mix with stale files of an earlier
 run. ``report.json`` is written last: once it is there, the rest of the run's outputs are too.
 """
 
@@ -20,7 +20,7 @@ from runner.fileio import write_atomic
 from runner.report import render_json, render_junit, render_markdown
 from runner.results import Outcome
 
-__all__ = ["write_outputs", "log_path"]
+__all__ = ["LogFolder", "write_outputs", "log_path"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -50,38 +50,55 @@ def _write_new(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _write_logs(out_dir: Path, report: Mapping[str, Any], outcomes: Mapping[str, Outcome]) -> None:
-    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".logs-"))
-    try:
-        for job in report["jobs"]:
-            outcome = outcomes.get(f"{job['manifest']}/{job['name']}")
-            if outcome is None:  # never ran: no log, rather than an empty one that looks like output
+class LogFolder:
+    """A run's ``logs/`` folder, filled as jobs finish and swapped in whole by :meth:`commit`.
+
+    Each job's output goes to disk as soon as the job ends, so no output waits in memory for the
+    end of the run: a 10,000-job batch of chatty tools holds one job's output at a time, not all
+    of them. Until the commit the files live in a hidden staging folder; leaving the ``with``
+    block without committing removes it, and the previous run's ``logs/`` stays as it was.
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir = out_dir
+        self.staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".logs-"))
+        self._committed = False
+
+    def add(self, manifest: str, name: str, outcome: Outcome) -> None:
+        """Write one job's captured streams (none for a stream it left empty)."""
+        for stream, data in (("stdout", outcome.stdout), ("stderr", outcome.stderr)):
+            if not data:  # no output, no file: creating one costs more than the job on some disks
                 continue
-            for stream, data in (("stdout", outcome.stdout), ("stderr", outcome.stderr)):
-                if not data:  # no output, no file: creating one costs more than the job on some disks
-                    continue
-                target = staging / log_path(job["manifest"], job["name"], stream).relative_to("logs")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                _write_new(target, data)
-        os.chmod(staging, 0o755)
-        logs = out_dir / "logs"
-        retired = out_dir / f"{staging.name}.old"
+            target = self.staging / log_path(manifest, name, stream).relative_to("logs")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _write_new(target, data)
+
+    def commit(self) -> None:
+        """Replace ``out_dir/logs`` with this run's logs."""
+        os.chmod(self.staging, 0o755)
+        logs = self.out_dir / "logs"
+        retired = self.out_dir / f"{self.staging.name}.old"
         if logs.is_symlink() or logs.exists():
             os.replace(logs, retired)
-        os.replace(staging, logs)
+        os.replace(self.staging, logs)
+        self._committed = True
         if retired.is_symlink():
             retired.unlink()
         elif retired.exists():
             shutil.rmtree(retired)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    def __enter__(self) -> LogFolder:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self._committed:
+            shutil.rmtree(self.staging, ignore_errors=True)
 
 
-def write_outputs(out_dir: Path, report: Mapping[str, Any], outcomes: Mapping[str, Outcome]) -> None:
-    """Write the run's reports and logs into ``out_dir`` (created if needed)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_logs(out_dir, report, outcomes)
+def write_outputs(out_dir: Path, report: Mapping[str, Any], logs: LogFolder) -> None:
+    """Swap in the run's ``logs``, then write its reports into ``out_dir``, ``report.json`` last."""
+    logs.commit()
     write_atomic(out_dir / "junit.xml", render_junit(report).encode())
     write_atomic(out_dir / "summary.md", render_markdown(report).encode())
     write_atomic(out_dir / "report.json", render_json(report).encode())

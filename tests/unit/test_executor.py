@@ -95,10 +95,17 @@ def run(
     *,
     sink: Recorder | None = None,
     cancel: threading.Event | None = None,
+    outputs: dict[str, Outcome] | None = None,
     **options: Any,
 ) -> BatchResult:
+    """Run ``plan``; each job's outcome lands in ``outputs`` (by job id) as the job ends."""
     opts = BatchOptions(**{"jobs": 2, "cache_dir": root / "cache", **options})
-    return run_plan(plan, root, opts, on_event=sink or Recorder(), cancel=cancel)
+
+    def keep(job: JobSpec, outcome: Outcome) -> None:
+        if outputs is not None:
+            outputs[job.id] = outcome
+
+    return run_plan(plan, root, opts, on_event=sink or Recorder(), on_output=keep, cancel=cancel)
 
 
 def by_name(result: BatchResult) -> dict[str, Any]:
@@ -141,7 +148,8 @@ def test_results_in_plan_order_with_exit_codes_traps_and_outputs(tmp_path: Path)
         job(tmp_path, wat(TRAP), "trap"),
         job(tmp_path, wat(LOOP, n=10**9), "fuel", fuel=10_000),
     )
-    result = run(tmp_path, plan, sink=sink)
+    outputs: dict[str, Outcome] = {}
+    result = run(tmp_path, plan, sink=sink, outputs=outputs)
     assert [r.name for r in result.results] == ["ok", "three", "expected-three", "trap", "fuel"]
     rows = by_name(result)
     assert (rows["ok"].status, rows["ok"].exit_code, rows["ok"].reason) == ("passed", 0, None)
@@ -149,8 +157,8 @@ def test_results_in_plan_order_with_exit_codes_traps_and_outputs(tmp_path: Path)
     assert rows["expected-three"].status == "passed"
     assert (rows["trap"].status, rows["trap"].trap) == ("failed", "trap")
     assert (rows["fuel"].trap, rows["fuel"].fuel_used) == ("out_of_fuel", 10_000)
-    assert rows["ok"].stdout_sha256 == result.outcomes["tests/ok"].stdout_sha256
-    assert set(result.outcomes) == {r.id for r in result.results}
+    assert rows["ok"].stdout_sha256 == outputs["tests/ok"].stdout_sha256
+    assert set(outputs) == {r.id for r in result.results}
     assert not result.interrupted
     finished = sink.kinds("job.finished")
     assert sorted(d["index"] for d in finished) == [0, 1, 2, 3, 4]
@@ -221,14 +229,36 @@ def test_a_failing_event_sink_stops_the_batch_and_is_raised(tmp_path: Path) -> N
         run(tmp_path, plan, sink=Recorder(explode), jobs=1)
 
 
+def test_a_failing_output_sink_stops_the_batch_and_is_raised(tmp_path: Path) -> None:
+    ran: list[str] = []
+
+    def full_disk(job: JobSpec, outcome: Outcome) -> None:
+        ran.append(job.name)
+        raise OSError("no space for logs")
+
+    plan = plan_of(*(job(tmp_path, wat(EXIT, code=0), f"j{i}") for i in range(4)))
+    sink = Recorder()
+    with pytest.raises(OSError, match="no space for logs"):
+        run_plan(
+            plan,
+            tmp_path,
+            BatchOptions(jobs=1, cache_dir=tmp_path / "cache"),
+            on_event=sink,
+            on_output=full_disk,
+        )
+    assert ran == ["j0"]  # nothing else started once its output could not be kept
+    assert len(sink.kinds("job.started")) == 1
+
+
 def test_batch_options_refuse_zero_workers() -> None:
     with pytest.raises(ValueError):
         BatchOptions(jobs=0)
 
 
 def test_an_empty_plan_is_an_empty_result(tmp_path: Path) -> None:
-    result = run(tmp_path, plan_of())
-    assert result.results == () and result.outcomes == {} and not result.interrupted
+    outputs: dict[str, Outcome] = {}
+    result = run(tmp_path, plan_of(), outputs=outputs)
+    assert result.results == () and outputs == {} and not result.interrupted
 
 
 # -- needs ------------------------------------------------------------------------------------
@@ -331,14 +361,15 @@ def test_ctrl_c_interrupts_running_jobs_and_skips_the_rest(tmp_path: Path) -> No
         job(tmp_path, wat(EXIT, code=0), "queued"),
     )
     began = time.monotonic()
-    result = run(tmp_path, plan, sink=Recorder(press_ctrl_c), cancel=cancel, jobs=1)
+    outputs: dict[str, Outcome] = {}
+    result = run(tmp_path, plan, sink=Recorder(press_ctrl_c), cancel=cancel, jobs=1, outputs=outputs)
     assert time.monotonic() - began < 30
     rows = by_name(result)
     assert result.interrupted
     assert rows["done-before"].status == "passed"  # results so far are kept
     assert (rows["spinner"].status, rows["spinner"].trap) == ("failed", "timeout")
     assert rows["spinner"].reason.startswith("interrupted")
-    assert "tests/spinner" in result.outcomes
+    assert "tests/spinner" in outputs
     # "queued" ran before the spinner (plan order, no needs) or was skipped: never lost
     assert rows["queued"].status in ("passed", "skipped")
     assert (rows["pending"].status, rows["pending"].reason) == ("skipped", "interrupted")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from runner import outputs
-from runner.outputs import log_path, write_outputs
+from runner.outputs import LogFolder, log_path
 from runner.progress import ProgressDisplay, ProgressEvent, make_progress, wants_live
 from runner.report import build_report
 from runner.results import JobResult, Outcome
@@ -46,6 +46,26 @@ def sample() -> tuple[dict[str, Any], dict[str, Outcome]]:
 
 
 # -- write_outputs ----------------------------------------------------------------------------
+
+
+def write_outputs(out: Path, report: dict[str, Any], ran: dict[str, Outcome]) -> None:
+    """What api.run does: each job's logs as it ends, then the reports."""
+    with LogFolder(out) as logs:
+        for job in report["jobs"]:
+            outcome = ran.get(f"{job['manifest']}/{job['name']}")
+            if outcome is not None:
+                logs.add(job["manifest"], job["name"], outcome)
+        outputs.write_outputs(out, report, logs)
+
+
+def test_logs_of_an_unfinished_run_never_replace_the_last_ones(tmp_path: Path) -> None:
+    report, ran = sample()
+    write_outputs(tmp_path, report, ran)
+    with pytest.raises(KeyboardInterrupt), LogFolder(tmp_path) as logs:
+        logs.add("docs", "lint", outcome(b"half a run\n"))
+        raise KeyboardInterrupt
+    assert (tmp_path / "logs/docs/lint.stdout").read_bytes() == b"all good\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_writes_every_output(tmp_path: Path) -> None:
