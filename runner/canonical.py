@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["canonical_json", "sha256_hex", "reject_floats"]
+__all__ = ["canonical_json", "sha256_hex"]
 
 
 _SCALARS = (str, int, bool, type(None))
@@ -56,16 +56,8 @@ def _plain(value: Any) -> bool | None:
     return plain
 
 
-def reject_floats(value: Any) -> None:
-    """Raise ``TypeError`` naming the first float inside ``value``.
-
-    The common case (no float) is a plain walk; paths are only built once a float was found.
-    """
-    if _plain(value) is None:
-        _name_float(value, "")
-
-
 def _name_float(value: Any, path: str) -> None:
+    """Raise ``TypeError`` naming the first float: paths are only built once :func:`_plain` found one."""
     if isinstance(value, float):
         raise TypeError(f"floats are not allowed in canonical JSON (at {path or '/'})")
     if isinstance(value, dict):

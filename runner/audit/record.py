@@ -163,8 +163,8 @@ def encode_checked(
     *, seq: int, ts: str, kind: str, run: str, data: dict[str, Any], prev: str
 ) -> tuple[dict[str, Any], bytes]:
     """:func:`encode_record` for a writer whose envelope fields are already known to be valid: the
-    audit log's hot path (two records per job), where ``ts``, ``prev`` and ``seq`` are its own and
-    ``run`` and ``kind`` were checked once."""
+    audit log's hot path (two records per job), where ``ts``, ``prev`` and ``seq`` are its own,
+    ``run`` was checked when the log opened and ``kind`` by :func:`check_kind`."""
     if type(data) is not dict:
         raise TypeError("audit data is a JSON object")
     head = b'{"data":' + canonical_json(data)
