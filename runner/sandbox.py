@@ -28,7 +28,6 @@ How each limit is enforced (docs/sandbox.md has the user-facing version):
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import math
 import os
@@ -51,6 +50,7 @@ from wasmtime import (
     ExitTrap,
     Func,
     FuncType,
+    Instance,
     Linker,
     Memory,
     MemoryType,
@@ -62,8 +62,8 @@ from wasmtime import (
     WasiConfig,
     WasmtimeError,
 )
-from wasmtime import _bindings as ffi  # the epoch deadline callback is in the C API, not wrapped
 
+from runner import capi
 from runner.cache import ModuleCache, Source, default_cache_dir
 from runner.canonical import sha256_hex
 from runner.errors import InputError, Location, PolicyDenied
@@ -229,7 +229,7 @@ class _Capture:
 
     def __init__(self, name: str) -> None:
         self.fd = os.memfd_create(f"sandrun-{name}", os.MFD_CLOEXEC)
-        self.path = f"{_PROC_FD}/{self.fd}"
+        self.path = f"{_PROC_FD}/{self.fd}".encode()
         self.cap = 0
         self.high = 0
 
@@ -341,10 +341,9 @@ class _JobState:
 _current = threading.local()
 _CHECK_TICKS = 3
 _UPDATE_DEADLINE_CONTINUE = 0
-_NO_FINALIZER = ffi._wasmtime_store_epoch_deadline_callback.argtypes[3]()  # a NULL function pointer
 
 
-@ffi._wasmtime_store_epoch_deadline_callback.argtypes[1]  # type: ignore[misc]
+@capi.epoch_callback
 def _on_epoch_deadline(_context: object, _data: object, delta: Any, kind: Any) -> int:
     """Called by Wasmtime (on the job's thread) when the store's epoch deadline is reached:
     extend it by a few ticks, or stop the guest with an error once it is cancelled or late.
@@ -363,8 +362,7 @@ def _on_epoch_deadline(_context: object, _data: object, delta: Any, kind: Any) -
         if state is not None:
             state.interrupted = "cancelled"
             state.raised = exc
-    error = ffi.wasmtime_error_new(b"sandrun: job interrupted")
-    return ctypes.cast(error, ctypes.c_void_p).value or 0
+    return capi.interrupt_error(b"sandrun: job interrupted")
 
 
 # --- the poll_oneoff shadow -------------------------------------------------------------------
@@ -594,12 +592,8 @@ def _result_text(value: object) -> str:
 
 
 def _entry(job: JobSpec, store: Store, exports: Mapping[str, object]) -> tuple[Func, list[int | float]]:
-    """The function to call and its arguments: ``_start``, or ``invoke`` with typed arguments."""
-    if job.invoke is None:
-        start = exports.get("_start")
-        if not isinstance(start, Func):
-            raise _BadInvoke("the module exports no _start function (set invoke to call another export)")
-        return start, []
+    """The export ``invoke`` names and its typed arguments."""
+    assert job.invoke is not None
     func = exports.get(job.invoke)
     if not isinstance(func, Func):
         raise _BadInvoke(f"the module exports no function named {job.invoke!r}")
@@ -611,35 +605,49 @@ def _entry(job: JobSpec, store: Store, exports: Mapping[str, object]) -> tuple[F
     ]
 
 
-def _execute(job: JobSpec, store: Store, linker: Linker, module: Module) -> tuple[_Ending, Memory | None]:
-    """Instantiate and call the entry point; every guest behaviour becomes an :class:`_Ending`."""
+def _invoke(job: JobSpec, store: Store, instance: Instance) -> _Ending:
+    """Call the export ``invoke`` names (after ``_initialize``, as a WASI reactor needs) and keep
+    its results as text."""
+    exports = instance.exports(store)
     try:
-        instance = linker.instantiate(store, module)
+        func, args = _entry(job, store, exports)
+    except _BadInvoke as exc:
+        return _Ending(trap="trap", message=str(exc))
+    initialize = exports.get("_initialize")
+    if isinstance(initialize, Func):
+        initialize(store)
+    value = func(store, *args)
+    values = [] if value is None else value if isinstance(value, list) else [value]
+    return _Ending(exit_code=0, results=tuple(_result_text(v) for v in values))
+
+
+_NO_START = "the module exports no _start function (set invoke to call another export)"
+
+
+def _execute(job: JobSpec, store: Store, linker: Linker, module: Module) -> tuple[_Ending, int]:
+    """Instantiate and call the entry point: how the guest ended (every guest behaviour becomes an
+    :class:`_Ending`) and the size of its linear memory at the end.
+
+    The common case (``_start``) goes through :mod:`runner.capi`: wasmtime-py's wrappers would
+    cost more than a tiny job's own work."""
+    try:
+        instance = capi.instantiate(store, linker, module)
     except (Trap, WasmtimeError) as exc:
         ending = _from_trap(exc)
         if ending.trap == "trap" and _initial_memory(module) > job.limits.memory:
             ending.trap = "memory"
         elif ending.trap == "trap" and not isinstance(exc, Trap):
             ending.message = f"cannot instantiate: {ending.message}"
-        return ending, None
-    exports = instance.exports(store)
-    memory = exports.get("memory")
-    memory = memory if isinstance(memory, Memory) else None
+        return ending, 0
     try:
-        func, args = _entry(job, store, exports)
         if job.invoke is not None:
-            initialize = exports.get("_initialize")
-            if isinstance(initialize, Func):
-                initialize(store)  # a WASI reactor must be initialised before its other exports
-        value = func(store, *args)
-    except _BadInvoke as exc:
-        return _Ending(trap="trap", message=str(exc)), memory
+            ending = _invoke(job, store, capi.as_instance(instance))
+        else:
+            code = capi.call_start(store, instance)
+            ending = _Ending(exit_code=code) if code is not None else _Ending(trap="trap", message=_NO_START)
     except (Trap, WasmtimeError) as exc:
-        return _from_trap(exc), memory
-    if job.invoke is None:
-        return _Ending(exit_code=0), memory
-    values = [] if value is None else value if isinstance(value, list) else [value]
-    return _Ending(exit_code=0, results=tuple(_result_text(v) for v in values)), memory
+        ending = _from_trap(exc)
+    return ending, capi.memory_size(store, instance) or 0
 
 
 def _initial_memory(module: Module) -> int:
@@ -793,11 +801,16 @@ class Runtime:
             host, module, _ = self._module(job, root)
             self._last = (wanted, host, module)
         limits = job.limits
-        wasi = WasiConfig()
-        wasi.argv = [job.program_name, *job.args]
-        if job.env:  # WASI's default environment is empty: nothing of the host's
-            wasi.env = [[name, value] for name, value in job.env]
-        outputs = self._outputs(wasi, limits.output, passthrough)
+        argv = (job.program_name, *job.args)
+        wasi = WasiConfig()  # WASI's default environment is empty: nothing of the host's
+        outputs: tuple[_Capture | _Tee, _Capture | _Tee]
+        if passthrough:
+            outputs = _passthrough(wasi, limits.output)
+            capi.configure_wasi(wasi, argv, job.env)
+        else:
+            out, err = (capture.reset(limits.output) for capture in _thread_captures())
+            outputs = (out, err)
+            capi.configure_wasi(wasi, argv, job.env, stdout=out.path, stderr=err.path)
         if job.mounts or (job.stdin is not None and not passthrough):
             # The fds that name the granted files must stay open until set_wasi has opened them.
             with ExitStack() as stack:
@@ -814,11 +827,11 @@ class Runtime:
             tick_ns=self._tick_ms * 1_000_000,
         )
         store.set_epoch_deadline(state.next_check(started) or 1)
-        ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), _on_epoch_deadline, None, _NO_FINALIZER)
+        capi.set_epoch_callback(store, _on_epoch_deadline)
         host.register(state)
         _current.job = state
         try:
-            ending, memory = _execute(job, store, host.linker, module)
+            ending, peak = _execute(job, store, host.linker, module)
         finally:
             _current.job = None
             host.unregister(state)
@@ -831,10 +844,9 @@ class Runtime:
             ending = _Ending(
                 trap="timeout", message=reason or f"exceeded the timeout of {limits.timeout_ms} ms"
             )
-        peak = memory.data_len(store) if memory is not None else 0
         _apply_memory_rule(ending, peak, limits.memory)
         fuel_used = None if limits.fuel is None else limits.fuel - store.get_fuel()
-        del state, store, memory  # closes Wasmtime's descriptors before the memfds are read
+        del state, store  # closes Wasmtime's descriptors before the memfds are read
         (stdout, stdout_dropped), (stderr, stderr_dropped) = (o.result() for o in outputs)
         return Outcome(
             exit_code=ending.exit_code,
@@ -864,18 +876,14 @@ class Runtime:
             stack.callback(os.close, stdin_fd)
             wasi.stdin_file = _fd_path(stdin_fd, resolved / job.stdin)
 
-    @staticmethod
-    def _outputs(wasi: WasiConfig, cap: int, passthrough: bool) -> tuple[_Capture | _Tee, _Capture | _Tee]:
-        if passthrough:
-            wasi.inherit_stdin()
-            stdout, stderr = _Tee(sys.stdout.fileno(), cap), _Tee(sys.stderr.fileno(), cap)
-            wasi.stdout_custom = stdout
-            wasi.stderr_custom = stderr
-            return stdout, stderr
-        out, err = (capture.reset(cap) for capture in _thread_captures())
-        wasi.stdout_file = out.path
-        wasi.stderr_file = err.path
-        return out, err
+
+def _passthrough(wasi: WasiConfig, cap: int) -> tuple[_Tee, _Tee]:
+    """``sandrun exec``: the guest reads this process's stdin; its output is also written through."""
+    wasi.inherit_stdin()
+    stdout, stderr = _Tee(sys.stdout.fileno(), cap), _Tee(sys.stderr.fileno(), cap)
+    wasi.stdout_custom = stdout
+    wasi.stderr_custom = stderr
+    return stdout, stderr
 
 
 def _module_path(job: JobSpec, root: Path) -> Path:

@@ -133,7 +133,8 @@ def _found(violations: list[Violation]) -> list[tuple[str, str]]:
 
 
 def _token(node: Any, token: str) -> Any:
-    return int(token) if isinstance(node, list) else token
+    """One JSON Pointer token (RFC 6901: ``~1`` is ``/``, ``~0`` is ``~``) as a key or an index."""
+    return int(token) if isinstance(node, list) else token.replace("~1", "/").replace("~0", "~")
 
 
 def _at(data: Any, pointer: str) -> Any:
@@ -560,7 +561,8 @@ def _pointers(node: Any, pointer: str = "") -> Iterator[str]:
     yield pointer
     children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
     for key, value in children:
-        yield from _pointers(value, f"{pointer}/{key}")
+        token = str(key).replace("~", "~0").replace("/", "~1")  # a drawn key may hold either
+        yield from _pointers(value, f"{pointer}/{token}")
 
 
 #: Values fastjsonschema or a careless fast check reads differently from jsonschema with Sandrun's

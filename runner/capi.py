@@ -1,0 +1,146 @@
+"""Wasmtime's C API called directly, where wasmtime-py has no wrapper or its wrapper costs more
+than the work it wraps.
+
+Two reasons, both measured (docs/sandbox.md):
+
+- the epoch-deadline callback that enforces timeouts and cancellation is in the C API only;
+- a tiny job spends about 50 µs in wasmtime-py's generic wrappers (building every export of the
+  instance, a ``FuncType`` per call, an ``ExitTrap`` exception per exit), against about 80 µs of
+  real work. The calls below do the same with one C call each, and return what wasmtime-py would
+  (its ``Trap``/``WasmtimeError`` objects for failures), so callers classify endings the same way.
+
+This reaches into wasmtime-py's private ``_bindings``, which is why ``wasmtime`` is pinned to one
+major version; the tests run every function here against the real library.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from wasmtime import Instance, Linker, Module, Store, Trap, WasiConfig, WasmtimeError
+from wasmtime import _bindings as ffi
+from wasmtime._ffi import WASMTIME_EXTERN_FUNC, WASMTIME_EXTERN_MEMORY
+
+__all__ = [
+    "EpochCallback",
+    "epoch_callback",
+    "set_epoch_callback",
+    "interrupt_error",
+    "configure_wasi",
+    "instantiate",
+    "as_instance",
+    "call_start",
+    "memory_size",
+]
+
+EpochCallback = Callable[[object, object, Any, Any], int]
+epoch_callback: Callable[[EpochCallback], Any] = ffi._wasmtime_store_epoch_deadline_callback.argtypes[1]
+"""Decorator making a Python function the C callback :func:`set_epoch_callback` takes. It runs
+on the job's thread; it sets ``delta[0]`` and ``kind[0]`` and returns 0 to go on, or returns
+:func:`interrupt_error` to stop the guest."""
+
+_NO_FINALIZER = ffi._wasmtime_store_epoch_deadline_callback.argtypes[3]()  # a NULL function pointer
+_CHAR_ARRAY = ctypes.POINTER(ctypes.POINTER(ctypes.c_char))
+_EXTERN_FUNC = WASMTIME_EXTERN_FUNC.value
+_EXTERN_MEMORY = WASMTIME_EXTERN_MEMORY.value
+_byref = ctypes.byref
+
+
+def set_epoch_callback(store: Store, callback: Any) -> None:
+    """Call ``callback`` (made with :func:`epoch_callback`) whenever the store's epoch deadline is
+    reached, instead of trapping."""
+    ffi._wasmtime_store_epoch_deadline_callback(store.ptr(), callback, None, _NO_FINALIZER)
+
+
+def interrupt_error(message: bytes) -> int:
+    """A new Wasmtime error, as the address an epoch callback returns to stop the guest."""
+    return ctypes.cast(ffi._wasmtime_error_new(message), ctypes.c_void_p).value or 0
+
+
+def _strings(values: Sequence[str]) -> Any:
+    array = (ctypes.c_char_p * len(values))(*[value.encode() for value in values])
+    return ctypes.cast(array, _CHAR_ARRAY)
+
+
+def configure_wasi(
+    wasi: WasiConfig,
+    argv: Sequence[str],
+    env: Sequence[tuple[str, str]],
+    *,
+    stdout: bytes | None = None,
+    stderr: bytes | None = None,
+) -> None:
+    """Set exactly this argv and environment (WASI copies the strings), and the files stdout and
+    stderr go to (opened for writing, truncated, when the store takes the configuration)."""
+    config = wasi.ptr()
+    if not ffi._wasi_config_set_argv(config, len(argv), _strings(argv)):
+        raise WasmtimeError("failed to configure argv")
+    if env:
+        names, values = _strings([name for name, _ in env]), _strings([value for _, value in env])
+        if not ffi._wasi_config_set_env(config, len(env), names, values):
+            raise WasmtimeError("failed to configure environment")
+    if stdout is not None and not ffi._wasi_config_set_stdout_file(config, stdout):
+        raise WasmtimeError("failed to set stdout file")
+    if stderr is not None and not ffi._wasi_config_set_stderr_file(config, stderr):
+        raise WasmtimeError("failed to set stderr file")
+
+
+def _raise_for(error: Any, trap: Any) -> None:
+    """Raise what wasmtime-py would for an error or trap pointer the C API returned (owned)."""
+    if error:
+        raise WasmtimeError._from_ptr(error)
+    if trap:
+        raise Trap._from_ptr(trap)
+
+
+def instantiate(store: Store, linker: Linker, module: Module) -> Any:
+    """``linker.instantiate`` returning the raw instance (``wasmtime_instance_t``)."""
+    instance = ffi.wasmtime_instance_t()
+    trap = ctypes.POINTER(ffi.wasm_trap_t)()
+    error = ffi._wasmtime_linker_instantiate(
+        linker.ptr(), store._context(), module.ptr(), _byref(instance), _byref(trap)
+    )
+    _raise_for(error, trap)
+    return instance
+
+
+def as_instance(instance: Any) -> Instance:
+    """The wasmtime-py object for a raw instance, for the uncommon paths (``invoke``)."""
+    return Instance._from_raw(instance)
+
+
+def _export(store: Store, instance: Any, name: bytes, kind: int) -> Any:
+    item = ffi.wasmtime_extern_t()
+    found = ffi._wasmtime_instance_export_get(
+        store._context(), _byref(instance), name, len(name), _byref(item)
+    )
+    return item if found and item.kind == kind else None
+
+
+def call_start(store: Store, instance: Any) -> int | None:
+    """Call the instance's ``_start``: the exit code (0 when it returns), or None when there is no
+    ``_start`` function. A trap raises ``Trap`` or ``WasmtimeError`` as wasmtime-py would."""
+    item = _export(store, instance, b"_start", _EXTERN_FUNC)
+    if item is None:
+        return None
+    trap = ctypes.POINTER(ffi.wasm_trap_t)()
+    error = ffi._wasmtime_func_call(store._context(), _byref(item.of.func), None, 0, None, 0, _byref(trap))
+    if error:
+        code = ctypes.c_int(0)
+        if ffi._wasmtime_error_exit_status(error, _byref(code)):  # proc_exit: not a failure
+            ffi._wasmtime_error_delete(error)
+            return code.value
+    _raise_for(error, trap)
+    return 0
+
+
+def memory_size(store: Store, instance: Any) -> int | None:
+    """Bytes of the linear memory the instance exports as ``memory`` (None without one)."""
+    item = _export(store, instance, b"memory", _EXTERN_MEMORY)
+    return (
+        None
+        if item is None
+        else int(ffi._wasmtime_memory_data_size(store._context(), _byref(item.of.memory)))
+    )
