@@ -25,26 +25,27 @@ import orjson
 __all__ = ["canonical_json", "sha256_hex"]
 
 
-_SCALARS = (str, int, bool, type(None))
+_SCALARS = frozenset({str, int, bool, type(None)})
 _ORJSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_SUBCLASS
 
 
 def _plain(value: Any) -> bool | None:
     """True when ``value`` holds only the exact JSON types; None when it holds a float somewhere.
 
-    Iterative and by exact type first: this runs on every audit record.
+    This runs on every audit record, so a container's members are checked by exact type in C
+    (``set(map(type, ...))``) and only its nested containers and odd members are visited one by one.
     """
     plain = True
     stack = [value]
     while stack:
         item = stack.pop()
         kind = type(item)
-        if kind in _SCALARS:
-            continue
         if kind is dict:
-            stack.extend(item.values())
+            members = item.values()
         elif kind is list or kind is tuple:
-            stack.extend(item)
+            members = item
+        elif kind in _SCALARS:
+            continue
         elif isinstance(item, float):
             return None
         else:
@@ -53,6 +54,9 @@ def _plain(value: Any) -> bool | None:
                 stack.extend(item.values())
             elif isinstance(item, (list, tuple)):
                 stack.extend(item)
+            continue
+        if not _SCALARS.issuperset(map(type, members)):
+            stack.extend(member for member in members if type(member) not in _SCALARS)
     return plain
 
 

@@ -16,12 +16,13 @@ major version; the tests run every function here against the real library.
 from __future__ import annotations
 
 import ctypes
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from wasmtime import Instance, Linker, Module, Store, Trap, WasiConfig, WasmtimeError
 from wasmtime import _bindings as ffi
-from wasmtime._ffi import WASMTIME_EXTERN_FUNC, WASMTIME_EXTERN_MEMORY
+from wasmtime._ffi import WASMTIME_EXTERN_FUNC, WASMTIME_EXTERN_MEMORY, dll
 
 __all__ = [
     "EpochCallback",
@@ -42,7 +43,6 @@ on the job's thread; it sets ``delta[0]`` and ``kind[0]`` and returns 0 to go on
 :func:`interrupt_error` to stop the guest."""
 
 _NO_FINALIZER = ffi._wasmtime_store_epoch_deadline_callback.argtypes[3]()  # a NULL function pointer
-_CHAR_ARRAY = ctypes.POINTER(ctypes.POINTER(ctypes.c_char))
 _EXTERN_FUNC = WASMTIME_EXTERN_FUNC.value
 _EXTERN_MEMORY = WASMTIME_EXTERN_MEMORY.value
 _byref = ctypes.byref
@@ -59,9 +59,27 @@ def interrupt_error(message: bytes) -> int:
     return ctypes.cast(ffi._wasmtime_error_new(message), ctypes.c_void_p).value or 0
 
 
+def _prototype(name: str, *argtypes: Any) -> Any:
+    """The C function ``name`` declared to take ``char *`` arrays as they are built here (the
+    bindings declare ``char **`` of another ctypes type, which would need a cast per call)."""
+    function = dll[name]  # a new function object: the bindings' own declaration is left alone
+    function.argtypes, function.restype = argtypes, ctypes.c_bool
+    return function
+
+
+_STRINGS = ctypes.POINTER(ctypes.c_char_p)
+_set_argv = _prototype("wasi_config_set_argv", ctypes.c_void_p, ctypes.c_size_t, _STRINGS)
+_set_env = _prototype("wasi_config_set_env", ctypes.c_void_p, ctypes.c_size_t, _STRINGS, _STRINGS)
+
+
 def _strings(values: Sequence[str]) -> Any:
-    array = (ctypes.c_char_p * len(values))(*[value.encode() for value in values])
-    return ctypes.cast(array, _CHAR_ARRAY)
+    return (ctypes.c_char_p * len(values))(*[value.encode() for value in values])
+
+
+@functools.lru_cache(maxsize=64)
+def _env_arrays(env: tuple[tuple[str, str], ...]) -> tuple[Any, Any]:
+    """Names and values as C arrays, built once per distinct environment (jobs of a batch share it)."""
+    return _strings([name for name, _ in env]), _strings([value for _, value in env])
 
 
 def configure_wasi(
@@ -75,12 +93,10 @@ def configure_wasi(
     """Set exactly this argv and environment (WASI copies the strings), and the files stdout and
     stderr go to (opened for writing, truncated, when the store takes the configuration)."""
     config = wasi.ptr()
-    if not ffi._wasi_config_set_argv(config, len(argv), _strings(argv)):
+    if not _set_argv(config, len(argv), _strings(argv)):
         raise WasmtimeError("failed to configure argv")
-    if env:
-        names, values = _strings([name for name, _ in env]), _strings([value for _, value in env])
-        if not ffi._wasi_config_set_env(config, len(env), names, values):
-            raise WasmtimeError("failed to configure environment")
+    if env and not _set_env(config, len(env), *_env_arrays(tuple(env))):
+        raise WasmtimeError("failed to configure environment")
     if stdout is not None and not ffi._wasi_config_set_stdout_file(config, stdout):
         raise WasmtimeError("failed to set stdout file")
     if stderr is not None and not ffi._wasi_config_set_stderr_file(config, stderr):
