@@ -12,6 +12,8 @@ import os
 import re
 import shutil
 import tempfile
+import threading
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -54,28 +56,84 @@ class LogFolder:
     """A run's ``logs/`` folder, filled as jobs finish and swapped in whole by :meth:`commit`.
 
     Each job's output goes to disk as soon as the job ends, so no output waits in memory for the
-    end of the run: a 10,000-job batch of chatty tools holds one job's output at a time, not all
-    of them. Until the commit the files live in a hidden staging folder; leaving the ``with``
-    block without committing removes it, and the previous run's ``logs/`` stays as it was.
+    end of the run: a 10,000-job batch of chatty tools holds at most ``max_pending`` bytes of
+    output, not all of it. The files are created by a writer thread: creating a file is kernel
+    work (from 10 µs to several hundred on some disks) that runs without the GIL, so it overlaps
+    with the next jobs instead of adding to them. Until the commit the files live in a hidden
+    staging folder; leaving the ``with`` block without committing removes it, and the previous
+    run's ``logs/`` stays as it was.
     """
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, *, max_pending: int = 64 << 20) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.out_dir = out_dir
         self.staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".logs-"))
         self._committed = False
+        self._max_pending = max_pending
+        self._cond = threading.Condition()
+        self._queue: deque[tuple[Path, bytes]] = deque()
+        self._pending = 0  # bytes queued and not written yet
+        self._closing = False
+        self._error: OSError | None = None
+        self._writer: threading.Thread | None = None
 
     def add(self, manifest: str, name: str, outcome: Outcome) -> None:
-        """Write one job's captured streams (none for a stream it left empty)."""
+        """Queue one job's captured streams (none for a stream it left empty); raises the error of
+        an earlier write that failed. Waits while ``max_pending`` bytes are already queued."""
         for stream, data in (("stdout", outcome.stdout), ("stderr", outcome.stderr)):
             if not data:  # no output, no file: creating one costs more than the job on some disks
                 continue
             target = self.staging / log_path(manifest, name, stream).relative_to("logs")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            _write_new(target, data)
+            with self._cond:
+                while self._pending and self._pending + len(data) > self._max_pending and not self._error:
+                    self._cond.wait()
+                if self._error is not None:
+                    raise self._error
+                self._queue.append((target, data))
+                self._pending += len(data)
+                if self._writer is None:
+                    self._writer = threading.Thread(target=self._write_loop, name="sandrun-logs", daemon=True)
+                    self._writer.start()
+                self._cond.notify_all()
+
+    def _write_loop(self) -> None:
+        folders: set[Path] = set()
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                target, data = self._queue.popleft()
+            try:
+                if self._error is None:
+                    if target.parent not in folders:
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        folders.add(target.parent)
+                    _write_new(target, data)
+            except OSError as exc:
+                self._error = exc  # raised by the next add() or by commit()
+            with self._cond:
+                self._pending -= len(data)
+                self._cond.notify_all()
+
+    def _drain(self, *, discard: bool = False) -> None:
+        """Stop the writer once every queued file is written (dropped after a failure, or when
+        ``discard``: the run is abandoned)."""
+        with self._cond:
+            self._closing = True
+            if discard:
+                self._pending -= sum(len(data) for _, data in self._queue)
+                self._queue.clear()
+            self._cond.notify_all()
+        if self._writer is not None:
+            self._writer.join()
 
     def commit(self) -> None:
-        """Replace ``out_dir/logs`` with this run's logs."""
+        """Replace ``out_dir/logs`` with this run's logs, once all of them are written."""
+        self._drain()
+        if self._error is not None:
+            raise self._error
         os.chmod(self.staging, 0o755)
         logs = self.out_dir / "logs"
         retired = self.out_dir / f"{self.staging.name}.old"
@@ -93,6 +151,7 @@ class LogFolder:
 
     def __exit__(self, *exc_info: object) -> None:
         if not self._committed:
+            self._drain(discard=True)
             shutil.rmtree(self.staging, ignore_errors=True)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -192,3 +194,44 @@ def test_live_redraws_are_throttled() -> None:
     for i in range(50):
         display(ProgressEvent(kind="started", job_id=f"m/j{i}", index=i, total=100))
     assert stream.getvalue().count("\r") == 1
+
+
+def test_a_failed_log_write_is_raised_not_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    report, ran = sample()
+    write_outputs(tmp_path, report, ran)
+
+    def full(path: Path, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(outputs, "_write_new", full)
+    with LogFolder(tmp_path) as logs:
+        logs.add("docs", "lint", outcome(b"lost\n"))
+        with pytest.raises(OSError, match="No space left"):
+            logs.commit()
+    assert (tmp_path / "logs/docs/lint.stdout").read_bytes() == b"all good\n"  # the last run's logs stay
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_queued_output_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer is held up; add() waits rather than queue more than max_pending bytes."""
+    gate, peak = threading.Event(), []
+    original = outputs._write_new
+
+    def slow(path: Path, data: bytes) -> None:
+        gate.wait(10)
+        original(path, data)
+
+    monkeypatch.setattr(outputs, "_write_new", slow)
+    with LogFolder(tmp_path, max_pending=100) as logs:
+        adder = threading.Thread(
+            target=lambda: [logs.add("m", f"j{i}", outcome(b"x" * 60)) for i in range(5)]
+        )
+        adder.start()
+        adder.join(0.5)
+        peak.append(logs._pending)
+        assert adder.is_alive()  # blocked: one 60-byte file queued, the next would pass 100
+        gate.set()
+        adder.join(10)
+        logs.commit()
+    assert peak == [60]
+    assert sorted(p.name for p in (tmp_path / "logs/m").iterdir()) == [f"j{i}.stdout" for i in range(5)]

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from runner.report import (
+    _scrub,
     build_report,
     render_html,
     render_json,
@@ -116,6 +117,20 @@ def test_build_report_has_designs_shape() -> None:
     ]  # fmt: skip
     assert report(result("a", "passed"))["ok"] is True
     assert report()["ok"] is True  # nothing to fail
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.text(),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+        max_leaves=8,
+    ),
+    st.sampled_from([HOSTILE.replace("\ud800", ""), HOSTILE]),  # a lone surrogate: orjson refuses
+)
+def test_render_json_is_the_standard_librarys_indented_json(value: Any, reason: str) -> None:
+    """orjson makes the bytes; the stdlib's ``indent=2`` encoding defines them (incl. fallbacks)."""
+    report = {"run": "r", "jobs": [value], "reason": reason}
+    assert render_json(report) == json.dumps(report, indent=2, ensure_ascii=False) + "\n"
 
 
 def test_render_json_is_stable_and_round_trips() -> None:
@@ -236,3 +251,11 @@ def test_html_escapes_hostile_text() -> None:
     assert "<img" not in page and "<script" not in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in page
     assert "\x1b" not in page and "\u202e" not in page
+
+
+@given(
+    st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=40), st.integers(min_value=0, max_value=50)
+)
+def test_sanitize_fast_path_changes_nothing(text: str, limit: int) -> None:
+    """Plain ASCII skips the regular expressions: the result must be what they would give."""
+    assert sanitize_text(text, limit=limit) == _scrub(text, limit)
