@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from runner import __version__
-from runner.errors import EXIT_INTERRUPTED, InputError, Location, SandrunError, Violation
+from runner.errors import EXIT_INTERRUPTED, EXIT_INVALID_INPUT, InputError, Location, SandrunError, Violation
 
 __all__ = ["main", "cli"]
 
@@ -106,6 +106,10 @@ class _SandrunGroup(click.Group):
             ctx.exit(EXIT_INTERRUPTED)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except OSError as exc:  # the machine's side: an unwritable --out, a full disk
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"sandrun: {where}{exc.strerror or exc}", err=True)
+            ctx.exit(EXIT_INVALID_INPUT)
         except Exception as exc:  # a bug: one line, never a traceback, unless asked for
             if os.environ.get("SANDRUN_DEBUG"):
                 traceback.print_exc()

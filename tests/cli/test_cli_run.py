@@ -257,3 +257,13 @@ def test_torn_tail_is_reported_then_repaired_explicitly(tmp_path: Path) -> None:
     assert sandrun("audit", "verify", str(out)).returncode == 0
     assert run_demo(out).returncode == 0
     assert sandrun("audit", "verify", str(out)).stdout.startswith("intact: ")
+
+
+def test_an_unwritable_out_folder_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = run_demo(blocker / "out")
+    assert result.returncode == 2, result.stderr
+    expected = f"sandrun: {blocker / 'out'}: Not a directory"
+    assert result.stderr.strip().splitlines() == [expected], result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -167,6 +168,25 @@ def test_results_in_plan_order_with_exit_codes_traps_and_outputs(tmp_path: Path)
     assert set(started) == {"id", "index", "module_sha256", "limits", "mounts", "fs_scope"}
     deployed = sink.kinds("tool.deployed")
     assert len(deployed) == 4 and {d["source"] for d in deployed} <= {"compiled", "memory", "disk"}
+
+
+def test_the_heap_is_frozen_during_the_batch_only_and_a_hosts_freeze_is_kept(tmp_path: Path) -> None:
+    """run_plan freezes the long-lived heap while jobs run, then gives the collector it back; a
+    host process that froze objects itself (before forking, say) finds them still frozen."""
+    counts: list[int] = []
+    sink = Recorder(
+        lambda kind, data: counts.append(gc.get_freeze_count()) if kind == "job.started" else None
+    )
+    plan = plan_of(job(tmp_path, wat(EXIT, code=0), "ok"))
+    assert gc.get_freeze_count() == 0
+    run(tmp_path, plan, sink=sink)
+    assert counts[0] > 0 and gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        run(tmp_path, plan, sink=Recorder())
+        assert gc.get_freeze_count() > 0  # unfreeze() would have emptied it
+    finally:
+        gc.unfreeze()
 
 
 def test_modules_are_loaded_before_any_job_starts(tmp_path: Path) -> None:
