@@ -23,6 +23,7 @@ from typing import Any
 from wasmtime import Instance, Linker, Module, Store, Trap, WasiConfig, WasmtimeError
 from wasmtime import _bindings as ffi
 from wasmtime._ffi import WASMTIME_EXTERN_FUNC, WASMTIME_EXTERN_MEMORY, dll
+from wasmtime._func import maybe_raise_last_exn
 
 __all__ = [
     "EpochCallback",
@@ -104,11 +105,17 @@ def configure_wasi(
 
 
 def _raise_for(error: Any, trap: Any) -> None:
-    """Raise what wasmtime-py would for an error or trap pointer the C API returned (owned)."""
-    if error:
-        raise WasmtimeError._from_ptr(error)
-    if trap:
-        raise Trap._from_ptr(trap)
+    """Raise what wasmtime-py would for an error or trap pointer the C API returned (owned).
+
+    Like wasmtime-py's ``enter_wasm``: when a Python host function raised (its trampoline keeps
+    the exception in a module global and reports a trap), that exception is raised instead, so a
+    ``KeyboardInterrupt`` in a host call is neither turned into a trap nor left behind for the
+    next call to raise."""
+    if not error and not trap:
+        return
+    failure = WasmtimeError._from_ptr(error) if error else Trap._from_ptr(trap)  # owns the pointer
+    maybe_raise_last_exn()
+    raise failure
 
 
 def instantiate(store: Store, linker: Linker, module: Module) -> Any:

@@ -9,6 +9,7 @@ import pytest
 from wasmtime import (
     Engine,
     ExitTrap,
+    FuncType,
     Linker,
     Module,
     Store,
@@ -51,6 +52,9 @@ EXIT_7 = """
   (memory (export "memory") 1)
   (func (export "_start") (call $exit (i32.const 7))))
 """
+
+
+UNREACHABLE = '(module (func (export "_start") unreachable))'
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +122,7 @@ def test_exit_code_returned_like_wasmtime_py_exit_trap(engine: Engine, linker: L
 
 def test_trap_raises_the_same_trap(engine: Engine, linker: Linker) -> None:
     store = _store(engine)
-    instance = capi.instantiate(
-        store, linker, _module(engine, '(module (func (export "_start") unreachable))')
-    )
+    instance = capi.instantiate(store, linker, _module(engine, UNREACHABLE))
     with pytest.raises(Trap) as exc:
         capi.call_start(store, instance)
     assert exc.value.trap_code == TrapCode.UNREACHABLE
@@ -152,3 +154,24 @@ def test_memory_size_follows_growth(engine: Engine, linker: Linker) -> None:
     assert capi.call_start(store, instance) == 0
     assert capi.memory_size(store, instance) == 5 * 65536
     assert capi.as_instance(instance).exports(store)["memory"].data_len(store) == 5 * 65536  # type: ignore[union-attr]
+
+
+class _HostStop(BaseException):
+    """What a Ctrl-C in a host function looks like to wasmtime-py's trampoline."""
+
+
+def test_an_exception_in_a_host_function_is_raised_not_turned_into_a_trap(engine: Engine) -> None:
+    linker = Linker(engine)
+
+    def stop() -> None:
+        raise _HostStop
+
+    linker.define_func("host", "stop", FuncType([], []), stop)
+    module = _module(engine, '(module (import "host" "stop" (func $s)) (func (export "_start") (call $s)))')
+    store = Store(engine)
+    instance = capi.instantiate(store, linker, module)
+    with pytest.raises(_HostStop):
+        capi.call_start(store, instance)
+    # nothing left behind: the next trap is that trap, not the old exception
+    with pytest.raises(Trap):
+        capi.call_start(store, capi.instantiate(store, Linker(engine), _module(engine, UNREACHABLE)))
