@@ -8,24 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_process import REPO, sandrun
 from click.testing import CliRunner
 
 from runner.cli import cli
 
-REPO = Path(__file__).resolve().parents[2]
 CASES = REPO / "tests" / "cases"
 POLICY = CASES / "_shared" / "policy.yaml"
-
-
-def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runner", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_help_does_not_import_wasmtime_or_jsonschema() -> None:
@@ -42,19 +31,19 @@ def test_help_does_not_import_wasmtime_or_jsonschema() -> None:
 def test_keys_sign_verify_round_trip(tmp_path: Path) -> None:
     module = tmp_path / "tool.wasm"
     module.write_bytes(b"\0asm\1\0\0\0")
-    generated = run("keys", "generate", "--id", "ci-key", "--out", str(tmp_path / "keys"))
+    generated = sandrun("keys", "generate", "--id", "ci-key", "--out", str(tmp_path / "keys"))
     assert generated.returncode == 0, generated.stderr
     assert (tmp_path / "keys" / "ci-key.key").read_text() not in generated.stdout + generated.stderr
-    signed = run("sign", str(module), "--key", str(tmp_path / "keys" / "ci-key.key"))
+    signed = sandrun("sign", str(module), "--key", str(tmp_path / "keys" / "ci-key.key"))
     assert signed.returncode == 0, signed.stderr
     sig = signed.stdout.split("sig: ")[1].rstrip("}\n")
     assert "signature: {key: ci-key," in signed.stdout
-    ok = run("verify", str(module), "--sig", sig, "--pub", str(tmp_path / "keys" / "ci-key.pub"))
+    ok = sandrun("verify", str(module), "--sig", sig, "--pub", str(tmp_path / "keys" / "ci-key.pub"))
     assert ok.returncode == 0, ok.stderr
     module.write_bytes(b"\0asm\1\0\0\0\0")
-    bad = run("verify", str(module), "--sig", sig, "--pub", str(tmp_path / "keys" / "ci-key.pub"))
+    bad = sandrun("verify", str(module), "--sig", sig, "--pub", str(tmp_path / "keys" / "ci-key.pub"))
     assert bad.returncode == 3
-    garbled = run("verify", str(module), "--sig", sig, "--pub", "not-a-key")
+    garbled = sandrun("verify", str(module), "--sig", sig, "--pub", "not-a-key")
     assert (
         garbled.returncode == 2 and "[keys.invalid]" in garbled.stderr and "Traceback" not in garbled.stderr
     )
@@ -66,7 +55,7 @@ def test_sign_with_a_missing_or_bad_key_is_one_line(tmp_path: Path) -> None:
     module.write_bytes(b"\0asm\1\0\0\0")
     (tmp_path / "bad.key").write_text("not a key")
     for key in (tmp_path / "missing.key", tmp_path / "bad.key"):
-        result = run("sign", str(module), "--key", str(key))
+        result = sandrun("sign", str(module), "--key", str(key))
         assert result.returncode == 2
         assert len(result.stderr.strip().splitlines()) == 1 and "[keys.invalid]" in result.stderr
 
@@ -119,7 +108,7 @@ def test_compile_writes_a_canonical_plan_that_round_trips(tmp_path: Path) -> Non
 
 
 def test_missing_paths_and_bad_flags_exit_2_without_traceback(tmp_path: Path) -> None:
-    missing = run("check", str(tmp_path / "nope.yaml"), "--policy", str(POLICY))
+    missing = sandrun("check", str(tmp_path / "nope.yaml"), "--policy", str(POLICY))
     assert missing.returncode == 2 and "[input.missing]" in missing.stderr
-    flag = run("check", "--no-such-flag")
+    flag = sandrun("check", "--no-such-flag")
     assert flag.returncode == 2 and "Traceback" not in flag.stderr

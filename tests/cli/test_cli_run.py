@@ -13,24 +13,7 @@ from pathlib import Path
 
 import pytest
 import wasmtime
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def sandrun(
-    *args: str, cwd: Path = REPO, env: dict[str, str] | None = None, input: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runner", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={**os.environ, "CI": "true", **(env or {})},
-        input=input,
-    )
-
+from cli_process import REPO, sandrun
 
 DEMO = ("manifests/examples", "--policy", "policies/default.yaml")
 
