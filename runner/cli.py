@@ -528,7 +528,9 @@ def _public_key(text: str) -> Any:
     path = Path(text)
     try:
         return parse_public_key(path.read_text(encoding="ascii") if path.is_file() else text)
-    except (KeyFileError, UnicodeDecodeError) as exc:
+    except KeyFileError as exc:
+        raise InputError.one(exc.rule_id or "keys.invalid", f"public key {text}: {exc}") from None
+    except UnicodeDecodeError as exc:
         raise InputError.one("keys.invalid", f"public key {text}: {exc}") from None
 
 
@@ -668,7 +670,7 @@ def sign(module: Path, key_path: Path, key_id: str | None) -> None:
     try:
         key = load_private_key(key_path)
     except KeyFileError as exc:
-        raise InputError.one("keys.invalid", str(exc), _file(key_path)) from None
+        raise InputError.one(exc.rule_id or "keys.invalid", str(exc), _file(key_path)) from None
     signature = sign_module_digest(key, digest)
     click.echo(f"sha256: {digest}")
     click.echo(f"signature: {{key: {key_id or key_path.stem}, sig: {signature}}}")

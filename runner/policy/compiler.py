@@ -20,6 +20,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
+from runner.canonical import canonical_digest
 from runner.errors import InputError, PolicyDenied, SandrunError, Violation
 from runner.hosts import HostPatternError, covers, parse_host_pattern
 from runner.plan import InputFile, JobSpec, Limits, Mount, Network, Plan, PolicyRef, Tool
@@ -154,7 +155,7 @@ class _ManifestCompiler:
             return None
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         self.state.record_input(path, digest)
-        if digest != spec["sha256"]:
+        if digest != canonical_digest(spec["sha256"]):
             self.deny(
                 "tool.digest",
                 f"module bytes have sha256 {digest}, the manifest says {spec['sha256']}",
