@@ -25,7 +25,7 @@ Every key is read in one canonical form, and refused (:class:`KeyFileError` with
   identity point, every module). The list is libsodium's ``ge25519_has_small_order`` blocklist,
   compared with the sign bit cleared, not curve arithmetic of our own;
 - a public key whose y coordinate is not reduced mod p (``key.non-canonical``): each point then
-  has one encoding, so comparing raw bytes compares keys (``policy.key-material-duplicate``).
+  has one encoding, so comparing raw bytes compares keys (``key.duplicate-material``).
 """
 
 from __future__ import annotations

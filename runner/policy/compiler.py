@@ -540,6 +540,6 @@ def compile_plan(
 
 def denial_error(violations: list[Violation]) -> SandrunError:
     """The error for a mix of problems: invalid input (exit 2) wins over policy denials (exit 3)."""
-    if any(v.rule_id.split(".")[0] in ("yaml", "schema") for v in violations):
+    if any(v.rule_id.split(".")[0] in ("yaml", "schema", "key") for v in violations):
         return InputError(violations=tuple(violations))
     return PolicyDenied(violations=tuple(violations))

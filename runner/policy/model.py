@@ -114,7 +114,7 @@ def policy_from_document(document: Document, root: Path) -> Policy:
         if first_id != entry["id"]:
             problems.append(
                 Violation(
-                    "policy.key-material-duplicate",
+                    "key.duplicate-material",
                     f"key {entry['id']!r} is the same key as {first_id!r}: revoking or expiring one id "
                     "would leave the other trusted",
                     document.locate(pointer + "/public_key"),
