@@ -69,16 +69,7 @@ def load_secret(path: Path) -> CacheSecret:
     except OSError as exc:
         raise CacheSecretError(f"cannot open the cache key {path}: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as stream:
-        info = os.fstat(stream.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise CacheSecretError(f"the cache key {path} is not a regular file")
-        if info.st_uid != os.getuid():
-            raise CacheSecretError(f"the cache key {path} is not owned by the current user")
-        if info.st_mode & 0o077:
-            raise CacheSecretError(
-                f"the cache key {path} is accessible to group or others (mode "
-                f"{stat.S_IMODE(info.st_mode):o}, need 600); delete it to make a new one"
-            )
+        _refuse_unless_private(os.fstat(stream.fileno()), path, directory=False)
         match = _HEX_SECRET.fullmatch(stream.read(100))
     if match is None:
         raise CacheSecretError(f"the cache key {path} is not 64 lowercase hex digits")
@@ -93,13 +84,22 @@ def _check_folder(folder: Path) -> None:
         info = folder.lstat()
     except OSError as exc:
         raise CacheSecretError(f"cannot create {folder}: {exc.strerror}") from None
-    if not stat.S_ISDIR(info.st_mode):
-        raise CacheSecretError(f"{folder} is not a directory (or is a symlink)")
-    if info.st_uid != os.getuid():
-        raise CacheSecretError(f"{folder} is not owned by the current user")
-    if info.st_mode & 0o022:
+    _refuse_unless_private(info, folder, directory=True)
+
+
+def _refuse_unless_private(info: os.stat_result, path: Path, *, directory: bool) -> None:
+    """The key file (or its folder) must be the user's own: nobody else may write it, nor read the key."""
+    if not (stat.S_ISDIR if directory else stat.S_ISREG)(info.st_mode):
         raise CacheSecretError(
-            f"{folder} is writable by group or others (mode {stat.S_IMODE(info.st_mode):o})"
+            f"{path} is not a {'directory' if directory else 'regular file'} (or is a symlink)"
+        )
+    if info.st_uid != os.getuid():
+        raise CacheSecretError(f"{path} is not owned by the current user")
+    if info.st_mode & (0o022 if directory else 0o077):
+        raise CacheSecretError(
+            f"{path} is {'writable' if directory else 'accessible'} to group or others (mode "
+            f"{stat.S_IMODE(info.st_mode):o}, need {'no group/other write' if directory else '600'})"
+            + ("" if directory else "; delete it to make a new one")
         )
 
 

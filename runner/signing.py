@@ -54,6 +54,8 @@ __all__ = [
     "load_private_key_text",
     "parse_public_key",
     "public_key_b64",
+    "public_key_pem",
+    "private_key_pem",
     "public_key_raw",
     "sign_bytes",
     "verify_bytes",
@@ -126,6 +128,20 @@ def public_key_b64(key: Ed25519PublicKey) -> str:
     return base64.b64encode(public_key_raw(key)).decode("ascii")
 
 
+def public_key_pem(key: Ed25519PublicKey) -> str:
+    """The PEM ``SubjectPublicKeyInfo`` form (one block) that policies also accept."""
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+def private_key_pem(key: Ed25519PrivateKey) -> bytes:
+    """The unencrypted PKCS#8 PEM that ``keys generate`` writes and :func:`load_private_key` reads."""
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
 def write_keypair(key_id: str, out_dir: Path) -> KeyPair:
     """Write ``ID.key`` (PEM, 0600, created exclusively) and ``ID.pub`` (base64) into ``out_dir``."""
     if not _KEY_ID.fullmatch(key_id):
@@ -137,9 +153,7 @@ def write_keypair(key_id: str, out_dir: Path) -> KeyPair:
         if path.exists():
             raise KeyFileError(f"{path} already exists; refusing to overwrite a key")
     key = generate_keypair()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = private_key_pem(key)
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)

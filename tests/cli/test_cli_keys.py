@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from cli_process import REPO, sandrun
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from runner import signing
@@ -35,20 +34,11 @@ P112_PRIVATE = (  # test-only (openssl, secp112r1), not a secret
 
 
 def _public_pem() -> str:
-    key = signing.generate_keypair().public_key()
-    return key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    return signing.public_key_pem(signing.generate_keypair().public_key())
 
 
 def _private_pem() -> str:
-    return (
-        signing.generate_keypair()
-        .private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        .decode()
-    )
+    return signing.private_key_pem(signing.generate_keypair()).decode()
 
 
 def _one_line(result: object, rule: str) -> None:

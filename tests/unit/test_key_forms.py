@@ -28,21 +28,11 @@ SHARED_POLICY = (CASES / "_shared" / "policy.yaml").read_text(encoding="utf-8")
 EXAMPLES_2026 = "u0ArpydXjVcTF/PGplvPldoDy4g7sM1CHn/qP1UbbLQ="
 TODAY = dt.date(2026, 11, 21)
 
-#: libsodium's small-order y coordinates; each with both sign bits gives the 14 weak encodings.
-SMALL_ORDER_Y = [
-    "00" * 32,
-    "01" + "00" * 31,
-    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
-    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
-    "ec" + "ff" * 30 + "7f",
-    "ed" + "ff" * 30 + "7f",
-    "ee" + "ff" * 30 + "7f",
-]
-WEAK_KEYS = [
-    bytes.fromhex(y[:62] + f"{int(y[62:], 16) | sign:02x}") for y in SMALL_ORDER_Y for sign in (0, 0x80)
-]
+#: The blocklist's y coordinates with either sign bit: the 14 weak encodings (each shown weak below).
+WEAK_KEYS = sorted(y[:31] + bytes([y[31] | sign]) for y in signing._SMALL_ORDER_Y for sign in (0, 0x80))
+IDENTITY = bytes([1]) + bytes(31)
 #: R = the identity point, S = 0: valid under a small-order key A whenever [k]A is the identity.
-FIXED_SIGNATURE = bytes([1]) + bytes(31) + bytes(32)
+FIXED_SIGNATURE = IDENTITY + bytes(32)
 STATEMENTS = [signing.module_statement(hashlib.sha256(b"%d" % i).hexdigest()) for i in range(200)]
 
 #: A test-only secp112r1 key pair (made with openssl; not a secret): a curve cryptography lacks.
@@ -59,19 +49,11 @@ Ax4ABLjZZ9Qcy+6+Q2voYpoqGZvbH3e185/J3DFuatg=
 
 
 def _pem(key: Ed25519PublicKey) -> str:
-    return key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    return signing.public_key_pem(key)
 
 
 def _private_pem() -> str:
-    return (
-        signing.generate_keypair()
-        .private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        .decode()
-    )
+    return signing.private_key_pem(signing.generate_keypair()).decode()
 
 
 def _refusal(text: str) -> str | None:
@@ -94,8 +76,12 @@ def test_every_small_order_encoding_is_weak_under_cryptography_and_refused(raw: 
     assert _refusal(_pem(accepted)) == "key.small-order"
 
 
+def test_the_blocklist_is_the_14_encodings_of_the_8_small_order_points() -> None:
+    assert len(set(WEAK_KEYS)) == 14 and IDENTITY in WEAK_KEYS
+
+
 def test_identity_key_would_verify_every_module_with_one_signature() -> None:
-    identity = Ed25519PublicKey.from_public_bytes(WEAK_KEYS[2])
+    identity = Ed25519PublicKey.from_public_bytes(IDENTITY)
     signature = base64.b64encode(FIXED_SIGNATURE).decode()
     one, two = hashlib.sha256(b"one").hexdigest(), hashlib.sha256(b"two").hexdigest()
     assert signing.verify_module_digest(identity, one, signature)
@@ -211,7 +197,7 @@ def test_revoking_one_id_cannot_leave_its_twin_trusted(tmp_path: Path) -> None:
 
 
 def test_weak_key_in_a_policy_is_refused_with_its_line(tmp_path: Path) -> None:
-    weak = base64.b64encode(WEAK_KEYS[2]).decode()
+    weak = base64.b64encode(IDENTITY).decode()
     with pytest.raises(InputError) as caught:
         _compile_under(tmp_path, _with_keys(f"{{id: weak, public_key: {weak}}}"))
     [violation] = caught.value.violations
