@@ -65,7 +65,8 @@ __all__ = [
 
 MODULE_STATEMENT_PREFIX = b"sandrun/module-signature/v1\n"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: As the schemas' keyId: never 64 hex digits, which ``signatures.revoked`` would read as a digest.
+_KEY_ID = re.compile(r"(?![0-9A-Fa-f]{64}\Z)[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: One PEM block: the label, then base64 lines, then the matching END line; nothing else.
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,40})-----\r?\n([A-Za-z0-9+/=\r\n]*)-----END \1-----")
 _FIELD_PRIME = 2**255 - 19
@@ -145,7 +146,10 @@ def private_key_pem(key: Ed25519PrivateKey) -> bytes:
 def write_keypair(key_id: str, out_dir: Path) -> KeyPair:
     """Write ``ID.key`` (PEM, 0600, created exclusively) and ``ID.pub`` (base64) into ``out_dir``."""
     if not _KEY_ID.fullmatch(key_id):
-        raise KeyFileError(f"key id {key_id!r} must match {_KEY_ID.pattern}")
+        raise KeyFileError(
+            f"key id {key_id!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter "
+            "or digit, and not 64 hex digits (that reads as a digest)"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     private_path = out_dir / f"{key_id}.key"
     public_path = out_dir / f"{key_id}.pub"

@@ -261,3 +261,9 @@ def test_runner_signing_key_with_two_blocks_is_refused(tmp_path: Path) -> None:
         with pytest.raises(InputError) as caught:
             load_runner_key(path, env)
         assert caught.value.rule_id == "key.pem-shape"
+
+
+def test_keys_generate_refuses_an_id_that_reads_as_a_digest(tmp_path: Path) -> None:
+    with pytest.raises(signing.KeyFileError):
+        signing.write_keypair(hashlib.sha256(b"x").hexdigest(), tmp_path)
+    assert signing.write_keypair(hashlib.sha256(b"x").hexdigest()[:63], tmp_path).public_path.exists()
