@@ -122,11 +122,11 @@ class ModuleCache:
         self.disk_problem = "no cache folder" if directory is None else check_private_dir(directory)
         self.max_disk_bytes = _DEFAULT_MAX_BYTES if max_disk_bytes is None else max_disk_bytes
         self._secret: CacheSecret | None = None
-        if self.disk_problem is None:
+        if self.disk_problem is None and directory is not None:
             try:
                 if max_disk_bytes is None:
                     self.max_disk_bytes = _max_bytes_from_env()
-                self._secret = load_secret(secret_path or default_secret_path())
+                self._secret = load_secret(_outside(secret_path or default_secret_path(), directory))
             except (CacheSecretError, ValueError) as exc:
                 self.disk_problem = str(exc)
 
@@ -253,6 +253,13 @@ class ModuleCache:
             artifact.with_suffix(".json").unlink(missing_ok=True)
             artifact.unlink(missing_ok=True)
             total -= size
+
+
+def _outside(secret_path: Path, directory: Path) -> Path:
+    """The secret's path, refused when it lies in the cache folder (whoever fills one has the other)."""
+    if secret_path.resolve().is_relative_to(directory.resolve()):
+        raise CacheSecretError(f"the cache key {secret_path} must not be inside the cache folder {directory}")
+    return secret_path
 
 
 def _max_bytes_from_env() -> int:

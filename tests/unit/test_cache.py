@@ -447,3 +447,10 @@ def test_cache_size_cap_from_the_environment(monkeypatch: pytest.MonkeyPatch, ca
     monkeypatch.setenv(MAX_BYTES_ENV, "lots")
     problem = ModuleCache(cache_dir).disk_problem
     assert problem is not None and MAX_BYTES_ENV in problem
+
+
+def test_secret_inside_the_cache_folder_is_refused(cache_dir: Path, probe_wasm: bytes) -> None:
+    """A restored cache would bring its own key with it."""
+    cache = ModuleCache(cache_dir, secret_path=cache_dir / "keys" / "cache.key")
+    assert cache.disk_problem is not None and "inside the cache folder" in cache.disk_problem
+    assert not (cache_dir / "keys").exists()
