@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,10 +129,11 @@ def test_too_deep_block_nesting_stops_at_the_limit() -> None:
 
 
 def test_too_deep_flow_nesting_fails_fast() -> None:
-    start = time.perf_counter()
     error = refusal("too-deep-flow.yaml")  # 100 000 nested brackets
     assert where(error)[:2] == ("yaml.depth", 1)
-    assert time.perf_counter() - start < 1.0
+    # fast without a clock: refused within the first few thousand brackets, not after reading them all
+    assert error.location is not None and error.location.column is not None
+    assert error.location.column < 5_000
 
 
 def test_nesting_at_the_limit_is_accepted() -> None:
@@ -144,14 +144,12 @@ def test_nesting_at_the_limit_is_accepted() -> None:
 
 def test_billion_laughs_fails_fast_without_memory_growth() -> None:
     tracemalloc.start()
-    start = time.perf_counter()
     try:
         error = refusal("billion-laughs.yaml")
-        elapsed = time.perf_counter() - start
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert elapsed < 1.0
+    # fast without a clock: nothing was expanded (memory stays flat), one violation per anchor
     assert peak < 5 * 1024 * 1024
     assert {v.rule_id for v in error.violations} == {"yaml.alias"}
     # one violation per anchor name (a..i), not one per alias
