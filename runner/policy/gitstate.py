@@ -27,6 +27,7 @@ import re
 import stat
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ _MAX_PACKED_REFS = 64 << 20
 _MAX_OBJECT = 16 << 20  # a commit or a tree; far above any real one
 _MAX_POLICY = 1 << 20  # runner.source.MAX_DOCUMENT_BYTES: a larger policy never loaded anyway
 _MAX_DELTA_CHAIN = 4096  # git's own pack.depth cap is 4095
+_MAX_WORK = 64 << 20  # bytes read, inflated and rebuilt for one policy: a hostile pack costs no more
 _MAX_SYMREF_HOPS = 5  # git follows at most 5 symbolic refs as well
 _HEX = {20: re.compile(rb"[0-9a-f]{40}"), 32: re.compile(rb"[0-9a-f]{64}")}
 _TYPES = {1: b"commit", 2: b"tree", 3: b"blob", 4: b"tag"}
@@ -208,6 +210,13 @@ class _Objects:
         self.folder = folder
         self.hash_size = hash_size
         self.hash = hashlib.sha1 if hash_size == 20 else hashlib.sha256
+        self.budget = _MAX_WORK
+
+    def spend(self, size: int) -> None:
+        """Charge ``size`` bytes of work; a long delta chain of big objects runs out, not the host."""
+        self.budget -= size
+        if self.budget < 0:
+            raise _Unreadable("reading the objects costs more than allowed")
 
     def read(self, oid: bytes, kind: bytes) -> bytes:
         """The body of object ``oid`` (hex), which must be of ``kind`` and hash to ``oid``."""
@@ -227,7 +236,9 @@ class _Objects:
             raw = _read(self.folder / name[:2] / name[2:], _MAX_OBJECT)
         except FileNotFoundError:
             return None
+        self.spend(len(raw))
         data = _inflate(raw, _MAX_OBJECT + 64)
+        self.spend(len(data))
         header, _, body = data.partition(b"\0")
         kind, _, size = header.partition(b" ")
         if not size.isdigit() or int(size) != len(body):
@@ -293,20 +304,21 @@ class _Objects:
                     distance, more = _offset_encoding(head[used:])
                     if not 0 < distance <= offset:
                         raise _Unreadable("bad delta base offset")
-                    deltas.append(f.inflate(offset + used + more, size))
+                    deltas.append(f.inflate(offset + used + more, size, self.spend))
                     offset -= distance
                 elif kind == _REF_DELTA:
                     base_id = head[used : used + self.hash_size]
-                    deltas.append(f.inflate(offset + used + self.hash_size, size))
+                    deltas.append(f.inflate(offset + used + self.hash_size, size, self.spend))
                     base_kind, body = self._base(base_id.hex().encode(), depth - len(deltas))
                     break
                 elif kind in _TYPES:
-                    base_kind, body = _TYPES[kind], f.inflate(offset + used, size)
+                    base_kind, body = _TYPES[kind], f.inflate(offset + used, size, self.spend)
                     break
                 else:
                     raise _Unreadable("unknown pack entry type")
         for delta in reversed(deltas):
             body = _apply_delta(body, delta)
+            self.spend(len(body))
         return base_kind, body
 
     def _base(self, oid: bytes, depth: int) -> tuple[bytes, bytes]:
@@ -335,18 +347,25 @@ class _RegularFile:
     def u32(self, offset: int) -> int:
         return int(struct.unpack(">I", self.pread(4, offset))[0])
 
-    def inflate(self, offset: int, size: int) -> bytes:
-        """Exactly ``size`` bytes inflated from the zlib stream at ``offset``; never more are produced."""
+    def inflate(self, offset: int, size: int, spend: Callable[[int], None]) -> bytes:
+        """Exactly ``size`` bytes inflated from the zlib stream at ``offset``; never more are produced.
+
+        Every byte read and inflated is charged to ``spend`` as it goes.
+        """
         inflater = zlib.decompressobj()
         out = bytearray()
         pending = b""
         while not inflater.eof:
             if not pending:
-                pending = self.pread(64 << 10, offset)
+                # a zlib stream is rarely much longer than what it inflates to: read about that much
+                pending = self.pread(min(64 << 10, size + 256), offset)
                 offset += len(pending)
+                spend(len(pending))
                 if not pending:
                     raise _Unreadable("truncated pack entry")
-            out += inflater.decompress(pending, size + 1 - len(out))
+            produced = inflater.decompress(pending, size + 1 - len(out))
+            spend(len(produced))
+            out += produced
             pending = inflater.unconsumed_tail
             if len(out) > size:
                 raise _Unreadable("pack entry larger than its header says")

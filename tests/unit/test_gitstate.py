@@ -261,3 +261,69 @@ def test_damaged_packs_never_raise(
     target.write_bytes(bytes(raw))
     found = state(copy / "p.yaml")
     assert found is not None and found.commit == head
+
+
+def _pack_entry_header(kind: int, size: int) -> bytes:
+    out = [(kind << 4) | (size & 15)]
+    size >>= 4
+    while size:
+        out[-1] |= 0x80
+        out.append(size & 0x7F)
+        size >>= 7
+    return bytes(out)
+
+
+def _ofs(distance: int) -> bytes:
+    out = [distance & 0x7F]
+    distance >>= 7
+    while distance:
+        distance -= 1
+        out.insert(0, 0x80 | (distance & 0x7F))
+        distance >>= 7
+    return bytes(out)
+
+
+def _varint(value: int) -> bytes:
+    out = []
+    while True:
+        out.append(value & 0x7F | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def test_a_delta_chain_bomb_stops_at_the_work_budget(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HEAD's commit stored as 4000 deltas that each rebuild 8 MiB: 32 GB of work, stopped after ~64 MiB."""
+    import struct
+    import zlib
+
+    import runner.policy.gitstate as gitstate
+
+    head = git(repo, "rev-parse", "HEAD")
+    (repo / ".git" / "objects" / head[:2] / head[2:]).unlink()
+    size = 8 << 20
+    pack = bytearray(b"PACK" + struct.pack(">II", 2, 4001))
+    offsets = [len(pack)]
+    pack += _pack_entry_header(1, size) + zlib.compress(bytes(size))
+    delta = _varint(size) + _varint(size) + bytes([0x80 | 0x40, 0x80])  # copy 8 MiB from offset 0
+    for _ in range(4000):
+        offsets.append(len(pack))
+        pack += _pack_entry_header(6, len(delta)) + _ofs(offsets[-1] - offsets[-2]) + zlib.compress(delta)
+    fanout = b"".join(struct.pack(">I", int(int(head[:2], 16) <= i)) for i in range(256))
+    index = (
+        b"\377tOc"
+        + struct.pack(">I", 2)
+        + fanout
+        + bytes.fromhex(head)
+        + bytes(4)
+        + struct.pack(">I", offsets[-1])
+    )
+    folder = repo / ".git" / "objects" / "pack"
+    folder.mkdir(exist_ok=True)
+    (folder / "pack-bomb.pack").write_bytes(bytes(pack))
+    (folder / "pack-bomb.idx").write_bytes(index)
+    applied = []
+    real = gitstate._apply_delta
+    monkeypatch.setattr(gitstate, "_apply_delta", lambda base, d: applied.append(1) or real(base, d))
+    assert state(repo / "policies" / "ci.yaml") == GitState(head, dirty=True)
+    assert 1 <= len(applied) <= 8
