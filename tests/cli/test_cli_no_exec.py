@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 from cli_process import sandrun
+from cli_project import make_project
 from click.testing import CliRunner
-from project import make_project
 
 from runner.cli import cli
 
@@ -34,7 +34,9 @@ _started: list[str] | None = None  # programs started while a guard is on; None:
 def _audit(event: str, args: tuple[Any, ...]) -> None:
     if _started is None or event not in _PROGRAM_EVENTS:
         return
-    program = args[0] if event != "subprocess.Popen" or args[0] is not None else args[1][0]
+    program = args[0]
+    if event == "subprocess.Popen" and program is None:  # (executable, args, cwd, env)
+        program = args[1] if isinstance(args[1], (str, bytes)) else args[1][0]
     if event != "os.system" and _own_interpreter(program):
         return  # Sandrun's own worker processes run this same interpreter, never a host program
     _started.append(f"{event}: {program!r}")

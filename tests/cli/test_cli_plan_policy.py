@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from cli_process import sandrun
-from project import make_project
+from cli_project import make_project
 
 from runner.canonical import canonical_json
 

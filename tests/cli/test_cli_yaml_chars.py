@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from cli_process import sandrun
-from project import make_project
+from cli_project import make_project
 
 HOSTILE = Path(__file__).resolve().parents[1] / "hostile" / "yaml"
 
