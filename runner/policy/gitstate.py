@@ -50,6 +50,10 @@ class _Unreadable(Exception):
     """The repository is not one this reader can vouch for; no commit (or a dirty one) is recorded."""
 
 
+# Every way damaged or hostile repository files can fail a read: never an exception for the caller.
+_TROUBLE = (_Unreadable, OSError, ValueError, LookupError, zlib.error, struct.error)
+
+
 @dataclass(frozen=True, slots=True)
 class GitState:
     """HEAD's commit id and whether the file's bytes differ from that commit's."""
@@ -77,11 +81,11 @@ def git_state(path: Path) -> GitState | None:
         top, gitdir = found
         common = _common_dir(gitdir)
         commit = _resolve_head(gitdir, common)
-    except (_Unreadable, OSError, ValueError, UnicodeError):
+    except _TROUBLE:
         return None
     try:
         matches = _file_matches(_Objects(common / "objects", len(commit) // 2), commit, top, path)
-    except (_Unreadable, OSError, ValueError, LookupError, zlib.error, struct.error):
+    except _TROUBLE:
         matches = False  # the commit is known, but not that the file is in it
     return GitState(commit.decode("ascii"), dirty=not matches)
 
@@ -220,15 +224,32 @@ class _Objects:
 
     def read(self, oid: bytes, kind: bytes) -> bytes:
         """The body of object ``oid`` (hex), which must be of ``kind`` and hash to ``oid``."""
-        found = self._loose(oid)
-        if found is None:
-            found = self._packed(oid, _MAX_DELTA_CHAIN)
-        actual, body = found
+        actual, body = self._object(oid)
         if actual != kind:
             raise _Unreadable(f"object is a {actual!r}, not a {kind!r}")
         if self.hash(b"%s %d\0%s" % (kind, len(body), body)).hexdigest().encode() != oid:
             raise _Unreadable("object does not hash to its id")
         return body
+
+    def _object(self, oid: bytes) -> tuple[bytes, bytes]:
+        """Kind and body of ``oid``: loose, or packed with its whole delta chain applied.
+
+        A loop, not recursion: a chain of reference deltas (each naming its base by id, possibly in
+        another pack) is followed like offset deltas, under the same length cap.
+        """
+        deltas: list[bytes] = []
+        while True:
+            found: bytes | tuple[bytes, bytes] | None = self._loose(oid)
+            if found is None:
+                found = self._walk(*self._locate(oid), deltas)
+            if isinstance(found, tuple):
+                break
+            oid = found
+        kind, body = found
+        for delta in reversed(deltas):
+            body = _apply_delta(body, delta)
+            self.spend(len(body))
+        return kind, body
 
     def _loose(self, oid: bytes) -> tuple[bytes, bytes] | None:
         name = oid.decode("ascii")
@@ -245,21 +266,17 @@ class _Objects:
             raise _Unreadable("loose object size does not match")
         return kind, body
 
-    def _packed(self, oid: bytes, depth: int) -> tuple[bytes, bytes]:
-        if depth <= 0:
-            raise _Unreadable("delta chain too long")
+    def _locate(self, oid: bytes) -> tuple[Path, int]:
+        """The pack holding ``oid`` and its offset there."""
         binary = bytes.fromhex(oid.decode("ascii"))
-        pack_dir = self.folder / "pack"
         try:
-            names = sorted(pack_dir.iterdir())
+            names = sorted(p for p in (self.folder / "pack").iterdir() if p.suffix == ".idx")
         except FileNotFoundError:
             names = []
         for idx in names:
-            if idx.suffix != ".idx":
-                continue
             offset = self._find(idx, binary)
             if offset is not None:
-                return self._entry(idx.with_suffix(".pack"), offset, depth)
+                return idx.with_suffix(".pack"), offset
         raise _Unreadable("object not found")
 
     def _find(self, idx: Path, binary: bytes) -> int | None:
@@ -289,12 +306,14 @@ class _Objects:
                     high = middle
         return None
 
-    def _entry(self, pack: Path, offset: int, depth: int) -> tuple[bytes, bytes]:
-        """The object at ``offset`` of ``pack``, its delta chain applied (at most ``depth`` links)."""
-        deltas: list[bytes] = []
+    def _walk(self, pack: Path, offset: int, deltas: list[bytes]) -> bytes | tuple[bytes, bytes]:
+        """Follow offset deltas from ``offset``, adding each to ``deltas``.
+
+        Returns the base object (kind, body), or the id of the base a reference delta names.
+        """
         with _RegularFile(pack) as f:
             while True:
-                if len(deltas) >= depth:
+                if len(deltas) >= _MAX_DELTA_CHAIN:
                     raise _Unreadable("delta chain too long")
                 head = f.pread(64, offset)
                 kind, size, used = _entry_header(head)
@@ -307,23 +326,12 @@ class _Objects:
                     deltas.append(f.inflate(offset + used + more, size, self.spend))
                     offset -= distance
                 elif kind == _REF_DELTA:
-                    base_id = head[used : used + self.hash_size]
                     deltas.append(f.inflate(offset + used + self.hash_size, size, self.spend))
-                    base_kind, body = self._base(base_id.hex().encode(), depth - len(deltas))
-                    break
+                    return head[used : used + self.hash_size].hex().encode()
                 elif kind in _TYPES:
-                    base_kind, body = _TYPES[kind], f.inflate(offset + used, size, self.spend)
-                    break
+                    return _TYPES[kind], f.inflate(offset + used, size, self.spend)
                 else:
                     raise _Unreadable("unknown pack entry type")
-        for delta in reversed(deltas):
-            body = _apply_delta(body, delta)
-            self.spend(len(body))
-        return base_kind, body
-
-    def _base(self, oid: bytes, depth: int) -> tuple[bytes, bytes]:
-        loose = self._loose(oid)
-        return loose if loose is not None else self._packed(oid, depth)
 
 
 class _RegularFile:

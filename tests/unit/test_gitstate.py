@@ -6,16 +6,20 @@ reader under test never starts a program (tests/cli/test_cli_no_exec.py proves t
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import struct
 import subprocess
 import threading
+import zlib
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import runner.policy.gitstate as gitstate
 from runner.policy.gitstate import GitState, git_state, policy_commit
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="building test repositories needs git")
@@ -292,13 +296,27 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
+def _write_pack(repo: Path, pack: bytes, entries: dict[bytes, int]) -> None:
+    """A pack and its version 2 index (checksums left out: the reader does not rely on them)."""
+    names = sorted(entries)
+    fanout = b"".join(struct.pack(">I", sum(1 for n in names if n[0] <= i)) for i in range(256))
+    index = b"\377tOc" + struct.pack(">I", 2) + fanout + b"".join(names) + bytes(4 * len(names))
+    index += b"".join(struct.pack(">I", entries[n]) for n in names)
+    folder = repo / ".git" / "objects" / "pack"
+    folder.mkdir(exist_ok=True)
+    (folder / "pack-hostile.pack").write_bytes(pack)
+    (folder / "pack-hostile.idx").write_bytes(index)
+
+
+def _count_deltas(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    applied: list[int] = []
+    real = gitstate._apply_delta
+    monkeypatch.setattr(gitstate, "_apply_delta", lambda base, d: applied.append(1) or real(base, d))
+    return applied
+
+
 def test_a_delta_chain_bomb_stops_at_the_work_budget(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """HEAD's commit stored as 4000 deltas that each rebuild 8 MiB: 32 GB of work, stopped after ~64 MiB."""
-    import struct
-    import zlib
-
-    import runner.policy.gitstate as gitstate
-
     head = git(repo, "rev-parse", "HEAD")
     (repo / ".git" / "objects" / head[:2] / head[2:]).unlink()
     size = 8 << 20
@@ -309,21 +327,28 @@ def test_a_delta_chain_bomb_stops_at_the_work_budget(repo: Path, monkeypatch: py
     for _ in range(4000):
         offsets.append(len(pack))
         pack += _pack_entry_header(6, len(delta)) + _ofs(offsets[-1] - offsets[-2]) + zlib.compress(delta)
-    fanout = b"".join(struct.pack(">I", int(int(head[:2], 16) <= i)) for i in range(256))
-    index = (
-        b"\377tOc"
-        + struct.pack(">I", 2)
-        + fanout
-        + bytes.fromhex(head)
-        + bytes(4)
-        + struct.pack(">I", offsets[-1])
-    )
-    folder = repo / ".git" / "objects" / "pack"
-    folder.mkdir(exist_ok=True)
-    (folder / "pack-bomb.pack").write_bytes(bytes(pack))
-    (folder / "pack-bomb.idx").write_bytes(index)
-    applied = []
-    real = gitstate._apply_delta
-    monkeypatch.setattr(gitstate, "_apply_delta", lambda base, d: applied.append(1) or real(base, d))
+    _write_pack(repo, bytes(pack), {bytes.fromhex(head): offsets[-1]})
+    applied = _count_deltas(monkeypatch)
     assert state(repo / "policies" / "ci.yaml") == GitState(head, dirty=True)
     assert 1 <= len(applied) <= 8
+
+
+@pytest.mark.parametrize(("links", "applied"), [(3000, 3000), (5000, 0)])
+def test_reference_delta_chains_are_followed_without_recursion_up_to_the_cap(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, links: int, applied: int
+) -> None:
+    """Each reference delta names its base by id: a chain deeper than Python's stack, then past the cap."""
+    head = git(repo, "rev-parse", "HEAD")
+    (repo / ".git" / "objects" / head[:2] / head[2:]).unlink()
+    ids = [hashlib.sha1(b"%d" % i).digest() for i in range(links)] + [bytes.fromhex(head)]
+    pack = bytearray(b"PACK" + struct.pack(">II", 2, links + 1))
+    entries = {ids[0]: len(pack)}
+    pack += _pack_entry_header(3, 100) + zlib.compress(b"x" * 100)
+    delta = _varint(100) + _varint(100) + bytes([0x80 | 0x10, 100])  # copy the 100 bytes
+    for index in range(1, links + 1):
+        entries[ids[index]] = len(pack)
+        pack += _pack_entry_header(7, len(delta)) + ids[index - 1] + zlib.compress(delta)
+    _write_pack(repo, bytes(pack), entries)
+    counted = _count_deltas(monkeypatch)
+    assert state(repo / "policies" / "ci.yaml") == GitState(head, dirty=True)  # a blob, not the commit
+    assert len(counted) == applied
