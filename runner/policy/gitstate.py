@@ -95,23 +95,11 @@ def git_state(path: Path) -> GitState | None:
 
 def _read(path: Path, limit: int) -> bytes:
     """A regular file's bytes, at most ``limit``; never follows a final symlink, never blocks on a FIFO."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-            raise _Unreadable(f"{path} is not a regular file of at most {limit} bytes")
-        chunks = []
-        left = info.st_size + 1  # one more: a file that grew since fstat is refused
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
-    if len(data) > info.st_size:
+    with _RegularFile(path) as f:
+        if f.size > limit:
+            raise _Unreadable(f"{path} is larger than {limit} bytes")
+        data = f.pread(f.size + 1, 0)  # one more: a file that changed since it was opened is refused
+    if len(data) != f.size:
         raise _Unreadable(f"{path} changed while read")
     return data
 
@@ -335,13 +323,16 @@ class _Objects:
 
 
 class _RegularFile:
-    """A pack or index opened like :func:`_read` opens files, for positioned reads."""
+    """A file that must be a regular one (never a FIFO, device or final symlink), for positioned reads."""
 
     def __init__(self, path: Path) -> None:
+        # O_NONBLOCK: opening a FIFO returns at once (and is then refused) instead of waiting a writer
         self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-        if not stat.S_ISREG(os.fstat(self.fd).st_mode):
+        info = os.fstat(self.fd)
+        if not stat.S_ISREG(info.st_mode):
             os.close(self.fd)
             raise _Unreadable(f"{path} is not a regular file")
+        self.size = info.st_size
 
     def __enter__(self) -> _RegularFile:
         return self
