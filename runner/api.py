@@ -312,18 +312,17 @@ def run(
 
 
 def verified_plan(
-    path: Path, *, root: Path | None = None, today: dt.date | None = None, policy_path: Path | None = None
+    path: Path, policy_path: Path, *, root: Path | None = None, today: dt.date | None = None
 ) -> Plan:
     """A compiled plan, run only under the policy the operator names, and only if it still compiles to itself.
 
     A plan is a lock file, not a grant; whoever wrote it never picks the policy:
 
     1. the policy the plan names must lie inside the root (``plan.policy-outside-root``, exit 3);
-    2. with ``policy_path`` (``run --policy``), that policy decides: it must be the very file the
-       plan was compiled under, same path and sha256 (``plan.policy-mismatch``, exit 3); without
-       it, the plan's own policy decides (it is inside the root, so it is the operator's file);
-    3. recompiling the plan's manifests under the deciding policy must give the same bytes, so an
-       edited plan, a changed input or a key that has since expired is refused (``plan.mismatch``).
+    2. ``policy_path`` (``run --policy``) decides: it must be the very file the plan was compiled
+       under, same path and sha256 (``plan.policy-mismatch``, exit 3);
+    3. recompiling the plan's manifests under it must give the same bytes, so an edited plan, a
+       changed input or a key that has since expired is refused (``plan.mismatch``, exit 3).
     """
     plan = load_plan(path)
     base = (root or Path.cwd()).resolve()
@@ -338,22 +337,19 @@ def verified_plan(
             where,
         )
     # (2) the operator's policy is the one the plan was compiled under
-    deciding = named
-    if policy_path is not None:
-        operator = load_policy(policy_path, base)
-        deciding = Path(operator.path).resolve()
-        if deciding != named or operator.document.sha256 != plan.policy.sha256:
-            raise PolicyDenied.one(
-                "plan.policy-mismatch",
-                f"the plan was compiled under {plan.policy.path} (sha256 {plan.policy.sha256[:12]}), "
-                f"not under the policy you named, {policy_path} (sha256 {operator.document.sha256[:12]}); "
-                "compile it under that policy",
-                where,
-                expected=operator.document.sha256,
-                actual=plan.policy.sha256,
-            )
-    # (3) the plan is what its inputs compile to now, under the deciding policy
-    again = compile_manifests([base / m for m in plan.manifests], deciding, root=base, today=today)
+    operator = load_policy(policy_path, base)
+    if Path(operator.path).resolve() != named or operator.document.sha256 != plan.policy.sha256:
+        raise PolicyDenied.one(
+            "plan.policy-mismatch",
+            f"the plan was compiled under {plan.policy.path} (sha256 {plan.policy.sha256[:12]}), "
+            f"not under the policy you named, {policy_path} (sha256 {operator.document.sha256[:12]}); "
+            "compile it under that policy",
+            where,
+            expected=operator.document.sha256,
+            actual=plan.policy.sha256,
+        )
+    # (3) the plan is what its inputs compile to now, under that policy
+    again = compile_manifests([base / m for m in plan.manifests], policy_path, root=base, today=today)
     if again.sha256 != plan.sha256:
         raise PolicyDenied.one(
             "plan.mismatch",
@@ -366,14 +362,13 @@ def verified_plan(
 
 
 def _plan_record(plan: Plan, plan_sha256: str, operator_policy: Path | None) -> dict[str, Any]:
-    """The ``plan.compiled`` record; ``policy_decided_by`` says who chose the policy that decided.
+    """The ``plan.compiled`` record, with the policy the operator named (``--policy``) as typed.
 
-    When the operator named one, it is that very file (:func:`verified_plan` refuses any other),
-    so its sha256 is the plan's policy sha256.
+    The plan was compiled under that very file (:func:`verified_plan` refuses any other), so its
+    sha256 is the plan's policy sha256.
     """
     policy = plan.policy
     return {
-        "policy_decided_by": "plan" if operator_policy is None else "operator",
         "operator_policy": None
         if operator_policy is None
         else {"path": str(operator_policy), "sha256": policy.sha256},
@@ -396,11 +391,13 @@ def plan_maker(
     root: Path | None = None,
     today: dt.date | None = None,
 ) -> Callable[[], Plan]:
-    """What ``sandrun run`` runs: one ``*.json`` plan as is, or manifests compiled under a policy."""
-    if len(sources) == 1 and sources[0].suffix == ".json":
-        return lambda: verified_plan(sources[0], root=root, today=today, policy_path=policy_path)
+    """What ``sandrun run`` runs: one ``*.json`` plan, or manifests, under the policy the operator names."""
     if policy_path is None:
-        raise InputError.one("input.policy", "--policy is required to run manifests (or give one plan.json)")
+        raise InputError.one(
+            "input.policy", "--policy is required: manifests and plans run only under the policy you name"
+        )
+    if len(sources) == 1 and sources[0].suffix == ".json":
+        return lambda: verified_plan(sources[0], policy_path, root=root, today=today)
     return lambda: compile_manifests(sources, policy_path, root=root, today=today)
 
 

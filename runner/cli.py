@@ -324,7 +324,7 @@ def _print_run_end(outcome: Any) -> None:
     "policy_path",
     type=click.Path(path_type=Path),
     default=None,
-    help="The policy (required unless SOURCES is one compiled plan.json).",
+    help="The policy that decides (required; a plan.json must have been compiled under it).",
 )
 @click.option(
     "-j", "--jobs", type=click.IntRange(min=1), default=None, help="Parallel jobs (default: cores)."
@@ -342,7 +342,7 @@ def run_command(
     signing_key: Path | None,
     key_name: str | None,
 ) -> None:
-    """Run manifests (compiled under --policy) or a compiled plan; write outputs and the audit log."""
+    """Run manifests, or one compiled plan, under --policy; write outputs and the audit log."""
     from runner.api import plan_maker
     from runner.executor import BatchOptions
 
@@ -368,11 +368,7 @@ def run_command(
     )
     _print_run_end(outcome)
     policy = decided[0]
-    click.echo(
-        f"policy that decided: {policy.name} ({policy.path}, sha256 {policy.sha256}), named by "
-        + ("the plan (no --policy given)" if policy_path is None else "--policy"),
-        err=True,
-    )
+    click.echo(f"policy (--policy): {policy.name} ({policy.path}, sha256 {policy.sha256})", err=True)
     sys.exit(outcome.exit_code)
 
 
