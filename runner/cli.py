@@ -21,7 +21,16 @@ from typing import Any
 import click
 
 from runner import __version__
-from runner.errors import EXIT_INTERRUPTED, EXIT_INVALID_INPUT, InputError, Location, SandrunError, Violation
+from runner.errors import (
+    EXIT_AUDIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID_INPUT,
+    AuditError,
+    InputError,
+    Location,
+    SandrunError,
+    Violation,
+)
 
 __all__ = ["main", "cli"]
 
@@ -239,7 +248,13 @@ def _apply(options: list) -> Callable:  # type: ignore[type-arg]
     return decorate
 
 
-_run_options = [_root_option, _out_option, *_cache_option, *_signing_options]
+_continue_option = click.option(
+    "--continue-unsealed",
+    is_flag=True,
+    help="Append to a log whose last run has no seal (killed, or cut back after a full disk); "
+    "the log records it (run.continued).",
+)
+_run_options = [_root_option, _out_option, *_cache_option, *_signing_options, _continue_option]
 
 
 def _signing_key(path: Path | None) -> Any:
@@ -258,6 +273,7 @@ def _start_run(
     key_name: str | None,
     sources: list[str],
     progress: bool,
+    continue_unsealed: bool = False,
 ) -> Any:
     """``api.run`` with the runner's key, a progress display, and Ctrl-C turned into a clean stop.
 
@@ -292,6 +308,7 @@ def _start_run(
             cancel=cancel,
             on_progress=display,
             sources=sources,
+            continue_unsealed=continue_unsealed,
         )
     finally:
         if display is not None:
@@ -339,6 +356,7 @@ def run_command(
     cache_dir: Path | None,
     signing_key: Path | None,
     key_name: str | None,
+    continue_unsealed: bool,
 ) -> None:
     """Run manifests (compiled under --policy) or a compiled plan; write outputs and the audit log."""
     from runner.api import plan_maker
@@ -355,6 +373,7 @@ def run_command(
         key_name=key_name,
         sources=[str(s) for s in sources],
         progress=True,
+        continue_unsealed=continue_unsealed,
     )
     _print_run_end(outcome)
     sys.exit(outcome.exit_code)
@@ -424,6 +443,7 @@ def exec_command(
     cache_dir: Path | None,
     signing_key: Path | None,
     key_name: str | None,
+    continue_unsealed: bool,
 ) -> None:
     """Run one module ad hoc, like `wasmtime run`, in the same sandbox and audit.
 
@@ -464,6 +484,7 @@ def exec_command(
         key_name=key_name,
         sources=[str(module)],
         progress=False,
+        continue_unsealed=continue_unsealed,
     )
     job = outcome.report["jobs"][0]
     if outcome.interrupted:
@@ -482,14 +503,25 @@ def audit() -> None:
     """Verify and query audit logs."""
 
 
+_verify_options = [
+    click.option(
+        "--pub", "public_keys", multiple=True, help="Trusted runner public key (file or base64); repeatable."
+    ),
+    click.option(
+        "--expect-head", default=None, help="Published head to check against: a checkpoint file, or its text."
+    ),
+]
+
+
+def _anchor_text(expect_head: str | None) -> str | None:
+    if expect_head is not None and Path(expect_head).is_file():
+        return Path(expect_head).read_text(encoding="utf-8")
+    return expect_head
+
+
 @audit.command("verify")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option(
-    "--pub", "public_keys", multiple=True, help="Trusted runner public key (file or base64); repeatable."
-)
-@click.option(
-    "--expect-head", default=None, help="Published head to check against: a checkpoint file, or its text."
-)
+@_apply(_verify_options)
 @click.option("--strict", is_flag=True, help="Also require every line to be exactly canonical JSON.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def audit_verify(
@@ -497,12 +529,13 @@ def audit_verify(
 ) -> None:
     """Recompute the chain offline; name the first damaged record. Exit 0 intact, 4 otherwise."""
     from runner.audit import verify_log
+    from runner.audit.verify import signatures_clause
 
     _Context.fmt = fmt
     keys = [_public_key(text) for text in public_keys]
-    if expect_head is not None and Path(expect_head).is_file():
-        expect_head = Path(expect_head).read_text(encoding="utf-8")
-    report = verify_log(_log_path(path), public_keys=keys, expect_head=expect_head, strict=strict)
+    report = verify_log(
+        _log_path(path), public_keys=keys, expect_head=_anchor_text(expect_head), strict=strict
+    )
     if fmt == "json":
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -510,7 +543,7 @@ def audit_verify(
             click.echo(render_violation(problem, "text"), err=True)
         click.echo(
             f"{report.status}: {report.records} records, {len(report.runs)} run(s), head {report.head}"
-            + (", seal signatures verified" if report.signatures_checked else "")
+            + signatures_clause(report)
         )
     sys.exit(report.exit_code)
 
@@ -519,6 +552,14 @@ def _log_path(path: Path) -> Path:
     from runner.audit import LOG_NAME
 
     return path / LOG_NAME if path.is_dir() else path
+
+
+def _verified(path: Path, public_keys: tuple[str, ...], expect_head: str | None) -> Any:
+    """Verify the log before reading it (``AuditError``, exit 4, for a damaged or untrusted one)."""
+    from runner.audit import verified_records
+
+    keys = [_public_key(text) for text in public_keys]
+    return verified_records(_log_path(path), public_keys=keys, expect_head=_anchor_text(expect_head))
 
 
 def _public_key(text: str) -> Any:
@@ -537,19 +578,42 @@ def _public_key(text: str) -> Any:
 @click.option("--job", default=None, help="Only records of this job (manifest/job).")
 @click.option("--kind", default=None, help="Only records of this kind (e.g. job.finished).")
 @click.option("--run", "run_id", default=None, help="Only records of this run.")
+@_apply(_verify_options)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def audit_show(path: Path, job: str | None, kind: str | None, run_id: str | None, fmt: str) -> None:
-    """Show audit records, filtered, to answer questions after the fact."""
-    from runner.audit import read_records, select
+def audit_show(
+    path: Path,
+    job: str | None,
+    kind: str | None,
+    run_id: str | None,
+    public_keys: tuple[str, ...],
+    expect_head: str | None,
+    fmt: str,
+) -> None:
+    """Show audit records, filtered, to answer questions after the fact.
+
+    The log is verified first: a damaged one is refused (exit 4). Records of a run without a seal
+    are shown marked UNSEALED (JSON: "sealed": false) and the exit code is then 4.
+    """
+    from runner.audit import select, verification_line
     from runner.report import sanitize_text
 
-    records = select(read_records(_log_path(path)), job=job, kind=kind, run=run_id)
-    for record in records:
+    _Context.fmt = "json" if fmt == "json" else "text"
+    verification, records = _verified(path, public_keys, expect_head)
+    unsealed = {r.run for r in verification.runs if not r.sealed}
+    shown_unsealed = False
+    for record in select(records, job=job, kind=kind, run=run_id):
+        sealed = record["run"] not in unsealed
+        shown_unsealed |= not sealed
         if fmt == "json":
-            click.echo(json.dumps(record, sort_keys=True))
+            click.echo(json.dumps(record if sealed else {**record, "sealed": False}, sort_keys=True))
         else:
             data = sanitize_text(json.dumps(record["data"], sort_keys=True), limit=300)
-            click.echo(f"{record['seq']:>6} {record['ts']} {record['kind']:<16} {data}")
+            mark = "" if sealed else "UNSEALED "
+            click.echo(f"{mark}{record['seq']:>6} {record['ts']} {record['kind']:<16} {data}")
+    click.echo(verification_line(verification), err=True)
+    if shown_unsealed:
+        click.echo("UNSEALED records are not covered by any seal: not verified as a complete run", err=True)
+        sys.exit(EXIT_AUDIT_FAILED)
 
 
 @audit.command("repair")
@@ -568,6 +632,7 @@ def audit_repair(out_dir: Path) -> None:
     "--format", "fmt", type=click.Choice(["json", "junit", "md", "html"]), default="md", show_default=True
 )
 @click.option("--run", "run_id", default=None, help="Which run (default: the last one in the log).")
+@_apply(_verify_options)
 @click.option(
     "-o",
     "--output",
@@ -575,29 +640,46 @@ def audit_repair(out_dir: Path) -> None:
     default=None,
     help="Write here instead of stdout.",
 )
-def report(path: Path, fmt: str, run_id: str | None, output: Path | None) -> None:
-    """Rebuild a run's report from the audit log alone (HTML shows limits used and the chain's state)."""
-    from runner.audit import read_records, results_from_log, verify_log
+def report(
+    path: Path,
+    fmt: str,
+    run_id: str | None,
+    public_keys: tuple[str, ...],
+    expect_head: str | None,
+    output: Path | None,
+) -> None:
+    """Rebuild a run's report from the audit log alone, after verifying it (exit 4 if it does not).
+
+    The run must be sealed: a run that died before its seal has no results to vouch for.
+    """
+    from runner.audit import results_from_log, verification_line
     from runner.fileio import write_atomic
     from runner.report import render_html, render_json, render_junit, render_markdown
 
-    log = _log_path(path)
-    records = read_records(log)
-    data = results_from_log(records, run_id)
+    verification, records = _verified(path, public_keys, expect_head)
+    chosen = run_id or (verification.runs[-1].run if verification.runs else None)
+    run = next((r for r in verification.runs if r.run == chosen), None)
+    if run is None:
+        raise InputError.one("input.run", f"no run {chosen} in the log", Location(file=str(_log_path(path))))
+    line = verification_line(verification, run)
+    if not run.sealed:
+        raise AuditError.one(
+            "audit.unsealed",
+            f"run {run.run} has no seal (it was killed, or its disk filled, before its results were "
+            "sealed): there is no verified result to report",
+            Location(file=str(_log_path(path)), line=run.first_line),
+        )
+    data = results_from_log(records, run.run)
     if fmt == "html":
-        verification = verify_log(log)
         limits = {
             r["data"]["id"]: r["data"]["limits"]
             for r in records
             if r["kind"] == "job.started" and r["run"] == data["run"]
         }
-        text = render_html(
-            data,
-            limits=limits,
-            verification=f"audit chain {verification.status}: {verification.records} records checked",
-        )
+        text = render_html(data, limits=limits, verification=line)
     else:
         text = {"json": render_json, "junit": render_junit, "md": render_markdown}[fmt](data)
+    click.echo(line, err=True)
     if output is None:
         click.echo(text, nl=False)
     else:

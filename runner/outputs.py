@@ -14,15 +14,17 @@ import shutil
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from runner.errors import AuditError, Location
 from runner.fileio import write_atomic
 from runner.report import render_json, render_junit, render_markdown
 from runner.results import Outcome
 
-__all__ = ["LogFolder", "write_outputs", "log_path"]
+__all__ = ["LogFolder", "write_outputs", "log_path", "remove_outputs", "unsealed_on_failure", "REPORT_NAMES"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -153,6 +155,53 @@ class LogFolder:
         if not self._committed:
             self._drain(discard=True)
             shutil.rmtree(self.staging, ignore_errors=True)
+
+
+REPORT_NAMES = ("report.json", "junit.xml", "summary.md", "checkpoint.txt")
+
+
+def remove_outputs(out_dir: Path) -> None:
+    """Remove the previous run's reports and published head, ``report.json`` (the marker that a
+    run's outputs are complete) first, so a run that fails before writing its own leaves none."""
+    for name in REPORT_NAMES:
+        (out_dir / name).unlink(missing_ok=True)
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the removals survive a power loss too
+    finally:
+        os.close(fd)
+
+
+class _Log(Protocol):
+    @property
+    def sealed(self) -> bool: ...
+
+    @property
+    def head(self) -> tuple[int, str]: ...
+
+
+@contextmanager
+def unsealed_on_failure(log: _Log, out_dir: Path) -> Iterator[None]:
+    """Turn a file the run cannot write (a full disk, an I/O error) into one ``audit.write-failed``
+    line and exit 4: the run's partial outputs are removed and its log, whole records only, ends
+    unsealed (or, if only publishing the head failed, sealed without ``checkpoint.txt``)."""
+    try:
+        yield
+    except OSError as exc:
+        with suppress(OSError):  # a failure is already being reported
+            remove_outputs(out_dir)
+        where = f"{exc.filename}: " if exc.filename else ""
+        records, _ = log.head
+        state = (
+            "the run is sealed but its checkpoint was not published"
+            if log.sealed
+            else f"the run ends unsealed after seq {records - 1}, every record before it whole"
+        )
+        raise AuditError.one(
+            "audit.write-failed",
+            f"writing the run's outputs failed ({where}{exc.strerror or exc}); {state}",
+            Location(file=str(out_dir)),
+        ) from None
 
 
 def write_outputs(out_dir: Path, report: Mapping[str, Any], logs: LogFolder) -> None:

@@ -10,15 +10,20 @@ The walk is a checklist run on each line in order; the first line that fails nam
    already taken, ``audit.inserted``; a record that no longer links to its predecessor,
    ``audit.edited`` (one of the two was rewritten and rehashed);
 3. a record after its run's seal, or of a run that already ended, is ``audit.inserted``;
-4. a seal's checkpoint describes exactly the chain before it (``audit.seal-mismatch``) and, when
-   public keys are given, carries a valid signature by one of them (``audit.bad-seal-signature``,
-   ``audit.unknown-signer``, ``audit.unsigned``);
-5. with ``expect_head``, the published head is in the log (``audit.head-mismatch``,
+4. a seal's checkpoint describes exactly the chain before it, and every other field of the seal
+   (its run, time, record count and signer list) matches what the checkpoint signs
+   (``audit.seal-mismatch``); when public keys are given, a signature line that names one of them
+   must verify (``audit.bad-seal-signature``: damage);
+5. a ``run.continued`` record opens its run and names the unsealed record before it
+   (``audit.inserted``);
+6. with ``expect_head``, the published head is in the log (``audit.head-mismatch``,
    ``audit.truncated``).
 
 A log whose last run has no seal verifies as *unsealed*, not as intact and not as damaged: that is
 what a SIGKILL (or a truncation to a record boundary, which only a published head can tell apart)
-leaves.
+leaves. A seal that is whole but signed by none of the given keys (``audit.unknown-signer``: a
+wrong ``--pub``, or a log re-signed by someone else) or not signed (``audit.unsigned``) makes the
+log *untrusted*, not damaged: the walk goes on and still names any damage after it.
 """
 
 from __future__ import annotations
@@ -30,11 +35,29 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runner.audit.checkpoint import Checkpoint, parse_checkpoint, verify_signatures
-from runner.audit.record import GENESIS, RUN_SEALED, LineError, LineHead, parse_line, parse_record
+from runner.audit.record import (
+    GENESIS,
+    RUN_CONTINUED,
+    RUN_SEALED,
+    SEAL_FIELDS,
+    LineError,
+    LineHead,
+    parse_line,
+    parse_record,
+    seal_extension,
+)
 from runner.errors import EXIT_AUDIT_FAILED, EXIT_OK, AuditError, InputError, Location, Violation
 from runner.signing import PublicKey
 
-__all__ = ["RunSummary", "VerifyReport", "verify_log", "read_records"]
+__all__ = [
+    "RunSummary",
+    "VerifyReport",
+    "verify_log",
+    "read_records",
+    "verified_records",
+    "verification_line",
+    "signatures_clause",
+]
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _UNSEALED = "audit.unsealed"
@@ -72,7 +95,10 @@ class RunSummary:
 @dataclass(frozen=True)
 class VerifyReport:
     """``ok``: no damage (every complete record verified). ``sealed``: and the last run is sealed.
-    ``problems`` holds the first damage found, or ``audit.unsealed`` for an ok-but-unsealed log."""
+    ``problems`` holds the first damage found, then the first seal not signed by a given key
+    (``untrusted``), or ``audit.unsealed`` for an ok-but-unsealed log. ``signatures_checked``: keys
+    were given; ``seals_verified`` counts the seals whose signature verified under one of them
+    (before the first damage)."""
 
     path: str
     ok: bool
@@ -82,11 +108,15 @@ class VerifyReport:
     problems: list[Violation]
     head: str | None = None
     signatures_checked: bool = False
+    seals_verified: int = 0
+    untrusted: bool = False
 
     @property
-    def status(self) -> Literal["intact", "unsealed", "damaged"]:
+    def status(self) -> Literal["intact", "unsealed", "untrusted", "damaged"]:
         if not self.ok:
             return "damaged"
+        if self.untrusted:
+            return "untrusted"
         return "intact" if self.sealed else "unsealed"
 
     @property
@@ -103,6 +133,7 @@ class VerifyReport:
             "records": self.records,
             "head": self.head,
             "signatures_checked": self.signatures_checked,
+            "seals_verified": self.seals_verified,
             "runs": [r.to_dict() for r in self.runs],
             "problems": [p.to_dict() for p in self.problems],
         }
@@ -169,6 +200,8 @@ class _Walk:
         self.runs: list[_Run] = []
         self.count = 0
         self.prev = GENESIS
+        self.untrusted: list[Violation] = []  # seals signed by none of the keys: not damage
+        self.seals_verified = 0
 
     def at(self, rule: str, message: str, line: int | None, pointer: str = "") -> Violation:
         return Violation(rule, message, Location(file=self.where, line=line, pointer=pointer))
@@ -208,6 +241,10 @@ class _Walk:
                     problem = self.check_seal(line, head, run, index + 1)
                     if problem is not None:
                         return problem
+                elif kind == RUN_CONTINUED:
+                    problem = self.check_continued(line, head, run, index)
+                    if problem is not None:
+                        return problem
                 if index == anchor_index and anchor is not None and digest != anchor.root:
                     message = (
                         f"the published head (size {anchor.size}) names another hash for seq {seq}: "
@@ -225,13 +262,15 @@ class _Walk:
     def check_seal(self, line: bytes, head: LineHead, run: _Run, number: int) -> Violation | None:
         pointer = "/data/checkpoint"
         try:
-            data = parse_record(line)["data"]
+            record = parse_record(line)
+            data = record["data"]
             checkpoint = parse_checkpoint(data["checkpoint"])
         except (LineError, ValueError, TypeError, KeyError) as exc:
             return self.at(
                 "audit.seal-mismatch", f"the seal holds no valid checkpoint: {exc}", number, pointer
             )
-        expected = (head.seq, head.prev, head.seq, head.prev, head.seq - run.first_seq)
+        run_records = head.seq - run.first_seq
+        expected = (head.seq, head.prev, head.seq, head.prev, run_records)
         found = (
             checkpoint.size,
             checkpoint.root_hash,
@@ -246,8 +285,25 @@ class _Walk:
                 number,
                 pointer,
             )
-        run.signers = tuple(s.name for s in checkpoint.signatures)
+        # Every other field of the seal is bound to what the checkpoint signs (or says).
+        names = [s.name for s in checkpoint.signatures]
+        if set(data) != SEAL_FIELDS or data["signers"] != names:
+            return self.at(
+                "audit.seal-mismatch",
+                "the seal's fields or signer list differ from its checkpoint",
+                number,
+                "/data",
+            )
+        if checkpoint.extensions != (seal_extension(head.run, record["ts"], run_records),):
+            return self.at(
+                "audit.seal-mismatch",
+                "the seal's run, time or record count differ from what its checkpoint signs",
+                number,
+                pointer,
+            )
+        run.signers = tuple(names)
         run.checkpoint = checkpoint.text
+        run.sealed = True
         if self.keys:
             verdict = verify_signatures(checkpoint, self.keys)
             run.verified = verdict.verified
@@ -259,20 +315,45 @@ class _Walk:
                     number,
                     pointer,
                 )
-            if not verdict.verified:
-                if not checkpoint.signatures:
-                    return self.at(
+            if verdict.verified:
+                self.seals_verified += 1
+            elif not checkpoint.signatures:
+                self.untrusted.append(
+                    self.at(
                         "audit.unsigned", "the seal is not signed, but a signer was expected", number, pointer
                     )
-                return self.at(
-                    "audit.unknown-signer",
-                    "the seal is signed by "
-                    + ", ".join(verdict.unknown)
-                    + ", none of them a given public key",
-                    number,
-                    pointer,
                 )
-        run.sealed = True
+            else:
+                self.untrusted.append(
+                    self.at(
+                        "audit.unknown-signer",
+                        "signed by a different key: the seal's signature ("
+                        + ", ".join(verdict.unknown)
+                        + ") is by none of the --pub keys given (a wrong --pub, or the log was "
+                        "re-signed by another key)",
+                        number,
+                        pointer,
+                    )
+                )
+        return None
+
+    def check_continued(self, line: bytes, head: LineHead, run: _Run, index: int) -> Violation | None:
+        """A ``run.continued`` opens its run and names the unsealed record right before it."""
+        before = self.head_at(index - 1)
+        try:
+            after = parse_record(line)["data"].get("after")
+        except LineError:
+            after = None
+        previous = self.runs[-2] if len(self.runs) > 1 else None
+        if (
+            run.first_seq != head.seq
+            or before is None
+            or previous is None
+            or previous.sealed
+            or after != {"run": before.run, "seq": before.seq, "hash": before.hash}
+        ):
+            message = "a run.continued record that does not open its run right after an unsealed one"
+            return self.at("audit.inserted", message, index + 1, "/data/after")
         return None
 
     # -- classifying a broken link --------------------------------------------------------------
@@ -397,6 +478,7 @@ def verify_log(
     runs = [r.summary(end) for r, end in zip(walk.runs, ends, strict=False)]
     sealed = problem is None and bool(runs) and runs[-1].sealed
     problems = [problem] if problem is not None else []
+    problems += walk.untrusted[:1]
     if problem is None and not sealed:
         message = (
             f"unsealed: interrupted after seq {runs[-1].last_seq} (run {runs[-1].run}), or truncated"
@@ -413,6 +495,8 @@ def verify_log(
         problems,
         head=walk.prev if walk.count else None,
         signatures_checked=bool(public_keys),
+        seals_verified=walk.seals_verified,
+        untrusted=bool(walk.untrusted),
     )
 
 
@@ -459,3 +543,36 @@ def read_records(path: Path) -> list[dict[str, Any]]:
                 "audit.edited", str(exc), Location(file=where, line=number, pointer=exc.pointer)
             ) from None
     return records
+
+
+def verified_records(
+    path: Path, *, public_keys: Sequence[PublicKey] = (), expect_head: str | None = None
+) -> tuple[VerifyReport, list[dict[str, Any]]]:
+    """Verify ``path`` first, then read its records: what every reader of a log (``sandrun report``,
+    ``sandrun audit show``) goes through. ``AuditError`` (exit 4) for a damaged log, or one whose
+    seals are not signed by ``public_keys``; an unsealed last run is the caller's to handle."""
+    report = verify_log(path, public_keys=public_keys, expect_head=expect_head)
+    if not report.ok or report.untrusted:
+        raise AuditError(violations=tuple(p for p in report.problems if p.rule_id != _UNSEALED))
+    return report, read_records(path)
+
+
+def verification_line(report: VerifyReport, run: RunSummary | None = None) -> str:
+    """One line saying exactly what was verified: the chain, the run's seal, its signatures."""
+    text = f"audit chain {report.status}: {report.records} records verified"
+    if run is not None:
+        text += f"; run {run.run} " + (
+            "sealed" if run.sealed else "UNSEALED (no seal: not verified as complete)"
+        )
+        if run.verified_signers:
+            text += ", seal signed by " + ", ".join(run.verified_signers)
+    return text + signatures_clause(report)
+
+
+def signatures_clause(report: VerifyReport) -> str:
+    """What was verified of the seal signatures, never more than was."""
+    if not report.signatures_checked:
+        return "; seal signatures not checked (no --pub)"
+    if report.ok and report.seals_verified:
+        return f"; {report.seals_verified} seal signature(s) verified"
+    return ""
