@@ -69,19 +69,30 @@ def _github_escape(text: str, *, property_value: bool = False) -> str:
 
 
 def render_violation(violation: Violation, fmt: str) -> str:
+    """One line; with ``github`` the only line that may start with ``::``, a real annotation whose
+    parts (neutralised first: no controls, no ``::`` of their own) are escaped as GitHub requires."""
+    from runner.textsafe import safe_line, sanitize_text
+
     if fmt != "github":
         return violation.render()
     props = []
     location = violation.location
     if location is not None:
-        props.append(f"file={_github_escape(location.file, property_value=True)}")
+        props.append(f"file={_github_escape(sanitize_text(location.file), property_value=True)}")
         if location.line is not None:
             props.append(f"line={location.line}")
         if location.column is not None:
             props.append(f"col={location.column}")
-    props.append(f"title={_github_escape(violation.rule_id, property_value=True)}")
+    props.append(f"title={_github_escape(sanitize_text(violation.rule_id), property_value=True)}")
     pointer = f"{location.pointer}: " if location is not None and location.pointer else ""
-    return f"::error {','.join(props)}::{_github_escape(pointer + violation.message)}"
+    return f"::error {','.join(props)}::{_github_escape(safe_line(pointer + violation.message))}"
+
+
+def _say(text: str, *, err: bool = False) -> None:
+    """Print one line that holds input (names, paths, reasons), neutralised (runner.textsafe)."""
+    from runner.textsafe import safe_line
+
+    click.echo(safe_line(text), err=err)
 
 
 def _report_error(error: SandrunError, fmt: str) -> None:
@@ -113,16 +124,21 @@ class _SandrunGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(EXIT_INTERRUPTED)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
+        except click.ClickException as exc:  # a flag's value is input too: echoed neutralised
+            from runner.textsafe import safe_line
+
+            exc.message = safe_line(exc.message)  # type: ignore[misc]  # Final in stubs only
+            raise
+        except (click.exceptions.Exit, click.Abort):
             raise
         except OSError as exc:  # the machine's side: an unwritable --out, a full disk
             where = f"{exc.filename}: " if exc.filename else ""
-            click.echo(f"sandrun: {where}{exc.strerror or exc}", err=True)
+            _say(f"sandrun: {where}{exc.strerror or exc}", err=True)
             ctx.exit(EXIT_INVALID_INPUT)
         except Exception as exc:  # a bug: one line, never a traceback, unless asked for
             if os.environ.get("SANDRUN_DEBUG"):
                 traceback.print_exc()
-            click.echo(
+            _say(
                 f"sandrun: internal error: {type(exc).__name__}: {exc} "
                 "(set SANDRUN_DEBUG=1 for a traceback; please report it)",
                 err=True,
@@ -167,7 +183,7 @@ def check(paths: tuple[Path, ...], policy_path: Path, root: Path | None, fmt: st
         )
     else:
         manifests = len({job.manifest for job in plan.jobs})
-        click.echo(
+        _say(
             f"ok: {manifests} manifest(s), {len(plan.tools)} tool(s), {len(plan.jobs)} job(s) "
             f"allowed by policy {plan.policy.name!r}; plan sha256 {plan.sha256}"
         )
@@ -200,7 +216,7 @@ def compile_command(
         click.echo(data.decode("utf-8"), nl=False)
     else:
         write_atomic(output, data)
-        click.echo(f"wrote {output}: {len(plan.jobs)} job(s), plan sha256 {plan.sha256}", err=True)
+        _say(f"wrote {output}: {len(plan.jobs)} job(s), plan sha256 {plan.sha256}", err=True)
 
 
 @cli.command()
@@ -322,10 +338,8 @@ def _print_run_end(outcome: Any) -> None:
 
     click.echo(render_markdown(outcome.report), nl=False)
     checkpoint = outcome.checkpoint
-    click.echo(
-        f"outputs: {outcome.out_dir}/ (report.json, junit.xml, summary.md, logs/, audit.jsonl)", err=True
-    )
-    click.echo(
+    _say(f"outputs: {outcome.out_dir}/ (report.json, junit.xml, summary.md, logs/, audit.jsonl)", err=True)
+    _say(
         f"audit head: {checkpoint.root_hash} after {checkpoint.size} records; publish "
         f"{outcome.out_dir}/checkpoint.txt outside the log to anchor it",
         err=True,
@@ -490,10 +504,10 @@ def exec_command(
     if outcome.interrupted:
         sys.exit(EXIT_INTERRUPTED)
     if job["trap"] is not None:
-        click.echo(f"sandrun exec: {job['reason']}", err=True)
+        _say(f"sandrun exec: {job['reason']}", err=True)
         sys.exit(EXIT_TRAP)
     if job["exit_code"] is None:
-        click.echo(f"sandrun exec: {job['status']}: {job['reason']}", err=True)
+        _say(f"sandrun exec: {job['status']}: {job['reason']}", err=True)
         sys.exit(1)
     sys.exit(job["exit_code"])
 
@@ -610,7 +624,7 @@ def audit_show(
             data = sanitize_text(json.dumps(record["data"], sort_keys=True), limit=300)
             mark = "" if sealed else "UNSEALED "
             click.echo(f"{mark}{record['seq']:>6} {record['ts']} {record['kind']:<16} {data}")
-    click.echo(verification_line(verification), err=True)
+    _say(verification_line(verification), err=True)
     if shown_unsealed:
         click.echo("UNSEALED records are not covered by any seal: not verified as a complete run", err=True)
         sys.exit(EXIT_AUDIT_FAILED)
@@ -623,7 +637,7 @@ def audit_repair(out_dir: Path) -> None:
     from runner.audit import repair_torn_tail
 
     side = repair_torn_tail(out_dir)
-    click.echo(f"moved the torn tail to {side}" if side else "the log is not torn; nothing to do")
+    _say(f"moved the torn tail to {side}" if side else "the log is not torn; nothing to do")
 
 
 @cli.command()
@@ -679,7 +693,7 @@ def report(
         text = render_html(data, limits=limits, verification=line)
     else:
         text = {"json": render_json, "junit": render_junit, "md": render_markdown}[fmt](data)
-    click.echo(line, err=True)
+    _say(line, err=True)
     if output is None:
         click.echo(text, nl=False)
     else:
@@ -713,10 +727,10 @@ def keys_generate(key_id: str, out_dir: Path) -> None:
         pair = write_keypair(key_id, out_dir)
     except KeyFileError as exc:
         raise InputError.one("keys.generate", str(exc)) from None
-    click.echo(f"private key: {pair.private_path} (keep it secret)")
-    click.echo(f"public key:  {pair.public_path}")
+    _say(f"private key: {pair.private_path} (keep it secret)")
+    _say(f"public key:  {pair.public_path}")
     click.echo("add to a policy's signatures.trusted_keys:")
-    click.echo(f"  - {{id: {pair.key_id}, public_key: {pair.public_b64}}}")
+    _say(f"  - {{id: {pair.key_id}, public_key: {pair.public_b64}}}")
 
 
 def _file(path: Path) -> Location:
@@ -753,7 +767,7 @@ def sign(module: Path, key_path: Path, key_id: str | None) -> None:
         raise InputError.one("keys.invalid", str(exc), _file(key_path)) from None
     signature = sign_module_digest(key, digest)
     click.echo(f"sha256: {digest}")
-    click.echo(f"signature: {{key: {key_id or key_path.stem}, sig: {signature}}}")
+    _say(f"signature: {{key: {key_id or key_path.stem}, sig: {signature}}}")
 
 
 @cli.command()

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner.textsafe import safe_line
+
 __all__ = [
     "EXIT_OK",
     "EXIT_JOB_FAILED",
@@ -77,12 +79,17 @@ class Violation:
     actual: Any = None
 
     def render(self) -> str:
-        """``file:line:col: /json/pointer [rule.id] message`` on one line."""
+        """``file:line:col: /json/pointer [rule.id] message`` on one line.
+
+        The file name, the pointer (YAML keys) and the message can come from hostile input, so the
+        line goes through :func:`~runner.textsafe.safe_line`: no control character, no escape
+        sequence, and it cannot start (or contain) a CI workflow command.
+        """
         text = " ".join(self.message.split())
         if self.location is None:
-            return f"[{self.rule_id}] {text}"
+            return safe_line(f"[{self.rule_id}] {text}")
         pointer = f" {self.location.pointer}" if self.location.pointer else ""
-        return f"{self.location.prefix()}:{pointer} [{self.rule_id}] {text}"
+        return safe_line(f"{self.location.prefix()}:{pointer} [{self.rule_id}] {text}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
