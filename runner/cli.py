@@ -116,6 +116,7 @@ class _SandrunGroup(click.Group):
     """The root group: the one place where errors become messages and exit codes."""
 
     def invoke(self, ctx: click.Context) -> object:
+        _Context.fmt = "text"  # each command sets its own (in-process callers run several)
         try:
             return super().invoke(ctx)
         except SandrunError as error:

@@ -70,7 +70,7 @@ def render_json(report: Mapping[str, Any]) -> str:
         text = orjson.dumps(report, option=_JSON_OPTIONS).decode()
     except orjson.JSONEncodeError:
         text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
-    if text.isascii():
+    if text.isascii() and "\x7f" not in text:
         return text
     return _JSON_INVISIBLE.sub(_json_escape, text)
 
