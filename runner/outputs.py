@@ -184,9 +184,15 @@ class _Log(Protocol):
 def unsealed_on_failure(log: _Log, out_dir: Path) -> Iterator[None]:
     """Turn a file the run cannot write (a full disk, an I/O error) into one ``audit.write-failed``
     line and exit 4: the run's partial outputs are removed and its log, whole records only, ends
-    unsealed (or, if only publishing the head failed, sealed without ``checkpoint.txt``)."""
+    unsealed (or, if only publishing the head failed, sealed without ``checkpoint.txt``). A failed
+    write to the log itself (even of the seal, after the reports) removes the reports too."""
     try:
         yield
+    except AuditError as exc:  # the log itself could not be written: no report may outlive that
+        if exc.rule_id == "audit.write-failed":
+            with suppress(OSError):
+                remove_outputs(out_dir)
+        raise
     except OSError as exc:
         with suppress(OSError):  # a failure is already being reported
             remove_outputs(out_dir)

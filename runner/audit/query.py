@@ -125,7 +125,8 @@ def results_from_log(records: Sequence[Mapping[str, Any]], run: str | None = Non
 
     Reads the run's last ``plan.compiled`` record (``plan_sha256``, ``policy.name``) and its
     ``job.finished`` records (a :class:`~runner.results.JobResult` dict plus ``index``, the job's
-    place in the plan, which orders the jobs). ``ok`` is true when every job passed.
+    place in the plan, which orders the jobs). ``ok`` is true when every job passed; a run whose
+    results do not match its plan's job count is refused (``audit.bad-record``), never ``ok``.
     """
     run = run or last_run(records)
     mine = [r for r in records if r.get("run") == run]
@@ -154,6 +155,14 @@ def results_from_log(records: Sequence[Mapping[str, Any]], run: str | None = Non
                 Location(file="audit.jsonl", line=record.get("seq", -1) + 1, pointer="/data"),
             ) from None
         jobs.append(result.to_dict())
+    planned = plan.get("jobs")
+    if not isinstance(planned, list) or len(planned) != len(jobs):
+        raise AuditError.one(
+            "audit.bad-record",
+            f"run {run} planned {len(planned) if isinstance(planned, list) else '?'} job(s) but the log "
+            f"holds {len(jobs)} result(s): not the complete results of a run",
+            Location(file="audit.jsonl", line=plans[-1].get("seq", -1) + 1, pointer="/data/jobs"),
+        )
     return {
         "run": run,
         "plan_sha256": plan.get("plan_sha256"),

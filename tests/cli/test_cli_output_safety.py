@@ -129,7 +129,7 @@ def _hostile_log(out: Path, texts: list[str], trap: str | None) -> None:
     """A genuinely written, sealed log whose names, reasons and policy name are hostile."""
     with AuditLog.open(out, run_id="r1") as log:
         log.append("run.started", {"sandrun": texts[0], "sources": texts})
-        log.append("plan.compiled", {"plan_sha256": texts[1], "policy": {"name": texts[2]}, "jobs": []})
+        log.append("plan.compiled", {"plan_sha256": texts[1], "policy": {"name": texts[2]}, "jobs": texts})
         for index, text in enumerate(texts):
             log.append(
                 "job.finished",
