@@ -634,11 +634,18 @@ def audit_show(
 @audit.command("repair")
 @click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
 def audit_repair(out_dir: Path) -> None:
-    """Move a torn last line (left by a crash) aside so runs can continue the log; never automatic."""
+    """Move a torn last line (left by a crash) aside so runs can continue the log; never automatic.
+
+    The last run is then unsealed: the next run appends only with --continue-unsealed, and its
+    run.continued record names the side file.
+    """
     from runner.audit import repair_torn_tail
 
     side = repair_torn_tail(out_dir)
-    _say(f"moved the torn tail to {side}" if side else "the log is not torn; nothing to do")
+    if side is None:
+        _say("the log is not torn; nothing to do")
+    else:
+        _say(f"moved the torn tail to {side}; the last run is unsealed: run with --continue-unsealed")
 
 
 @cli.command()

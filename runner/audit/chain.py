@@ -141,18 +141,29 @@ def _tail_state(path: Path) -> tuple[LineHead | None, bytes, int]:
     return (heads[-1] if heads else None), torn, size
 
 
-def continued_record(head: LineHead, out_dir: Path) -> dict[str, Any]:
-    """``run.continued`` data: the unsealed run this one appends after, and the torn tails that
-    ``sandrun audit repair`` cut off this log (their bytes are in the side files it names)."""
-    cut = [
-        {
-            "file": side.name,
-            "bytes": side.stat().st_size,
-            "sha256": hashlib.sha256(side.read_bytes()).hexdigest(),
-        }
-        for side in sorted(out_dir.glob(f"{LOG_NAME}.torn-*"))
-    ]
-    return {"after": {"run": head.run, "seq": head.seq, "hash": head.hash}, "cut": cut}
+_TORN = f"{LOG_NAME}.torn-"  # a cut not yet acknowledged by a run (``sandrun audit repair``)
+_CUT = f"{LOG_NAME}.cut-"  # the same side file once a run.continued record named it
+
+
+def _pending_cuts(out_dir: Path) -> list[Path]:
+    return sorted(out_dir.glob(_TORN + "*"))
+
+
+def continued_record(head: LineHead | None, cuts: list[Path]) -> dict[str, Any]:
+    """``run.continued`` data: the record this run appends after (None: the repair emptied the
+    log), and the torn tails ``sandrun audit repair`` cut off, under the names they get once
+    acknowledged (``audit.jsonl.cut-*``), with their size and digest."""
+    return {
+        "after": None if head is None else {"run": head.run, "seq": head.seq, "hash": head.hash},
+        "cut": [
+            {
+                "file": _CUT + side.name[len(_TORN) :],
+                "bytes": side.stat().st_size,
+                "sha256": hashlib.sha256(side.read_bytes()).hexdigest(),
+            }
+            for side in cuts
+        ],
+    }
 
 
 class AuditLog:
@@ -218,8 +229,9 @@ class AuditLog:
         Refuses (``AuditError``) a log whose last line is torn (``audit.torn-line``; see
         :func:`repair_torn_tail`) or whose last records do not verify: it never appends to a broken
         chain. A log whose last run has no seal (killed, or cut back after a failed write) is
-        refused too (``audit.unsealed``) unless ``continue_unsealed``: the operator looked at it,
-        and the new run's first record, ``run.continued``, says which run it continues after.
+        refused too (``audit.unsealed``), and one that ``repair_torn_tail`` cut back
+        (``audit.cut-back``), unless ``continue_unsealed``: the operator looked at it, and the new
+        run's first record, ``run.continued``, says what it continues after and what was cut.
         ``fsync_interval_s=0`` syncs every record before ``append`` returns.
         """
         check_run_id(run_id)
@@ -243,7 +255,17 @@ class AuditLog:
                         f"writing); `sandrun audit repair {out_dir}` cuts it off into a side file",
                         Location(file=str(path), line=line),
                     )
-                if head is not None and head.kind != RUN_SEALED and not continue_unsealed:
+                cuts = _pending_cuts(out_dir)
+                unsealed = head is not None and head.kind != RUN_SEALED
+                if cuts and not unsealed and not continue_unsealed:
+                    raise AuditError.one(
+                        "audit.cut-back",
+                        f"`sandrun audit repair` cut this log back ({cuts[0].name}); check it with "
+                        "`sandrun audit verify`, then run with --continue-unsealed to append after it",
+                        Location(file=str(path), line=None if head is None else head.seq + 1),
+                    )
+                if unsealed and not continue_unsealed:
+                    assert head is not None
                     raise AuditError.one(
                         "audit.unsealed",
                         f"the log's last run {head.run} has no seal (it was killed, or a write failed "
@@ -275,9 +297,12 @@ class AuditLog:
             fsync_every=fsync_every,
             clock=clock,
         )
-        if head is not None and head.kind != RUN_SEALED:
+        if cuts or (head is not None and head.kind != RUN_SEALED):
             try:
-                log._append(RUN_CONTINUED, continued_record(head, out_dir))
+                log._append(RUN_CONTINUED, continued_record(head, cuts))
+                for side in cuts:  # acknowledged: the next run is not asked again
+                    os.replace(side, out_dir / (_CUT + side.name[len(_TORN) :]))
+                _fsync_dir(out_dir)
             except BaseException:
                 log.close()
                 raise
@@ -449,7 +474,8 @@ def repair_torn_tail(out_dir: Path, *, lock_timeout_s: float = 30.0) -> Path | N
     The explicit, never automatic, repair after a crash or power loss: it takes the writers' lock,
     refuses unless everything before the torn bytes ends in a record that verifies, moves the torn
     bytes to ``audit.jsonl.torn-<UTC time>`` and truncates. Returns the side file, or None if the
-    log was not torn. ``sandrun audit verify`` reports the cut as the next run's continuation.
+    log was not torn. The next run appends only with ``continue_unsealed``; its ``run.continued``
+    record names the side file, which it renames ``audit.jsonl.cut-<UTC time>``.
     """
     path = out_dir / LOG_NAME
     lock_fd = _lock(out_dir / LOCK_NAME, lock_timeout_s)
@@ -458,7 +484,7 @@ def repair_torn_tail(out_dir: Path, *, lock_timeout_s: float = 30.0) -> Path | N
         if not torn:
             return None
         size = path.stat().st_size
-        side = out_dir / f"{LOG_NAME}.torn-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}"
+        side = out_dir / f"{_TORN}{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}"
         side.write_bytes(torn)
         with open(path, "r+b") as handle:
             handle.truncate(size - len(torn))

@@ -14,8 +14,8 @@ The walk is a checklist run on each line in order; the first line that fails nam
    (its run, time, record count and signer list) matches what the checkpoint signs
    (``audit.seal-mismatch``); when public keys are given, a signature line that names one of them
    must verify (``audit.bad-seal-signature``: damage);
-5. a ``run.continued`` record opens its run and names the unsealed record before it
-   (``audit.inserted``);
+5. a run that follows an unsealed one opens with a ``run.continued`` record, and that record
+   names the unsealed record right before it (``audit.inserted``);
 6. with ``expect_head``, the published head is in the log (``audit.head-mismatch``,
    ``audit.truncated``).
 
@@ -230,6 +230,12 @@ class _Walk:
                 if run is None or run_id != run.run:
                     if run is not None:
                         ended.add(run.run)
+                        if not run.sealed and kind != RUN_CONTINUED:
+                            message = (
+                                f"run {run_id} appends after the unsealed run {run.run} without a "
+                                "run.continued record (the operator's --continue-unsealed)"
+                            )
+                            return self.at("audit.inserted", message, index + 1, "/kind")
                     if run_id in ended:
                         message = f"a record of run {run_id}, which already ended"
                         return self.at("audit.inserted", message, index + 1, "/run")
@@ -338,21 +344,21 @@ class _Walk:
         return None
 
     def check_continued(self, line: bytes, head: LineHead, run: _Run, index: int) -> Violation | None:
-        """A ``run.continued`` opens its run and names the unsealed record right before it."""
+        """A ``run.continued`` opens its run, names the record right before it, and follows an
+        unsealed run or names the cut (``audit repair``) it continues after."""
         before = self.head_at(index - 1)
         try:
-            after = parse_record(line)["data"].get("after")
+            data = parse_record(line)["data"]
         except LineError:
-            after = None
+            data = {}
         previous = self.runs[-2] if len(self.runs) > 1 else None
-        if (
-            run.first_seq != head.seq
-            or before is None
-            or previous is None
-            or previous.sealed
-            or after != {"run": before.run, "seq": before.seq, "hash": before.hash}
-        ):
-            message = "a run.continued record that does not open its run right after an unsealed one"
+        expected = None if before is None else {"run": before.run, "seq": before.seq, "hash": before.hash}
+        reason = bool(data.get("cut")) or (previous is not None and not previous.sealed)
+        if run.first_seq != head.seq or data.get("after") != expected or not reason:
+            message = (
+                "a run.continued record that does not open its run right after an unsealed run "
+                "(or a cut) and name the record before it"
+            )
             return self.at("audit.inserted", message, index + 1, "/data/after")
         return None
 

@@ -299,3 +299,45 @@ def test_a_run_continued_record_must_name_the_unsealed_run_before_it(tmp_path: P
     _rewrite(path, {1: {"after": {"run": "r0", "seq": 0, "hash": "0" * 64}}})
     report = verify_log(path)
     assert (report.status, report.problems[0].rule_id) == ("damaged", "audit.inserted")
+
+
+def test_a_run_after_an_unsealed_one_must_say_it_continued(tmp_path: Path) -> None:
+    """What a writer that skips the check (or a forger) leaves: named, not accepted as intact."""
+    prev, lines = "0" * 64, []
+    for seq, run in enumerate(("r1", "r2")):
+        record, line = encode_record(
+            seq=seq, ts="2026-11-21T18:00:00.000Z", kind="run.started", run=run, data={}, prev=prev
+        )
+        prev = record["hash"]
+        lines.append(line)
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b"".join(lines))
+    report = verify_log(path)
+    assert (report.status, report.problems[0].rule_id, report.problems[0].location.line) == (  # type: ignore[union-attr]
+        "damaged",
+        "audit.inserted",
+        2,
+    )
+
+
+def test_a_torn_log_is_repaired_then_continued_only_when_the_operator_says_so(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _demo(out)
+    log = out / "audit.jsonl"
+    with open(log, "ab") as handle:
+        handle.write(b'{"data":{"half a rec')
+    args = ("run", "manifests/examples", "--policy", "policies/default.yaml", "--out", str(out))
+    torn = sandrun(*args)
+    assert torn.returncode == 4 and "[audit.torn-line]" in torn.stderr and "audit repair" in torn.stderr
+    repaired = sandrun("audit", "repair", str(out))
+    assert repaired.returncode == 0 and "--continue-unsealed" in repaired.stdout
+    assert sandrun("audit", "verify", str(out)).returncode == 0  # cut back to the last seal
+    cut_back = sandrun(*args)  # sealed, but cut back: still the operator's call
+    assert cut_back.returncode == 4 and "[audit.cut-back]" in cut_back.stderr
+    assert sandrun(*args, "--continue-unsealed").returncode == 0
+    records = read_records(log)
+    [continued] = [r for r in records if r["kind"] == "run.continued"]
+    assert continued["data"]["cut"][0]["bytes"] == len(b'{"data":{"half a rec')
+    assert (out / continued["data"]["cut"][0]["file"]).read_bytes() == b'{"data":{"half a rec'
+    assert sandrun("audit", "verify", str(out)).returncode == 0
+    assert sandrun(*args).returncode == 0  # acknowledged: the next run is not asked again

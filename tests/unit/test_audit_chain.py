@@ -178,9 +178,17 @@ def test_a_torn_tail_is_refused_then_repaired_explicitly(tmp_path: Path) -> None
     continued = read_records(path)[2]
     assert continued["kind"] == "run.continued" and continued["run"] == "r2"
     assert continued["data"]["after"] == {"run": "r1", "seq": 1, "hash": read_records(path)[1]["hash"]}
+    acknowledged = tmp_path / side.name.replace(".torn-", ".cut-")
+    assert not side.exists() and acknowledged.read_bytes() == b'{"data":{"half a rec'
     assert continued["data"]["cut"] == [
-        {"file": side.name, "bytes": 20, "sha256": hashlib.sha256(side.read_bytes()).hexdigest()}
+        {
+            "file": acknowledged.name,
+            "bytes": 20,
+            "sha256": hashlib.sha256(acknowledged.read_bytes()).hexdigest(),
+        }
     ]
+    with AuditLog.open(tmp_path, run_id="r3") as log:  # acknowledged once: not asked again
+        log.seal(None)
 
 
 def _two_records(folder: Path, value: int) -> list[bytes]:
