@@ -179,6 +179,9 @@ class _Log(Protocol):
     @property
     def head(self) -> tuple[int, str]: ...
 
+    @property
+    def run_records(self) -> int: ...
+
 
 @contextmanager
 def unsealed_on_failure(log: _Log, out_dir: Path) -> Iterator[None]:
@@ -198,11 +201,12 @@ def unsealed_on_failure(log: _Log, out_dir: Path) -> Iterator[None]:
             remove_outputs(out_dir)
         where = f"{exc.filename}: " if exc.filename else ""
         records, _ = log.head
-        state = (
-            "the run is sealed but its checkpoint was not published"
-            if log.sealed
-            else f"the run ends unsealed after seq {records - 1}, every record before it whole"
-        )
+        if log.sealed:
+            state = "the run is sealed but its checkpoint was not published"
+        elif log.run_records:
+            state = f"the run ends unsealed after seq {records - 1}, every record before it whole"
+        else:
+            state = "nothing of this run was logged"
         raise AuditError.one(
             "audit.write-failed",
             f"writing the run's outputs failed ({where}{exc.strerror or exc}); {state}",

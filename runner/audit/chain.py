@@ -446,6 +446,12 @@ class AuditLog:
         return self._sealed
 
     @property
+    def run_records(self) -> int:
+        """How many records this run has written so far."""
+        with self._mutex:
+            return self._seq - self._first_seq
+
+    @property
     def head(self) -> tuple[int, str]:
         """``(records so far, hash of the last one)``: what a checkpoint made now would sign."""
         with self._mutex:
