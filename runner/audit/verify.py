@@ -458,9 +458,15 @@ def verify_log(
     ``strict`` also re-encodes every record to check it is exactly canonical JSON (a format check
     for third-party writers; integrity does not depend on it, every byte is hashed either way).
     """
-    where = str(path)
+    return _verify(str(path), _read_lines(path), public_keys, expect_head, strict)
+
+
+def _verify(
+    where: str, lines: list[bytes], public_keys: Sequence[PublicKey], expect_head: str | None, strict: bool
+) -> VerifyReport:
+    """:func:`verify_log` of lines already read (split at LF; the last item is the torn tail)."""
     anchor = None if expect_head is None else _anchor(expect_head)
-    lines = _read_lines(path)
+    lines = lines[:]
     torn = lines.pop()
     walk = _Walk(where, lines, public_keys, strict)
     problem = walk.check(anchor)
@@ -534,8 +540,11 @@ def _read_lines(path: Path) -> list[bytes]:
 def read_records(path: Path) -> list[dict[str, Any]]:
     """Every record of ``path``, parsed (for queries). A line that is not a record, torn last line
     included, is an ``AuditError``; integrity is :func:`verify_log`'s job, run it first."""
-    where = str(path)
-    lines = _read_lines(path)
+    return _records(str(path), _read_lines(path))
+
+
+def _records(where: str, lines: list[bytes]) -> list[dict[str, Any]]:
+    lines = lines[:]
     if lines.pop():
         raise AuditError.one(
             "audit.torn-line", "the last line is incomplete", Location(file=where, line=len(lines) + 1)
@@ -557,10 +566,11 @@ def verified_records(
     """Verify ``path`` first, then read its records: what every reader of a log (``sandrun report``,
     ``sandrun audit show``) goes through. ``AuditError`` (exit 4) for a damaged log, or one whose
     seals are not signed by ``public_keys``; an unsealed last run is the caller's to handle."""
-    report = verify_log(path, public_keys=public_keys, expect_head=expect_head)
+    lines = _read_lines(path)  # once: what was verified is exactly what is read
+    report = _verify(str(path), lines, public_keys, expect_head, strict=False)
     if not report.ok or report.untrusted:
         raise AuditError(violations=tuple(p for p in report.problems if p.rule_id != _UNSEALED))
-    return report, read_records(path)
+    return report, _records(str(path), lines)
 
 
 def verification_line(report: VerifyReport, run: RunSummary | None = None) -> str:
