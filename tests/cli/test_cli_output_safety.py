@@ -43,8 +43,8 @@ ATTACKS = (
 hostile = st.one_of(st.sampled_from(ATTACKS), st.text(min_size=1, max_size=40)).filter(
     lambda s: not any(0xD800 <= ord(c) <= 0xDFFF for c in s)
 )
-settings.register_profile(
-    "output", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+SETTINGS = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
 
@@ -87,7 +87,7 @@ def _manifest(key: str | None) -> str:
     return json.dumps(document)  # JSON is YAML; \u escapes carry any character into the key
 
 
-@settings.get_profile("output")
+@SETTINGS
 @given(key=st.none() | hostile, file=hostile, fmt=st.sampled_from(["text", "github", "json"]))
 def test_check_and_run_print_hostile_keys_and_file_names_neutralised(
     tmp_path_factory: pytest.TempPathFactory, key: str | None, file: str, fmt: str
@@ -156,7 +156,7 @@ def _hostile_log(out: Path, texts: list[str], trap: str | None) -> None:
         log.seal(None)
 
 
-@settings.get_profile("output")
+@SETTINGS
 @given(
     texts=st.lists(hostile, min_size=3, max_size=4),
     trap=st.sampled_from([None, *TRAP_KINDS, "\x1b[31m::error::trap"]),
