@@ -607,7 +607,8 @@ def audit_show(
     """Show audit records, filtered, to answer questions after the fact.
 
     The log is verified first: a damaged one is refused (exit 4). Records of a run without a seal
-    are shown marked UNSEALED (JSON: "sealed": false) and the exit code is then 4.
+    are shown marked UNSEALED (JSON: "sealed": false); when they are those of the last run, which
+    no later seal covers either, the exit code is 4.
     """
     from runner.audit import select, verification_line
     from runner.report import sanitize_text
@@ -615,10 +616,12 @@ def audit_show(
     _Context.fmt = "json" if fmt == "json" else "text"
     verification, records = _verified(path, public_keys, expect_head)
     unsealed = {r.run for r in verification.runs if not r.sealed}
-    shown_unsealed = False
+    runs = verification.runs
+    uncovered = runs[-1].run if runs and not runs[-1].sealed else None  # after the last seal
+    shown_uncovered = False
     for record in select(records, job=job, kind=kind, run=run_id):
         sealed = record["run"] not in unsealed
-        shown_unsealed |= not sealed
+        shown_uncovered |= record["run"] == uncovered
         if fmt == "json":
             click.echo(json.dumps(record if sealed else {**record, "sealed": False}, sort_keys=True))
         else:
@@ -626,8 +629,8 @@ def audit_show(
             mark = "" if sealed else "UNSEALED "
             click.echo(f"{mark}{record['seq']:>6} {record['ts']} {record['kind']:<16} {data}")
     _say(verification_line(verification), err=True)
-    if shown_unsealed:
-        click.echo("UNSEALED records are not covered by any seal: not verified as a complete run", err=True)
+    if shown_uncovered:
+        click.echo("records of the last, UNSEALED run are covered by no seal: not verified", err=True)
         sys.exit(EXIT_AUDIT_FAILED)
 
 

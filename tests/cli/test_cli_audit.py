@@ -341,3 +341,16 @@ def test_a_torn_log_is_repaired_then_continued_only_when_the_operator_says_so(tm
     assert (out / continued["data"]["cut"][0]["file"]).read_bytes() == b'{"data":{"half a rec'
     assert sandrun("audit", "verify", str(out)).returncode == 0
     assert sandrun(*args).returncode == 0  # acknowledged: the next run is not asked again
+
+
+def test_show_marks_a_continued_unsealed_run_but_only_fails_for_an_uncovered_one(tmp_path: Path) -> None:
+    with AuditLog.open(tmp_path, run_id="killed") as log:
+        log.append("run.started", {})
+    with AuditLog.open(tmp_path, run_id="after", continue_unsealed=True) as log:
+        log.append("run.started", {})
+        log.seal(None)
+    shown = sandrun("audit", "show", str(tmp_path))
+    assert shown.returncode == 0, shown.stderr  # the later seal covers the killed run's records
+    lines = shown.stdout.splitlines()
+    assert lines[0].startswith("UNSEALED ") and not any(line.startswith("UNSEALED") for line in lines[1:])
+    assert sandrun("report", str(tmp_path), "--run", "killed").returncode == 4
