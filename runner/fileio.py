@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["write_atomic"]
+__all__ = ["write_atomic", "fsync_dir"]
 
 
 def write_atomic(path: Path, data: bytes | bytearray, *, mode: int = 0o644) -> None:
@@ -23,3 +23,12 @@ def write_atomic(path: Path, data: bytes | bytearray, *, mode: int = 0o644) -> N
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries durable (a new, renamed or removed file survives a power loss)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from runner.errors import AuditError, Location
-from runner.fileio import write_atomic
+from runner.fileio import fsync_dir, write_atomic
 from runner.report import render_json, render_junit, render_markdown
 from runner.results import Outcome
 
@@ -165,11 +165,7 @@ def remove_outputs(out_dir: Path) -> None:
     run's outputs are complete) first, so a run that fails before writing its own leaves none."""
     for name in REPORT_NAMES:
         (out_dir / name).unlink(missing_ok=True)
-    fd = os.open(out_dir, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the removals survive a power loss too
-    finally:
-        os.close(fd)
+    fsync_dir(out_dir)  # the removals survive a power loss too
 
 
 class _Log(Protocol):

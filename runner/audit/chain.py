@@ -46,6 +46,7 @@ from runner.audit.record import (
     seal_extension,
 )
 from runner.errors import AuditError, Location
+from runner.fileio import fsync_dir
 from runner.signing import PrivateKey
 
 __all__ = ["LOG_NAME", "LOCK_NAME", "AuditLog", "continued_record", "repair_torn_tail"]
@@ -54,15 +55,6 @@ LOG_NAME = "audit.jsonl"
 LOCK_NAME = "audit.lock"
 _TAIL_CHUNK = 64 * 1024
 _sync = getattr(os, "fdatasync", os.fsync)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a new directory entry durable (the file's data alone is not enough after a power loss)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _lock(lock_path: Path, timeout_s: float) -> int:
@@ -245,7 +237,7 @@ class AuditLog:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 if created:
-                    _fsync_dir(out_dir)
+                    fsync_dir(out_dir)
                 head, torn, size = _tail_state(path)
                 if torn:
                     line = None if head is None else head.seq + 2
@@ -256,22 +248,20 @@ class AuditLog:
                         Location(file=str(path), line=line),
                     )
                 cuts = _pending_cuts(out_dir)
-                unsealed = head is not None and head.kind != RUN_SEALED
-                if cuts and not unsealed and not continue_unsealed:
-                    raise AuditError.one(
-                        "audit.cut-back",
-                        f"`sandrun audit repair` cut this log back ({cuts[0].name}); check it with "
-                        "`sandrun audit verify`, then run with --continue-unsealed to append after it",
-                        Location(file=str(path), line=None if head is None else head.seq + 1),
-                    )
-                if unsealed and not continue_unsealed:
-                    assert head is not None
+                if head is not None and head.kind != RUN_SEALED and not continue_unsealed:
                     raise AuditError.one(
                         "audit.unsealed",
                         f"the log's last run {head.run} has no seal (it was killed, or a write failed "
                         "and the log was cut back to its last whole record); check it with `sandrun "
                         "audit verify`, then run with --continue-unsealed to append after it",
                         Location(file=str(path), line=head.seq + 1),
+                    )
+                if cuts and not continue_unsealed:
+                    raise AuditError.one(
+                        "audit.cut-back",
+                        f"`sandrun audit repair` cut this log back ({cuts[0].name}); check it with "
+                        "`sandrun audit verify`, then run with --continue-unsealed to append after it",
+                        Location(file=str(path), line=None if head is None else head.seq + 1),
                     )
                 if head is not None and head.run == run_id:
                     raise AuditError.one(
@@ -302,7 +292,7 @@ class AuditLog:
                 log._append(RUN_CONTINUED, continued_record(head, cuts))
                 for side in cuts:  # acknowledged: the next run is not asked again
                     os.replace(side, out_dir / (_CUT + side.name[len(_TORN) :]))
-                _fsync_dir(out_dir)
+                fsync_dir(out_dir)
             except BaseException:
                 log.close()
                 raise
@@ -496,7 +486,7 @@ def repair_torn_tail(out_dir: Path, *, lock_timeout_s: float = 30.0) -> Path | N
             handle.truncate(size - len(torn))
             handle.flush()
             os.fsync(handle.fileno())
-        _fsync_dir(out_dir)
+        fsync_dir(out_dir)
         return side
     finally:
         os.close(lock_fd)
