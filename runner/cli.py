@@ -159,7 +159,7 @@ def cli() -> None:
       1  a job failed, was denied at run time or was skipped
       2  invalid input (YAML, schema, file, flag)
       3  policy denial (the manifests break the policy)
-      4  audit verification failed
+      4  audit: the log did not verify, or the run could not keep its record (full disk)
       130 interrupted (Ctrl-C)
     """
 
