@@ -20,8 +20,10 @@ def write_atomic(path: Path, data: bytes | bytearray, *, mode: int = 0o644) -> N
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # name the file (a full disk, say)
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 

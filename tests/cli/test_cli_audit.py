@@ -114,6 +114,7 @@ def test_a_job_that_fills_the_disk_leaves_a_verifiable_unsealed_log_and_no_stale
     assert full.returncode == 4, full.stderr
     [line] = [text for text in full.stderr.splitlines() if "[audit." in text]
     assert "[audit.write-failed]" in line and "No space left on device" in line and "unsealed" in line
+    assert "junit.xml" in line or "audit.jsonl" in line  # the file that could not be written
     assert "Traceback" not in full.stderr
     for name in REPORTS:  # nothing of the previous, passing run is left to be mistaken for this one
         assert not (out / name).exists(), name
