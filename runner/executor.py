@@ -462,7 +462,7 @@ def run_plan(
     same time. If one raises, the batch stops (running jobs cancelled, pending ones skipped) and
     the error is re-raised.
     """
-    with Runtime(cache_dir=options.cache_dir) as runtime:
+    with Runtime(cache_dir=options.cache_dir, modules=plan.modules) as runtime:
         batch = _Batch(plan, root, options, runtime, on_event, on_progress, on_output, cancel)
         batch.deploy()
         if plan.jobs:

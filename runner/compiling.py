@@ -1,0 +1,252 @@
+"""Bounded compilation: Cranelift runs on hostile bytes in a child process with its own limits.
+
+Compiling is the one step that works on an untrusted module before any job limit applies, and
+Cranelift's cost is not proportional to the module's size: a few hundred kilobytes can make it
+run for minutes and ask for gigabytes (and an allocation failure inside Wasmtime aborts the
+whole process). So :func:`compile_bounded` never compiles in the calling process:
+
+1. a fresh child comes from a forkserver (the caller has threads: forking it directly is unsafe);
+2. before it reads a byte of the module, the child clears its environment, sends its stderr to
+   the parent, turns core dumps off and lowers its own limits: ``RLIMIT_CPU`` (CPU time of all
+   of Cranelift's threads together; ``SIGXCPU`` ends it) and ``RLIMIT_DATA`` (heap and private
+   writable mappings, which is what Cranelift allocates; measured to stop it, like
+   ``RLIMIT_AS``, but without counting shared libraries and reserved address space);
+3. the parent sends the module bytes over a pipe and waits at most the wall-clock deadline
+   (:attr:`CompileBounds.wall_s`), then kills the child;
+4. the child answers with the bytes ``Module.serialize()`` produced, or Wasmtime's reason for
+   refusing the module; the parent never unpickles anything the child sends.
+
+**Invariant**: :class:`Compiled` holds serialized machine code. Deserializing maps it as code
+without validation, so it is safe only for bytes *our own* compile child produced from bytes
+whose digest the caller checked; :func:`compile_bounded` is the only place that makes one.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import multiprocessing.context
+import os
+import resource
+import signal
+import time
+from contextlib import suppress
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Literal
+
+from wasmtime import Config, Engine, Module, WasmtimeError
+
+__all__ = ["CompileBounds", "CompileFailed", "Compiled", "compile_bounded", "new_config"]
+
+FailureKind = Literal["invalid", "timeout", "memory", "crashed"]
+
+#: Wall-clock allowance on top of the CPU bound: starting the child, and a machine so busy that
+#: the child gets less than one core (its CPU time then grows slower than the clock).
+_WALL_GRACE_S = 5.0
+_STDERR_KEEP = 4096
+_MESSAGE_MAX = 300
+_EXIT_MEMORY = 86  # the child's own MemoryError
+_OK, _INVALID = b"K", b"E"
+# What Rust's allocator prints before it aborts the process (the usual end under RLIMIT_DATA).
+_RUST_OOM = b"memory allocation of"
+
+
+def new_config(*, fuel: bool, stack: int) -> Config:
+    """The Wasmtime configuration of one engine key; compiled code is valid only for the same one."""
+    config = Config()
+    config.epoch_interruption = True
+    config.consume_fuel = fuel
+    config.max_wasm_stack = stack
+    return config
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompileBounds:
+    """Limits of one compilation: CPU time (whole seconds are enforced, rounded up) and memory."""
+
+    cpu_ms: int
+    memory: int
+
+    def __post_init__(self) -> None:
+        if self.cpu_ms <= 0 or self.memory <= 0:
+            raise ValueError("compile bounds must be positive")
+
+    @property
+    def cpu_seconds(self) -> int:
+        """``RLIMIT_CPU`` counts whole seconds."""
+        return -(-self.cpu_ms // 1000)
+
+    @property
+    def wall_s(self) -> float:
+        """When the parent kills the child whatever its CPU time: twice the bound plus a grace."""
+        return 2 * self.cpu_ms / 1000 + _WALL_GRACE_S
+
+
+class CompileFailed(Exception):
+    """The module did not compile within its bounds; ``kind`` says how, ``message`` for people."""
+
+    def __init__(self, kind: FailureKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """Serialized code from our own compile child (see the module's invariant); load it with
+    :meth:`module` into an engine made from the same :func:`new_config`."""
+
+    data: bytes
+
+    def module(self, engine: Engine) -> Module:
+        return Module.deserialize(engine, self.data)
+
+
+@functools.cache
+def _context() -> multiprocessing.context.ForkServerContext:
+    """The forkserver context; its server imports Wasmtime and this module once, so a child
+    starts in milliseconds (preloading only saves time: a child imports what it lacks)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
+def compile_bounded(data: bytes, *, fuel: bool, stack: int, bounds: CompileBounds) -> Compiled:
+    """Compile ``data`` for the engine ``new_config(fuel=, stack=)`` in a bounded child process.
+
+    Raises :class:`CompileFailed`: ``invalid`` (Wasmtime refused the bytes), ``timeout`` (CPU
+    time or wall clock), ``memory`` or ``crashed`` (any other death, the signal named).
+    """
+    context = _context()
+    ours, theirs = context.Pipe(duplex=True)
+    errors_in, errors_out = context.Pipe(duplex=False)
+    child = context.Process(
+        target=_child,
+        args=(theirs, errors_out, fuel, stack, bounds.cpu_seconds, bounds.memory),
+        name="sandrun-compile",
+        daemon=True,
+    )
+    stderr = bytearray()
+    reply: bytes | None = None
+    killed = False
+    try:
+        child.start()
+        theirs.close()
+        errors_out.close()
+        deadline = time.monotonic() + bounds.wall_s
+        with suppress(OSError):  # the child died before reading: its exit code says why
+            ours.send_bytes(data)
+        reply, killed = _await(child, ours, errors_in, stderr, deadline, limit=max(bounds.memory, 1 << 20))
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+        for connection in (ours, theirs, errors_in, errors_out):
+            connection.close()
+    if reply is not None and reply[:1] == _OK:
+        return Compiled(reply[1:])
+    if reply is not None and reply[:1] == _INVALID:
+        raise CompileFailed("invalid", _first_line(reply[1:].decode("utf-8", "replace")))
+    raise _failure(child.exitcode, bytes(stderr), bounds, killed=killed)
+
+
+def _await(
+    child: multiprocessing.process.BaseProcess,
+    channel: Connection,
+    errors: Connection,
+    stderr: bytearray,
+    deadline: float,
+    *,
+    limit: int,
+) -> tuple[bytes | None, bool]:
+    """The child's reply (None if it died without one) and whether the deadline killed it.
+
+    Drains the child's stderr meanwhile (keeping its start), so the child never blocks on it.
+    """
+    watched: list[Connection | int] = [channel, errors, child.sentinel]
+    while True:
+        remaining = deadline - time.monotonic()
+        ready = wait(watched, timeout=max(0.0, remaining)) if remaining > 0 else []
+        if not ready:
+            child.kill()
+            return None, True
+        if errors in ready:
+            chunk = os.read(errors.fileno(), 65536)
+            if not chunk:
+                watched.remove(errors)
+            stderr += chunk[: max(0, _STDERR_KEEP - len(stderr))]
+        if channel in ready:
+            try:
+                return channel.recv_bytes(limit), False
+            except (EOFError, OSError):
+                watched.remove(channel)
+        if child.sentinel in ready:
+            try:  # a reply written just before the child ended is still in the pipe
+                return (channel.recv_bytes(limit) if channel.poll(0) else None), False
+            except (EOFError, OSError):
+                return None, False
+
+
+def _failure(exitcode: int | None, stderr: bytes, bounds: CompileBounds, *, killed: bool) -> CompileFailed:
+    if killed:
+        return CompileFailed(
+            "timeout", f"compiling did not end within the wall-clock deadline of {bounds.wall_s:g} s"
+        )
+    if exitcode == -signal.SIGXCPU:
+        return CompileFailed(
+            "timeout", f"compiling used more than the compile_timeout of {bounds.cpu_ms} ms of CPU time"
+        )
+    if exitcode == _EXIT_MEMORY or _RUST_OOM in stderr:
+        return CompileFailed(
+            "memory", f"compiling needed more than the compile_memory of {bounds.memory} bytes"
+        )
+    if exitcode is not None and exitcode < 0:
+        try:
+            how = f"signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            how = f"signal {-exitcode}"
+    else:
+        how = f"exit code {exitcode}"
+    return CompileFailed("crashed", f"the compiler process died ({how}) without a result")
+
+
+def _first_line(text: str) -> str:
+    """Wasmtime's reason: the line after ``Caused by:`` when there is one, cut to a sane length."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    causes = lines[lines.index("Caused by:") + 1 :] if "Caused by:" in lines else []
+    line = causes[0] if causes else lines[0] if lines else "not a valid module"
+    return line if len(line) <= _MESSAGE_MAX else line[: _MESSAGE_MAX - 1] + "…"
+
+
+# -- the child -----------------------------------------------------------------------------------
+
+
+def _lower_limit(which: int, value: int) -> None:
+    """Set soft and hard limits to ``value``, never above the hard limit we inherited."""
+    _soft, hard = resource.getrlimit(which)
+    if hard != resource.RLIM_INFINITY:
+        value = min(value, hard)
+    resource.setrlimit(which, (value, value))
+
+
+def _child(channel: Connection, errors: Connection, fuel: bool, stack: int, cpu_s: int, memory: int) -> None:
+    """Runs in the compile child: limit ourselves first, then read, compile and answer."""
+    os.dup2(errors.fileno(), 2)  # Wasmtime's abort message goes to the parent, not the terminal
+    os.environ.clear()  # nothing of the runner's environment (a signing key) is left to read
+    _lower_limit(resource.RLIMIT_CORE, 0)
+    soft_hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    hard = cpu_s + 1 if soft_hard == resource.RLIM_INFINITY else min(cpu_s + 1, soft_hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (min(cpu_s, hard), hard))  # SIGXCPU, then SIGKILL
+    _lower_limit(resource.RLIMIT_DATA, memory)
+    try:
+        data = channel.recv_bytes()
+        try:
+            serialized = Module(Engine(new_config(fuel=fuel, stack=stack)), data).serialize()
+        except WasmtimeError as exc:
+            channel.send_bytes(_INVALID + str(exc).encode("utf-8", "replace")[:_STDERR_KEEP])
+            return
+        del data
+        channel.send_bytes(_OK + serialized)
+    except MemoryError:
+        os._exit(_EXIT_MEMORY)
