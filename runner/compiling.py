@@ -29,22 +29,26 @@ import multiprocessing.context
 import os
 import resource
 import signal
+import threading
 import time
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Literal
 
 from wasmtime import Config, Engine, Module, WasmtimeError
 
+from runner.units import format_duration, format_size
+
 __all__ = ["CompileBounds", "CompileFailed", "Compiled", "compile_bounded", "new_config"]
 
-FailureKind = Literal["invalid", "timeout", "memory", "crashed"]
+FailureKind = Literal["invalid", "timeout", "memory", "crashed", "cancelled"]
 
 #: Wall-clock allowance on top of the CPU bound: starting the child, and a machine so busy that
 #: the child gets less than one core (its CPU time then grows slower than the clock).
 _WALL_GRACE_S = 5.0
 _STDERR_KEEP = 4096
+_POLL_S = 0.05  # how often a compile with a cancel event looks at it
 _MESSAGE_MAX = 300
 _EXIT_MEMORY = 86  # the child's own MemoryError
 _OK, _INVALID = b"K", b"E"
@@ -112,11 +116,19 @@ def _context() -> multiprocessing.context.ForkServerContext:
     return context
 
 
-def compile_bounded(data: bytes, *, fuel: bool, stack: int, bounds: CompileBounds) -> Compiled:
+def compile_bounded(
+    data: bytes,
+    *,
+    fuel: bool,
+    stack: int,
+    bounds: CompileBounds,
+    cancel: threading.Event | None = None,
+) -> Compiled:
     """Compile ``data`` for the engine ``new_config(fuel=, stack=)`` in a bounded child process.
 
     Raises :class:`CompileFailed`: ``invalid`` (Wasmtime refused the bytes), ``timeout`` (CPU
-    time or wall clock), ``memory`` or ``crashed`` (any other death, the signal named).
+    time or wall clock), ``memory``, ``crashed`` (any other death, the signal named), or
+    ``cancelled`` (``cancel`` was set: Ctrl-C need not wait for the compile bound).
     """
     context = _context()
     ours, theirs = context.Pipe(duplex=True)
@@ -127,9 +139,7 @@ def compile_bounded(data: bytes, *, fuel: bool, stack: int, bounds: CompileBound
         name="sandrun-compile",
         daemon=True,
     )
-    stderr = bytearray()
-    reply: bytes | None = None
-    killed = False
+    waiter = _Waiter(child, ours, errors_in, limit=max(bounds.memory, 1 << 20))
     try:
         child.start()
         theirs.close()
@@ -137,7 +147,7 @@ def compile_bounded(data: bytes, *, fuel: bool, stack: int, bounds: CompileBound
         deadline = time.monotonic() + bounds.wall_s
         with suppress(OSError):  # the child died before reading: its exit code says why
             ours.send_bytes(data)
-        reply, killed = _await(child, ours, errors_in, stderr, deadline, limit=max(bounds.memory, 1 << 20))
+        reply = waiter.reply(deadline, cancel)
     finally:
         if child.is_alive():
             child.kill()
@@ -148,58 +158,69 @@ def compile_bounded(data: bytes, *, fuel: bool, stack: int, bounds: CompileBound
         return Compiled(reply[1:])
     if reply is not None and reply[:1] == _INVALID:
         raise CompileFailed("invalid", _first_line(reply[1:].decode("utf-8", "replace")))
-    raise _failure(child.exitcode, bytes(stderr), bounds, killed=killed)
+    raise _failure(child.exitcode, bytes(waiter.stderr), bounds, stopped=waiter.stopped)
 
 
-def _await(
-    child: multiprocessing.process.BaseProcess,
-    channel: Connection,
-    errors: Connection,
-    stderr: bytearray,
-    deadline: float,
-    *,
-    limit: int,
-) -> tuple[bytes | None, bool]:
-    """The child's reply (None if it died without one) and whether the deadline killed it.
+@dataclass(eq=False)
+class _Waiter:
+    """Waits for the child's reply, draining its stderr meanwhile (so it never blocks on it)."""
 
-    Drains the child's stderr meanwhile (keeping its start), so the child never blocks on it.
-    """
-    watched: list[Connection | int] = [channel, errors, child.sentinel]
-    while True:
-        remaining = deadline - time.monotonic()
-        ready = wait(watched, timeout=max(0.0, remaining)) if remaining > 0 else []
-        if not ready:
-            child.kill()
-            return None, True
-        if errors in ready:
-            chunk = os.read(errors.fileno(), 65536)
-            if not chunk:
-                watched.remove(errors)
-            stderr += chunk[: max(0, _STDERR_KEEP - len(stderr))]
-        if channel in ready:
-            try:
-                return channel.recv_bytes(limit), False
-            except (EOFError, OSError):
-                watched.remove(channel)
-        if child.sentinel in ready:
-            try:  # a reply written just before the child ended is still in the pipe
-                return (channel.recv_bytes(limit) if channel.poll(0) else None), False
-            except (EOFError, OSError):
-                return None, False
+    child: multiprocessing.process.BaseProcess
+    channel: Connection
+    errors: Connection
+    limit: int
+    stderr: bytearray = field(default_factory=bytearray)
+    stopped: Literal["deadline", "cancelled"] | None = None
+
+    def reply(self, deadline: float, cancel: threading.Event | None) -> bytes | None:
+        """The reply; None when the child died without one or we killed it (see ``stopped``)."""
+        watched: list[Connection | int] = [self.channel, self.errors, self.child.sentinel]
+        while True:
+            remaining = deadline - time.monotonic()
+            if cancel is not None and cancel.is_set():
+                self.stopped = "cancelled"
+            elif remaining <= 0:
+                self.stopped = "deadline"
+            if self.stopped is not None:
+                self.child.kill()
+                return None
+            ready = wait(watched, timeout=remaining if cancel is None else min(remaining, _POLL_S))
+            if self.errors in ready:
+                chunk = os.read(self.errors.fileno(), 65536)
+                if not chunk:
+                    watched.remove(self.errors)
+                self.stderr += chunk[: max(0, _STDERR_KEEP - len(self.stderr))]
+            if self.channel in ready or self.child.sentinel in ready:
+                try:  # after the child ended, a reply it wrote just before is still in the pipe
+                    if self.channel.poll(0):
+                        return self.channel.recv_bytes(self.limit)
+                except (EOFError, OSError):
+                    pass
+                if self.child.sentinel in ready:
+                    return None
+                watched.remove(self.channel)
 
 
-def _failure(exitcode: int | None, stderr: bytes, bounds: CompileBounds, *, killed: bool) -> CompileFailed:
-    if killed:
+def _failure(
+    exitcode: int | None, stderr: bytes, bounds: CompileBounds, *, stopped: str | None
+) -> CompileFailed:
+    timeout = format_duration(bounds.cpu_ms)
+    if stopped == "cancelled":
+        return CompileFailed("cancelled", "compiling was cancelled")
+    if stopped == "deadline":
         return CompileFailed(
-            "timeout", f"compiling did not end within the wall-clock deadline of {bounds.wall_s:g} s"
+            "timeout",
+            f"compiling did not end within {bounds.wall_s:g} s of wall-clock time "
+            f"(twice the policy's compile_timeout {timeout}, plus {_WALL_GRACE_S:g} s)",
         )
     if exitcode == -signal.SIGXCPU:
         return CompileFailed(
-            "timeout", f"compiling used more than the compile_timeout of {bounds.cpu_ms} ms of CPU time"
+            "timeout", f"compiling took more than the policy's compile_timeout of {timeout} of CPU time"
         )
     if exitcode == _EXIT_MEMORY or _RUST_OOM in stderr:
         return CompileFailed(
-            "memory", f"compiling needed more than the compile_memory of {bounds.memory} bytes"
+            "memory",
+            f"compiling needed more memory than the policy's compile_memory of {format_size(bounds.memory)}",
         )
     if exitcode is not None and exitcode < 0:
         try:

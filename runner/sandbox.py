@@ -740,7 +740,9 @@ class Runtime:
                 host = self._engines[key] = _EngineHost(key, self._tick_ms)
             return host
 
-    def _module(self, job: JobSpec, root: Path) -> tuple[_EngineHost, Module, Source]:
+    def _module(
+        self, job: JobSpec, root: Path, cancel: threading.Event | None = None
+    ) -> tuple[_EngineHost, Module, Source]:
         host = self._engine(EngineKey.for_limits(job.limits))
         key = self.cache.key(job.module_sha256, host.key.tag)
         module = self.cache.cached(key)
@@ -772,16 +774,16 @@ class Runtime:
             return data
 
         try:
-            compile_for_key = partial(self._compile, host.key)
+            compile_for_key = partial(self._compile, host.key, cancel)
             module, source = self.cache.load(host.engine, key, fetch, compile_for_key)
         except CompileFailed as exc:
+            location = _location(job, "/module")
             if exc.kind == "invalid":
                 raise InputError.one(
-                    "module.invalid",
-                    f"{path} is not a valid module: {exc.message}",
-                    _location(job, "/module"),
+                    "module.invalid", f"{path} is not a valid module: {exc.message}", location
                 ) from exc
-            location = _location(job, "/module")
+            if exc.kind == "cancelled":
+                raise InputError.one("compile.cancelled", exc.message, location) from exc
             raise PolicyDenied.one(f"compile.{exc.kind}", exc.message, location) from exc
         except WasmtimeError as exc:  # compiled code this engine refuses to load
             raise InputError.one(
@@ -791,20 +793,24 @@ class Runtime:
             ) from exc
         return host, module, source
 
-    def _compile(self, key: EngineKey, engine: Engine, data: bytes) -> Module:
+    def _compile(self, key: EngineKey, cancel: threading.Event | None, engine: Engine, data: bytes) -> Module:
         """Compile in a child process under the plan's bounds (:mod:`runner.compiling`); the
         serialized code it returns is ours, so deserializing it into ``engine`` (made for ``key``)
         is safe."""
         bounds = CompileBounds(cpu_ms=self.modules.compile_timeout_ms, memory=self.modules.compile_memory)
-        return compile_bounded(data, fuel=key.fuel, stack=key.stack, bounds=bounds).module(engine)
+        compiled = compile_bounded(data, fuel=key.fuel, stack=key.stack, bounds=bounds, cancel=cancel)
+        return compiled.module(engine)
 
-    def load_module(self, job: JobSpec, root: Path) -> Source:
+    def load_module(self, job: JobSpec, root: Path, *, cancel: threading.Event | None = None) -> Source:
         """Compile or fetch the job's module into the caches: ``compiled``, ``memory`` or ``disk``.
 
-        Bytes read from the module file are checked against ``job.module_sha256`` before they
-        are compiled (rule ``module.digest-changed``); a cached module is keyed by that digest.
+        Checked in order: (1) the file is at most the plan's ``modules.max_size`` (only that much
+        is read); (2) its bytes have ``job.module_sha256`` (rule ``module.digest-changed``); (3) it
+        compiles in a child process within the plan's CPU-time and memory bounds (rules
+        ``compile.timeout``, ``compile.memory``, ``compile.crashed``; ``module.invalid``). A
+        compilation stops early when ``cancel`` is set (``compile.cancelled``).
         """
-        return self._module(job, root)[2]
+        return self._module(job, root, cancel)[2]
 
     def run(
         self,
