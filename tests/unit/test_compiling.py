@@ -76,9 +76,12 @@ def test_the_cpu_bound_is_enforced_in_whole_seconds_rounded_up() -> None:
 def test_runtime_reads_no_more_than_the_size_cap_of_a_module_that_grew(tmp_path: Path) -> None:
     job = make_job(tmp_path, ANSWER)
     (tmp_path / job.module).write_bytes(ANSWER + b"\0" * 4096)  # swapped after the plan was made
-    with Runtime(cache_dir=tmp_path / "cache", modules=ModuleLimits(max_size=1024)) as runtime:
-        with pytest.raises(PolicyDenied) as caught:
-            runtime.load_module(job, tmp_path)
+    limits = ModuleLimits(max_size=1024)
+    with (
+        Runtime(cache_dir=tmp_path / "cache", modules=limits) as runtime,
+        pytest.raises(PolicyDenied) as caught,
+    ):
+        runtime.load_module(job, tmp_path)
     assert caught.value.rule_id == "modules.max-size"
 
 
