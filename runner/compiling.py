@@ -49,7 +49,6 @@ FailureKind = Literal["invalid", "timeout", "memory", "crashed", "cancelled"]
 _WALL_GRACE_S = 5.0
 _STDERR_KEEP = 4096
 _POLL_S = 0.05  # how often a compile with a cancel event looks at it
-_MESSAGE_MAX = 300
 _EXIT_MEMORY = 86  # the child's own MemoryError
 _OK, _INVALID = b"K", b"E"
 # What Rust's allocator prints before it aborts the process (the usual end under RLIMIT_DATA).
@@ -88,7 +87,8 @@ class CompileBounds:
 
 
 class CompileFailed(Exception):
-    """The module did not compile within its bounds; ``kind`` says how, ``message`` for people."""
+    """The module did not compile within its bounds; ``kind`` says how, ``message`` for people
+    (for ``invalid``, Wasmtime's whole error text, at most 4 KiB)."""
 
     def __init__(self, kind: FailureKind, message: str) -> None:
         super().__init__(message)
@@ -162,7 +162,7 @@ def compile_bounded(
     if reply is not None and reply[:1] == _OK:
         return Compiled(reply[1:])
     if reply is not None and reply[:1] == _INVALID:
-        raise CompileFailed("invalid", _first_line(reply[1:].decode("utf-8", "replace")))
+        raise CompileFailed("invalid", reply[1:].decode("utf-8", "replace"))
     raise _failure(child.exitcode, bytes(waiter.stderr), bounds, stopped=waiter.stopped)
 
 
@@ -235,14 +235,6 @@ def _failure(
     else:
         how = f"exit code {exitcode}"
     return CompileFailed("crashed", f"the compiler process died ({how}) without a result")
-
-
-def _first_line(text: str) -> str:
-    """Wasmtime's reason: the line after ``Caused by:`` when there is one, cut to a sane length."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    causes = lines[lines.index("Caused by:") + 1 :] if "Caused by:" in lines else []
-    line = causes[0] if causes else lines[0] if lines else "not a valid module"
-    return line if len(line) <= _MESSAGE_MAX else line[: _MESSAGE_MAX - 1] + "…"
 
 
 # -- the child -----------------------------------------------------------------------------------

@@ -780,7 +780,7 @@ class Runtime:
             location = _location(job, "/module")
             if exc.kind == "invalid":
                 raise InputError.one(
-                    "module.invalid", f"{path} is not a valid module: {exc.message}", location
+                    "module.invalid", f"{path} is not a valid module: {_first_line(exc.message)}", location
                 ) from exc
             if exc.kind == "cancelled":
                 raise InputError.one("compile.cancelled", exc.message, location) from exc
