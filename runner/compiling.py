@@ -136,8 +136,11 @@ def compile_bounded(
     ``cancelled`` (``cancel`` was set: Ctrl-C need not wait for the compile bound).
     """
     context = _context()
-    ours, theirs = context.Pipe(duplex=True)
-    errors_in, errors_out = context.Pipe(duplex=False)
+    try:
+        ours, theirs = context.Pipe(duplex=True)
+        errors_in, errors_out = context.Pipe(duplex=False)
+    except OSError as exc:
+        raise CompileFailed("crashed", f"cannot start a compiler process: {exc}") from exc
     child = context.Process(
         target=_child,
         args=(theirs, errors_out, fuel, stack, bounds.cpu_seconds, bounds.memory),
@@ -146,7 +149,10 @@ def compile_bounded(
     )
     waiter = _Waiter(child, ours, errors_in, limit=max(bounds.memory, 1 << 20))
     try:
-        child.start()
+        try:
+            child.start()
+        except OSError as exc:  # no forkserver socket, no processes left: the run goes on
+            raise CompileFailed("crashed", f"cannot start a compiler process: {exc}") from exc
         theirs.close()
         errors_out.close()
         deadline = time.monotonic() + bounds.wall_s
@@ -154,9 +160,10 @@ def compile_bounded(
             ours.send_bytes(data)
         reply = waiter.reply(deadline, cancel)
     finally:
-        if child.is_alive():
-            child.kill()
-        child.join()
+        if child.pid is not None:
+            if child.is_alive():
+                child.kill()
+            child.join()
         for connection in (ours, theirs, errors_in, errors_out):
             connection.close()
     if reply is not None and reply[:1] == _OK:

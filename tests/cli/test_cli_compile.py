@@ -10,6 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 import wasmtime
 from cli_process import sandrun
 from compile_bombs import huge_module, slow_module
@@ -101,3 +102,29 @@ def test_distinct_engine_configurations_are_capped_naming_the_job_that_goes_over
         "/jobs/4/limits/stack",
     ]
     assert denied[0].startswith("m.yaml:10:") and "engines/j3" in denied[0]
+
+
+def test_a_plan_whose_compile_bounds_were_loosened_by_hand_is_refused(tmp_path: Path) -> None:
+    _write_run(tmp_path, HELLO, "{compile_timeout: 1s}")
+    assert (
+        sandrun("compile", "m.yaml", "--policy", "policy.yaml", "-o", "plan.json", cwd=tmp_path).returncode
+        == 0
+    )
+    plan = (tmp_path / "plan.json").read_text()
+    assert '"compile_timeout_ms":1000' in plan
+    (tmp_path / "plan.json").write_text(
+        plan.replace('"compile_timeout_ms":1000', '"compile_timeout_ms":9000000')
+    )
+    ran = sandrun("run", "plan.json", "--out", "out", "--cache-dir", "cache", cwd=tmp_path)
+    assert ran.returncode == 3 and "[plan.mismatch]" in ran.stderr
+
+
+@pytest.mark.parametrize(
+    "modules",
+    ["{compile_timeout: 10}", "{compile_memory: lots}", "{max_engines: 0}", "{max_size: 1mib}", "{cpu: 1s}"],
+)
+def test_a_bad_modules_section_is_invalid_input_on_one_line(tmp_path: Path, modules: str) -> None:
+    _write_run(tmp_path, HELLO, modules)
+    checked = sandrun("check", "m.yaml", "--policy", "policy.yaml", cwd=tmp_path)
+    assert checked.returncode == 2 and "Traceback" not in checked.stderr
+    assert "policy.yaml:4:" in checked.stderr and "/modules" in checked.stderr

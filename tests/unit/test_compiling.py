@@ -99,3 +99,27 @@ def test_runtime_turns_an_invalid_module_into_module_invalid(tmp_path: Path) -> 
     with Runtime(cache_dir=tmp_path / "cache") as runtime, pytest.raises(InputError) as caught:
         runtime.load_module(job, tmp_path)
     assert caught.value.rule_id == "module.invalid"
+
+
+def test_a_compiler_process_that_cannot_start_is_a_crash_not_an_exception(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import multiprocessing
+
+    class NoProcesses:
+        pid = None
+
+        def __init__(self, **_: object) -> None:
+            pass
+
+        def start(self) -> None:
+            raise OSError(11, "Resource temporarily unavailable")
+
+    class Context:
+        Pipe = staticmethod(multiprocessing.Pipe)
+        Process = NoProcesses
+
+    monkeypatch.setattr("runner.compiling._context", Context)
+    with pytest.raises(CompileFailed) as caught:
+        compile_bounded(ANSWER, fuel=False, stack=1 << 20, bounds=BOUNDS)
+    assert caught.value.kind == "crashed" and "cannot start" in caught.value.message
