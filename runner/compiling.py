@@ -6,11 +6,12 @@ run for minutes and ask for gigabytes (and an allocation failure inside Wasmtime
 whole process). So :func:`compile_bounded` never compiles in the calling process:
 
 1. a fresh child comes from a forkserver (the caller has threads: forking it directly is unsafe);
-2. before it reads a byte of the module, the child clears its environment, sends its stderr to
-   the parent, turns core dumps off and lowers its own limits: ``RLIMIT_CPU`` (CPU time of all
-   of Cranelift's threads together; ``SIGXCPU`` ends it) and ``RLIMIT_DATA`` (heap and private
-   writable mappings, which is what Cranelift allocates; measured to stop it, like
-   ``RLIMIT_AS``, but without counting shared libraries and reserved address space);
+2. before it reads a byte of the module, the child clears its environment, points its stdin and
+   stdout at ``/dev/null`` and its stderr at the parent, turns core dumps off and lowers its own
+   limits: ``RLIMIT_CPU`` (CPU time of all of Cranelift's threads together; ``SIGXCPU`` ends it)
+   and ``RLIMIT_DATA`` (heap and private writable mappings, which is what Cranelift allocates;
+   measured to stop it, like ``RLIMIT_AS``, but without counting shared libraries and reserved
+   address space);
 3. the parent sends the module bytes over a pipe and waits at most the wall-clock deadline
    (:attr:`CompileBounds.wall_s`), then kills the child;
 4. the child answers with the bytes ``Module.serialize()`` produced, or Wasmtime's reason for
@@ -257,6 +258,10 @@ def _lower_limit(which: int, value: int) -> None:
 
 def _child(channel: Connection, errors: Connection, fuel: bool, stack: int, cpu_s: int, memory: int) -> None:
     """Runs in the compile child: limit ourselves first, then read, compile and answer."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)  # the forkserver handed down the runner's stdin and stdout: not ours to use
+    os.dup2(devnull, 1)
+    os.close(devnull)
     os.dup2(errors.fileno(), 2)  # Wasmtime's abort message goes to the parent, not the terminal
     os.environ.clear()  # nothing of the runner's environment (a signing key) is left to read
     _lower_limit(resource.RLIMIT_CORE, 0)
