@@ -152,7 +152,7 @@ def compile_bounded(
     try:
         try:
             child.start()
-        except OSError as exc:  # no forkserver socket, no processes left: the run goes on
+        except (OSError, AssertionError) as exc:  # no processes left; or we are a daemonic worker
             raise CompileFailed("crashed", f"cannot start a compiler process: {exc}") from exc
         theirs.close()
         errors_out.close()
