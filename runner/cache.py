@@ -8,12 +8,21 @@ them as machine code without validating them. That is why the disk cache
 
 - lives in a folder private to the user (created 0700; the cache is switched off, never used,
   when the folder is a symlink, is owned by someone else or is group/world-accessible);
+- authenticates every entry with a per-user secret kept *outside* the cache folder
+  (:mod:`runner.cache_secret`): a folder restored by CI or shared between users can hold a
+  consistent ``.cwasm`` + sidecar pair that someone else wrote, and only a MAC with a key they do
+  not have tells it apart;
 - writes every entry atomically (temporary file + rename) as two files: ``<name>.cwasm`` (the
   bytes ``Module.serialize()`` produced) and ``<name>.json`` (a sidecar naming the full key, the
-  size and a digest of the ``.cwasm`` bytes: sha256 over the sha256 of each 8 MiB chunk);
+  size, the secret's id and the HMAC-SHA256, keyed by the secret, over a header holding the format,
+  the secret's id, the full key and the size, then the ``.cwasm`` bytes);
 - before loading, opens the ``.cwasm`` without following symlinks, checks owner, mode, key, size
-  and sha256 on that open file, and deserializes the very same inode (``/proc/self/fd/N``), so a
-  corrupted, truncated, foreign or swapped entry is recompiled and rewritten, never loaded.
+  and MAC on that open file (read in 1 MiB blocks, so checking a large entry keeps no copy of it
+  in memory), and deserializes the very same inode (``/proc/self/fd/N``), so a corrupted,
+  truncated, foreign or swapped entry is recompiled and rewritten (``recompiled``), never loaded;
+- keeps its total size under ``max_disk_bytes`` (``$SANDRUN_CACHE_MAX_BYTES``, default 4 GiB):
+  after each write the least recently used entries (by the ``.cwasm`` modification time, which a
+  hit refreshes) are deleted until the folder fits.
 
 Wasmtime's own cache (``Config.cache``) was not used: it neither checks the integrity of an entry
 before deserializing it nor keeps its folder private, and it stores entries compressed, which
@@ -23,29 +32,41 @@ makes loading a large module slower than mapping the serialized file directly.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
-import mmap
 import os
 import platform
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import version
 from pathlib import Path
 from typing import Literal
 
 from wasmtime import Engine, Module, WasmtimeError
 
+from runner.cache_secret import CacheSecret, CacheSecretError, default_secret_path, load_secret
 from runner.fileio import write_atomic
+from runner.units import UnitError, parse_size
 
-__all__ = ["CACHE_FORMAT", "Source", "ModuleCache", "default_cache_dir", "check_private_dir"]
+__all__ = [
+    "CACHE_FORMAT",
+    "MAX_BYTES_ENV",
+    "Source",
+    "ModuleCache",
+    "default_cache_dir",
+    "check_private_dir",
+]
 
-CACHE_FORMAT = "sandrun-module-cache/v1"
-Source = Literal["compiled", "memory", "disk"]
+CACHE_FORMAT = "sandrun-module-cache/v2"
+MAX_BYTES_ENV = "SANDRUN_CACHE_MAX_BYTES"
+_DEFAULT_MAX_BYTES = 4 << 30
+#: ``recompiled``: a disk entry was there but failed a check (foreign, damaged, swapped), so the
+#: module was compiled again; the audit log's ``tool.deployed`` record says so.
+Source = Literal["compiled", "recompiled", "memory", "disk"]
 _MAX_SIDECAR = 4096
-_CHUNK = 8 << 20
+_BLOCK = 1 << 20
 _PROC_FD = Path("/proc/self/fd")
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -80,9 +101,18 @@ class ModuleCache:
     """Modules by key: an in-memory LRU in front of an optional private folder on disk.
 
     ``disk_problem`` says why the disk cache is off (None when it is on): callers may log it.
+    ``secret_path`` is where the per-user secret lives (default :func:`default_secret_path`);
+    ``max_disk_bytes`` caps the folder (default ``$SANDRUN_CACHE_MAX_BYTES``, else 4 GiB).
     """
 
-    def __init__(self, directory: Path | None, *, memory_entries: int = 64) -> None:
+    def __init__(
+        self,
+        directory: Path | None,
+        *,
+        memory_entries: int = 64,
+        secret_path: Path | None = None,
+        max_disk_bytes: int | None = None,
+    ) -> None:
         self._memory: OrderedDict[str, Module] = OrderedDict()
         self._memory_entries = max(0, memory_entries)
         self._lock = threading.Lock()
@@ -90,6 +120,15 @@ class ModuleCache:
         self._runtime = f"wasmtime-{version('wasmtime')}/{platform.machine()}"
         self.directory = directory
         self.disk_problem = "no cache folder" if directory is None else check_private_dir(directory)
+        self.max_disk_bytes = _DEFAULT_MAX_BYTES if max_disk_bytes is None else max_disk_bytes
+        self._secret: CacheSecret | None = None
+        if self.disk_problem is None and directory is not None:
+            try:
+                if max_disk_bytes is None:
+                    self.max_disk_bytes = _max_bytes_from_env()
+                self._secret = load_secret(_outside(secret_path or default_secret_path(), directory))
+            except (CacheSecretError, ValueError) as exc:
+                self.disk_problem = str(exc)
 
     def key(self, digest: str, engine_tag: str) -> str:
         """The full cache key of a module compiled for one engine configuration."""
@@ -114,6 +153,7 @@ class ModuleCache:
 
         One compilation per key at a time: concurrent callers wait for the first one.
         ``fetch`` reads and verifies the WebAssembly bytes; its errors and ``compile``'s propagate.
+        The source is ``recompiled`` when a disk entry existed but was refused.
         """
         with self._lock:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
@@ -121,11 +161,11 @@ class ModuleCache:
             module = self.cached(key)
             if module is not None:
                 return module, "memory"
-            module = self._read_disk(engine, key)
+            module, present = self._read_disk(engine, key)
             source: Source = "disk"
             if module is None:
                 module = compile(engine, fetch())
-                source = "compiled"
+                source = "recompiled" if present else "compiled"
                 self._write_disk(key, module)
             self._remember(key, module)
             return module, source
@@ -142,66 +182,124 @@ class ModuleCache:
         name = hashlib.sha256(key.encode()).hexdigest()
         return self.directory / f"{name}.cwasm", self.directory / f"{name}.json"
 
-    def _read_disk(self, engine: Engine, key: str) -> Module | None:
-        """The verified entry for ``key``, or None when absent or not trustworthy."""
-        if self.disk_problem is not None:
-            return None
+    def _read_disk(self, engine: Engine, key: str) -> tuple[Module | None, bool]:
+        """The authenticated entry for ``key`` or None, and whether any entry was there at all.
+
+        Checks, in order: (1) the sidecar is a private file naming this format, key and secret;
+        (2) the ``.cwasm`` opened without following symlinks is a private, non-empty file of the
+        sidecar's size; (3) the MAC over that open file matches; (4) that same inode is loaded.
+        """
+        if self.disk_problem is not None or self._secret is None:
+            return None, False
         artifact, sidecar = self._paths(key)
+        present = os.path.lexists(artifact) or os.path.lexists(sidecar)
         try:
-            meta = _read_sidecar(sidecar)
+            meta = _read_sidecar(sidecar)  # (1)
             if meta is None or meta.get("format") != CACHE_FORMAT or meta.get("key") != key:
-                return None
+                return None, present
+            if meta.get("key_id") != self._secret.key_id or not isinstance(meta.get("mac"), str):
+                return None, present
             fd = os.open(artifact, _OPEN_FLAGS)
         except OSError:
-            return None
+            return None, present
         try:
-            info = os.fstat(fd)
+            info = os.fstat(fd)  # (2)
             if not _owned_private_file(info) or not info.st_size or info.st_size != meta.get("size"):
-                return None
-            if _fd_digest(fd, info.st_size) != meta.get("sha256"):
-                return None
+                return None, True
+            mac = _entry_mac(self._secret, key, info.st_size, _file_blocks(fd, info.st_size))  # (3)
+            if not hmac.compare_digest(mac, str(meta["mac"])) or os.fstat(fd).st_size != info.st_size:
+                return None, True
             source = _PROC_FD / str(fd) if _PROC_FD.is_dir() else artifact
-            return Module.deserialize_file(engine, str(source))
+            module = Module.deserialize_file(engine, str(source))  # (4)
+            os.utime(fd)  # recently used: the disk LRU evicts by modification time
+            return module, True
         except (OSError, WasmtimeError):
-            return None
+            return None, True
         finally:
             os.close(fd)
 
     def _write_disk(self, key: str, module: Module) -> None:
         """Store ``module`` best effort: a cache that cannot be written only costs time."""
-        if self.disk_problem is not None:
+        if self.disk_problem is not None or self._secret is None:
             return
         artifact, sidecar = self._paths(key)
         try:
             data = module.serialize()
+            if len(data) > self.max_disk_bytes:
+                return
             with memoryview(data) as view:
-                meta = {"format": CACHE_FORMAT, "key": key, "size": len(data), "sha256": _digest(view)}
+                mac = _entry_mac(self._secret, key, len(data), [view])
+            meta = {
+                "format": CACHE_FORMAT,
+                "key": key,
+                "key_id": self._secret.key_id,
+                "size": len(data),
+                "mac": mac,
+            }
             write_atomic(artifact, data, mode=0o600)
             write_atomic(sidecar, json.dumps(meta, sort_keys=True).encode(), mode=0o600)
+            self._evict()
         except (OSError, WasmtimeError):
             return
 
+    def _evict(self) -> None:
+        """Delete least recently used entries until the folder holds at most ``max_disk_bytes``."""
+        assert self.directory is not None
+        entries = []
+        for artifact in self.directory.glob("*.cwasm"):
+            try:
+                info = artifact.lstat()
+            except OSError:
+                continue  # removed meanwhile by another runner
+            entries.append((info.st_mtime_ns, info.st_size, artifact))
+        total = sum(size for _, size, _ in entries)
+        for _, size, artifact in sorted(entries):
+            if total <= self.max_disk_bytes:
+                break
+            artifact.with_suffix(".json").unlink(missing_ok=True)
+            artifact.unlink(missing_ok=True)
+            total -= size
 
-def _digest(data: memoryview) -> str:
-    """sha256 over the sha256 of each 8 MiB chunk, the chunks hashed in parallel.
 
-    hashlib releases the GIL on large buffers, so a large artifact verifies about cores-times
-    faster than with one running hash: loading from the cache must stay much faster than compiling.
+def _outside(secret_path: Path, directory: Path) -> Path:
+    """The secret's path, refused when it lies in the cache folder (whoever fills one has the other)."""
+    if secret_path.resolve().is_relative_to(directory.resolve()):
+        raise CacheSecretError(f"the cache key {secret_path} must not be inside the cache folder {directory}")
+    return secret_path
+
+
+def _max_bytes_from_env() -> int:
+    text = os.environ.get(MAX_BYTES_ENV)
+    if not text:
+        return _DEFAULT_MAX_BYTES
+    try:
+        return parse_size(text)
+    except UnitError as exc:
+        raise ValueError(f"${MAX_BYTES_ENV}={text!r} is not a size: {exc}") from None
+
+
+def _entry_mac(secret: CacheSecret, key: str, size: int, blocks: Iterable[memoryview]) -> str:
+    """HMAC-SHA256 under the user's secret over a header (format, secret id, key, size), then the bytes.
+
+    The header is JSON, so no two different (key, size) pairs share one header.
     """
-    chunks = [data[start : start + _CHUNK] for start in range(0, len(data), _CHUNK)]
-    if len(chunks) <= 1:
-        parts = [hashlib.sha256(data).digest()]
-    else:
-        with ThreadPoolExecutor(max_workers=min(len(chunks), os.cpu_count() or 1)) as pool:
-            parts = list(pool.map(lambda chunk: hashlib.sha256(chunk).digest(), chunks))
-    for chunk in chunks:
-        chunk.release()
-    return hashlib.sha256(b"".join(parts)).hexdigest()
+    header = json.dumps([CACHE_FORMAT, secret.key_id, key, size]).encode() + b"\n"
+    mac = hmac.new(secret.key, header, hashlib.sha256)
+    for block in blocks:
+        mac.update(block)
+    return mac.hexdigest()
 
 
-def _fd_digest(fd: int, size: int) -> str:
-    with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as view:
-        return _digest(view)
+def _file_blocks(fd: int, size: int) -> Iterator[memoryview]:
+    """The first ``size`` bytes of ``fd`` in 1 MiB blocks through one reused buffer."""
+    buffer = memoryview(bytearray(_BLOCK))
+    offset = 0
+    while offset < size:
+        count = os.preadv(fd, [buffer[: min(_BLOCK, size - offset)]], offset)
+        if count == 0:
+            raise OSError("the cache entry shrank while it was read")
+        yield buffer[:count]
+        offset += count
 
 
 def _read_sidecar(path: Path) -> dict[str, object] | None:

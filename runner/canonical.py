@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 import orjson
 
-__all__ = ["canonical_json", "sha256_hex"]
+__all__ = ["canonical_json", "canonical_digest", "sha256_hex"]
 
 
+_ANY_CASE_HEX64 = re.compile(r"[0-9A-Fa-f]{64}")
 _SCALARS = frozenset({str, int, bool, type(None)})
 _ORJSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_SUBCLASS
 
@@ -93,3 +95,14 @@ def canonical_json(value: Any) -> bytes:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def canonical_digest(text: str) -> str | None:
+    """A SHA-256 a person wrote (64 hex digits, either case) in its one form: lower case.
+
+    None when ``text`` is not 64 hex digits. Every digest read from a manifest, a policy or the
+    command line goes through here before it is compared with anything, so ``ABC…`` and ``abc…``
+    are the same digest everywhere; digests Sandrun writes itself (plans, audit records) are lower
+    case already and are refused otherwise.
+    """
+    return text.lower() if _ANY_CASE_HEX64.fullmatch(text) else None

@@ -258,6 +258,7 @@ def _start_run(
     key_name: str | None,
     sources: list[str],
     progress: bool,
+    operator_policy: Path | None = None,
 ) -> Any:
     """``api.run`` with the runner's key, a progress display, and Ctrl-C turned into a clean stop.
 
@@ -292,6 +293,7 @@ def _start_run(
             cancel=cancel,
             on_progress=display,
             sources=sources,
+            operator_policy=operator_policy,
         )
     finally:
         if display is not None:
@@ -322,7 +324,7 @@ def _print_run_end(outcome: Any) -> None:
     "policy_path",
     type=click.Path(path_type=Path),
     default=None,
-    help="The policy (required unless SOURCES is one compiled plan.json).",
+    help="The policy that decides (required; a plan.json must have been compiled under it).",
 )
 @click.option(
     "-j", "--jobs", type=click.IntRange(min=1), default=None, help="Parallel jobs (default: cores)."
@@ -340,14 +342,21 @@ def run_command(
     signing_key: Path | None,
     key_name: str | None,
 ) -> None:
-    """Run manifests (compiled under --policy) or a compiled plan; write outputs and the audit log."""
+    """Run manifests, or one compiled plan, under --policy; write outputs and the audit log."""
     from runner.api import plan_maker
     from runner.executor import BatchOptions
 
     make_plan = plan_maker(list(sources), policy_path, root=root)
+    decided: list[Any] = []  # the policy of the plan that runs, for the summary line
+
+    def make_and_note() -> Any:
+        plan = make_plan()
+        decided.append(plan.policy)
+        return plan
+
     options = BatchOptions(fail_fast=fail_fast, cache_dir=cache_dir, jobs=jobs or os.cpu_count() or 1)
     outcome = _start_run(
-        make_plan,
+        make_and_note,
         root=root,
         out_dir=out_dir,
         options=options,
@@ -355,8 +364,11 @@ def run_command(
         key_name=key_name,
         sources=[str(s) for s in sources],
         progress=True,
+        operator_policy=policy_path,
     )
     _print_run_end(outcome)
+    policy = decided[0]
+    click.echo(f"policy (--policy): {policy.name} ({policy.path}, sha256 {policy.sha256})", err=True)
     sys.exit(outcome.exit_code)
 
 
@@ -464,6 +476,7 @@ def exec_command(
         key_name=key_name,
         sources=[str(module)],
         progress=False,
+        operator_policy=policy,
     )
     job = outcome.report["jobs"][0]
     if outcome.interrupted:
@@ -528,7 +541,9 @@ def _public_key(text: str) -> Any:
     path = Path(text)
     try:
         return parse_public_key(path.read_text(encoding="ascii") if path.is_file() else text)
-    except (KeyFileError, UnicodeDecodeError) as exc:
+    except KeyFileError as exc:
+        raise InputError.one(exc.rule_id or "keys.invalid", f"public key {text}: {exc}") from None
+    except UnicodeDecodeError as exc:
         raise InputError.one("keys.invalid", f"public key {text}: {exc}") from None
 
 
@@ -668,7 +683,7 @@ def sign(module: Path, key_path: Path, key_id: str | None) -> None:
     try:
         key = load_private_key(key_path)
     except KeyFileError as exc:
-        raise InputError.one("keys.invalid", str(exc), _file(key_path)) from None
+        raise InputError.one(exc.rule_id or "keys.invalid", str(exc), _file(key_path)) from None
     signature = sign_module_digest(key, digest)
     click.echo(f"sha256: {digest}")
     click.echo(f"signature: {{key: {key_id or key_path.stem}, sig: {signature}}}")

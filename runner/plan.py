@@ -160,6 +160,9 @@ class InputFile:
     path: str
     sha256: str
 
+    def __post_init__(self) -> None:
+        _require(bool(_SHA256.fullmatch(self.sha256)), f"bad sha256 for input {self.path}")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PolicyRef:
@@ -169,6 +172,9 @@ class PolicyRef:
     path: str
     sha256: str
     git_commit: str | None
+
+    def __post_init__(self) -> None:
+        _require(bool(_SHA256.fullmatch(self.sha256)), f"bad sha256 for policy {self.path}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -219,4 +219,4 @@ def load_runner_key(path: Path | None, env: Mapping[str, str]) -> PrivateKey | N
         return load_private_key_text(text)
     except KeyFileError as exc:
         where = str(path) if path is not None else "$" + SIGNING_KEY_ENV
-        raise InputError.one("input.signing-key", str(exc), Location(file=where)) from None
+        raise InputError.one(exc.rule_id or "input.signing-key", str(exc), Location(file=where)) from None

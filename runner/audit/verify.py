@@ -23,7 +23,6 @@ leaves.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +30,12 @@ from typing import Any, Literal
 
 from runner.audit.checkpoint import Checkpoint, parse_checkpoint, verify_signatures
 from runner.audit.record import GENESIS, RUN_SEALED, LineError, LineHead, parse_line, parse_record
+from runner.canonical import canonical_digest
 from runner.errors import EXIT_AUDIT_FAILED, EXIT_OK, AuditError, InputError, Location, Violation
 from runner.signing import PublicKey
 
 __all__ = ["RunSummary", "VerifyReport", "verify_log", "read_records"]
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 _UNSEALED = "audit.unsealed"
 
 
@@ -144,8 +143,8 @@ class _Anchor:
 
 
 def _anchor(text: str) -> _Anchor:
-    stripped = text.strip()
-    if _HEX64.fullmatch(stripped):
+    stripped = canonical_digest(text.strip())
+    if stripped is not None:
         return _Anchor(stripped)
     try:
         note = parse_checkpoint(text if text.endswith("\n") else text + "\n")

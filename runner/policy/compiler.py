@@ -3,7 +3,8 @@
 Like an admission controller, it never stops at the first problem: each check adds a denial
 (rule id, message, JSON Pointer, file and line) and compilation goes on, so one run reports all of
 them. Checks run in DESIGN.md's order for each tool, then each job; a job whose tool was denied is
-still checked on its own grants. The compiler never runs WASM and never writes anything.
+still checked on its own grants. The compiler never runs WASM, never writes anything and never
+starts a program (the policy's git commit is read from the repository's files: see ``gitstate``).
 
 Rule ids are stable; ``docs/policy.md`` lists them all.
 """
@@ -14,15 +15,16 @@ import datetime as dt
 import graphlib
 import hashlib
 import posixpath
-import subprocess
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
+from runner.canonical import canonical_digest
 from runner.errors import InputError, PolicyDenied, SandrunError, Violation
 from runner.hosts import HostPatternError, covers, parse_host_pattern
 from runner.plan import InputFile, JobSpec, Limits, Mount, Network, Plan, PolicyRef, Tool
+from runner.policy.gitstate import policy_commit
 from runner.policy.governance import Grants, score
 from runner.policy.model import LimitValues, Policy, parse_limits
 from runner.signing import verify_module_digest
@@ -157,7 +159,7 @@ class _ManifestCompiler:
             return None
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         self.state.record_input(path, digest)
-        if digest != spec["sha256"]:
+        if digest != canonical_digest(spec["sha256"]):
             self.deny(
                 "tool.digest",
                 f"module bytes have sha256 {digest}, the manifest says {spec['sha256']}",
@@ -506,31 +508,6 @@ class _ManifestCompiler:
             self.deny("needs.cycle", "needs form a cycle: " + " -> ".join(cycle), f"/jobs/{first}/needs")
 
 
-def _git_commit(path: Path) -> str | None:
-    """HEAD of the git repo holding ``path`` (``+dirty`` when the file differs from it), or None."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(path.parent), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        if head.returncode != 0:
-            return None
-        status = subprocess.run(
-            ["git", "-C", str(path.parent), "status", "--porcelain", "--", path.name],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = head.stdout.strip()
-    return commit + "+dirty" if status.stdout.strip() else commit
-
-
 def compile_plan(
     manifests: list[Document], policy: Policy, root: Path, *, today: dt.date | None = None
 ) -> Plan:
@@ -570,7 +547,7 @@ def compile_plan(
             name=policy.name,
             path=policy_rel,
             sha256=policy.document.sha256,
-            git_commit=_git_commit(policy_path),
+            git_commit=policy_commit(policy_path),
         ),
         inputs=tuple(InputFile(path=p, sha256=d) for p, d in sorted(state.inputs.items())),
         manifests=tuple(state.input_key(Path(d.path).resolve()) for d in manifests),
@@ -582,6 +559,6 @@ def compile_plan(
 
 def denial_error(violations: list[Violation]) -> SandrunError:
     """The error for a mix of problems: invalid input (exit 2) wins over policy denials (exit 3)."""
-    if any(v.rule_id.split(".")[0] in ("yaml", "schema") for v in violations):
+    if any(v.rule_id.split(".")[0] in ("yaml", "schema", "key") for v in violations):
         return InputError(violations=tuple(violations))
     return PolicyDenied(violations=tuple(violations))

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.canonical import canonical_digest
 from runner.errors import InputError, Violation
 from runner.hosts import HostPattern, HostPatternError, parse_block_entry, parse_host_pattern
 from runner.plan import ModuleLimits
-from runner.signing import KeyFileError, PublicKey, parse_public_key
+from runner.signing import KeyFileError, PublicKey, parse_public_key, public_key_raw
 from runner.source import Document
 from runner.units import UnitError, parse_duration, parse_size
 
@@ -130,15 +131,26 @@ def policy_from_document(document: Document, root: Path) -> Policy:
     problems: list[Violation] = []
     signatures = data.get("signatures", {})
     keys: dict[str, TrustedKey] = {}
+    ids_by_material: dict[bytes, str] = {}
     for index, entry in enumerate(signatures.get("trusted_keys", [])):
         pointer = f"/signatures/trusted_keys/{index}"
         try:
             public_key = parse_public_key(entry["public_key"])
         except KeyFileError as exc:
-            problems.append(
-                Violation("policy.key-invalid", str(exc), document.locate(pointer + "/public_key"))
-            )
+            rule = exc.rule_id or "policy.key-invalid"
+            problems.append(Violation(rule, str(exc), document.locate(pointer + "/public_key")))
             continue
+        # Raw bytes are canonical (parse_public_key refuses other encodings): same bytes, same key.
+        first_id = ids_by_material.setdefault(public_key_raw(public_key), entry["id"])
+        if first_id != entry["id"]:
+            problems.append(
+                Violation(
+                    "key.duplicate-material",
+                    f"key {entry['id']!r} is the same key as {first_id!r}: revoking or expiring one id "
+                    "would leave the other trusted",
+                    document.locate(pointer + "/public_key"),
+                )
+            )
         not_after = None
         if "not_after" in entry:
             try:
@@ -201,7 +213,7 @@ def policy_from_document(document: Document, root: Path) -> Policy:
         name=data["metadata"]["name"],
         signatures_required=bool(signatures.get("required", False)),
         trusted_keys=keys,
-        revoked=frozenset(signatures.get("revoked", [])),
+        revoked=frozenset(canonical_digest(entry) or entry for entry in signatures.get("revoked", [])),
         default_limits=default_limits,
         max_limits=max_limits,
         roots=roots,

@@ -115,7 +115,9 @@ def test_a_plan_whose_compile_bounds_were_loosened_by_hand_is_refused(tmp_path: 
     (tmp_path / "plan.json").write_text(
         plan.replace('"compile_timeout_ms":1000', '"compile_timeout_ms":9000000')
     )
-    ran = sandrun("run", "plan.json", "--out", "out", "--cache-dir", "cache", cwd=tmp_path)
+    ran = sandrun(
+        "run", "plan.json", "--policy", "policy.yaml", "--out", "out", "--cache-dir", "cache", cwd=tmp_path
+    )
     assert ran.returncode == 3 and "[plan.mismatch]" in ran.stderr
 
 

@@ -1,18 +1,33 @@
-"""The compiled-module cache: memory LRU, private disk folder, and entries never loaded blindly."""
+"""The compiled-module cache: memory LRU, private disk folder, and entries never loaded blindly.
+
+Every test gets its own cache secret (``$SANDRUN_CACHE_KEY`` in a temporary folder), so the suite
+never reads or creates the user's real one.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 from conftest import make_job
-from wasmtime import wat2wasm
+from wasmtime import Engine, Module, wat2wasm
 
-from runner.cache import CACHE_FORMAT, ModuleCache, _digest, check_private_dir, default_cache_dir
+from runner.cache import (
+    CACHE_FORMAT,
+    MAX_BYTES_ENV,
+    ModuleCache,
+    _entry_mac,
+    check_private_dir,
+    default_cache_dir,
+)
+from runner.cache_secret import SECRET_ENV, load_secret
 from runner.plan import JobSpec
 from runner.sandbox import Runtime
 
@@ -30,6 +45,13 @@ def fresh_load(cache_dir: Path, job: JobSpec, root: Path) -> str:
 def entries(cache_dir: Path) -> tuple[Path, Path]:
     [artifact] = cache_dir.glob("*.cwasm")
     return artifact, artifact.with_suffix(".json")
+
+
+@pytest.fixture(autouse=True)
+def secret_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "state" / "sandrun" / "cache.key"
+    monkeypatch.setenv(SECRET_ENV, str(path))
+    return path
 
 
 @pytest.fixture
@@ -83,12 +105,25 @@ def damage_group_writable(artifact: Path, sidecar: Path) -> None:
     artifact.chmod(0o664)
 
 
-def damage_consistent_garbage(artifact: Path, sidecar: Path) -> None:
-    """Bytes that pass the integrity check but are not a Wasmtime artifact: Wasmtime refuses."""
+def damage_authenticated_garbage(artifact: Path, sidecar: Path) -> None:
+    """Bytes with a valid MAC (made with this user's own secret) that are not a Wasmtime artifact."""
     garbage = b"\x7fELF" + b"\x00" * 200
     artifact.write_bytes(garbage)
     meta = json.loads(sidecar.read_text())
-    sidecar.write_text(json.dumps({**meta, "size": len(garbage), "sha256": _digest(memoryview(garbage))}))
+    secret = load_secret(Path(os.environ[SECRET_ENV]))
+    mac = _entry_mac(secret, meta["key"], len(garbage), [memoryview(garbage)])
+    sidecar.write_text(json.dumps({**meta, "size": len(garbage), "mac": mac}))
+
+
+def damage_v1_sidecar(artifact: Path, sidecar: Path) -> None:
+    """The previous format: consistent sha256, no MAC."""
+    meta = json.loads(sidecar.read_text())
+    digest = hashlib.sha256(artifact.read_bytes()).hexdigest()
+    sidecar.write_text(
+        json.dumps(
+            {"format": "sandrun-module-cache/v1", "key": meta["key"], "size": meta["size"], "sha256": digest}
+        )
+    )
 
 
 @pytest.mark.parametrize(
@@ -101,7 +136,8 @@ def damage_consistent_garbage(artifact: Path, sidecar: Path) -> None:
         damage_missing_sidecar,
         damage_symlinked_artifact,
         damage_group_writable,
-        damage_consistent_garbage,
+        damage_authenticated_garbage,
+        damage_v1_sidecar,
     ],
 )
 def test_bad_entries_are_recompiled_and_rewritten(
@@ -110,7 +146,7 @@ def test_bad_entries_are_recompiled_and_rewritten(
     job = make_job(tmp_path, probe_wasm)
     assert fresh_load(cache_dir, job, tmp_path) == "compiled"
     damage(*entries(cache_dir))  # type: ignore[operator]
-    assert fresh_load(cache_dir, job, tmp_path) == "compiled"
+    assert fresh_load(cache_dir, job, tmp_path) == "recompiled"
     assert fresh_load(cache_dir, job, tmp_path) == "disk"
 
 
@@ -124,7 +160,7 @@ def test_entry_of_another_module_under_this_name_is_refused(
     [probe_artifact] = [p for p in cache_dir.glob("*.cwasm") if p != other_artifact]
     os.replace(other_artifact, probe_artifact)
     os.replace(other_sidecar, probe_artifact.with_suffix(".json"))
-    assert fresh_load(cache_dir, probe, tmp_path) == "compiled"
+    assert fresh_load(cache_dir, probe, tmp_path) == "recompiled"
 
 
 @pytest.mark.parametrize("mode", [0o770, 0o755, 0o701])
@@ -210,11 +246,211 @@ def test_cache_without_folder_only_compiles(probe_wasm: bytes) -> None:
     assert cache.load(engine, key, lambda: probe_wasm)[1] == "memory"
 
 
-def test_digest_is_over_chunk_digests() -> None:
-    data = os.urandom(20 << 20)  # three 8 MiB chunks, hashed in parallel
-    chunks = [data[i : i + (8 << 20)] for i in range(0, len(data), 8 << 20)]
-    expected = hashlib.sha256(b"".join(hashlib.sha256(c).digest() for c in chunks)).hexdigest()
-    assert _digest(memoryview(data)) == expected
-    flipped = bytearray(data)
-    flipped[-1] ^= 1
-    assert _digest(memoryview(flipped)) != expected
+# --- entries are authenticated with the user's secret --------------------------------------------
+
+
+def _exports(module: object) -> set[str]:
+    return {export.name for export in module.exports}  # type: ignore[attr-defined]
+
+
+def _digest_of(wasm: bytes) -> str:
+    return hashlib.sha256(wasm).hexdigest()
+
+
+def test_consistent_pair_from_another_secret_for_the_approved_digest_is_recompiled_not_run(
+    tmp_path: Path, cache_dir: Path, probe_wasm: bytes
+) -> None:
+    """A cache restored by CI: entry for digest A holding B's code, made consistent by its writer."""
+    engine = Engine()
+    attacker_dir = tmp_path / "attacker" / "modules"
+    attacker = ModuleCache(attacker_dir, secret_path=tmp_path / "attacker" / "cache.key")
+    ours = ModuleCache(cache_dir)
+    key_a = ours.key(_digest_of(probe_wasm), "plain")
+    module, source = attacker.load(engine, key_a, lambda: OTHER)  # B compiled under A's key
+    assert source == "compiled" and _exports(module) == {"_start"}
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for path in attacker_dir.iterdir():  # the "restore": a complete, self-consistent pair
+        os.replace(path, cache_dir / path.name)
+    module, source = ours.load(engine, key_a, lambda: probe_wasm)
+    assert source == "recompiled"
+    assert _exports(module) == _exports(Module(engine, probe_wasm)) != {"_start"}
+    module, source = ModuleCache(cache_dir).load(engine, key_a, lambda: b"never read")
+    assert source == "disk" and _exports(module) == _exports(Module(engine, probe_wasm))
+
+
+def test_entry_written_with_another_secret_is_recompiled_then_rewritten(
+    tmp_path: Path, cache_dir: Path, probe_wasm: bytes
+) -> None:
+    engine = Engine()
+    other = ModuleCache(cache_dir, secret_path=tmp_path / "other" / "cache.key")
+    key = other.key(_digest_of(probe_wasm), "plain")
+    assert other.load(engine, key, lambda: probe_wasm)[1] == "compiled"
+    assert ModuleCache(cache_dir).load(engine, key, lambda: probe_wasm)[1] == "recompiled"
+    assert ModuleCache(cache_dir).load(engine, key, lambda: probe_wasm)[1] == "disk"
+
+
+def test_swapped_mac_of_another_entry_is_refused(tmp_path: Path, cache_dir: Path, probe_wasm: bytes) -> None:
+    """Both entries are ours and valid; B's bytes and sidecar fields under A's name do not verify."""
+    engine = Engine()
+    cache = ModuleCache(cache_dir)
+    key_a, key_b = cache.key(_digest_of(probe_wasm), "plain"), cache.key(_digest_of(OTHER), "plain")
+    cache.load(engine, key_a, lambda: probe_wasm)
+    cache.load(engine, key_b, lambda: OTHER)
+    (artifact_a, sidecar_a), (artifact_b, sidecar_b) = cache._paths(key_a), cache._paths(key_b)
+    meta_b = json.loads(sidecar_b.read_text())
+    os.replace(artifact_b, artifact_a)
+    sidecar_a.write_text(json.dumps({**meta_b, "key": key_a}))  # claims A, carries B's size and MAC
+    module, source = ModuleCache(cache_dir).load(engine, key_a, lambda: probe_wasm)
+    assert source == "recompiled" and _exports(module) != {"_start"}
+
+
+def test_secret_is_created_0600_in_a_0700_folder(secret_path: Path, cache_dir: Path) -> None:
+    cache = ModuleCache(cache_dir)
+    assert cache.disk_problem is None
+    assert stat.S_IMODE(secret_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(secret_path.parent.stat().st_mode) == 0o700
+    text = secret_path.read_text()
+    assert len(text) == 65 and text.endswith("\n") and int(text, 16) >= 0
+    assert not secret_path.is_relative_to(cache_dir)
+    assert load_secret(secret_path) == load_secret(secret_path)  # read again, not replaced
+
+
+def _refused_secret(cache_dir: Path, probe_wasm: bytes) -> str:
+    cache = ModuleCache(cache_dir)
+    assert cache.disk_problem is not None
+    engine = Engine()
+    key = cache.key(_digest_of(probe_wasm), "plain")
+    assert cache.load(engine, key, lambda: probe_wasm)[1] == "compiled"
+    assert list(cache_dir.iterdir()) == []  # nothing written without a usable secret
+    return cache.disk_problem
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660])
+def test_secret_readable_by_others_is_refused_not_replaced(
+    secret_path: Path, cache_dir: Path, probe_wasm: bytes, mode: int
+) -> None:
+    load_secret(secret_path)
+    before = secret_path.read_bytes()
+    secret_path.chmod(mode)
+    assert "group or others" in _refused_secret(cache_dir, probe_wasm)
+    assert secret_path.read_bytes() == before and stat.S_IMODE(secret_path.stat().st_mode) == mode
+
+
+def test_symlinked_or_malformed_secret_is_refused(
+    tmp_path: Path, secret_path: Path, cache_dir: Path, probe_wasm: bytes
+) -> None:
+    elsewhere = tmp_path / "elsewhere.key"
+    elsewhere.write_text("ab" * 32 + "\n")
+    elsewhere.chmod(0o600)
+    secret_path.parent.mkdir(parents=True, mode=0o700)
+    secret_path.symlink_to(elsewhere)
+    assert "cannot open" in _refused_secret(cache_dir, probe_wasm)
+    secret_path.unlink()
+    secret_path.write_text("AB" * 32 + "\n")
+    secret_path.chmod(0o600)
+    assert "64 lowercase hex" in _refused_secret(cache_dir, probe_wasm)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to give the key file to someone else")
+def test_secret_owned_by_someone_else_is_refused(
+    secret_path: Path, cache_dir: Path, probe_wasm: bytes
+) -> None:
+    load_secret(secret_path)
+    os.chown(secret_path, 65534, 65534)
+    assert "not owned" in _refused_secret(cache_dir, probe_wasm)
+
+
+def test_processes_of_one_user_share_the_secret_and_each_others_entries(
+    secret_path: Path, cache_dir: Path, probe_wasm: bytes
+) -> None:
+    """Several runners create the secret at once; an entry one process writes, another loads."""
+    code = (
+        "import sys; from pathlib import Path; from wasmtime import Engine\n"
+        "from runner.cache import ModuleCache\n"
+        "cache = ModuleCache(Path(sys.argv[1]))\n"
+        "wasm = Path(sys.argv[2]).read_bytes()\n"
+        "import hashlib; key = cache.key(hashlib.sha256(wasm).hexdigest(), 'plain')\n"
+        "print(cache._secret.key_id, cache.load(Engine(), key, lambda: wasm)[1])\n"
+    )
+    module = cache_dir.parent / "probe.wasm"
+    module.parent.mkdir(parents=True, exist_ok=True)
+    module.write_bytes(probe_wasm)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(cache_dir), str(module)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    outputs = [proc.communicate(timeout=120)[0].split() for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs)
+    assert len({key_id for key_id, _ in outputs}) == 1
+    assert {source for _, source in outputs} <= {"compiled", "disk"}
+    assert list(secret_path.parent.iterdir()) == [secret_path]  # no temporary file left behind
+    here = ModuleCache(cache_dir)
+    assert here._secret is not None and here._secret.key_id == outputs[0][0]
+    key = here.key(_digest_of(probe_wasm), "plain")
+    assert here.load(Engine(), key, lambda: b"never read")[1] == "disk"
+
+
+def test_checking_a_large_entry_streams_it(tmp_path: Path, secret_path: Path) -> None:
+    """The MAC is computed through one 1 MiB buffer, never a copy of the file."""
+    import hmac
+    import tracemalloc
+
+    from runner.cache import _file_blocks
+
+    size = 48 << 20
+    path = tmp_path / "big.cwasm"
+    data = os.urandom(size)
+    path.write_bytes(data)
+    secret = load_secret(secret_path)
+    expected = _entry_mac(secret, "k", size, [memoryview(data)])
+    header = json.dumps([CACHE_FORMAT, secret.key_id, "k", size]).encode() + b"\n"
+    assert expected == hmac.new(secret.key, header + data, hashlib.sha256).hexdigest()
+    del data
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        tracemalloc.start()
+        streamed = _entry_mac(secret, "k", size, _file_blocks(fd, size))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    finally:
+        os.close(fd)
+    assert streamed == expected
+    assert peak < 4 << 20  # the buffer, not the 48 MiB
+
+
+def test_disk_cache_evicts_the_least_recently_used_entries(
+    tmp_path: Path, cache_dir: Path, probe_wasm: bytes
+) -> None:
+    engine = Engine()
+    third = bytes(wat2wasm('(module (func (export "_start") nop))'))
+    cache = ModuleCache(cache_dir)
+    keys = {name: cache.key(_digest_of(wasm), "plain") for name, wasm in (("a", probe_wasm), ("b", OTHER))}
+    cache.load(engine, keys["a"], lambda: probe_wasm)
+    cache.load(engine, keys["b"], lambda: OTHER)
+    artifacts = {name: cache._paths(key)[0] for name, key in keys.items()}
+    os.utime(artifacts["a"], (1000, 1000))  # a older than b...
+    os.utime(artifacts["b"], (2000, 2000))
+    sizes = {name: path.stat().st_size for name, path in artifacts.items()}
+    fresh = ModuleCache(cache_dir, max_disk_bytes=sizes["a"] + sizes["b"] + 1)
+    assert fresh.load(engine, keys["a"], lambda: probe_wasm)[1] == "disk"  # ...until a is used
+    assert fresh.load(engine, fresh.key(_digest_of(third), "plain"), lambda: third)[1] == "compiled"
+    assert artifacts["a"].exists() and not artifacts["b"].exists()
+    assert not artifacts["b"].with_suffix(".json").exists()
+    assert sum(p.stat().st_size for p in cache_dir.glob("*.cwasm")) <= fresh.max_disk_bytes
+
+
+def test_cache_size_cap_from_the_environment(monkeypatch: pytest.MonkeyPatch, cache_dir: Path) -> None:
+    monkeypatch.setenv(MAX_BYTES_ENV, "64MiB")
+    assert ModuleCache(cache_dir).max_disk_bytes == 64 << 20
+    monkeypatch.setenv(MAX_BYTES_ENV, "lots")
+    problem = ModuleCache(cache_dir).disk_problem
+    assert problem is not None and MAX_BYTES_ENV in problem
+
+
+def test_secret_inside_the_cache_folder_is_refused(cache_dir: Path, probe_wasm: bytes) -> None:
+    """A restored cache would bring its own key with it."""
+    cache = ModuleCache(cache_dir, secret_path=cache_dir / "keys" / "cache.key")
+    assert cache.disk_problem is not None and "inside the cache folder" in cache.disk_problem
+    assert not (cache_dir / "keys").exists()

@@ -295,6 +295,16 @@ def test_builtin_module_needs_no_sha256_but_a_file_does() -> None:
     ]
 
 
+def test_digests_are_hex_in_either_case_and_key_ids_never_look_like_one() -> None:
+    """Upper case is a digest (read as lower case); a 64-hex key id would be ambiguous in revoked."""
+    assert _check("manifest", "/tools/mdlint/sha256", HEX.upper()) == []
+    assert _check("policy", "/signatures/revoked/0", HEX.upper()) == []
+    assert _check("policy", "/signatures/trusted_keys/0/id", HEX) == [
+        ("schema.pattern", "/signatures/trusted_keys/0/id")
+    ]
+    assert _check("policy", "/signatures/trusted_keys/0/id", HEX[:63]) == []
+
+
 # --- bad values: rule id and pointer ----------------------------------------------------------
 
 
@@ -317,10 +327,11 @@ J = "/jobs/0"
         (M, "/metadata/description", ["x"], "schema.type"),
         (M, "/tools/mdlint/module", "", "schema.pattern"),
         (M, "/tools/mdlint/module", "builtin:Bad Name", "schema.pattern"),
-        (M, "/tools/mdlint/sha256", HEX.upper(), "schema.pattern"),
+        (M, "/tools/mdlint/sha256", HEX[:-1] + "g", "schema.pattern"),
         (M, "/tools/mdlint/sha256", HEX[:-1], "schema.pattern"),
         (M, "/tools/mdlint/sha256", HEX + "\n", "schema.pattern"),
         (M, "/tools/mdlint/signature/key", "-bad", "schema.pattern"),
+        (M, "/tools/mdlint/signature/key", HEX.upper(), "schema.pattern"),  # would read as a digest
         (M, "/tools/mdlint/signature/sig", SIG[:-3] + "B==", "schema.pattern"),  # not canonical base64
         (M, "/tools/mdlint/signature/sig", "A" + SIG, "schema.pattern"),
         (M, "/tools/mdlint/signature/sig", _REMOVE, "schema.required"),
