@@ -33,6 +33,7 @@ from runner.source import Document, load_yaml_file
 if TYPE_CHECKING:
     from runner.audit import Checkpoint
     from runner.executor import BatchOptions
+    from runner.shard import ShardRequest
     from runner.signing import PrivateKey
 
 __all__ = [
@@ -247,12 +248,14 @@ def run(
     on_progress: Callable[[Any], None] | None = None,
     sources: Sequence[str] = (),
     operator_policy: Path | None = None,
+    shard: ShardRequest | None = None,
 ) -> RunOutcome:
     """Make the plan, run it, log every step, write the outputs, seal the log.
 
     ``make_plan`` compiles manifests or loads a plan (see :func:`plan_maker`); a denial it raises
     is logged and sealed before it propagates, so the audit log records refused runs too.
     ``operator_policy`` is the policy the operator named (``--policy``), recorded with the plan.
+    ``shard`` runs only that shard's jobs, after a ``shard.assigned`` record (docs/shards.md).
     """
     from runner.audit import AuditLog
     from runner.executor import BatchOptions as _BatchOptions
@@ -260,6 +263,7 @@ def run(
     from runner.fileio import write_atomic
     from runner.outputs import LogFolder, write_outputs
     from runner.report import build_report
+    from runner.shard import SHARD_ASSIGNED
 
     root = (root or Path.cwd()).resolve()
     options = options or _BatchOptions()
@@ -276,6 +280,10 @@ def run(
             raise
         plan_sha256 = plan.sha256  # hashing a big plan costs: once per run
         log.append("plan.compiled", _plan_record(plan, plan_sha256, operator_policy))
+        if shard is not None:
+            assignment = shard.assign(plan, plan_sha256)
+            log.append(SHARD_ASSIGNED, assignment.record())
+            plan = assignment.plan
         tools = _tool_records(plan)
         for record in tools:
             log.append("tool.registered", record)

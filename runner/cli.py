@@ -259,6 +259,7 @@ def _start_run(
     sources: list[str],
     progress: bool,
     operator_policy: Path | None = None,
+    shard: Any = None,
 ) -> Any:
     """``api.run`` with the runner's key, a progress display, and Ctrl-C turned into a clean stop.
 
@@ -294,6 +295,7 @@ def _start_run(
             on_progress=display,
             sources=sources,
             operator_policy=operator_policy,
+            shard=shard,
         )
     finally:
         if display is not None:
@@ -330,6 +332,20 @@ def _print_run_end(outcome: Any) -> None:
     "-j", "--jobs", type=click.IntRange(min=1), default=None, help="Parallel jobs (default: cores)."
 )
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failed job (default: run everything).")
+@click.option(
+    "--shard",
+    "shard_text",
+    default=None,
+    metavar="I/N|auto[/N]",
+    help="Run only shard I of N (1-based); auto reads CI_NODE_INDEX/CI_NODE_TOTAL or JOB_COMPLETION_INDEX.",
+)
+@click.option(
+    "--durations",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A previous report.json: balance the shards by its wall_ms.",
+)
+@click.option("--dry-run", is_flag=True, help="With --shard: print the assignment, run nothing.")
 @_apply(_run_options)
 def run_command(
     sources: tuple[Path, ...],
@@ -338,6 +354,9 @@ def run_command(
     out_dir: Path,
     jobs: int | None,
     fail_fast: bool,
+    shard_text: str | None,
+    durations: Path | None,
+    dry_run: bool,
     cache_dir: Path | None,
     signing_key: Path | None,
     key_name: str | None,
@@ -347,6 +366,14 @@ def run_command(
     from runner.executor import BatchOptions
 
     make_plan = plan_maker(list(sources), policy_path, root=root)
+    shard = _shard_request(shard_text, durations, dry_run)
+    if dry_run and shard is not None:
+        from runner.shard import describe
+
+        plan = make_plan()
+        assignment = shard.assign(plan, plan.sha256)
+        click.echo(describe(assignment, balanced_by=str(durations or "job count")), nl=False)
+        return
     decided: list[Any] = []  # the policy of the plan that runs, for the summary line
 
     def make_and_note() -> Any:
@@ -365,11 +392,24 @@ def run_command(
         sources=[str(s) for s in sources],
         progress=True,
         operator_policy=policy_path,
+        shard=shard,
     )
     _print_run_end(outcome)
     policy = decided[0]
     click.echo(f"policy (--policy): {policy.name} ({policy.path}, sha256 {policy.sha256})", err=True)
     sys.exit(outcome.exit_code)
+
+
+def _shard_request(text: str | None, durations: Path | None, dry_run: bool) -> Any:
+    """``--shard``/``--durations``/``--dry-run`` as a ``ShardRequest``, or None for the whole plan."""
+    if text is None:
+        if durations is not None or dry_run:
+            raise InputError.one("shard.invalid", "--durations and --dry-run go with --shard")
+        return None
+    from runner.shard import ShardRequest, load_durations, parse_shard
+
+    spec = parse_shard(text, os.environ)
+    return ShardRequest(spec, None if durations is None else load_durations(durations))
 
 
 def _parse_map_dir(text: str) -> tuple[str, str, str]:
