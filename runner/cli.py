@@ -550,12 +550,14 @@ def audit_verify(
 ) -> None:
     """Recompute the chain offline; name the first damaged record. Exit 0 intact, 4 otherwise."""
     from runner.audit import verify_log
+    from runner.audit.merge import verify_merged
 
     _Context.fmt = fmt
     keys = [_public_key(text) for text in public_keys]
     if expect_head is not None and Path(expect_head).is_file():
         expect_head = Path(expect_head).read_text(encoding="utf-8")
     report = verify_log(_log_path(path), public_keys=keys, expect_head=expect_head, strict=strict)
+    report = verify_merged(report, _log_path(path), keys)
     if fmt == "json":
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -566,6 +568,47 @@ def audit_verify(
             + (", seal signatures verified" if report.signatures_checked else "")
         )
     sys.exit(report.exit_code)
+
+
+@audit.command("merge")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=Path, file_okay=False))
+@click.option("--plan", "plan_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option(
+    "--pub", "public_keys", multiple=True, required=True, help="Trusted shard public key (file or base64)."
+)
+@_apply(_signing_options)
+def audit_merge(
+    folders: tuple[Path, ...],
+    plan_path: Path,
+    out_dir: Path,
+    public_keys: tuple[str, ...],
+    signing_key: Path | None,
+    key_name: str | None,
+) -> None:
+    """Merge the shard folders of one plan into one verified log and the whole plan's reports."""
+    from runner.api import load_plan, new_run_id
+    from runner.audit.merge import merge_shards
+    from runner.report import render_markdown
+
+    outcome = merge_shards(
+        list(folders),
+        load_plan(plan_path),
+        out_dir=out_dir,
+        public_keys=[_public_key(text) for text in public_keys],
+        run_id=new_run_id(),
+        signing_key=_signing_key(signing_key),
+        key_name=key_name,
+    )
+    click.echo(render_markdown(outcome.report), nl=False)
+    for index, folder, run in outcome.taken:
+        click.echo(f"shard {index}/{len(outcome.taken)}: run {run} from {folder}", err=True)
+    click.echo(
+        f"merged into {out_dir}/: head {outcome.checkpoint.root_hash} "
+        f"after {outcome.checkpoint.size} records",
+        err=True,
+    )
+    sys.exit(0 if outcome.report["ok"] else 1)
 
 
 def _log_path(path: Path) -> Path:
