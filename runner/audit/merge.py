@@ -35,7 +35,7 @@ from runner.audit.checkpoint import DEFAULT_KEY_NAME
 from runner.audit.query import results_from_log
 from runner.audit.record import JOB_FINISHED, PLAN_COMPILED, RUN_SEALED, parse_record
 from runner.audit.verify import VerifyReport, verify_log
-from runner.errors import AuditError, Location, SandrunError, Violation
+from runner.errors import AuditError, InputError, Location, SandrunError, Violation
 from runner.plan import Plan
 from runner.results import JobResult
 from runner.shard import SHARD_ASSIGNED, partition_digest
@@ -278,6 +278,12 @@ def merge_shards(
     if not public_keys:
         raise _refuse(
             "merge.untrusted", "give the shards' public keys (--pub): a merge checks their seals", "--pub"
+        )
+    if (out_dir / LOG_NAME).exists():
+        raise InputError.one(
+            "merge.out-exists",
+            "the merge writes a log of its own: give an --out folder without an audit log",
+            Location(file=str(out_dir / LOG_NAME)),
         )
     resolved: dict[Path, Path] = {}
     for folder in folders:

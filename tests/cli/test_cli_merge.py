@@ -234,3 +234,8 @@ def test_the_merge_key_alone_cannot_rewrite_a_shards_records(project: Path, tmp_
     assert "[audit.merged-shard]" in verified.stderr and "shard 1" in verified.stderr
     honest = sandrun("audit", "verify", "by-merger", "--pub", PUB, "--pub", merger_pub, cwd=project)
     assert honest.returncode == 0, honest.stderr
+
+
+def test_the_merge_refuses_an_out_folder_that_has_a_log(project: Path) -> None:
+    result = merge(project, "s1", "s2", "s3", out="s1")
+    assert result.returncode == 2 and "[merge.out-exists]" in result.stderr, result.stderr
