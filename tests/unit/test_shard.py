@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from runner.canonical import canonical_json
 from runner.errors import InputError
 from runner.executor import _clash, _footprint
 from runner.plan import InputFile, JobSpec, Limits, Mount, Plan, PolicyRef, Tool
@@ -225,3 +226,19 @@ def test_durations_from_a_report(tmp_path: Path) -> None:
     report.write_text("[")
     with pytest.raises(InputError):
         load_durations(report)
+
+
+def test_plan_to_dict_is_exactly_asdict_for_every_kind_of_field() -> None:
+    """The fast ``Plan.to_dict`` (a shard hashes the whole plan) against ``dataclasses.asdict``."""
+    import dataclasses
+
+    from runner.api import compile_manifests
+
+    cases = Path(__file__).resolve().parents[1] / "cases"
+    plan = compile_manifests(
+        [cases / "valid" / "manifest.yaml"], cases / "_shared" / "policy.yaml", root=cases
+    )
+    assert any(job.mounts for job in plan.jobs) and any(job.network for job in plan.jobs)
+    assert any(job.needs for job in plan.jobs) and any(job.env for job in plan.jobs)
+    assert plan.to_dict() == dataclasses.asdict(plan)
+    assert plan.to_json() == canonical_json(dataclasses.asdict(plan))
