@@ -33,6 +33,7 @@ from runner.source import Document, load_yaml_file
 if TYPE_CHECKING:
     from runner.audit import Checkpoint
     from runner.executor import BatchOptions
+    from runner.shard import ShardRequest
     from runner.signing import PrivateKey
 
 __all__ = [
@@ -248,6 +249,7 @@ def run(
     sources: Sequence[str] = (),
     operator_policy: Path | None = None,
     continue_unsealed: bool = False,
+    shard: ShardRequest | None = None,
 ) -> RunOutcome:
     """Make the plan, run it, log every step, write the outputs, seal the log.
 
@@ -257,6 +259,7 @@ def run(
     report of another run; a run that cannot write its log or outputs (a full disk) ends unsealed
     (``audit.write-failed``, exit 4). ``continue_unsealed``: see ``AuditLog.open``.
     ``operator_policy`` is the policy the operator named (``--policy``), recorded with the plan.
+    ``shard`` runs only that shard's jobs, after a ``shard.assigned`` record (docs/shards.md).
     """
     from runner.audit import AuditLog
     from runner.executor import BatchOptions as _BatchOptions
@@ -264,6 +267,7 @@ def run(
     from runner.fileio import write_atomic
     from runner.outputs import LogFolder, remove_outputs, unsealed_on_failure, write_outputs
     from runner.report import build_report
+    from runner.shard import SHARD_ASSIGNED
 
     root = (root or Path.cwd()).resolve()
     options = options or _BatchOptions()
@@ -285,6 +289,10 @@ def run(
             raise
         plan_sha256 = plan.sha256  # hashing a big plan costs: once per run
         log.append("plan.compiled", _plan_record(plan, plan_sha256, operator_policy))
+        if shard is not None:
+            assignment = shard.assign(plan, plan_sha256)
+            log.append(SHARD_ASSIGNED, assignment.record())
+            plan = assignment.plan
         tools = _tool_records(plan)
         for record in tools:
             log.append("tool.registered", record)

@@ -292,6 +292,7 @@ def _start_run(
     progress: bool,
     operator_policy: Path | None = None,
     continue_unsealed: bool = False,
+    shard: Any = None,
 ) -> Any:
     """``api.run`` with the runner's key, a progress display, and Ctrl-C turned into a clean stop.
 
@@ -328,6 +329,7 @@ def _start_run(
             sources=sources,
             operator_policy=operator_policy,
             continue_unsealed=continue_unsealed,
+            shard=shard,
         )
     finally:
         if display is not None:
@@ -362,6 +364,20 @@ def _print_run_end(outcome: Any) -> None:
     "-j", "--jobs", type=click.IntRange(min=1), default=None, help="Parallel jobs (default: cores)."
 )
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failed job (default: run everything).")
+@click.option(
+    "--shard",
+    "shard_text",
+    default=None,
+    metavar="I/N|auto[/N]",
+    help="Run only shard I of N (1-based); auto reads CI_NODE_INDEX/CI_NODE_TOTAL or JOB_COMPLETION_INDEX.",
+)
+@click.option(
+    "--durations",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A previous report.json: balance the shards by its wall_ms.",
+)
+@click.option("--dry-run", is_flag=True, help="With --shard: print the assignment, run nothing.")
 @_apply(_run_options)
 def run_command(
     sources: tuple[Path, ...],
@@ -370,6 +386,9 @@ def run_command(
     out_dir: Path,
     jobs: int | None,
     fail_fast: bool,
+    shard_text: str | None,
+    durations: Path | None,
+    dry_run: bool,
     cache_dir: Path | None,
     signing_key: Path | None,
     key_name: str | None,
@@ -380,6 +399,14 @@ def run_command(
     from runner.executor import BatchOptions
 
     make_plan = plan_maker(list(sources), policy_path, root=root)
+    shard = _shard_request(shard_text, durations, dry_run)
+    if dry_run and shard is not None:
+        from runner.shard import describe
+
+        plan = make_plan()
+        assignment = shard.assign(plan, plan.sha256)
+        click.echo(describe(assignment, balanced_by=str(durations or "job count")), nl=False)
+        return
     decided: list[Any] = []  # the policy of the plan that runs, for the summary line
 
     def make_and_note() -> Any:
@@ -399,11 +426,24 @@ def run_command(
         progress=True,
         operator_policy=policy_path,
         continue_unsealed=continue_unsealed,
+        shard=shard,
     )
     _print_run_end(outcome)
     policy = decided[0]
     click.echo(f"policy (--policy): {policy.name} ({policy.path}, sha256 {policy.sha256})", err=True)
     sys.exit(outcome.exit_code)
+
+
+def _shard_request(text: str | None, durations: Path | None, dry_run: bool) -> Any:
+    """``--shard``/``--durations``/``--dry-run`` as a ``ShardRequest``, or None for the whole plan."""
+    if text is None:
+        if durations is not None or dry_run:
+            raise InputError.one("shard.invalid", "--durations and --dry-run go with --shard")
+        return None
+    from runner.shard import ShardRequest, load_durations, parse_shard
+
+    spec = parse_shard(text, os.environ)
+    return ShardRequest(spec, None if durations is None else load_durations(durations))
 
 
 def _parse_map_dir(text: str) -> tuple[str, str, str]:
@@ -557,6 +597,7 @@ def audit_verify(
 ) -> None:
     """Recompute the chain offline; name the first damaged record. Exit 0 intact, 4 otherwise."""
     from runner.audit import verify_log
+    from runner.audit.merge import verify_merged
     from runner.audit.verify import signatures_clause
 
     _Context.fmt = fmt
@@ -564,6 +605,7 @@ def audit_verify(
     report = verify_log(
         _log_path(path), public_keys=keys, expect_head=_anchor_text(expect_head), strict=strict
     )
+    report = verify_merged(report, _log_path(path), keys)
     if fmt == "json":
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -574,6 +616,47 @@ def audit_verify(
             + signatures_clause(report)
         )
     sys.exit(report.exit_code)
+
+
+@audit.command("merge")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=Path, file_okay=False))
+@click.option("--plan", "plan_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option(
+    "--pub", "public_keys", multiple=True, required=True, help="Trusted shard public key (file or base64)."
+)
+@_apply(_signing_options)
+def audit_merge(
+    folders: tuple[Path, ...],
+    plan_path: Path,
+    out_dir: Path,
+    public_keys: tuple[str, ...],
+    signing_key: Path | None,
+    key_name: str | None,
+) -> None:
+    """Merge the shard folders of one plan into one verified log and the whole plan's reports."""
+    from runner.api import load_plan, new_run_id
+    from runner.audit.merge import merge_shards
+    from runner.report import render_markdown
+
+    outcome = merge_shards(
+        list(folders),
+        load_plan(plan_path),
+        out_dir=out_dir,
+        public_keys=[_public_key(text) for text in public_keys],
+        run_id=new_run_id(),
+        signing_key=_signing_key(signing_key),
+        key_name=key_name,
+    )
+    click.echo(render_markdown(outcome.report), nl=False)
+    for index, folder, run in outcome.taken:
+        click.echo(f"shard {index}/{len(outcome.taken)}: run {run} from {folder}", err=True)
+    click.echo(
+        f"merged into {out_dir}/: head {outcome.checkpoint.root_hash} "
+        f"after {outcome.checkpoint.size} records",
+        err=True,
+    )
+    sys.exit(0 if outcome.report["ok"] else 1)
 
 
 def _log_path(path: Path) -> Path:

@@ -10,7 +10,7 @@ them to its own root and checks them again before each job.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from runner.canonical import canonical_json, sha256_hex
@@ -199,7 +199,9 @@ class Plan:
                 _require(need in known, f"job {job.id} needs unknown job {need}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """``dataclasses.asdict(self)``, three times faster: every run hashes its whole plan, and a
+        shard hashes the whole plan to run a part of it (bench/bench_shard.py)."""
+        return _plain(self)
 
     def to_json(self) -> bytes:
         return canonical_json(self.to_dict())
@@ -226,6 +228,17 @@ class Plan:
             manifests=tuple(data["manifests"]),
             modules=ModuleLimits(**data["modules"]),
         )
+
+
+def _plain(value: Any) -> Any:
+    """What ``asdict`` makes of a plan's values (frozen dataclasses of scalars and tuples), without
+    its deep copies: the scalars are immutable, so they are shared."""
+    fields = getattr(value, "__dataclass_fields__", None)
+    if fields is not None:
+        return {name: _plain(getattr(value, name)) for name in fields}
+    if type(value) is tuple:
+        return tuple(_plain(item) for item in value)
+    return value
 
 
 def _job_from_dict(item: dict[str, Any]) -> JobSpec:
