@@ -4,12 +4,17 @@ Every problem is a :class:`Violation`: a rule id, a message and a :class:`Locati
 tests assert ``rule_id`` and ``location`` instead of matching message text, and every front end
 (text, JSON, GitHub annotations) renders the same facts. Errors that stop a stage carry all the
 violations found, never only the first; ``cli`` is the only place that turns them into an exit code.
+That exit code comes from the rule registry (:mod:`runner.rules`), not from the exception class:
+the class only lets callers catch a kind of problem.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from runner.rules import Category, Rule, exit_code_for, lookup
 
 __all__ = [
     "EXIT_OK",
@@ -24,6 +29,7 @@ __all__ = [
     "InputError",
     "PolicyDenied",
     "AuditError",
+    "error_for",
     "escape_pointer_token",
 ]
 
@@ -76,6 +82,11 @@ class Violation:
     expected: Any = None
     actual: Any = None
 
+    @property
+    def rule(self) -> Rule:
+        """The registered rule: its category, exit code and documentation."""
+        return lookup(self.rule_id)
+
     def render(self) -> str:
         """``file:line:col: /json/pointer [rule.id] message`` on one line."""
         text = " ".join(self.message.split())
@@ -99,7 +110,6 @@ class SandrunError(Exception):
     """The root of every error Sandrun raises on purpose; carries one or more violations."""
 
     violations: tuple[Violation, ...] = field(default_factory=tuple)
-    exit_code: int = EXIT_INVALID_INPUT
 
     def __post_init__(self) -> None:
         if not self.violations:
@@ -121,6 +131,11 @@ class SandrunError(Exception):
         return self.violations[0].rule_id
 
     @property
+    def exit_code(self) -> int:
+        """The exit code of the most pressing rule broken (invalid input before denials)."""
+        return exit_code_for(v.rule_id for v in self.violations)
+
+    @property
     def location(self) -> Location | None:
         return self.violations[0].location
 
@@ -134,20 +149,31 @@ class SandrunError(Exception):
 
 @dataclass(eq=False)
 class InputError(SandrunError):
-    """Input that cannot be read, parsed or validated (exit code 2)."""
+    """Input that cannot be read, parsed or validated (rules of the invalid-input category, exit 2)."""
 
-    exit_code: int = EXIT_INVALID_INPUT
 
 
 @dataclass(eq=False)
 class PolicyDenied(SandrunError):
-    """Valid input that the policy refuses (exit code 3)."""
+    """Valid input that the policy refuses (policy-denial rules, exit 3)."""
 
-    exit_code: int = EXIT_POLICY_DENIED
 
 
 @dataclass(eq=False)
 class AuditError(SandrunError):
-    """An audit log that fails verification (exit code 4)."""
+    """An audit log that fails verification (audit-failure rules, exit 4)."""
 
-    exit_code: int = EXIT_AUDIT_FAILED
+
+
+_ERROR_CLASSES: dict[Category, type[SandrunError]] = {
+    Category.INVALID_INPUT: InputError,
+    Category.POLICY_DENIAL: PolicyDenied,
+    Category.AUDIT_FAILURE: AuditError,
+}
+
+
+def error_for(violations: Sequence[Violation]) -> SandrunError:
+    """One error for a mix of problems, of the class of the category that takes precedence."""
+    categories = [v.rule.category for v in violations]
+    first = min(categories, key=lambda c: c.precedence) if categories else Category.JOB_FAILURE
+    return _ERROR_CLASSES.get(first, SandrunError)(violations=tuple(violations))

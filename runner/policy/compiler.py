@@ -20,7 +20,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
-from runner.errors import InputError, PolicyDenied, SandrunError, Violation
+from runner.errors import SandrunError, Violation, error_for
 from runner.hosts import HostPatternError, covers, parse_host_pattern
 from runner.plan import InputFile, JobSpec, Limits, Mount, Network, Plan, PolicyRef, Tool
 from runner.policy.governance import Grants, score
@@ -494,7 +494,7 @@ def compile_plan(
 ) -> Plan:
     """Check every manifest against ``policy``; return the plan or raise with every denial.
 
-    Raises :class:`~runner.errors.PolicyDenied` (exit 3) with all violations found.
+    Raises the :func:`~runner.errors.error_for` all violations found (exit 2 or 3, per the rules).
     """
     state = _Compilation(
         root=root.resolve(), policy=policy, today=today or dt.datetime.now(dt.timezone.utc).date()
@@ -521,7 +521,7 @@ def compile_plan(
         jobs.extend(compiler.check_jobs())
         tools.extend(t for t in compiler.tools.values() if t is not None)
     if state.violations:
-        raise PolicyDenied(violations=tuple(state.violations))
+        raise error_for(state.violations)
     policy_rel = state.input_key(policy_path)
     return Plan(
         policy=PolicyRef(
@@ -539,6 +539,4 @@ def compile_plan(
 
 def denial_error(violations: list[Violation]) -> SandrunError:
     """The error for a mix of problems: invalid input (exit 2) wins over policy denials (exit 3)."""
-    if any(v.rule_id.split(".")[0] in ("yaml", "schema") for v in violations):
-        return InputError(violations=tuple(violations))
-    return PolicyDenied(violations=tuple(violations))
+    return error_for(violations)

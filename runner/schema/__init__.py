@@ -39,6 +39,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from runner.errors import Location, Violation, escape_pointer_token
+from runner.rules import RULES
 from runner.units import parse_duration, parse_size
 
 if TYPE_CHECKING:
@@ -316,8 +317,12 @@ def _most_relevant(error: ValidationError) -> ValidationError:
 
 
 def _rule_id(keyword: str) -> str:
-    """``minItems`` -> ``schema.min-items``: rule ids are kebab-case like every other."""
-    return "schema." + re.sub(r"(?<=[a-z])(?=[A-Z])", "-", keyword).lower()
+    """``minItems`` -> ``schema.min-items``: rule ids are kebab-case like every other.
+
+    A keyword without a registered rule of its own (none today) is ``schema.invalid``.
+    """
+    rule_id = "schema." + re.sub(r"(?<=[a-z])(?=[A-Z])", "-", keyword).lower()
+    return rule_id if rule_id in RULES else "schema.invalid"
 
 
 def _pointer(tokens: Any) -> str:
