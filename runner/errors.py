@@ -152,17 +152,14 @@ class InputError(SandrunError):
     """Input that cannot be read, parsed or validated (rules of the invalid-input category, exit 2)."""
 
 
-
 @dataclass(eq=False)
 class PolicyDenied(SandrunError):
     """Valid input that the policy refuses (policy-denial rules, exit 3)."""
 
 
-
 @dataclass(eq=False)
 class AuditError(SandrunError):
     """An audit log that fails verification (audit-failure rules, exit 4)."""
-
 
 
 _ERROR_CLASSES: dict[Category, type[SandrunError]] = {

@@ -55,7 +55,8 @@ def test_every_rule_id_literal_in_the_package_is_registered() -> None:
 
 
 def test_the_scan_catches_an_unregistered_id() -> None:
-    tree = ast.parse('raise InputError.one("input.brand-new", "x")\nViolation(rule_id="tool.nope", message="")')
+    source = 'raise InputError.one("input.brand-new", "x")\nViolation(rule_id="tool.nope", message="")'
+    tree = ast.parse(source)
     assert [r for _, r in _rule_literals(tree)] == ["input.brand-new", "tool.nope"]
 
 
