@@ -8,6 +8,7 @@ never see half the story.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -28,7 +29,7 @@ from runner.errors import (
 from runner.plan import Plan
 from runner.policy.compiler import compile_plan, denial_error
 from runner.policy.model import Policy, policy_from_document
-from runner.source import Document, load_yaml_file
+from runner.source import MAX_DOCUMENT_BYTES, Document, load_yaml_file
 
 if TYPE_CHECKING:
     from runner.audit import Checkpoint
@@ -53,24 +54,91 @@ __all__ = [
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 
 
-def expand_paths(paths: Iterable[Path]) -> list[Path]:
-    """Files as given; folders searched recursively for ``*.yaml``/``*.yml``, in a stable order."""
-    found: list[Path] = []
+def expand_paths(paths: Iterable[Path]) -> list[tuple[Path, bool]]:
+    """``(file, named)`` pairs: files as given (``named``), folders searched recursively for
+    ``*.yaml``/``*.yml``, in a stable order."""
+    found: dict[Path, bool] = {}
     problems: list[Violation] = []
     for path in paths:
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.suffix in MANIFEST_SUFFIXES and p.is_file()))
+            for file in sorted(p for p in path.rglob("*") if p.suffix in MANIFEST_SUFFIXES and p.is_file()):
+                found.setdefault(file, False)
         elif path.is_file():
-            found.append(path)
+            found[path] = True
         else:
             problems.append(Violation("input.missing", "no such file or folder", Location(file=str(path))))
     if problems:
         raise InputError(violations=tuple(problems))
-    if not found:
+    return list(found.items())
+
+
+#: A top-level line saying a file is meant for Sandrun, for files too broken to load.
+_SANDRUN_LINE = re.compile(rb"^(?:kind:[ \t]*[\"']?Manifest\b|apiVersion:[ \t]*[\"']?sandrun/)", re.MULTILINE)
+
+
+def _is_manifest(document: Document) -> bool:
+    """A document found in a folder is checked when it says it is a Sandrun manifest.
+
+    ``kind: Manifest``, or a ``sandrun/`` apiVersion with any kind but ``Policy`` (a misspelt kind
+    is reported, not skipped); anything else there (a CI workflow, the policy) is skipped.
+    """
+    data = document.data
+    if not isinstance(data, dict):
+        return False
+    kind, api = data.get("kind"), data.get("apiVersion")
+    return kind == "Manifest" or (isinstance(api, str) and api.startswith("sandrun/") and kind != "Policy")
+
+
+def _unreadable_manifest(path: Path) -> bool:
+    """Whether a file found in a folder that failed to load says it is meant for Sandrun."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(MAX_DOCUMENT_BYTES)
+    except OSError:
+        return True  # cannot tell: report it
+    return _SANDRUN_LINE.search(head) is not None
+
+
+def load_manifests(
+    paths: Iterable[Path], *, on_skip: Callable[[Path], None] | None = None
+) -> tuple[list[Document], list[Violation]]:
+    """Every manifest that loaded and validated, and the problems of those that did not.
+
+    Files found in a folder that are not Sandrun manifests (``kind`` not ``Manifest``) are skipped
+    and passed to ``on_skip``; files named one by one are always read as manifests.
+    """
+    from runner.schema import validate
+
+    paths = list(paths)
+    documents: list[Document] = []
+    problems: list[Violation] = []
+    skipped = 0
+    for path, named in expand_paths(paths):
+        try:
+            document = load_yaml_file(path)
+        except InputError as exc:
+            if named or _unreadable_manifest(path):
+                problems.extend(exc.violations)
+                continue
+            document = None
+        if document is None or not (named or _is_manifest(document)):
+            skipped += 1
+            if on_skip is not None:
+                on_skip(path)
+            continue
+        found = validate(document, "manifest")
+        problems.extend(found)
+        if not found:
+            documents.append(document)
+    if not documents and not problems:
+        also = f" ({skipped} other YAML file(s) skipped)" if skipped else ""
         raise InputError.one(
-            "input.empty", "no manifests (*.yaml, *.yml) found in " + ", ".join(str(p) for p in paths)
+            "input.empty",
+            "no manifests (*.yaml, *.yml with kind: Manifest) found in "
+            + ", ".join(str(p) for p in paths)
+            + also,
         )
-    return list(dict.fromkeys(found))
+    return documents, problems
 
 
 def _validated(path: Path, kind: str) -> tuple[Document | None, list[Violation]]:
@@ -85,18 +153,6 @@ def _validated(path: Path, kind: str) -> tuple[Document | None, list[Violation]]
     return (None if problems else document), problems
 
 
-def load_manifests(paths: Iterable[Path]) -> tuple[list[Document], list[Violation]]:
-    """Every manifest that loaded and validated, and the problems of those that did not."""
-    documents: list[Document] = []
-    problems: list[Violation] = []
-    for path in expand_paths(paths):
-        document, found = _validated(path, "manifest")
-        problems.extend(found)
-        if document is not None:
-            documents.append(document)
-    return documents, problems
-
-
 def load_policy(path: Path, root: Path) -> Policy:
     document, problems = _validated(path, "policy")
     if document is None:
@@ -105,14 +161,19 @@ def load_policy(path: Path, root: Path) -> Policy:
 
 
 def compile_manifests(
-    paths: Iterable[Path], policy_path: Path, *, root: Path | None = None, today: dt.date | None = None
+    paths: Iterable[Path],
+    policy_path: Path,
+    *,
+    root: Path | None = None,
+    today: dt.date | None = None,
+    on_skip: Callable[[Path], None] | None = None,
 ) -> Plan:
     """Load, validate and compile; raise one error carrying every problem of every file.
 
     Invalid input (YAML, schema) makes it an :class:`InputError` (exit 2), otherwise policy denials
     make it a :class:`~runner.errors.PolicyDenied` (exit 3).
     """
-    documents, problems = load_manifests(paths)
+    documents, problems = load_manifests(paths, on_skip=on_skip)
     return compile_documents(documents, policy_path, root=root, today=today, problems=problems)
 
 

@@ -9,12 +9,13 @@ and mapped to its documented exit code; no input ever produces a traceback (set
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,27 @@ def render_violation(violation: Violation, fmt: str) -> str:
     return f"::error {','.join(props)}::{_github_escape(pointer + violation.message)}"
 
 
+@contextlib.contextmanager
+def _reader_may_leave() -> Iterator[None]:
+    """Output nobody reads any more (``sandrun check … | head -1``) is dropped quietly.
+
+    The reader closing the pipe is not an error of the command: the rest of its output goes to
+    ``/dev/null`` and it ends with the exit code it was going to have anyway.
+    """
+    try:
+        yield
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def _report_error(error: SandrunError, fmt: str) -> None:
+    with _reader_may_leave():
+        _print_error(error, fmt)
+
+
+def _print_error(error: SandrunError, fmt: str) -> None:
     if fmt == "json":
         click.echo(
             json.dumps(
@@ -106,6 +127,9 @@ class _SandrunGroup(click.Group):
             ctx.exit(EXIT_INTERRUPTED)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except BrokenPipeError:  # the reader has all it wanted (`| head -1`): not a failure
+            with _reader_may_leave():
+                raise
         except OSError as exc:  # the machine's side: an unwritable --out, a full disk
             where = f"{exc.filename}: " if exc.filename else ""
             click.echo(f"sandrun: {where}{exc.strerror or exc}", err=True)
@@ -138,6 +162,22 @@ def cli() -> None:
     """
 
 
+def _compile_noting_skips(
+    compile_manifests: Any, paths: tuple[Path, ...], policy: Path, root: Path | None
+) -> Any:
+    """``api.compile_manifests``, then one line on stderr counting the YAML files it skipped."""
+    skipped: list[Path] = []
+    try:
+        return compile_manifests(list(paths), policy, root=root, on_skip=skipped.append)
+    finally:
+        if skipped:
+            click.echo(
+                f"skipped {len(skipped)} YAML file(s) in the folder(s) that are not sandrun manifests "
+                "(kind is not Manifest)",
+                err=True,
+            )
+
+
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @_policy_option
@@ -148,7 +188,7 @@ def check(paths: tuple[Path, ...], policy_path: Path, root: Path | None, fmt: st
     from runner.api import compile_manifests
 
     _Context.fmt = fmt
-    plan = compile_manifests(list(paths), policy_path, root=root)
+    plan = _compile_noting_skips(compile_manifests, paths, policy_path, root)
     if fmt == "json":
         click.echo(
             json.dumps(
@@ -185,7 +225,7 @@ def compile_command(
     from runner.fileio import write_atomic
 
     _Context.fmt = fmt
-    plan = compile_manifests(list(paths), policy_path, root=root)
+    plan = _compile_noting_skips(compile_manifests, paths, policy_path, root)
     data = plan.to_json() + b"\n"
     if str(output) == "-":
         click.echo(data.decode("utf-8"), nl=False)
@@ -356,7 +396,8 @@ def run_command(
         sources=[str(s) for s in sources],
         progress=True,
     )
-    _print_run_end(outcome)
+    with _reader_may_leave():
+        _print_run_end(outcome)
     sys.exit(outcome.exit_code)
 
 
@@ -696,4 +737,8 @@ def verify(module: Path, signature: str, public: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (``sandrun`` and ``python -m runner``)."""
-    cli.main(args=argv, prog_name="sandrun")
+    try:
+        cli.main(args=argv, prog_name="sandrun")
+    finally:  # flush here, where a closed pipe is quiet, not at exit (Python prints it, exit 120)
+        with _reader_may_leave():
+            sys.stdout.flush()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import graphlib
 import hashlib
+import os
 import posixpath
 import subprocess
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from runner.policy.model import LimitValues, Policy, parse_limits
 from runner.signing import verify_module_digest
 from runner.source import Document
 from runner.units import format_duration, format_size
+from runner.wasmfile import not_wasm_reason
 
 __all__ = ["BUILTIN_LIMITS", "compile_plan", "denial_error"]
 
@@ -86,6 +88,14 @@ def _within(path: Path, roots: tuple[Path, ...]) -> bool:
     return any(path == r or r in path.parents for r in roots)
 
 
+def _root_hint(path: Path, root: Path) -> str:
+    """Run from a subfolder, the root (the current folder) is too narrow: name the flag that fixes it."""
+    common = Path(os.path.commonpath([path, root]))
+    if root != Path.cwd().resolve() or common == Path(common.anchor):
+        return ""
+    return f" (the root is the current folder; run from {common} or pass --root {common})"
+
+
 def _action_allowed(policy: Policy, action: str) -> str | None:
     """None when allowed; otherwise the rule id (deny wins over allow)."""
     if any(fnmatchcase(action, p) for p in policy.actions_deny):
@@ -121,9 +131,10 @@ class _ManifestCompiler:
             self.deny(f"{what}.missing", f"{text!r} cannot be resolved: {exc}", pointer)
             return None
         if not self.state.inside_root(path):
+            root = self.state.root
             self.deny(
                 f"{what}.outside-root",
-                f"{text!r} resolves to {path}, outside the root {self.state.root}",
+                f"{text!r} resolves to {path}, outside the root {root}{_root_hint(path, root)}",
                 pointer,
             )
             return None
@@ -152,8 +163,21 @@ class _ManifestCompiler:
         if not path.is_file():
             self.deny("tool.module.not-file", f"{module_text!r} is not a file", pointer + "/module")
             return None
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            self.deny(
+                "tool.module.unreadable",
+                f"{module_text!r} cannot be read: {exc.strerror}",
+                pointer + "/module",
+            )
+            return None
+        digest = hashlib.sha256(data).hexdigest()
         self.state.record_input(path, digest)
+        reason = not_wasm_reason(data)
+        if reason is not None:
+            self.deny("tool.module.not-wasm", f"{module_text!r} {reason}", pointer + "/module")
+            return None
         if digest != spec["sha256"]:
             self.deny(
                 "tool.digest",
@@ -420,7 +444,12 @@ class _ManifestCompiler:
                 pointer + "/stdin",
             )
             return None
-        self.state.record_input(path, hashlib.sha256(path.read_bytes()).hexdigest())
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            self.deny("stdin.missing", f"{text!r} cannot be read: {exc.strerror}", pointer + "/stdin")
+            return None
+        self.state.record_input(path, hashlib.sha256(data).hexdigest())
         return self.state.relative(path)
 
     def check_network(self, pointer: str, data: dict[str, Any] | None) -> Network | None:
