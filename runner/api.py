@@ -141,6 +141,14 @@ def load_manifests(
     return documents, problems
 
 
+def resolve_root(root: Path | None) -> Path:
+    """The compile root (default: the current folder), symlinks followed; a loop is invalid input."""
+    try:
+        return (root or Path.cwd()).resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise InputError.one("root.missing", f"the root cannot be resolved: {exc}") from None
+
+
 def _validated(path: Path, kind: str) -> tuple[Document | None, list[Violation]]:
     """Load and schema-check one file; problems are returned, not raised, to collect them all."""
     from runner.schema import validate
@@ -186,7 +194,7 @@ def compile_documents(
     problems: Sequence[Violation] = (),
 ) -> Plan:
     """Compile manifests already loaded; ``problems`` are earlier ones to report together."""
-    root = (root or Path.cwd()).resolve()
+    root = resolve_root(root)
     found = list(problems)
     try:
         policy: Policy | None = load_policy(policy_path, root)
@@ -320,7 +328,7 @@ def run(
     from runner.outputs import LogFolder, write_outputs
     from runner.report import build_report
 
-    root = (root or Path.cwd()).resolve()
+    root = resolve_root(root)
     options = options or _BatchOptions()
     run_id = new_run_id()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -378,7 +386,7 @@ def verified_plan(path: Path, *, root: Path | None = None, today: dt.date | None
     or a key that has since expired is refused rather than trusted (``plan.mismatch``, exit 3).
     """
     plan = load_plan(path)
-    base = (root or Path.cwd()).resolve()
+    base = resolve_root(root)
     again = compile_manifests(
         [base / m for m in plan.manifests], base / plan.policy.path, root=base, today=today
     )
@@ -430,6 +438,33 @@ def default_policy_path() -> Path:
     return Path(str(resources.files("runner").joinpath("data/default-policy.yaml")))
 
 
+#: A JSON surrogate pair (after an even number of backslashes): YAML wants ``\\UXXXXXXXX`` instead.
+_SURROGATE_PAIR = re.compile(r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
+
+
+def _json_for_yaml(data: Any) -> bytes:
+    """``data`` as JSON that YAML 1.2 reads back exactly, characters above U+FFFF included.
+
+    JSON writes those as surrogate pairs, which YAML refuses; an argument that is not valid
+    Unicode at all (undecodable bytes on the command line) is refused here, naming itself.
+    """
+    import json
+
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[max(exc.start - 20, 0) : exc.end + 20]
+        raise InputError.one(
+            "input.encoding", f"not valid UTF-8 (undecodable bytes on the command line?): {bad!r}"
+        ) from None
+
+    def join(match: re.Match[str]) -> str:
+        high, low = int(match[2], 16), int(match[3], 16)
+        return f"{match[1]}\\U{0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00):08x}"
+
+    return _SURROGATE_PAIR.sub(join, json.dumps(data, indent=1)).encode("ascii")
+
+
 def exec_manifest(
     module: Path,
     args: Sequence[str],
@@ -446,8 +481,6 @@ def exec_manifest(
     reported exactly as the same mistake in a manifest file would be.
     """
     import hashlib
-    import json
-    import re
 
     from runner.source import load_yaml_bytes
 
@@ -478,7 +511,7 @@ def exec_manifest(
     }
     from runner.schema import validate
 
-    document = load_yaml_bytes(json.dumps(manifest, indent=1).encode("utf-8"), "(sandrun exec)")
+    document = load_yaml_bytes(_json_for_yaml(manifest), "(sandrun exec)")
     problems = validate(document, "manifest")
     if problems:
         raise InputError(violations=tuple(problems))

@@ -46,6 +46,13 @@ def escape_pointer_token(token: str | int) -> str:
     return str(token).replace("~", "~0").replace("/", "~1")
 
 
+def _escaped(text: str) -> str:
+    """``text`` with every non-printable character (line breaks, ESC, bidi controls) escaped."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 @dataclass(frozen=True, slots=True)
 class Location:
     """Where a problem is: a file, a 1-based line and column when known, and a JSON Pointer."""
@@ -88,12 +95,16 @@ class Violation:
         return lookup(self.rule_id)
 
     def render(self) -> str:
-        """``file:line:col: /json/pointer [rule.id] message`` on one line."""
-        text = " ".join(self.message.split())
+        """``file:line:col: /json/pointer [rule.id] message`` on one line, whatever the input holds.
+
+        A key with a line break (``"a\\nb": 1``) is in the pointer: printed raw it would start a
+        second, forged problem line, so every part is shown with control characters escaped.
+        """
+        text = _escaped(" ".join(self.message.split()))
         if self.location is None:
             return f"[{self.rule_id}] {text}"
-        pointer = f" {self.location.pointer}" if self.location.pointer else ""
-        return f"{self.location.prefix()}:{pointer} [{self.rule_id}] {text}"
+        pointer = f" {_escaped(self.location.pointer)}" if self.location.pointer else ""
+        return f"{_escaped(self.location.prefix())}:{pointer} [{self.rule_id}] {text}"
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -13,7 +13,7 @@ in one of four categories:
   ends with exit 1.
 
 To add a rule, add one line to the table of its category below; ``docs/policy.md``'s rule table is
-generated from it (``python -m runner.rules``), and the tests check that every rule id used in
+generated from it (``python -m runner.rules docs/policy.md``), and the tests check that every rule id used in
 ``runner/`` is registered and that the docs match.
 """
 
@@ -69,6 +69,7 @@ _INVALID_INPUT = {
     "fs.guest-nested": "one guest path of a job is inside another",
     "fs.missing": "a mount's host folder does not exist or cannot be resolved (a symlink loop)",
     "fs.not-directory": "a mount's host path is not a folder",
+    "input.encoding": "a command-line argument, variable or path is not valid UTF-8",
     "input.empty": "the paths on the command line hold no manifests",
     "input.expect-head": "the `--expect-head` checkpoint cannot be read or parsed",
     "input.missing": "a path on the command line does not exist",
@@ -87,9 +88,11 @@ _INVALID_INPUT = {
     "needs.cycle": "the `needs` of a manifest's jobs form a cycle",
     "needs.unknown": "`needs` names no job of the manifest",
     "network.pattern": "a host pattern or block entry is malformed",
+    "path.backslash": "a path under the root has a backslash in a name, which a plan cannot carry",
     "plan.invalid": "a plan file is not a canonical sandrun plan",
     "policy.key-duplicate": "(in the policy) a trusted key id is listed twice",
     "policy.key-invalid": "(in the policy) a trusted key or its `not_after` cannot be parsed",
+    "policy.root-invalid": "(in the policy) an `fs` root folder cannot be resolved (a symlink loop)",
     "root.missing": "the root folder cannot be opened",
     "schema.any-of": "a value matches none of the forms its field allows",
     "schema.const": "a value is not the one its field requires",
@@ -220,5 +223,20 @@ def markdown_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":
-    print(markdown_table(), end="")
+def _write_into(path: str) -> None:
+    """Replace the table between ``<!-- rules:begin -->`` and ``<!-- rules:end -->`` in ``path``."""
+    from pathlib import Path
+
+    begin, end = "<!-- rules:begin -->\n", "<!-- rules:end -->"
+    text = Path(path).read_text(encoding="utf-8")
+    head, rest = text.split(begin, 1)
+    Path(path).write_text(head + begin + markdown_table() + end + rest.split(end, 1)[1], encoding="utf-8")
+
+
+if __name__ == "__main__":  # python -m runner.rules [docs/policy.md]
+    import sys
+
+    if len(sys.argv) > 1:
+        _write_into(sys.argv[1])
+    else:
+        print(markdown_table(), end="")

@@ -138,6 +138,14 @@ class _ManifestCompiler:
                 pointer,
             )
             return None
+        if "\\" in self.state.relative(path):
+            self.deny(
+                "path.backslash",
+                f"{text!r} resolves to {self.state.relative(path)!r}: a plan names files with '/' only, "
+                "so a backslash in a file or folder name under the root cannot be carried; rename it",
+                pointer,
+            )
+            return None
         return path
 
     # -- tools -------------------------------------------------------------------------------
