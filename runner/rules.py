@@ -100,6 +100,7 @@ _INVALID_INPUT = {
     "schema.format": "a size, duration, host pattern or date cannot be parsed",
     "schema.invalid": "a value breaks a schema keyword that has no rule of its own",
     "schema.max-problems": "more schema problems than are reported (50); the rest are left out",
+    "schema.max-items": "a list is longer than its field allows (a documented cap)",
     "schema.maximum": "a number is above its field's maximum",
     "schema.min-items": "a list is shorter than its field allows",
     "schema.min-length": "a string is shorter than its field allows",

@@ -11,18 +11,21 @@ Rule ids are stable; ``docs/policy.md`` lists them all.
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
+import functools
 import graphlib
 import hashlib
 import os
 import posixpath
+import re
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
 from runner.errors import SandrunError, Violation, error_for
-from runner.hosts import HostPatternError, covers, parse_host_pattern
+from runner.hosts import CoverIndex, HostPatternError, parse_host_pattern
 from runner.plan import InputFile, JobSpec, Limits, Mount, Network, Plan, PolicyRef, Tool
 from runner.policy.governance import Grants, score
 from runner.policy.model import LimitValues, Policy, parse_limits
@@ -61,6 +64,11 @@ class _Compilation:
         location = document.locate_key(pointer) if at_key else document.locate(pointer)
         self.violations.append(Violation(rule_id, message, location, expected, actual))
 
+    @functools.cached_property
+    def network_allow(self) -> CoverIndex:
+        """The policy's network.allow, indexed once: each job entry is checked against a few."""
+        return CoverIndex(self.policy.network_allow)
+
     def relative(self, path: Path) -> str:
         """``path`` relative to the root, POSIX separators; the plan stores nothing absolute."""
         text = path.relative_to(self.root).as_posix()
@@ -96,11 +104,21 @@ def _root_hint(path: Path, root: Path) -> str:
     return f" (the root is the current folder; run from {common} or pass --root {common})"
 
 
+@functools.lru_cache(maxsize=8)
+def _glob_matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    """Whether a string matches any of the ``fnmatch`` patterns: one regex for all of them, built
+    once per policy, so an action is one match however many patterns the policy lists."""
+    if not patterns:
+        return lambda _text: False
+    match = re.compile("|".join(fnmatch.translate(p) for p in patterns)).match
+    return lambda text: match(text) is not None
+
+
 def _action_allowed(policy: Policy, action: str) -> str | None:
     """None when allowed; otherwise the rule id (deny wins over allow)."""
-    if any(fnmatchcase(action, p) for p in policy.actions_deny):
+    if _glob_matcher(policy.actions_deny)(action):
         return "actions.denied"
-    if not any(fnmatchcase(action, p) for p in policy.actions_allow):
+    if not _glob_matcher(policy.actions_allow)(action):
         return "actions.not-allowed"
     return None
 
@@ -471,7 +489,7 @@ class _ManifestCompiler:
             except HostPatternError as exc:
                 self.deny("network.pattern", str(exc), where)
                 continue
-            if not any(covers(outer, pattern) for outer in policy.network_allow):
+            if not self.state.network_allow.covers(pattern):
                 self.deny(
                     "network.uncovered",
                     f"{text!r} is not covered by the policy's network.allow "

@@ -101,7 +101,9 @@ def test_docs_policy_lists_every_rule_and_no_stale_one() -> None:
     documented = set(re.findall(r"^\| `([^`]+)` \|", _doc_table(), re.MULTILINE))
     assert not RULES.keys() - documented, "undocumented; run `python -m runner.rules docs/policy.md`"
     assert not documented - RULES.keys(), "stale ids in docs/policy.md"
-    assert _doc_table() == rules.markdown_table(), "docs/policy.md differs; run `python -m runner.rules docs/policy.md`"
+    assert _doc_table() == rules.markdown_table(), (
+        "docs/policy.md differs; run `python -m runner.rules docs/policy.md`"
+    )
 
 
 def test_each_category_has_its_documented_exit_code() -> None:
