@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -134,6 +134,8 @@ def parse_public_key(text: str) -> Ed25519PublicKey:
     if text.startswith("-----BEGIN"):
         try:
             key = serialization.load_pem_public_key(text.encode("ascii", "replace"))
+        except UnsupportedAlgorithm as exc:  # a curve or key type OpenSSL here does not know
+            raise KeyFileError("the public key is not an Ed25519 key") from exc
         except (ValueError, TypeError) as exc:
             raise KeyFileError("not a PEM public key") from exc
         if not isinstance(key, Ed25519PublicKey):

@@ -194,7 +194,9 @@ def test_check_piped_into_head_ends_quietly_with_its_own_exit_code(root: Path) -
     jobs = "\n".join(f"  - {{name: j{i}, tool: nosuch}}" for i in range(3000))  # ~400 KB of annotations
     _write(root, "m.yaml", _manifest("tool.wasm", hashlib.sha256(WASM).hexdigest(), job="{name: a, tool: t}"))
     (root / "m.yaml").write_text((root / "m.yaml").read_text() + jobs + "\n")
-    _write(root, "policy.yaml", "apiVersion: sandrun/v1\nkind: Policy\nmetadata: {name: p}\nfs: {roots: [.]}\n")
+    _write(
+        root, "policy.yaml", "apiVersion: sandrun/v1\nkind: Policy\nmetadata: {name: p}\nfs: {roots: [.]}\n"
+    )
     command = (
         f"{sys.executable} -m runner check m.yaml --policy policy.yaml --format github | head -1; "
         "exit ${PIPESTATUS[0]}"

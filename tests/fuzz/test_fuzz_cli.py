@@ -348,3 +348,36 @@ def test_any_bytes_as_a_manifest_end_in_a_documented_exit_code(
     )
     assert result.exit_code in DOCUMENTED_EXITS, result.output
     assert "Traceback" not in result.output and "internal error" not in result.output
+
+
+#: Lone surrogates too: what an undecodable byte on the command line becomes.
+_ANY_CHARACTER = st.characters(exclude_categories=())
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    args=st.lists(st.text(_ANY_CHARACTER, max_size=8), max_size=4),
+    env=st.dictionaries(st.text(_ANY_CHARACTER, max_size=6), st.text(_ANY_CHARACTER, max_size=6), max_size=2),
+    program_name=st.none() | st.text(_ANY_CHARACTER, max_size=8),
+)
+def test_any_exec_flags_make_the_same_manifest_or_one_clear_error(
+    tmp_path_factory: pytest.TempPathFactory, args: list[str], env: dict[str, str], program_name: str | None
+) -> None:
+    """Every character, surrogates and characters above U+FFFF included, reaches the job as given."""
+    from runner.api import exec_manifest
+    from runner.errors import InputError
+
+    module = tmp_path_factory.getbasetemp() / "exec.wasm"
+    module.write_bytes(WASM)
+    try:
+        document = exec_manifest(module, args, env=env, program_name=program_name)
+    except InputError as error:
+        assert {v.rule_id for v in error.violations} <= {"input.encoding", *_SCHEMA_RULES}, error
+        return
+    job = document.data["jobs"][0]
+    assert job["args"] == args
+    assert job.get("env", {}) == env
+    assert job.get("program_name") == program_name
+
+
+_SCHEMA_RULES = {"schema.pattern", "schema.min-length", "schema.type", "schema.format"}

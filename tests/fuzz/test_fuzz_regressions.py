@@ -171,3 +171,24 @@ def test_exec_refuses_an_argument_that_is_not_unicode(tmp_path: Path) -> None:
     )
     assert done.returncode == 2, done.stderr
     assert b"[input.encoding]" in done.stderr and b"Traceback" not in done.stderr
+
+
+#: An EC public key on secp112r1, a curve cryptography cannot load (``UnsupportedAlgorithm``).
+_SECP112R1_PUB = (
+    "-----BEGIN PUBLIC KEY-----\n"
+    "MDIwEAYHKoZIzj0CAQYFK4EEAAYDHgAEYFiRXxBA2KZc3a+5Vj08PzcPKMKQPQTE\n"
+    "rzH4Ag==\n"
+    "-----END PUBLIC KEY-----\n"
+)
+
+
+def test_a_pem_key_on_an_unsupported_curve_is_invalid_input(root: Path) -> None:
+    key = _SECP112R1_PUB.replace("\n", "\\n")
+    policy = POLICY + f'signatures:\n  trusted_keys:\n    - {{id: k, public_key: "{key}"}}\n'
+    result = _check(root, _manifest(), policy)
+    assert result.exit_code == 2, result.output
+    assert _rules(result) == ["policy.key-invalid"]
+    (root / "k.pub").write_text(_SECP112R1_PUB)
+    (root / "log").mkdir()
+    verify = CliRunner().invoke(cli, ["audit", "verify", str(root / "log"), "--pub", str(root / "k.pub")])
+    assert verify.exit_code == 2 and "[keys.invalid]" in verify.stderr, verify.output
