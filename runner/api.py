@@ -89,7 +89,7 @@ def _is_manifest(document: Document) -> bool:
     return kind == "Manifest" or (isinstance(api, str) and api.startswith("sandrun/") and kind != "Policy")
 
 
-def _unreadable_manifest(path: Path) -> bool:
+def _claims_to_be_sandrun(path: Path) -> bool:
     """Whether a file found in a folder that failed to load says it is meant for Sandrun."""
     try:
         with path.open("rb") as handle:
@@ -117,7 +117,7 @@ def load_manifests(
         try:
             document = load_yaml_file(path)
         except InputError as exc:
-            if named or _unreadable_manifest(path):
+            if named or _claims_to_be_sandrun(path):
                 problems.extend(exc.violations)
                 continue
             document = None
@@ -178,8 +178,9 @@ def compile_manifests(
 ) -> Plan:
     """Load, validate and compile; raise one error carrying every problem of every file.
 
-    Invalid input (YAML, schema) makes it an :class:`InputError` (exit 2), otherwise policy denials
-    make it a :class:`~runner.errors.PolicyDenied` (exit 3).
+    Invalid input (YAML, schema, missing files...) makes it an :class:`InputError` (exit 2),
+    otherwise policy denials make it a :class:`~runner.errors.PolicyDenied` (exit 3); the rule
+    registry decides which. ``on_skip`` gets each YAML file in a folder that is not a manifest.
     """
     documents, problems = load_manifests(paths, on_skip=on_skip)
     return compile_documents(documents, policy_path, root=root, today=today, problems=problems)

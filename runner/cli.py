@@ -162,10 +162,10 @@ def cli() -> None:
     """
 
 
-def _compile_noting_skips(
-    compile_manifests: Any, paths: tuple[Path, ...], policy: Path, root: Path | None
-) -> Any:
+def _compile_noting_skips(paths: tuple[Path, ...], policy: Path, root: Path | None) -> Any:
     """``api.compile_manifests``, then one line on stderr counting the YAML files it skipped."""
+    from runner.api import compile_manifests
+
     skipped: list[Path] = []
     try:
         return compile_manifests(list(paths), policy, root=root, on_skip=skipped.append)
@@ -185,10 +185,8 @@ def _compile_noting_skips(
 @_format_option
 def check(paths: tuple[Path, ...], policy_path: Path, root: Path | None, fmt: str) -> None:
     """Check manifests (files or folders) against a policy; report every problem."""
-    from runner.api import compile_manifests
-
     _Context.fmt = fmt
-    plan = _compile_noting_skips(compile_manifests, paths, policy_path, root)
+    plan = _compile_noting_skips(paths, policy_path, root)
     if fmt == "json":
         click.echo(
             json.dumps(
@@ -221,11 +219,10 @@ def compile_command(
     paths: tuple[Path, ...], policy_path: Path, root: Path | None, output: Path, fmt: str
 ) -> None:
     """Compile manifests and a policy into a plan (canonical JSON)."""
-    from runner.api import compile_manifests
     from runner.fileio import write_atomic
 
     _Context.fmt = fmt
-    plan = _compile_noting_skips(compile_manifests, paths, policy_path, root)
+    plan = _compile_noting_skips(paths, policy_path, root)
     data = plan.to_json() + b"\n"
     if str(output) == "-":
         click.echo(data.decode("utf-8"), nl=False)

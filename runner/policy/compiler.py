@@ -549,7 +549,7 @@ def compile_plan(
 ) -> Plan:
     """Check every manifest against ``policy``; return the plan or raise with every denial.
 
-    Raises the :func:`~runner.errors.error_for` all violations found (exit 2 or 3, per the rules).
+    Raises :func:`~runner.errors.error_for` of every violation found (exit 2 or 3, as the rules say).
     """
     state = _Compilation(
         root=root.resolve(), policy=policy, today=today or dt.datetime.now(dt.timezone.utc).date()
