@@ -308,30 +308,48 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _check(root: Path, manifest: Any, policy: Any) -> None:
+def _check(root: Path, manifest: Any, policy: Any, fmt: str) -> None:
     (root / "m.yaml").write_text(_yaml(manifest) + "\n", encoding="utf-8")
     (root / "policy.yaml").write_text(_yaml(policy) + "\n", encoding="utf-8")
     result = CliRunner().invoke(
-        cli, ["check", str(root / "m.yaml"), "--policy", str(root / "policy.yaml"), "--root", str(root)]
+        cli,
+        [
+            "check",
+            str(root / "m.yaml"),
+            "--policy",
+            str(root / "policy.yaml"),
+            "--root",
+            str(root),
+            "--format",
+            fmt,
+        ],
     )
     output = result.output
     assert result.exit_code in DOCUMENTED_EXITS, output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert "Traceback" not in output and "internal error" not in output, output
-    for line in result.stderr.splitlines():  # one problem, one line, every line a problem
-        assert "[" in line or line.startswith("skipped "), line
+    if fmt == "json":
+        assert json.loads(result.stdout)["ok"] == (result.exit_code == 0)
+    elif fmt == "github" and result.exit_code:  # one annotation per line, every line an annotation
+        assert all(line.startswith("::error ") for line in result.stdout.splitlines()), result.stdout
+    else:
+        for line in result.stderr.splitlines():  # one problem, one line, every line a problem
+            assert "[" in line or line.startswith("skipped "), line
+
+
+_FORMAT = st.sampled_from(["text", "text", "json", "github"])
 
 
 @FUZZ
-@given(manifest=MANIFEST)
-def test_any_manifest_ends_in_a_documented_exit_code(root: Path, manifest: Any) -> None:
-    _check(root, manifest, VALID_POLICY)
+@given(manifest=MANIFEST, fmt=_FORMAT)
+def test_any_manifest_ends_in_a_documented_exit_code(root: Path, manifest: Any, fmt: str) -> None:
+    _check(root, manifest, VALID_POLICY, fmt)
 
 
 @FUZZ
-@given(policy=POLICY, manifest=MANIFEST)
-def test_any_policy_ends_in_a_documented_exit_code(root: Path, policy: Any, manifest: Any) -> None:
-    _check(root, manifest, policy)
+@given(policy=POLICY, manifest=MANIFEST, fmt=_FORMAT)
+def test_any_policy_ends_in_a_documented_exit_code(root: Path, policy: Any, manifest: Any, fmt: str) -> None:
+    _check(root, manifest, policy, fmt)
 
 
 @settings(max_examples=100, deadline=None, derandomize=True)
