@@ -22,7 +22,15 @@ from typing import Any
 import click
 
 from runner import __version__
-from runner.errors import EXIT_INTERRUPTED, EXIT_INVALID_INPUT, InputError, Location, SandrunError, Violation
+from runner.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_INVALID_INPUT,
+    InputError,
+    Location,
+    SandrunError,
+    Violation,
+    printable,
+)
 
 __all__ = ["main", "cli"]
 
@@ -66,14 +74,15 @@ def render_violation(violation: Violation, fmt: str) -> str:
     props = []
     location = violation.location
     if location is not None:
-        props.append(f"file={_github_escape(location.file, property_value=True)}")
+        props.append(f"file={_github_escape(printable(location.file), property_value=True)}")
         if location.line is not None:
             props.append(f"line={location.line}")
         if location.column is not None:
             props.append(f"col={location.column}")
     props.append(f"title={_github_escape(violation.rule_id, property_value=True)}")
-    pointer = f"{location.pointer}: " if location is not None and location.pointer else ""
-    return f"::error {','.join(props)}::{_github_escape(pointer + violation.message)}"
+    pointer = f"{printable(location.pointer)}: " if location is not None and location.pointer else ""
+    message = printable(" ".join(violation.message.split()))  # one line, as in text (a key may hold \f)
+    return f"::error {','.join(props)}::{_github_escape(pointer + message)}"
 
 
 @contextlib.contextmanager

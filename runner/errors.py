@@ -31,6 +31,7 @@ __all__ = [
     "AuditError",
     "error_for",
     "escape_pointer_token",
+    "printable",
 ]
 
 EXIT_OK = 0
@@ -46,7 +47,7 @@ def escape_pointer_token(token: str | int) -> str:
     return str(token).replace("~", "~0").replace("/", "~1")
 
 
-def _escaped(text: str) -> str:
+def printable(text: str) -> str:
     """``text`` with every non-printable character (line breaks, ESC, bidi controls) escaped."""
     if text.isprintable():
         return text
@@ -100,11 +101,11 @@ class Violation:
         A key with a line break (``"a\\nb": 1``) is in the pointer: printed raw it would start a
         second, forged problem line, so every part is shown with control characters escaped.
         """
-        text = _escaped(" ".join(self.message.split()))
+        text = printable(" ".join(self.message.split()))
         if self.location is None:
             return f"[{self.rule_id}] {text}"
-        pointer = f" {_escaped(self.location.pointer)}" if self.location.pointer else ""
-        return f"{_escaped(self.location.prefix())}:{pointer} [{self.rule_id}] {text}"
+        pointer = f" {printable(self.location.pointer)}" if self.location.pointer else ""
+        return f"{printable(self.location.prefix())}:{pointer} [{self.rule_id}] {text}"
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -192,3 +192,24 @@ def test_a_pem_key_on_an_unsupported_curve_is_invalid_input(root: Path) -> None:
     (root / "log").mkdir()
     verify = CliRunner().invoke(cli, ["audit", "verify", str(root / "log"), "--pub", str(root / "k.pub")])
     assert verify.exit_code == 2 and "[keys.invalid]" in verify.stderr, verify.output
+
+
+@pytest.mark.parametrize("key", ["\\f", "\\u2028", "\\x1c", "\\N", "\\r"])
+def test_any_line_break_in_a_key_stays_on_one_annotation_line(root: Path, key: str) -> None:
+    (root / "m.yaml").write_text(_manifest(extra=f'"a{key}b": 1\n'))
+    result = CliRunner().invoke(
+        cli,
+        [
+            "check",
+            str(root / "m.yaml"),
+            "--policy",
+            str(root / "policy.yaml"),
+            "--root",
+            str(root),
+            "--format",
+            "github",
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    lines = result.stdout.splitlines()  # Python's splitlines knows every line break there is
+    assert len(lines) == 1 and lines[0].startswith("::error ") and "schema.unknown-field" in lines[0]
