@@ -9,12 +9,13 @@ and mapped to its documented exit code; no input ever produces a traceback (set
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from runner.errors import (
     Location,
     SandrunError,
     Violation,
+    printable,
 )
 
 __all__ = ["main", "cli"]
@@ -78,14 +80,15 @@ def render_violation(violation: Violation, fmt: str) -> str:
     props = []
     location = violation.location
     if location is not None:
-        props.append(f"file={_github_escape(sanitize_text(location.file), property_value=True)}")
+        props.append(f"file={_github_escape(sanitize_text(printable(location.file)), property_value=True)}")
         if location.line is not None:
             props.append(f"line={location.line}")
         if location.column is not None:
             props.append(f"col={location.column}")
     props.append(f"title={_github_escape(sanitize_text(violation.rule_id), property_value=True)}")
-    pointer = f"{location.pointer}: " if location is not None and location.pointer else ""
-    return f"::error {','.join(props)}::{_github_escape(safe_line(pointer + violation.message))}"
+    pointer = f"{printable(location.pointer)}: " if location is not None and location.pointer else ""
+    message = printable(" ".join(violation.message.split()))  # one line, as in text (a key may hold \f)
+    return f"::error {','.join(props)}::{_github_escape(safe_line(pointer + message))}"
 
 
 def _say(text: str, *, err: bool = False) -> None:
@@ -95,7 +98,27 @@ def _say(text: str, *, err: bool = False) -> None:
     click.echo(safe_line(text), err=err)
 
 
+@contextlib.contextmanager
+def _reader_may_leave() -> Iterator[None]:
+    """Output nobody reads any more (``sandrun check … | head -1``) is dropped quietly.
+
+    The reader closing the pipe is not an error of the command: the rest of its output goes to
+    ``/dev/null`` and it ends with the exit code it was going to have anyway.
+    """
+    try:
+        yield
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def _report_error(error: SandrunError, fmt: str) -> None:
+    with _reader_may_leave():
+        _print_error(error, fmt)
+
+
+def _print_error(error: SandrunError, fmt: str) -> None:
     if fmt == "json":
         click.echo(
             json.dumps(
@@ -132,6 +155,9 @@ class _SandrunGroup(click.Group):
             raise
         except (click.exceptions.Exit, click.Abort):
             raise
+        except BrokenPipeError:  # the reader has all it wanted (`| head -1`): not a failure
+            with _reader_may_leave():
+                raise
         except OSError as exc:  # the machine's side: an unwritable --out, a full disk
             where = f"{exc.filename}: " if exc.filename else ""
             _say(f"sandrun: {where}{exc.strerror or exc}", err=True)
@@ -164,6 +190,22 @@ def cli() -> None:
     """
 
 
+def _compile_noting_skips(paths: tuple[Path, ...], policy: Path, root: Path | None) -> Any:
+    """``api.compile_manifests``, then one line on stderr counting the YAML files it skipped."""
+    from runner.api import compile_manifests
+
+    skipped: list[Path] = []
+    try:
+        return compile_manifests(list(paths), policy, root=root, on_skip=skipped.append)
+    finally:
+        if skipped:
+            click.echo(
+                f"skipped {len(skipped)} YAML file(s) in the folder(s) that are not sandrun manifests "
+                "(kind is not Manifest)",
+                err=True,
+            )
+
+
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @_policy_option
@@ -171,10 +213,8 @@ def cli() -> None:
 @_format_option
 def check(paths: tuple[Path, ...], policy_path: Path, root: Path | None, fmt: str) -> None:
     """Check manifests (files or folders) against a policy; report every problem."""
-    from runner.api import compile_manifests
-
     _Context.fmt = fmt
-    plan = compile_manifests(list(paths), policy_path, root=root)
+    plan = _compile_noting_skips(paths, policy_path, root)
     if fmt == "json":
         click.echo(
             json.dumps(
@@ -207,11 +247,10 @@ def compile_command(
     paths: tuple[Path, ...], policy_path: Path, root: Path | None, output: Path, fmt: str
 ) -> None:
     """Compile manifests and a policy into a plan (canonical JSON)."""
-    from runner.api import compile_manifests
     from runner.fileio import write_atomic
 
     _Context.fmt = fmt
-    plan = compile_manifests(list(paths), policy_path, root=root)
+    plan = _compile_noting_skips(paths, policy_path, root)
     data = plan.to_json() + b"\n"
     if str(output) == "-":
         click.echo(data.decode("utf-8"), nl=False)
@@ -428,9 +467,10 @@ def run_command(
         continue_unsealed=continue_unsealed,
         shard=shard,
     )
-    _print_run_end(outcome)
-    policy = decided[0]
-    click.echo(f"policy (--policy): {policy.name} ({policy.path}, sha256 {policy.sha256})", err=True)
+    with _reader_may_leave():
+        _print_run_end(outcome)
+        policy = decided[0]
+        _say(f"policy (--policy): {policy.name} ({policy.path}, sha256 {policy.sha256})", err=True)
     sys.exit(outcome.exit_code)
 
 
@@ -901,4 +941,8 @@ def verify(module: Path, signature: str, public: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (``sandrun`` and ``python -m runner``)."""
-    cli.main(args=argv, prog_name="sandrun")
+    try:
+        cli.main(args=argv, prog_name="sandrun")
+    finally:  # flush here, where a closed pipe is quiet, not at exit (Python prints it, exit 120)
+        with _reader_may_leave():
+            sys.stdout.flush()

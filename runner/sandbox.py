@@ -70,6 +70,7 @@ from runner.compiling import CompileBounds, CompileFailed, compile_bounded, new_
 from runner.errors import InputError, Location, PolicyDenied
 from runner.plan import JobSpec, Limits, ModuleLimits
 from runner.results import Outcome, TrapKind
+from runner.wasmfile import not_wasm_reason
 
 __all__ = ["EngineKey", "Runtime", "check_mounts", "required_thread_stack"]
 
@@ -771,6 +772,9 @@ class Runtime:
                     expected=job.module_sha256,
                     actual=sha256_hex(data),
                 )
+            reason = not_wasm_reason(data)  # wasmtime would parse text as WAT: never from a plan
+            if reason is not None:
+                raise InputError.one("module.invalid", f"{path} {reason}", _location(job, "/module"))
             return data
 
         try:
