@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from runner.errors import InputError, PolicyDenied, SandrunError, Violation
 from runner.hosts import HostPatternError, covers, parse_host_pattern
-from runner.plan import InputFile, JobSpec, Limits, Mount, Network, Plan, PolicyRef, Tool
+from runner.plan import DEFAULT_DISK, InputFile, JobSpec, Limits, Mount, Network, Plan, PolicyRef, Tool
 from runner.policy.governance import Grants, score
 from runner.policy.model import LimitValues, Policy, parse_limits
 from runner.signing import verify_module_digest
@@ -32,7 +32,9 @@ from runner.units import format_duration, format_size
 __all__ = ["BUILTIN_LIMITS", "compile_plan", "denial_error"]
 
 #: Limits used when neither the manifest nor the policy's ``limits.default`` sets one.
-BUILTIN_LIMITS = LimitValues(fuel=None, memory=64 << 20, timeout_ms=30_000, stack=512 << 10, output=1 << 20)
+BUILTIN_LIMITS = LimitValues(
+    fuel=None, memory=64 << 20, timeout_ms=30_000, stack=512 << 10, output=1 << 20, disk=DEFAULT_DISK
+)
 
 
 @dataclass
@@ -326,6 +328,7 @@ class _ManifestCompiler:
             ("timeout", "timeout_ms"),
             ("stack", "stack"),
             ("output", "output"),
+            ("disk", "disk"),
         ):
             cap = getattr(policy.max_limits, attribute)
             value = getattr(asked, attribute)
