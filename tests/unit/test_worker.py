@@ -76,9 +76,12 @@ TABLES_AND_MEMORY = """(module
       (local.set $p (i32.add (local.get $p) (i32.const 4096)))
       (br_if $l (i32.lt_u (local.get $p) (i32.const 58982400))))
     (local.set $ok (i32.ne (table.grow $a (ref.null func) (i32.const {n})) (i32.const -1)))
-    (local.set $ok (i32.add (local.get $ok) (i32.ne (table.grow $b (ref.null func) (i32.const {n})) (i32.const -1))))
-    (local.set $ok (i32.add (local.get $ok) (i32.ne (table.grow $c (ref.null func) (i32.const {n})) (i32.const -1))))
-    (local.set $ok (i32.add (local.get $ok) (i32.ne (table.grow $d (ref.null func) (i32.const {n})) (i32.const -1))))
+    (local.set $ok (i32.add (local.get $ok)
+      (i32.ne (table.grow $b (ref.null func) (i32.const {n})) (i32.const -1))))
+    (local.set $ok (i32.add (local.get $ok)
+      (i32.ne (table.grow $c (ref.null func) (i32.const {n})) (i32.const -1))))
+    (local.set $ok (i32.add (local.get $ok)
+      (i32.ne (table.grow $d (ref.null func) (i32.const {n})) (i32.const -1))))
     (call $exit (local.get $ok))))"""
 
 MANY_TABLES = '(module (memory (export "memory") 1) {tables} (func (export "_start")))'
