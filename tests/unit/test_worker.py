@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_process import workers_of
 from test_executor import EXIT, Recorder, by_name, job, plan_of, run, wat
 
 from runner.executor import BatchOptions
@@ -105,39 +106,13 @@ MIB = 1 << 20
 BUDGET_64 = 64 * MIB + 2 * MIB + DATA_SLACK + 64 * MIB
 
 
-def _workers_of(pid: int) -> list[int]:
-    """Live ``sandrun-worker`` processes descending from ``pid`` (via the forkserver)."""
-    parents: dict[int, int] = {}
-    names: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] != "Z":
-            parents[int(entry)], names[int(entry)] = int(fields[1]), name
-    found = []
-    for child, name in names.items():
-        ancestor = parents.get(child)
-        while ancestor not in (None, 0, 1, pid):
-            ancestor = parents.get(ancestor)
-        if name == "sandrun-worker" and ancestor == pid:
-            found.append(child)
-    return found
-
-
 def kill_worker_soon(signum: int, pid: int | None = None) -> threading.Thread:
     """Kill the (one) worker of ``pid`` with ``signum`` once it is busy with its job."""
 
     def kill() -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            workers = _workers_of(pid or os.getpid())
+            workers = workers_of(pid or os.getpid())
             if workers:
                 time.sleep(0.3)  # the job is sent right after the worker is up
                 os.kill(workers[0], signum)
@@ -247,10 +222,10 @@ def test_a_job_cannot_write_a_file_larger_than_its_disk_limit(tmp_path: Path) ->
 def test_threads_isolation_runs_the_same_jobs_without_a_process(tmp_path: Path) -> None:
     outputs: dict[str, Outcome] = {}
     plan = plan_of(job(tmp_path, wat(EXIT, code=3), "three", expect=3))
-    before = set(_workers_of(os.getpid()))
+    before = set(workers_of(os.getpid()))
     row = run(tmp_path, plan, outputs=outputs, isolation="threads").results[0]
     assert (row.status, row.exit_code, row.rss_peak) == ("passed", 3, None)
-    assert set(_workers_of(os.getpid())) == before
+    assert set(workers_of(os.getpid())) == before
 
 
 def test_an_unknown_isolation_is_refused() -> None:
@@ -263,4 +238,4 @@ def test_no_worker_outlives_its_batch(tmp_path: Path) -> None:
     rows: Any = run(tmp_path, plan, jobs=2).results
     assert {r.status for r in rows} == {"passed"}
     assert all(r.rss_peak for r in rows)
-    assert _workers_of(os.getpid()) == []
+    assert workers_of(os.getpid()) == []
