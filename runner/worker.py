@@ -188,11 +188,11 @@ class _WorkerRunner:
     def run(self, index: int, cancel: threading.Event) -> Outcome:
         job = self.pool.plan.jobs[index]
         key = module_key(job)
-        data = self.pool.module(job) if key not in self.modules else b""
         started = time.monotonic()
         conn = self.conn or self._start()
         try:
-            if key not in self.modules:
+            if key not in self.modules:  # once per worker and module
+                data = self.pool.module(job)
                 conn.send(("module", key))
                 conn.send_bytes(data)
                 self.modules.add(key)
