@@ -166,12 +166,14 @@ def test_cancel_kills_a_worker_whose_guest_ignores_it(tmp_path: Path, fifo: Path
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGABRT])
 def test_a_worker_killed_mid_job_fails_that_job_only(tmp_path: Path, signum: signal.Signals) -> None:
     victim = job(tmp_path, wat(SLEEP), "victim", timeout_ms=600_000)
+    again = job(tmp_path, wat(SLEEP), "again", timeout_ms=200)  # the same module, in the new worker
     others = [job(tmp_path, wat(EXIT, code=0), f"after{i}") for i in range(3)]
     killer = kill_worker_soon(signum)
-    rows = by_name(run(tmp_path, plan_of(victim, *others), jobs=1))
+    rows = by_name(run(tmp_path, plan_of(victim, again, *others), jobs=1))
     killer.join()
     assert (rows["victim"].status, rows["victim"].trap) == ("failed", "crash")
     assert rows["victim"].reason == f"trap: crash (worker killed by {signum.name})"
+    assert rows["again"].reason == "trap: timeout (exceeded the timeout of 200 ms)"
     assert [rows[f"after{i}"].status for i in range(3)] == ["passed"] * 3
 
 
