@@ -274,7 +274,7 @@ def _start_run(
     cancel = threading.Event()
     display = make_progress() if progress else None
     stops = (signal.SIGINT, signal.SIGTERM)
-    previous = {signum: signal.getsignal(signum) for signum in stops}
+    previous: dict[int, Any] = {signum: signal.getsignal(signum) for signum in stops}
 
     def interrupt(signum: int, frame: object) -> None:
         cancel.set()
