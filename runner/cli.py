@@ -274,7 +274,7 @@ def _start_run(
     cancel = threading.Event()
     display = make_progress() if progress else None
     stops = (signal.SIGINT, signal.SIGTERM)
-    previous: dict[int, Any] = {signum: signal.getsignal(signum) for signum in stops}
+    previous: dict[int, Any] = {stop: signal.getsignal(stop) for stop in stops}
 
     def interrupt(signum: int, frame: object) -> None:
         cancel.set()
@@ -282,8 +282,8 @@ def _start_run(
 
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
-        for signum in stops:
-            signal.signal(signum, interrupt)
+        for stop in stops:
+            signal.signal(stop, interrupt)
     try:
         return run(
             make_plan,
@@ -300,8 +300,8 @@ def _start_run(
         if display is not None:
             display.close()
         if in_main:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            for stop, handler in previous.items():
+                signal.signal(stop, handler)
 
 
 def _print_run_end(outcome: Any) -> None:
