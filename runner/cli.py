@@ -300,8 +300,8 @@ def _start_run(
         if display is not None:
             display.close()
         if in_main:
-            for stop, handler in previous.items():
-                signal.signal(stop, handler)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
 
 def _print_run_end(outcome: Any) -> None:
