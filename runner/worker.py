@@ -182,7 +182,7 @@ class _WorkerRunner:
         parent_end.send(self.pool.setup)
         if self.pool.setup.passthrough:  # sandrun exec: the guest's stdio is the runner's own
             for fd in (0, 1, 2):
-                send_handle(parent_end, fd, process.pid)
+                _send_stdio(parent_end, fd, process.pid)
         return parent_end
 
     def run(self, index: int, cancel: threading.Event) -> Outcome:
@@ -259,6 +259,20 @@ class _WorkerRunner:
         self.conn = None
         self.process.join(2.0)
         self._stop_worker()
+
+
+def _send_stdio(conn: Connection, fd: int, pid: int) -> None:
+    """Hand one of the runner's stdio descriptors to the worker; /dev/null when it is closed."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            send_handle(conn, null, pid)
+        finally:
+            os.close(null)
+        return
+    send_handle(conn, fd, pid)
 
 
 def _ended(job: JobSpec, started: float, trap: Literal["timeout", "crash"], message: str) -> Outcome:
