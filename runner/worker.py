@@ -35,15 +35,17 @@ import ctypes
 import functools
 import multiprocessing
 import os
+import pickle
 import resource
 import select
 import signal
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
-from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -165,24 +167,28 @@ class _WorkerRunner:
     def __init__(self, pool: _Pool) -> None:
         self.pool = pool
         self.process: Any = None
-        self.conn: Connection | None = None
+        self.conn: _Channel | None = None
         self.poller = select.poll()
         self.modules: set[ModuleKey] = set()
 
-    def _start(self) -> Connection:
+    def _start(self) -> _Channel:
         context = _context()
-        parent_end, child_end = context.Pipe()
-        process = context.Process(target=_serve, args=(child_end,), name="sandrun-worker", daemon=True)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        passthrough = self.pool.setup.passthrough
+        process = context.Process(
+            target=_serve, args=(theirs, passthrough), name="sandrun-worker", daemon=True
+        )
         process.start()
-        child_end.close()
+        theirs.close()
+        parent_end = _Channel(ours)
         self.process, self.conn = process, parent_end
         self.poller = select.poll()
         self.poller.register(parent_end.fileno(), select.POLLIN)
         self.modules = set()
-        parent_end.send(self.pool.setup)
-        if self.pool.setup.passthrough:  # sandrun exec: the guest's stdio is the runner's own
-            for fd in (0, 1, 2):
+        if passthrough:  # sandrun exec: the guest's stdio is the runner's own; before any message,
+            for fd in (0, 1, 2):  # which the worker's buffered reads could otherwise run into
                 _send_stdio(parent_end, fd, process.pid)
+        parent_end.send(self.pool.setup)
         return parent_end
 
     def run(self, index: int, cancel: threading.Event) -> Outcome:
@@ -201,7 +207,7 @@ class _WorkerRunner:
             return self._died(job, started)
         return self._answer(job, conn, started, cancel)
 
-    def _answer(self, job: JobSpec, conn: Connection, started: float, cancel: threading.Event) -> Outcome:
+    def _answer(self, job: JobSpec, conn: _Channel, started: float, cancel: threading.Event) -> Outcome:
         """Wait for the worker's answer until the job's deadline plus the grace; else kill it."""
         deadline = started + job.limits.timeout_ms / 1000 + GRACE_S
         signalled = False
@@ -261,7 +267,7 @@ class _WorkerRunner:
         self._stop_worker()
 
 
-def _send_stdio(conn: Connection, fd: int, pid: int) -> None:
+def _send_stdio(conn: _Channel, fd: int, pid: int) -> None:
     """Hand one of the runner's stdio descriptors to the worker; /dev/null when it is closed."""
     try:
         os.fstat(fd)
@@ -299,6 +305,52 @@ def _outcome(reply: tuple[Any, ...]) -> Outcome:
     raise RuntimeError(f"in the worker: {reply[1]}")
 
 
+class _Channel:
+    """Length-prefixed messages over a Unix socket pair: a pickle, or raw bytes (a module).
+
+    ``multiprocessing.connection`` reads each message in two system calls (its length, then its
+    body); here the common small message costs one, which is a measurable part of a tiny job.
+    """
+
+    _LENGTH = struct.Struct("!Q")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buffer = bytearray()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, message: object) -> None:
+        self.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def send_bytes(self, data: bytes) -> None:
+        self.sock.sendall(self._LENGTH.pack(len(data)) + data)
+
+    def recv(self) -> Any:
+        return pickle.loads(self.recv_bytes())
+
+    def recv_bytes(self) -> bytes:
+        """The next message; EOFError when the other end closed."""
+        header = self._LENGTH.size
+        while len(self._buffer) < header or len(self._buffer) < header + self._size():
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                raise EOFError
+            self._buffer += chunk
+        end = header + self._size()
+        data = bytes(self._buffer[header:end])
+        del self._buffer[:end]
+        return data
+
+    def _size(self) -> int:
+        size: int = self._LENGTH.unpack_from(self._buffer)[0]
+        return size
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 # --- the worker's side ------------------------------------------------------------------------
 
 _active_cancel: threading.Event | None = None  # the running job's, set by SIGUSR1
@@ -310,7 +362,7 @@ def _on_cancel(_signum: int, _frame: object) -> None:
         event.set()
 
 
-def _serve(conn: Connection) -> None:
+def _serve(sock: socket.socket, passthrough: bool) -> None:
     """A worker's main thread: jobs run on a second thread (with the stack WASM needs), so this
     one is free to take SIGUSR1 at once, and to exit the moment the parent's end closes."""
     _name_process(b"sandrun-worker")
@@ -318,13 +370,14 @@ def _serve(conn: Connection) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past RLIMIT_FSIZE fails with EFBIG
     signal.signal(signal.SIGUSR1, _on_cancel)
+    conn = _Channel(sock)
     try:
-        setup: _Setup = conn.recv()
-        if setup.passthrough:
+        if passthrough:
             for target in (0, 1, 2):
                 fd = recv_handle(conn)
                 os.dup2(fd, target)
                 os.close(fd)
+        setup: _Setup = conn.recv()
     except (EOFError, OSError):
         return
     previous = threading.stack_size(setup.thread_stack)
@@ -344,7 +397,7 @@ def _name_process(name: bytes) -> None:
         ctypes.CDLL(None).prctl(15, name, 0, 0, 0)
 
 
-def _job_loop(conn: Connection, setup: _Setup) -> None:
+def _job_loop(conn: _Channel, setup: _Setup) -> None:
     global _active_cancel
     runtime = Runtime(cache_dir=Path(setup.cache_dir))
     bounds = _Bounds()
