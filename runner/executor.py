@@ -1,7 +1,9 @@
 """The batch: a plan's jobs on a pool of worker threads, in ``needs`` order, each in its own sandbox.
 
-Wasmtime releases the GIL while WASM runs, so ``jobs`` worker threads really run ``jobs`` guests
-at once. One dispatcher (the calling thread) decides what starts when:
+Each of the ``jobs`` threads runs its jobs through a :class:`~runner.worker.JobRunner`: in its own
+worker process (the default: hard deadline, crash isolation, OS limits) or on the thread itself
+(``isolation="threads"``; Wasmtime releases the GIL while WASM runs, so threads run at once too).
+One dispatcher (the calling thread) decides what starts when:
 
 - a job starts only after every job it ``needs`` finished and passed; otherwise it is ``skipped``
   and the reason names the need;
