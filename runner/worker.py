@@ -55,7 +55,16 @@ from runner.plan import JobSpec, Limits, Plan
 from runner.results import Outcome
 from runner.sandbox import ModuleKey, Runtime, module_key, required_thread_stack
 
-__all__ = ["Isolation", "ISOLATIONS", "JobRunner", "GRACE_S", "CANCEL_GRACE_S", "DATA_SLACK", "job_runners"]
+__all__ = [
+    "Isolation",
+    "ISOLATIONS",
+    "JobRunner",
+    "GRACE_S",
+    "CANCEL_GRACE_S",
+    "ADOPT_TIMEOUT_S",
+    "DATA_SLACK",
+    "job_runners",
+]
 
 Isolation = Literal["workers", "threads"]
 ISOLATIONS: tuple[str, ...] = ("workers", "threads")
@@ -65,6 +74,8 @@ GRACE_S = 0.5
 stops a guest in WASM code within ~30 ms of its deadline by itself; only a guest blocked in a host
 call needs the kill."""
 CANCEL_GRACE_S = 1.0
+ADOPT_TIMEOUT_S = 300
+"""How long a worker may take to load a compiled module handed over by the parent."""
 """How long a cancelled job's worker may take to answer before it is killed."""
 DATA_SLACK = 32 << 20
 """Private memory a job may make the worker allocate besides its linear memory and output:
@@ -197,15 +208,26 @@ class _WorkerRunner:
         started = time.monotonic()
         conn = self.conn or self._start()
         try:
-            if key not in self.modules:  # once per worker and module
-                data = self.pool.module(job)
-                conn.send(("module", key))
-                conn.send_bytes(data)
-                self.modules.add(key)
+            if key not in self.modules:  # once per worker and module, outside the job's time
+                self._hand_over(conn, key, self.pool.module(job))
+                started = time.monotonic()
             conn.send(("run", index))
-        except OSError:
+        except (EOFError, OSError):
             return self._died(job, started)
         return self._answer(job, conn, started, cancel)
+
+    def _hand_over(self, conn: _Channel, key: ModuleKey, data: bytes) -> None:
+        """Give the worker a compiled module and wait until it has loaded it (a large module takes
+        a while, which must not count against the job's deadline)."""
+        conn.send(("module", key))
+        conn.send_bytes(data)
+        if not self.poller.poll(ADOPT_TIMEOUT_S * 1000):
+            self._stop_worker()
+            raise RuntimeError(f"the worker did not load the module within {ADOPT_TIMEOUT_S} s")
+        problem = conn.recv()
+        if problem is not None:
+            raise RuntimeError(f"the worker could not load the module: {problem}")
+        self.modules.add(key)
 
     def _answer(self, job: JobSpec, conn: _Channel, started: float, cancel: threading.Event) -> Outcome:
         """Wait for the worker's answer until the job's deadline plus the grace; else kill it."""
@@ -406,7 +428,13 @@ def _job_loop(conn: _Channel, setup: _Setup) -> None:
         while True:
             message = conn.recv()
             if message[0] == "module":
-                runtime.adopt(message[1], conn.recv_bytes())
+                data = conn.recv_bytes()
+                try:
+                    runtime.adopt(message[1], data)
+                except Exception as error:  # WasmtimeError, MemoryError: that job's failure
+                    conn.send(f"{type(error).__name__}: {error}")
+                else:
+                    conn.send(None)
                 continue
             job = setup.jobs[message[1]]
             _active_cancel = cancel = threading.Event()

@@ -241,3 +241,25 @@ def test_no_worker_outlives_its_batch(tmp_path: Path) -> None:
     assert {r.status for r in rows} == {"passed"}
     assert all(r.rss_peak for r in rows)
     assert workers_of(os.getpid()) == []
+
+
+def test_a_module_the_worker_cannot_load_fails_that_job_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runner import worker
+
+    bad, good = wat(EXIT, code=0), wat(EXIT, code=3)
+    real = worker._Pool.module
+    monkeypatch.setattr(
+        worker._Pool,
+        "module",
+        lambda pool, spec: b"not compiled code" if spec.name == "bad" else real(pool, spec),
+    )
+    rows = by_name(
+        run(tmp_path, plan_of(job(tmp_path, bad, "bad"), job(tmp_path, good, "good", expect=3)), jobs=1)
+    )
+    assert rows["bad"].status == "failed"
+    assert (rows["bad"].reason or "").startswith(
+        "internal error: RuntimeError: the worker could not load the module"
+    )
+    assert rows["good"].status == "passed"
