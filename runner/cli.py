@@ -335,8 +335,9 @@ def _start_run(
 ) -> Any:
     """``api.run`` with the runner's key, a progress display, and Ctrl-C turned into a clean stop.
 
-    The first Ctrl-C sets the batch's cancel event: running jobs are interrupted, results so far
-    are written and the log is sealed (exit 130); a second Ctrl-C stops at once.
+    The first Ctrl-C or SIGTERM (what CI systems and Kubernetes send on cancel) sets the batch's
+    cancel event: running jobs are interrupted, results so far are written and the log is sealed
+    (exit 130); a second one of the same signal stops at once.
     """
     import signal
 
@@ -346,15 +347,17 @@ def _start_run(
     key = _signing_key(signing_key)
     cancel = threading.Event()
     display = make_progress() if progress else None
-    previous = signal.getsignal(signal.SIGINT)
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous: dict[int, Any] = {stop: signal.getsignal(stop) for stop in stops}
 
     def interrupt(signum: int, frame: object) -> None:
         cancel.set()
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signum, previous[signum])
 
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
-        signal.signal(signal.SIGINT, interrupt)
+        for stop in stops:
+            signal.signal(stop, interrupt)
     try:
         return run(
             make_plan,
@@ -374,7 +377,8 @@ def _start_run(
         if display is not None:
             display.close()
         if in_main:
-            signal.signal(signal.SIGINT, previous)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
 
 def _print_run_end(outcome: Any) -> None:

@@ -17,6 +17,7 @@ from runner.canonical import canonical_json, sha256_hex
 
 __all__ = [
     "PLAN_FORMAT",
+    "DEFAULT_DISK",
     "Limits",
     "ModuleLimits",
     "Mount",
@@ -29,6 +30,7 @@ __all__ = [
 ]
 
 PLAN_FORMAT = "sandrun-plan/v1"
+DEFAULT_DISK = 1 << 30  # limits.disk when neither manifest nor policy sets one
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -43,17 +45,22 @@ def _is_relative_posix(path: str) -> bool:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
-    """Concrete limits of one job. ``fuel=None`` means no fuel metering (it costs time)."""
+    """Concrete limits of one job. ``fuel=None`` means no fuel metering (it costs time).
+
+    ``disk`` is the largest file a job may write (the worker's ``RLIMIT_FSIZE``); plans written
+    before it existed get the built-in default.
+    """
 
     fuel: int | None
     memory: int
     timeout_ms: int
     stack: int
     output: int
+    disk: int = DEFAULT_DISK
 
     def __post_init__(self) -> None:
         _require(self.fuel is None or self.fuel > 0, "fuel must be positive")
-        for name in ("memory", "timeout_ms", "stack", "output"):
+        for name in ("memory", "timeout_ms", "stack", "output", "disk"):
             value = getattr(self, name)
             _require(isinstance(value, int) and value > 0, f"{name} must be a positive integer")
 

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from runner.canonical import canonical_digest
 from runner.errors import SandrunError, Violation, error_for
 from runner.hosts import CoverIndex, HostPatternError, parse_host_pattern
-from runner.plan import InputFile, JobSpec, Limits, Mount, Network, Plan, PolicyRef, Tool
+from runner.plan import DEFAULT_DISK, InputFile, JobSpec, Limits, Mount, Network, Plan, PolicyRef, Tool
 from runner.policy.gitstate import policy_commit
 from runner.policy.governance import Grants, score
 from runner.policy.model import LimitValues, Policy, parse_limits
@@ -39,7 +39,9 @@ from runner.wasmfile import not_wasm_reason
 __all__ = ["BUILTIN_LIMITS", "compile_plan", "denial_error"]
 
 #: Limits used when neither the manifest nor the policy's ``limits.default`` sets one.
-BUILTIN_LIMITS = LimitValues(fuel=None, memory=64 << 20, timeout_ms=30_000, stack=512 << 10, output=1 << 20)
+BUILTIN_LIMITS = LimitValues(
+    fuel=None, memory=64 << 20, timeout_ms=30_000, stack=512 << 10, output=1 << 20, disk=DEFAULT_DISK
+)
 
 
 @dataclass
@@ -396,6 +398,7 @@ class _ManifestCompiler:
             ("timeout", "timeout_ms"),
             ("stack", "stack"),
             ("output", "output"),
+            ("disk", "disk"),
         ):
             cap = getattr(policy.max_limits, attribute)
             value = getattr(asked, attribute)

@@ -41,6 +41,7 @@ LIMIT_FIELDS: dict[str, tuple[str, Callable[[Any], int]]] = {
     "timeout": ("timeout_ms", parse_duration),
     "stack": ("stack", parse_size),
     "output": ("output", parse_size),
+    "disk": ("disk", parse_size),
 }
 
 
@@ -60,6 +61,7 @@ class LimitValues:
     timeout_ms: int | None = None
     stack: int | None = None
     output: int | None = None
+    disk: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
