@@ -607,11 +607,32 @@ def report(path: Path, fmt: str, run_id: str | None, output: Path | None) -> Non
 
 
 @cli.command()
-def catalog() -> None:
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def catalog(fmt: str) -> None:
     """List the built-in tools and the governance effects of grants and gate actions."""
+    from runner.catalog import CATALOG
     from runner.policy.governance import ACTION_EFFECTS, GRANT_EFFECTS
 
-    click.echo("built-in tools (module: builtin:NAME): none in this version")
+    tools = [
+        {
+            "name": b.name,
+            "module": b.module,
+            "sha256": b.sha256,
+            "actions": list(b.actions),
+            "effects": dict(b.effects),
+            "doc": b.doc,
+        }
+        for b in CATALOG.values()
+    ]
+    if fmt == "json":
+        effects = {"grants": GRANT_EFFECTS, "actions": ACTION_EFFECTS}
+        click.echo(json.dumps({"builtins": tools, "effects": effects}, indent=2))
+        return
+    click.echo("built-in tools (module: builtin:NAME; the package pins each digest):")
+    for tool in tools:
+        shown = ", ".join(f"{axis} +{weight}" for axis, weight in tool["effects"].items()) or "-"
+        click.echo(f"  {tool['name']:<11} {tool['sha256']}  {tool['doc']}")
+        click.echo(f"  {'':<11} actions: {', '.join(tool['actions']) or '-'}; effects: {shown}")
     click.echo("governance effects (added per grant, clipped to 1 per axis; score = L2 norm):")
     for name, effects in [*GRANT_EFFECTS.items(), *(("action " + k, v) for k, v in ACTION_EFFECTS.items())]:
         click.echo(f"  {name:<22} " + ", ".join(f"{axis} +{weight}" for axis, weight in effects.items()))
