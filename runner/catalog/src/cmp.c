@@ -1,6 +1,6 @@
-/* cmp: compare two files byte by byte, as GNU cmp does. Exit 0 when equal; 1 when they differ,
- * printing "A B differ: byte N, line M" (or, on stderr, "cmp: EOF on A after byte N, ..." when one
- * is a prefix of the other); 2 on trouble. -s prints nothing. "-" is stdin. */
+/* cmp: compare two files byte by byte, as POSIX and GNU cmp (C locale) do. Exit 0 when equal;
+ * 1 when they differ, printing "A B differ: char N, line M" (or, on stderr, "cmp: EOF on A after
+ * byte N, ..." when one is a prefix of the other); 2 on trouble. -s prints nothing. "-" is stdin. */
 #include "common.h"
 
 int main(int argc, char **argv) {
@@ -44,7 +44,7 @@ int main(int argc, char **argv) {
         }
         byte++;
         if (a != b) {
-            if (!silent) printf("%s %s differ: byte %llu, line %llu\n", name[0], name[1], byte, line);
+            if (!silent) printf("%s %s differ: char %llu, line %llu\n", name[0], name[1], byte, line);
             status = EXIT_NO;
             break;
         }

@@ -139,7 +139,8 @@ static int unescape(char *s) {
     return 1;
 }
 
-/* One "DIGEST  NAME" (or "DIGEST *NAME") line of a check list; -1 malformed, 0 ok, 1 failed. */
+/* One "DIGEST  NAME" (or "DIGEST *NAME") line of a check list; -1 malformed, 0 ok, 1 failed,
+ * 2 unreadable. */
 static int check_line(char *line) {
     int escaped = line[0] == '\\';
     char *p = line + escaped;
@@ -161,7 +162,7 @@ static int check_line(char *line) {
     }
     print_name(name);
     puts(!ok ? ": FAILED open or read" : match ? ": OK" : ": FAILED");
-    return match ? 0 : 1;
+    return !ok ? 2 : match ? 0 : 1;
 }
 
 static int check_list(const char *listname) {
@@ -170,7 +171,7 @@ static int check_list(const char *listname) {
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
-    unsigned long lineno = 0, failed = 0, malformed = 0, good = 0;
+    unsigned long lineno = 0, failed = 0, unreadable = 0, malformed = 0, good = 0;
     while ((len = getline(&line, &cap, in)) >= 0) {
         lineno++;
         if (len > 0 && line[len - 1] == '\n') line[--len] = '\0';
@@ -183,6 +184,8 @@ static int check_list(const char *listname) {
         if (r < 0) {
             malformed++;
             warn("%s: %lu: improperly formatted SHA256 checksum line", listname, lineno);
+        } else if (r == 2) {
+            unreadable++;
         } else if (r > 0) {
             failed++;
         } else {
@@ -193,9 +196,13 @@ static int check_list(const char *listname) {
     int bad = ferror(in);
     close_input(in);
     if (bad) warn("%s: read error", listname);
+    if (malformed)
+        warn("WARNING: %lu line%s improperly formatted", malformed, malformed == 1 ? " is" : "s are");
+    if (unreadable)
+        warn("WARNING: %lu listed file%s could not be read", unreadable, unreadable == 1 ? "" : "s");
     if (failed) warn("WARNING: %lu computed checksum%s did NOT match", failed, failed == 1 ? "" : "s");
-    if (good + failed == 0 && !bad) warn("%s: no properly formatted checksum lines found", listname);
-    return bad || failed || malformed || good + failed == 0 ? 1 : 0;
+    if (good + failed + unreadable == 0 && !bad) warn("%s: no properly formatted checksum lines found", listname);
+    return bad || failed || unreadable || malformed || good + failed + unreadable == 0 ? 1 : 0;
 }
 
 int main(int argc, char **argv) {
