@@ -31,13 +31,28 @@ def _host(*args: str, cwd: Path, input: str | None = None) -> subprocess.Complet
 
 def _guest(tool: str, *args: str, data: Path, input: str | None = None) -> subprocess.CompletedProcess[str]:
     out = data.parent / "out"
-    return sandrun("exec", "--out", str(out), "--map-dir", "data::/d", f"builtin:{tool}", *args, cwd=data.parent, input=input)
+    return sandrun(
+        "exec",
+        "--out",
+        str(out),
+        "--map-dir",
+        "data::/d",
+        f"builtin:{tool}",
+        *args,
+        cwd=data.parent,
+        input=input,
+    )
+
+
+def _paths(args: tuple[str, ...], prefix: str) -> list[str]:
+    """ "@/NAME" arguments as the guest ("/d/NAME") or the host ("NAME", inside the data folder) sees them."""
+    return [prefix + a[2:] if a.startswith("@/") else a for a in args]
 
 
 def _same(tool: str, *args: str, data: Path, input: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run TOOL ARGS as a built-in and on the host; assert equal exit codes and stdout."""
-    guest = _guest(tool, *(f"/d/{a[2:]}" if a.startswith("@/") else a for a in args), data=data, input=input)
-    host = _host(tool, *(a[2:] if a.startswith("@/") else a for a in args), cwd=data, input=input)
+    guest = _guest(tool, *_paths(args, "/d/"), data=data, input=input)
+    host = _host(tool, *_paths(args, ""), cwd=data, input=input)
     assert "Traceback" not in guest.stderr
     assert (guest.returncode, guest.stdout.replace("/d/", "")) == (host.returncode, host.stdout), guest.stderr
     return guest
@@ -61,7 +76,7 @@ FILES = ("@/empty", "@/text.txt", "@/random.bin", "@/with space.txt")
 
 def test_sha256sum_prints_what_the_host_and_hashlib_print(data: Path) -> None:
     guest = _same("sha256sum", *FILES, data=data)
-    for line, name in zip(guest.stdout.splitlines(), FILES):
+    for line, name in zip(guest.stdout.splitlines(), FILES, strict=True):
         assert line == f"{hashlib.sha256((data / name[2:]).read_bytes()).hexdigest()}  /d/{name[2:]}"
 
 
@@ -74,7 +89,9 @@ def test_sha256sum_check_agrees_with_the_host_on_good_and_tampered_lists(data: P
         host = _host("sha256sum", "-c", "SUMS", cwd=data)
         assert guest.returncode == host.returncode == expected
         assert guest.stdout.replace("/d/", "") == host.stdout
-        assert guest.stderr.replace("/d/", "").replace("sha256sum: ", "") in host.stderr.replace("sha256sum: ", "")
+        assert guest.stderr.replace("/d/", "").replace("sha256sum: ", "") in host.stderr.replace(
+            "sha256sum: ", ""
+        )
         if expected == 0:
             (data / "text.txt").write_text("changed")
         elif (data / "empty").exists():
@@ -111,7 +128,7 @@ def test_wc_on_piped_stdin_uses_the_host_width(data: Path) -> None:
 )
 def test_cmp_agrees_with_the_host(data: Path, args: tuple[str, ...]) -> None:
     guest = _same("cmp", *args, data=data)
-    host = _host("cmp", *(a[2:] if a.startswith("@/") else a for a in args), cwd=data)
+    host = _host("cmp", *_paths(args, ""), cwd=data)
     assert guest.stderr.replace("/d/", "") == host.stderr  # the EOF messages too
 
 
@@ -120,8 +137,10 @@ def test_cmp_on_a_missing_file_is_trouble(data: Path) -> None:
 
 
 def test_diff_reports_like_diff_qr(data: Path) -> None:
-    for side, files in (("a", {"same": "1", "changed": "x", "only-a": "", "sub/deep": "1", "kind": "f"}),
-                        ("b", {"same": "1", "changed": "y", "only-b": "", "sub/deep": "2"})):
+    for side, files in (
+        ("a", {"same": "1", "changed": "x", "only-a": "", "sub/deep": "1", "kind": "f"}),
+        ("b", {"same": "1", "changed": "y", "only-b": "", "sub/deep": "2"}),
+    ):
         for name, text in files.items():
             (data / side / name).parent.mkdir(parents=True, exist_ok=True)
             (data / side / name).write_text(text)
@@ -148,8 +167,8 @@ def test_diff_reports_like_diff_qr(data: Path) -> None:
     ],
 )
 def test_grep_agrees_with_the_host(data: Path, args: tuple[str, ...]) -> None:
-    guest = _guest("grep", *(f"/d/{a[2:]}" if a.startswith("@/") else a for a in args), data=data)
-    host = _host("grep", *(a[2:] if a.startswith("@/") else a for a in args), cwd=data)
+    guest = _guest("grep", *_paths(args, "/d/"), data=data)
+    host = _host("grep", *_paths(args, ""), cwd=data)
     assert guest.returncode == host.returncode
     if host.returncode != 2:
         assert guest.stdout.replace("/d/", "") == host.stdout
@@ -158,7 +177,11 @@ def test_grep_agrees_with_the_host(data: Path, args: tuple[str, ...]) -> None:
 def test_grep_recursive_gate_reads_folders_in_sorted_order(data: Path) -> None:
     guest = _guest("grep", "-r", "-n", "TODO", "/d", data=data)
     assert guest.returncode == 0
-    assert guest.stdout.splitlines() == ["/d/copy.txt:2:TODO: fix", "/d/prefix.txt:2:TODO", "/d/text.txt:2:TODO: fix"]
+    assert guest.stdout.splitlines() == [
+        "/d/copy.txt:2:TODO: fix",
+        "/d/prefix.txt:2:TODO",
+        "/d/text.txt:2:TODO: fix",
+    ]
 
 
 def test_cat_echo_true_false_agree_with_the_host(data: Path) -> None:
@@ -208,11 +231,11 @@ def test_json_check_accepts_strict_json_only(tmp_path: Path) -> None:
 
 
 YAML_ACCEPTED = [
-    "a: 1\nb:\n  - x\n  - y: 2\n    z: 3\nc: |\n  text\n   more\nd: \"q\\n\"\n",
+    'a: 1\nb:\n  - x\n  - y: 2\n    z: 3\nc: |\n  text\n   more\nd: "q\\n"\n',
     "---\nk:\n- a\n- b\nm: 'it''s'\n",
     "- - a\n  - b\n- c\n",
     "plain scalar\n",
-    "a: [1, {b: 2}, \"c\"]  # comment\n",
+    'a: [1, {b: 2}, "c"]  # comment\n',
     "# only a comment\n",
     "url: http://example.org/x\nempty:\nwin: 1\r\n",
 ]
@@ -227,9 +250,9 @@ YAML_REFUSED = {
     'a: "open\n  close"\n': "not closed on its line",
     "a: 1\n---\nb: 2\n": "one document only",
     "a: 1\n  b: 2\n": "bad indentation",
-    "? a\n: b\n": "\"?\" keys are refused",
+    "? a\n: b\n": '"?" keys are refused',
     "a: [1, 2\n": "multi-line flow is refused",
-    "x: 1\n- y\n": "expected \"key: value\"",
+    "x: 1\n- y\n": 'expected "key: value"',
     "%YAML 1.2\n---\na: 1\n": "directives are refused",
     "a: \x01\n": "control character",
 }
@@ -268,7 +291,9 @@ def test_fs_analyze_matches_a_walk_of_the_tree(data: Path) -> None:
     assert guest.returncode == 0, guest.stderr
     report = json.loads(guest.stdout)
     files = [p for p in data.rglob("*") if p.is_file() and not p.is_symlink()]
-    sizes = sorted(((p.stat().st_size, p.relative_to(data).as_posix()) for p in files), key=lambda s: (-s[0], s[1]))
+    sizes = sorted(
+        ((p.stat().st_size, p.relative_to(data).as_posix()) for p in files), key=lambda s: (-s[0], s[1])
+    )
     assert report == {
         "path": "/d",
         "files": len(files),
@@ -286,6 +311,8 @@ def test_sandrun_catalog_lists_every_builtin_as_text_and_json() -> None:
     assert [(b["name"], b["sha256"], b["module"]) for b in listed["builtins"]] == [
         (b.name, b.sha256, b.module) for b in CATALOG.values()
     ]
-    assert listed["builtins"][3]["actions"] == ["tool.fs.read"] and listed["builtins"][3]["effects"] == {"privacy": 0.1}
+    assert listed["builtins"][3]["actions"] == ["tool.fs.read"] and listed["builtins"][3]["effects"] == {
+        "privacy": 0.1
+    }
     text = sandrun("catalog").stdout
     assert all(b.sha256 in text and b.doc in text for b in CATALOG.values())
