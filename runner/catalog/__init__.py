@@ -71,7 +71,7 @@ CATALOG: dict[str, Builtin] = {b.name: b for b in (
            "print or check (-c) SHA-256 digests, as GNU sha256sum"),
     _entry("json-check", "cacc8231d5b28653dc4026ed42bed7fecfe8755a618c686fbc45ed52d506aa6a", _READ,
            "validate strict JSON (RFC 8259, no duplicate keys); exit 1 if invalid"),
-    _entry("yaml-check", "37a969ec83af586028e64ad4f3b0230b2506112dc6377ddb53dde9c9fe9199e5", _READ,
+    _entry("yaml-check", "c69fb1e8a1c228301d591d8119b176ea404c0f0939c5b9fba23b8912de6ac5c9", _READ,
            "validate a strict YAML subset (docs/catalog.md); exit 1 if refused"),
     _entry("fs-analyze", "76ba4aff9868649fcfebe3538a656ad6e3ef73cc77f4251b6015de5c389894a5", _READ,
            "counts, sizes, depth and largest files of folders, as JSON", privacy=0.05),
@@ -79,7 +79,7 @@ CATALOG: dict[str, Builtin] = {b.name: b for b in (
            "pattern gate: exit 0 if a line matches, 1 if none, 2 on trouble", privacy=0.05),
     _entry("cmp", "48079d1885994be64535490a389e52d71fcfcd10039867295da0f03ed37b0b58", _READ,
            "compare two files byte by byte; exit 1 if they differ"),
-    _entry("diff", "b83371e4a68ecfaa331a9f38cec5d7d0d82e37f9fa9389d4e472c19e11f8be05", _READ,
+    _entry("diff", "c2381d902d3dad20cc721a91da69d65ea097c165f52207cf765f6161ba1835bf", _READ,
            "which files of two paths differ, like diff -qr; exit 1 if any"),
 )}
 # fmt: on

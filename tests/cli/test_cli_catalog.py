@@ -211,6 +211,8 @@ JSON_CASES = {
     '"tab\there"': False,
     "[" * 600 + "]" * 600: False,
     "[" * 500 + "]" * 500: True,
+    '{"a":' * 512 + "1" + "}" * 512: True,
+    '{"a":' * 513 + "1" + "}" * 513: False,
 }
 
 
@@ -238,6 +240,8 @@ YAML_ACCEPTED = [
     'a: [1, {b: 2}, "c"]  # comment\n',
     "# only a comment\n",
     "url: http://example.org/x\nempty:\nwin: 1\r\n",
+    "a: |\n  x\n  \ty\nb: >-\n\n  folded\n",
+    "- |\n x\n- [a, 'b', {c: d}]\n",
 ]
 YAML_REFUSED = {
     "a: 1\na: 2\n": "2:1: duplicate key",
@@ -255,6 +259,12 @@ YAML_REFUSED = {
     "x: 1\n- y\n": 'expected "key: value"',
     "%YAML 1.2\n---\na: 1\n": "directives are refused",
     "a: \x01\n": "control character",
+    "a: - b\n": "a block indicator inside a value",
+    "a: |2\n  x\n": "indentation indicators are refused",
+    'a: ["x"y]\n': "expected ',' or a closing bracket",
+    "a: |\n    x\n  y\n": "3:3: bad indentation",
+    "a: |\n  x\n\tb: 1\n": "3:1: tab in indentation",
+    "a: 1\n: x\n": "2:1: empty key",
 }
 
 

@@ -27,7 +27,7 @@ static int same_file(const char *a, const char *b) {
         trouble(b);
         return -1;
     }
-    unsigned char ba[65536], bb[65536];
+    static unsigned char ba[65536], bb[65536]; /* not on the 256 KiB stack */
     int result = 0;
     for (;;) {
         size_t na = fread(ba, 1, sizeof ba, fa), nb = fread(bb, 1, sizeof bb, fb);

@@ -35,6 +35,7 @@ typedef struct {
     size_t pending_col; /* the column of the node that waits for it */
     int in_block;       /* inside a block scalar owned by a node at block_col */
     size_t block_col;
+    size_t block_ind; /* its content's indentation, from its first line (0: not seen yet) */
     int seen_content, root_scalar;
     KeySlot *slots;
     size_t nslots, used;
@@ -157,6 +158,8 @@ static int flow(Checker *c, const char *s, size_t i, size_t n) {
             if (!token_start) return fail(c, i, "quote inside a plain scalar");
             i = quoted(c, s, i, n);
             if (!i) return 0;
+            i = skip_spaces(s, i, n);
+            if (i < n && !strchr(",]}:", s[i])) return fail(c, i, "expected ',' or a closing bracket");
             token_start = 0;
         } else if (ch == ',') {
             token_start = 1;
@@ -181,9 +184,10 @@ static int scalar(Checker *c, const char *s, size_t i, size_t n, size_t owner) {
     char ch = s[i];
     if (ch == '|' || ch == '>') {
         size_t j = i + 1;
-        while (j < n && (s[j] == '-' || s[j] == '+' || (s[j] >= '1' && s[j] <= '9'))) j++;
+        while (j < n && (s[j] == '-' || s[j] == '+')) j++;
+        if (j < n && s[j] >= '0' && s[j] <= '9') return fail(c, j, "indentation indicators are refused");
         if (!rest_is_empty(c, s, j, n)) return 0;
-        c->in_block = 1, c->block_col = owner;
+        c->in_block = 1, c->block_col = owner, c->block_ind = 0;
         return 1;
     }
     if (ch == '"' || ch == '\'') {
@@ -192,6 +196,8 @@ static int scalar(Checker *c, const char *s, size_t i, size_t n, size_t owner) {
     }
     if (ch == '[' || ch == '{') return flow(c, s, i, n);
     if (ch == '?' && (i + 1 >= n || s[i + 1] == ' ')) return fail(c, i, "\"?\" keys are refused");
+    if ((ch == '-' || ch == ':') && (i + 1 >= n || s[i + 1] == ' '))
+        return fail(c, i, "a block indicator inside a value");
     if (ch == ']' || ch == '}' || ch == ',') return fail(c, i, "unexpected flow indicator");
     if (!indicator_refused(c, s, i)) return 0;
     for (size_t j = i; j < n; j++) {
@@ -248,6 +254,7 @@ static int node(Checker *c, const char *s, size_t i, size_t n) {
         return fail(c, i, "expected \"key: value\"");
     }
     size_t colon = key_end(c, s, i, n);
+    if (!colon && !c->error && s[i] == ':') return fail(c, i, "empty key");
     if (!colon) return fail(c, i, "expected \"key: value\"");
     const char *key = s + i;
     size_t len = colon - i;
@@ -265,16 +272,17 @@ static int node(Checker *c, const char *s, size_t i, size_t n) {
 }
 
 static int line(Checker *c, const char *s, size_t n) {
-    size_t ind = 0;
-    while (ind < n && (s[ind] == ' ' || s[ind] == '\t')) {
-        if (s[ind] == '\t' && !c->in_block) return fail(c, ind, "tab in indentation");
-        ind++;
-    }
-    if (c->in_block) {
-        if (ind >= n || ind > c->block_col) return 1;
+    size_t ind = 0, text = 0;
+    while (ind < n && s[ind] == ' ') ind++;
+    for (text = ind; text < n && (s[text] == ' ' || s[text] == '\t');) text++;
+    if (c->in_block) { /* content: blank, or indented like its first line (beyond its owner) */
+        if (text >= n) return 1;
+        if (c->block_ind == 0 && ind > c->block_col) c->block_ind = ind;
+        if (c->block_ind != 0 && ind >= c->block_ind) return 1;
         c->in_block = 0;
     }
-    if (at_end(s, ind, n)) return 1;
+    if (at_end(s, text, n)) return 1;
+    if (text != ind) return fail(c, ind, "tab in indentation");
     if (ind == 0 && n >= 3 && (memcmp(s, "---", 3) == 0 || memcmp(s, "...", 3) == 0) &&
         (n == 3 || s[3] == ' ')) {
         if (s[0] == '.' || c->seen_content) return fail(c, 0, "one document only");
