@@ -1,9 +1,10 @@
 /* yaml-check: is each file (or stdin) YAML within a strict, plain subset (docs/catalog.md)?
  * Accepted: one document (an optional leading "---"); block mappings and sequences indented with
  * spaces; "- key: value" compact mappings; plain, 'single' and "double" quoted scalars on one
- * line; one-line flow collections [a, b] and {a: 1}; block scalars (| and >, with -, + or an
- * indentation digit); comments. Refused: tabs in indentation, anchors, aliases, tags, directives,
- * "?" complex keys, "<<" merge keys, multi-line plain, quoted or flow scalars, a second document,
+ * line; one-line flow collections [a, b] and {a: 1}; block scalars (| and >, with - or +);
+ * comments. Refused: tabs in indentation, anchors, aliases, tags, directives, "?" complex keys,
+ * "<<" merge keys, empty keys, indentation indicators, multi-line plain, quoted or flow scalars,
+ * a value starting with "- " or ": ", a second document,
  * duplicate keys in one mapping, control characters, invalid UTF-8, a byte order mark.
  * Prints "FILE: ok", or "FILE:LINE:COL: reason" at the first problem.
  * Exit 0 all accepted, 1 one is refused, 2 one is unreadable or a bad option. */
