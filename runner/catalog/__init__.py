@@ -65,7 +65,7 @@ CATALOG: dict[str, Builtin] = {b.name: b for b in (
            "exit 1"),
     _entry("cat", "c447866793c000463cc18b8f0c8b508e3c535c7a0c8e422a4e9f9d45fa75420c", _READ,
            "copy files (or stdin) to stdout", privacy=0.1),
-    _entry("wc", "dded82d022746164c2488b8d5d2cc8c44e33efdb58c6648eca22627a50967c7a", _READ,
+    _entry("wc", "9619efde8984f18b20eb30adef8ba44e98e731a85ccb888f7c6a9887dc55032c", _READ,
            "count lines, words and bytes (-l -w -c), as GNU wc prints them"),
     _entry("sha256sum", "f3f7566f732ce9ecbac0995a36d308866a02064ec6d84150b5162baba46ca4be", _READ,
            "print or check (-c) SHA-256 digests, as GNU sha256sum"),

@@ -68,10 +68,12 @@ def data(tmp_path: Path) -> Path:
     (folder / "with space.txt").write_text("a b\tc\n")
     (folder / "copy.txt").write_text("hello world\nTODO: fix\n  two  words \n\nlast line no newline")
     (folder / "prefix.txt").write_text("hello world\nTODO")
+    # bytes that are neither space nor printable: GNU wc counts no word made only of them
+    (folder / "bytes.bin").write_bytes(b" \x01 a\x80b \xff\x00\t\x7f\n\x85 c" + bytes(range(256)) * 3)
     return folder
 
 
-FILES = ("@/empty", "@/text.txt", "@/random.bin", "@/with space.txt")
+FILES = ("@/empty", "@/text.txt", "@/random.bin", "@/with space.txt", "@/bytes.bin")
 
 
 def test_sha256sum_prints_what_the_host_and_hashlib_print(data: Path) -> None:

@@ -1,6 +1,7 @@
 /* wc: newline, word and byte counts of each file (or stdin), formatted as GNU wc does:
  * -l lines, -w words, -c bytes (default: all three, in that order); a "total" line for
- * several files; exit 1 if a file is unreadable. Words are runs of non-space bytes (C locale). */
+ * several files; exit 1 if a file is unreadable. C locale: a word is a run between white space
+ * holding at least one printable ASCII byte (other bytes neither make nor break words). */
 #include <sys/stat.h>
 
 #include "common.h"
@@ -27,10 +28,15 @@ static Counts count(FILE *in, const char *name) {
         k.bytes += got;
         for (size_t i = 0; i < got; i++) {
             if (buf[i] == '\n') k.lines++;
-            if (is_space(buf[i])) in_word = 0;
-            else if (!in_word) in_word = 1, k.words++;
+            if (is_space(buf[i])) {
+                k.words += (unsigned long long)in_word;
+                in_word = 0;
+            } else if (buf[i] > ' ' && buf[i] < 0x7F) {
+                in_word = 1; /* other bytes neither make nor break a word, as in GNU wc */
+            }
         }
     }
+    k.words += (unsigned long long)in_word;
     if (ferror(in)) {
         warn("%s: read error", name);
         k.ok = 0;
