@@ -71,7 +71,7 @@ CATALOG: dict[str, Builtin] = {b.name: b for b in (
            "print or check (-c) SHA-256 digests, as GNU sha256sum"),
     _entry("json-check", "cacc8231d5b28653dc4026ed42bed7fecfe8755a618c686fbc45ed52d506aa6a", _READ,
            "validate strict JSON (RFC 8259, no duplicate keys); exit 1 if invalid"),
-    _entry("yaml-check", "c69fb1e8a1c228301d591d8119b176ea404c0f0939c5b9fba23b8912de6ac5c9", _READ,
+    _entry("yaml-check", "b68cb7af784ddfd19ffe791d16cb3cf8afc785842f1741e46916e13ef81585e9", _READ,
            "validate a strict YAML subset (docs/catalog.md); exit 1 if refused"),
     _entry("fs-analyze", "76ba4aff9868649fcfebe3538a656ad6e3ef73cc77f4251b6015de5c389894a5", _READ,
            "counts, sizes, depth and largest files of folders, as JSON", privacy=0.05),

@@ -10,12 +10,15 @@ import datetime as dt
 import hashlib
 import importlib.util
 import os
+import random
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import wasmtime
+import yaml
 
 from runner import catalog
 from runner.api import compile_manifests
@@ -249,3 +252,75 @@ def test_the_builtin_runs_and_reads_only_its_mount(tmp_path: Path) -> None:
     with Runtime(cache_dir=tmp_path / "cache") as runtime:
         outcome = runtime.run(plan.jobs[0], tmp_path)
     assert outcome.exit_code == 0 and outcome.stdout == b"a\n"
+
+
+# -- yaml-check is sound: what it accepts, PyYAML loads ---------------------------------------------
+def _yaml_check(engine: wasmtime.Engine, module: wasmtime.Module, folder: Path, data: bytes) -> int:
+    (folder / "t.yaml").write_bytes(data)
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    store = wasmtime.Store(engine)
+    wasi = wasmtime.WasiConfig()
+    wasi.argv = ["yaml-check", "/f/t.yaml"]
+    wasi.preopen_dir(str(folder), "/f")
+    wasi.stdout_file = str(folder / "out")
+    store.set_wasi(wasi)
+    try:
+        linker.instantiate(store, module).exports(store)["_start"](store)  # type: ignore[operator]
+    except wasmtime.ExitTrap as exc:
+        return exc.code
+    return 0
+
+
+def test_yaml_check_accepts_nothing_that_pyyaml_refuses(tmp_path: Path) -> None:
+    """Seeded mutations of the repository's YAML files (inserted indicators, cut and copied bytes):
+    every one the checker accepts must load with PyYAML (the subset is YAML, never beyond it)."""
+    engine = wasmtime.Engine()
+    module = wasmtime.Module.from_file(engine, str(FOLDER / "yaml-check.wasm"))
+    seeds = [
+        p.read_bytes()
+        for p in sorted(REPO.glob("tests/cases/*/*.yaml")) + sorted(REPO.glob("policies/*.yaml"))
+    ]
+    seeds = [s for s in seeds if len(s) < 4000]
+    pieces = [
+        b"- ",
+        b": ",
+        b"'",
+        b'"',
+        b"[",
+        b"]",
+        b"{",
+        b"}",
+        b",",
+        b"#",
+        b"|",
+        b">",
+        b"\n",
+        b"  ",
+        b"-",
+        b":",
+    ]
+    pieces += [b"?", b"\t", b"\\", b"---\n", b"!", b"&", b"*", b"%"]
+    rnd = random.Random(20261128)
+    accepted = 0
+    for _ in range(600):
+        text = bytearray(rnd.choice(seeds))
+        for _ in range(rnd.randint(1, 4)):
+            at = rnd.randrange(len(text) + 1)
+            op = rnd.random()
+            if op < 0.4:
+                text[at:at] = rnd.choice(pieces)
+            elif op < 0.7:
+                del text[at : at + rnd.randint(1, 3)]
+            else:
+                start = rnd.randrange(len(text) + 1)
+                text[at:at] = text[start : start + rnd.randint(1, 20)]
+        code = _yaml_check(engine, module, tmp_path, bytes(text))
+        assert code in (0, 1)
+        if code == 0:
+            accepted += 1
+            try:
+                list(yaml.safe_load_all(bytes(text)))
+            except yaml.YAMLError as exc:
+                pytest.fail(f"yaml-check accepted what PyYAML refuses: {bytes(text)!r}: {exc}")
+    assert accepted > 50  # the mutations leave enough valid documents to mean something

@@ -2,7 +2,8 @@
  * Accepted: one document (an optional leading "---"); block mappings and sequences indented with
  * spaces; "- key: value" compact mappings; plain, 'single' and "double" quoted scalars on one
  * line; one-line flow collections [a, b] and {a: 1}; block scalars (| and >, with - or +);
- * comments. Refused: tabs in indentation, anchors, aliases, tags, directives, "?" complex keys,
+ * comments. Refused: tabs (but in quoted or block scalars and comments), anchors, aliases, tags,
+ * directives, "?" complex keys, flow entries that PyYAML would refuse (docs/catalog.md),
  * "<<" merge keys, empty keys, indentation indicators, multi-line plain, quoted or flow scalars,
  * a value starting with "- " or ": ", a second document,
  * duplicate keys in one mapping, control characters, invalid UTF-8, a byte order mark.
@@ -140,30 +141,38 @@ static int indicator_refused(Checker *c, const char *s, size_t i) {
 /* A one-line flow collection starting at s[i]. */
 static int flow(Checker *c, const char *s, size_t i, size_t n) {
     char stack[64];
+    unsigned char pair[64]; /* whether the current entry at each depth has had its ": " */
     int depth = 0;
-    int token_start = 1;
+    int token_start = 1, entry_empty = 1;
     while (i < n) {
         char ch = s[i];
         if (ch == '[' || ch == '{') {
+            if (!token_start) return fail(c, i, "a bracket inside a plain scalar");
             if (depth == (int)sizeof stack) return fail(c, i, "flow collection nested too deep");
+            pair[depth] = 0;
             stack[depth++] = ch == '[' ? ']' : '}';
-            token_start = 1;
+            token_start = entry_empty = 1;
             i++;
         } else if (ch == ']' || ch == '}') {
             if (depth == 0 || stack[depth - 1] != ch) return fail(c, i, "mismatched bracket");
             depth--;
             i++;
-            token_start = 0;
+            token_start = entry_empty = 0;
             if (depth == 0) return rest_is_empty(c, s, i, n);
+            i = skip_spaces(s, i, n);
+            if (i < n && !strchr(",]}:", s[i])) return fail(c, i, "expected ',' or a closing bracket");
         } else if (ch == '"' || ch == '\'') {
             if (!token_start) return fail(c, i, "quote inside a plain scalar");
             i = quoted(c, s, i, n);
             if (!i) return 0;
+            entry_empty = 0;
             i = skip_spaces(s, i, n);
             if (i < n && !strchr(",]}:", s[i])) return fail(c, i, "expected ',' or a closing bracket");
             token_start = 0;
         } else if (ch == ',') {
-            token_start = 1;
+            if (entry_empty) return fail(c, i, "empty flow entry");
+            if (depth > 0) pair[depth - 1] = 0;
+            token_start = entry_empty = 1;
             i++;
         } else if (ch == ' ') {
             i++;
@@ -171,9 +180,22 @@ static int flow(Checker *c, const char *s, size_t i, size_t n) {
             break;
         } else {
             if (token_start && !indicator_refused(c, s, i)) return 0;
-            if (token_start && ch == '?' && i + 1 < n && s[i + 1] == ' ') return fail(c, i, "\"?\" keys are refused");
-            if (ch == ':' && (i + 1 >= n || s[i + 1] == ' ' || s[i + 1] == ',')) token_start = 1;
-            else token_start = 0;
+            if (ch == '?') return fail(c, i, "\"?\" in a flow collection");
+            if (ch == '\t') return fail(c, i, "tab outside a quoted scalar");
+            if (token_start && ch == '#') return fail(c, i, "'#' starts a comment only after a space");
+            if (token_start && (ch == '|' || ch == '>' || (ch == '-' && i + 1 < n && s[i + 1] == ' ')))
+                return fail(c, i, "a block indicator inside a flow collection");
+            int separator = ch == ':' && (i + 1 >= n || strchr(" ,]}", s[i + 1]));
+            if (separator && entry_empty) return fail(c, i, "empty key");
+            if (token_start && ch == ':' && !separator) return fail(c, i, "':' cannot start a flow scalar");
+            entry_empty = 0;
+            if (separator) {
+                if (depth == 0 || pair[depth - 1]) return fail(c, i, "a second \": \" in one flow entry");
+                pair[depth - 1] = 1;
+                token_start = 1;
+            } else {
+                token_start = 0;
+            }
             i++;
         }
     }
@@ -203,6 +225,7 @@ static int scalar(Checker *c, const char *s, size_t i, size_t n, size_t owner) {
     if (!indicator_refused(c, s, i)) return 0;
     for (size_t j = i; j < n; j++) {
         if (s[j] == '#' && s[j - 1] == ' ') break;
+        if (s[j] == '\t') return fail(c, j, "tab outside a quoted scalar");
         if (s[j] == ':' && (j + 1 >= n || s[j + 1] == ' ')) return fail(c, j, "a mapping inside a plain scalar");
     }
     return 1;
@@ -218,6 +241,7 @@ static size_t key_end(Checker *c, const char *s, size_t i, size_t n) {
     }
     for (size_t j = i; j < n; j++) {
         if (s[j] == '#' && j > i && s[j - 1] == ' ') return 0;
+        if (s[j] == '\t') return fail(c, j, "tab outside a quoted scalar"), 0;
         if (s[j] == ':' && (j + 1 >= n || s[j + 1] == ' ')) return j;
     }
     return 0;
@@ -254,8 +278,8 @@ static int node(Checker *c, const char *s, size_t i, size_t n) {
         if (!indicator_refused(c, s, i)) return 0;
         return fail(c, i, "expected \"key: value\"");
     }
+    if (s[i] == ':' && (i + 1 >= n || s[i + 1] == ' ')) return fail(c, i, "empty key");
     size_t colon = key_end(c, s, i, n);
-    if (!colon && !c->error && s[i] == ':') return fail(c, i, "empty key");
     if (!colon) return fail(c, i, "expected \"key: value\"");
     const char *key = s + i;
     size_t len = colon - i;
@@ -282,8 +306,8 @@ static int line(Checker *c, const char *s, size_t n) {
         if (c->block_ind != 0 && ind >= c->block_ind) return 1;
         c->in_block = 0;
     }
+    if (text != ind && memchr(s + ind, '\t', text - ind)) return fail(c, ind, "tab in indentation");
     if (at_end(s, text, n)) return 1;
-    if (text != ind) return fail(c, ind, "tab in indentation");
     if (ind == 0 && n >= 3 && (memcmp(s, "---", 3) == 0 || memcmp(s, "...", 3) == 0) &&
         (n == 3 || s[3] == ' ')) {
         if (s[0] == '.' || c->seen_content) return fail(c, 0, "one document only");
