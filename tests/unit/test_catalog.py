@@ -9,11 +9,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import importlib.util
+import json
 import os
 import random
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -254,34 +256,57 @@ def test_the_builtin_runs_and_reads_only_its_mount(tmp_path: Path) -> None:
     assert outcome.exit_code == 0 and outcome.stdout == b"a\n"
 
 
-# -- yaml-check is sound: what it accepts, PyYAML loads ---------------------------------------------
-def _yaml_check(engine: wasmtime.Engine, module: wasmtime.Module, folder: Path, data: bytes) -> int:
-    (folder / "t.yaml").write_bytes(data)
+# -- the checkers against Python's own parsers, on seeded mutations ---------------------------------
+def _checker(name: str, tmp_path: Path) -> Callable[[bytes], int]:
+    """Run the built-in NAME on one input, in-process (fast enough for hundreds of inputs)."""
+    engine = wasmtime.Engine()
+    module = wasmtime.Module.from_file(engine, str(FOLDER / f"{name}.wasm"))
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
-    store = wasmtime.Store(engine)
-    wasi = wasmtime.WasiConfig()
-    wasi.argv = ["yaml-check", "/f/t.yaml"]
-    wasi.preopen_dir(str(folder), "/f")
-    wasi.stdout_file = str(folder / "out")
-    store.set_wasi(wasi)
-    try:
-        linker.instantiate(store, module).exports(store)["_start"](store)  # type: ignore[operator]
-    except wasmtime.ExitTrap as exc:
-        return exc.code
-    return 0
+
+    def check(data: bytes) -> int:
+        (tmp_path / "input").write_bytes(data)
+        store = wasmtime.Store(engine)
+        wasi = wasmtime.WasiConfig()
+        wasi.argv = [name, "/f/input"]
+        wasi.preopen_dir(str(tmp_path), "/f")
+        wasi.stdout_file = str(tmp_path / "out")
+        store.set_wasi(wasi)
+        try:
+            linker.instantiate(store, module).exports(store)["_start"](store)  # type: ignore[operator]
+        except wasmtime.ExitTrap as exc:
+            return exc.code
+        return 0
+
+    return check
+
+
+def _mutants(seeds: list[bytes], pieces: list[bytes], count: int) -> Iterator[bytes]:
+    """Seeded edits: inserted pieces, cut bytes, copied runs (the same inputs on every run)."""
+    rnd = random.Random(20261128)
+    for _ in range(count):
+        text = bytearray(rnd.choice(seeds))
+        for _ in range(rnd.randint(1, 4)):
+            at = rnd.randrange(len(text) + 1)
+            op = rnd.random()
+            if op < 0.4:
+                text[at:at] = rnd.choice(pieces)
+            elif op < 0.7:
+                del text[at : at + rnd.randint(1, 3)]
+            else:
+                start = rnd.randrange(len(text) + 1)
+                text[at:at] = text[start : start + rnd.randint(1, 20)]
+        yield bytes(text)
 
 
 def test_yaml_check_accepts_nothing_that_pyyaml_refuses(tmp_path: Path) -> None:
-    """Seeded mutations of the repository's YAML files (inserted indicators, cut and copied bytes):
-    every one the checker accepts must load with PyYAML (the subset is YAML, never beyond it)."""
-    engine = wasmtime.Engine()
-    module = wasmtime.Module.from_file(engine, str(FOLDER / "yaml-check.wasm"))
+    """Every mutation of the repository's YAML files that the checker accepts must load with
+    PyYAML: the subset is YAML, never beyond it."""
+    check = _checker("yaml-check", tmp_path)
     seeds = [
         p.read_bytes()
         for p in sorted(REPO.glob("tests/cases/*/*.yaml")) + sorted(REPO.glob("policies/*.yaml"))
     ]
-    seeds = [s for s in seeds if len(s) < 4000]
     pieces = [
         b"- ",
         b": ",
@@ -301,26 +326,54 @@ def test_yaml_check_accepts_nothing_that_pyyaml_refuses(tmp_path: Path) -> None:
         b":",
     ]
     pieces += [b"?", b"\t", b"\\", b"---\n", b"!", b"&", b"*", b"%"]
-    rnd = random.Random(20261128)
     accepted = 0
-    for _ in range(600):
-        text = bytearray(rnd.choice(seeds))
-        for _ in range(rnd.randint(1, 4)):
-            at = rnd.randrange(len(text) + 1)
-            op = rnd.random()
-            if op < 0.4:
-                text[at:at] = rnd.choice(pieces)
-            elif op < 0.7:
-                del text[at : at + rnd.randint(1, 3)]
-            else:
-                start = rnd.randrange(len(text) + 1)
-                text[at:at] = text[start : start + rnd.randint(1, 20)]
-        code = _yaml_check(engine, module, tmp_path, bytes(text))
+    for text in _mutants([s for s in seeds if len(s) < 4000], pieces, 600):
+        code = check(text)
         assert code in (0, 1)
         if code == 0:
             accepted += 1
             try:
-                list(yaml.safe_load_all(bytes(text)))
+                list(yaml.safe_load_all(text))
             except yaml.YAMLError as exc:
-                pytest.fail(f"yaml-check accepted what PyYAML refuses: {bytes(text)!r}: {exc}")
-    assert accepted > 50  # the mutations leave enough valid documents to mean something
+                pytest.fail(f"yaml-check accepted what PyYAML refuses: {text!r}: {exc}")
+    assert accepted > 50  # enough valid documents among the mutations to mean something
+
+
+def _strict_json(text: bytes) -> None:
+    """Python's json, made as strict as json-check: UTF-8, no BOM, no NaN, no duplicate keys,
+    no lone surrogates."""
+
+    def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
+        if len({k for k, _ in items}) != len(items):
+            raise ValueError("duplicate key")
+        return dict(items)
+
+    def constant(name: str) -> None:
+        raise ValueError(name)
+
+    decoded = text.decode("utf-8")
+    if decoded.startswith("\ufeff"):
+        raise ValueError("byte order mark")
+    value = json.loads(decoded, object_pairs_hook=pairs, parse_constant=constant)
+    json.dumps(value, ensure_ascii=False).encode("utf-8")  # a lone surrogate escape fails here
+
+
+def test_json_check_agrees_with_a_strict_python_json(tmp_path: Path) -> None:
+    check = _checker("json-check", tmp_path)
+    seeds = [
+        b'{"a": [1, 2.5e-3, -0, true, false, null], "b": {"c": "x\\u00e9\\ud83d\\ude00\\n"}, "d": []}',
+        b'[1, "two", {"3": 4}]',
+        b"-12.5E+3",
+    ]
+    pieces = [b"{", b"}", b"[", b"]", b",", b":", b'"', b"\\", b"\\u", b"\\ud800", b"0", b"-", b".", b"e"]
+    pieces += [b" ", b"\n", b"\xc3\xa9", b"\xff", b"\x00", b"tru", b"NaN", b'"a":1,', b"\xed\xa0\x80"]
+    accepted = 0
+    for text in _mutants(seeds, pieces, 600):
+        try:
+            _strict_json(text)
+            expected = 0
+        except (ValueError, UnicodeError):
+            expected = 1
+        assert check(text) == expected, text
+        accepted += expected == 0
+    assert accepted > 30  # some valid ones among the mutations: both answers are exercised
