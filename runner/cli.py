@@ -816,6 +816,27 @@ def verify(module: Path, signature: str, public: str) -> None:
     click.echo(f"ok: signature verifies for sha256 {digest}")
 
 
+@cli.command(name="test")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "github", "junit"]), default="text", show_default=True
+)
+def test_command(paths: tuple[Path, ...], fmt: str) -> None:
+    """Run policy tests (*.test.yaml below PATHS, default: .). Exit 0 all pass, 1 one failed, 2 invalid."""
+    from runner.policytest import failure_violation, render_junit, run_paths
+
+    _Context.fmt = "github" if fmt == "github" else "text"
+    results = run_paths(list(paths) or [Path(".")])
+    failed = [r for r in results if r.outcome == "failed"]
+    if fmt == "junit":
+        click.echo(render_junit(results), nl=False)
+    else:
+        for result in failed:
+            click.echo(render_violation(failure_violation(result), fmt), err=fmt != "github")
+        _say(f"{len(results) - len(failed)} passed, {len(failed)} failed ({len(results)} policy test(s))")
+    sys.exit(1 if failed else 0)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (``sandrun`` and ``python -m runner``)."""
     cli.main(args=argv, prog_name="sandrun")
