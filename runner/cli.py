@@ -837,6 +837,84 @@ def test_command(paths: tuple[Path, ...], fmt: str) -> None:
     sys.exit(1 if failed else 0)
 
 
+class _DefaultCommandGroup(click.Group):
+    """A group whose first argument, when not one of its commands, goes to ``create``
+    (``sandrun attest OUT`` and ``sandrun attest verify BUNDLE``)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["create", *args]
+        return super().parse_args(ctx, args)
+
+
+@cli.group(cls=_DefaultCommandGroup)
+def attest() -> None:
+    """Signed in-toto attestations (DSSE) built from a verified audit log: docs/attest.md."""
+
+
+@attest.command("create")
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@_apply(_verify_options)
+@_apply(_signing_options)
+@click.option("--run", "run_id", default=None, help="The sealed run to attest (default: the last one).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="The bundle to write (default: OUT/attestations.intoto.jsonl).",
+)
+def attest_create(
+    out_dir: Path,
+    public_keys: tuple[str, ...],
+    expect_head: str | None,
+    signing_key: Path | None,
+    key_name: str | None,
+    run_id: str | None,
+    output: Path | None,
+) -> None:
+    """Verify OUT's audit log, then write its run's attestations signed by the runner key."""
+    from runner.attest import BUNDLE_NAME, attest, statements_from_log
+    from runner.fileio import write_atomic
+
+    key = _signing_key(signing_key)
+    if key is None:
+        raise InputError.one("attest.no-key", "give the runner key (--signing-key or SANDRUN_SIGNING_KEY)")
+    keys = [_public_key(text) for text in public_keys]
+    statements = statements_from_log(
+        _log_path(out_dir), public_keys=keys, expect_head=_anchor_text(expect_head), run=run_id
+    )
+    target = output or (out_dir if out_dir.is_dir() else out_dir.parent) / BUNDLE_NAME
+    write_atomic(target, attest(statements, key))
+    _say(f"wrote {target}: {len(statements)} signed statement(s)")
+
+
+@attest.command("verify")
+@click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--pub", "public_keys", multiple=True, help="Trusted runner public key (file or base64); repeatable."
+)
+@click.option(
+    "--log",
+    "log",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also require the statements to be exactly those this audit log (or folder) gives.",
+)
+def attest_verify(bundle: Path, public_keys: tuple[str, ...], log: Path | None) -> None:
+    """Verify every envelope's signature and statement. Exit 0 verified, 4 not, 2 bad input."""
+    from runner.attest import statements_from_log, verify_bundle
+
+    keys = [_public_key(text) for text in public_keys]
+    expected = None
+    if log is not None:
+        expected = statements_from_log(_log_path(log), public_keys=keys)
+    verified = verify_bundle(bundle, keys, expected=expected)
+    for item in verified:
+        _say(f"ok: line {item.line}: {item.predicate_type} ({item.subjects} subject(s))")
+    _say(f"verified: {len(verified)} statement(s)" + (" matching the audit log" if log is not None else ""))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (``sandrun`` and ``python -m runner``)."""
     cli.main(args=argv, prog_name="sandrun")
