@@ -915,6 +915,129 @@ def attest_verify(bundle: Path, public_keys: tuple[str, ...], log: Path | None) 
     _say(f"verified: {len(verified)} statement(s)" + (" matching the audit log" if log is not None else ""))
 
 
+@cli.group()
+def policy() -> None:
+    """Reason about policies: containment proofs and reviewable diffs (docs/prove.md)."""
+
+
+def _proof_policies(first: Path, second: Path, root: Path | None) -> tuple[Any, Any, Path]:
+    from runner.api import load_policy
+
+    base = (root or Path.cwd()).resolve()
+    problems: list[Violation] = []
+    loaded = []
+    for path in (first, second):
+        try:
+            loaded.append(load_policy(path, base))
+        except InputError as exc:
+            problems.extend(exc.violations)
+    if problems:
+        raise InputError(violations=tuple(problems))
+    return loaded[0], loaded[1], base
+
+
+def _finding_lines(finding: Any) -> list[str]:
+    lines = [f"[{finding.area}] {finding.verdict}: {finding.reason}"]
+    if finding.manifest is not None:
+        when = f" (on {finding.on.isoformat()})" if finding.on is not None else ""
+        lines.append(f"-> counterexample{when}: {json.dumps(finding.manifest)}")
+    if finding.runtime is not None:
+        lines.append(f"-> counterexample at run time: {finding.runtime}")
+    lines.extend(f"-> needs: {need}" for need in finding.needs)
+    return lines
+
+
+@policy.command("prove")
+@click.argument("candidate", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--boundary",
+    "ceiling",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="The ceiling policy the candidate must stay within.",
+)
+@_root_option
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def policy_prove(candidate: Path, ceiling: Path, root: Path | None, fmt: str) -> None:
+    """Prove everything CANDIDATE allows, the boundary allows too.
+
+    Exit 0 contained, 1 not contained (a counterexample is printed), 2 invalid input,
+    3 unsupported (a part the prover cannot decide: CI should fail on it).
+    """
+    from runner.prove import outcome, prove
+
+    _Context.fmt = "json" if fmt == "json" else "text"
+    first, second, base = _proof_policies(candidate, ceiling, root)
+    findings = prove(first, second, base)
+    verdict = outcome(findings)
+    if fmt == "json":
+        click.echo(
+            json.dumps({"result": verdict, "findings": [_finding_dict(f) for f in findings]}, indent=2)
+        )
+    else:
+        for finding in findings:
+            for line in _finding_lines(finding):
+                _say(line)
+        _say(
+            f"{verdict}: {candidate} within {ceiling}"
+            if verdict == "contained"
+            else f"{verdict}: {candidate} vs {ceiling}"
+        )
+    sys.exit({"contained": 0, "not-contained": 1, "unsupported": 3}[verdict])
+
+
+def _finding_dict(finding: Any) -> dict[str, Any]:
+    return {
+        "area": finding.area,
+        "verdict": finding.verdict,
+        "reason": finding.reason,
+        "manifest": finding.manifest,
+        "runtime": finding.runtime,
+        "on": None if finding.on is None else finding.on.isoformat(),
+        "needs": list(finding.needs),
+    }
+
+
+@policy.command("diff")
+@click.argument("old", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("new", type=click.Path(path_type=Path, dir_okay=False))
+@_root_option
+@click.option("--format", "fmt", type=click.Choice(["md", "github"]), default="md", show_default=True)
+def policy_diff(old: Path, new: Path, root: Path | None, fmt: str) -> None:
+    """List every capability NEW widens or narrows compared with OLD (Markdown, or GitHub annotations)."""
+    from runner.prove import prove
+    from runner.report import _md as markdown_cell  # the one Markdown table-cell escaper
+    from runner.textsafe import sanitize_text
+
+    before, after, base = _proof_policies(old, new, root)
+    changes = [("widened", f) for f in prove(after, before, base)] + [
+        ("narrowed", f) for f in prove(before, after, base)
+    ]
+    if fmt == "github":
+        for change, finding in changes:
+            level = "warning" if change == "widened" else "notice"
+            title = _github_escape(sanitize_text(f"policy {change}: {finding.area}"), property_value=True)
+            detail = " ".join(_finding_lines(finding)[1:2])
+            where = _github_escape(sanitize_text(str(new)), property_value=True)
+            text = _github_escape(sanitize_text(f"{finding.verdict}: {finding.reason} {detail}", limit=2000))
+            click.echo(f"::{level} file={where},title={title}::{text}")
+        widened = sum(change == "widened" for change, _ in changes)
+        _say(f"{widened} widened, {len(changes) - widened} narrowed")
+        return
+    click.echo(f"## Policy diff: {markdown_cell(str(old))} → {markdown_cell(str(new))}\n")
+    if not changes:
+        click.echo("No capability widened or narrowed.")
+        return
+    click.echo("| change | capability | what | example |\n| --- | --- | --- | --- |")
+    for change, finding in changes:
+        example = json.dumps(finding.manifest) if finding.manifest is not None else (finding.runtime or "")
+        verdict = "" if finding.verdict == "not-contained" else " (undecided)"
+        click.echo(
+            f"| **{change}**{verdict} | {markdown_cell(finding.area)} | {markdown_cell(finding.reason)} "
+            f"| {markdown_cell(example, limit=2000)} |"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (``sandrun`` and ``python -m runner``)."""
     cli.main(args=argv, prog_name="sandrun")
