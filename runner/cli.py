@@ -649,6 +649,79 @@ def audit_show(
         sys.exit(EXIT_AUDIT_FAILED)
 
 
+@audit.command("prove")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--record", "record", type=int, default=None, help="Inclusion proof of the record with this seq."
+)
+@click.option(
+    "--consistency",
+    "old_checkpoint",
+    default=None,
+    help="Consistency proof from this earlier checkpoint (a file).",
+)
+@_apply(_verify_options)
+def audit_prove(
+    path: Path,
+    record: int | None,
+    old_checkpoint: Path | None,
+    public_keys: tuple[str, ...],
+    expect_head: str | None,
+) -> None:
+    """Print an RFC 6962 inclusion or consistency proof over the verified log's records (JSON)."""
+    from runner.audit.merkle import (
+        consistency_proof,
+        inclusion_proof,
+        leaf_hash,
+        root,
+        verify_consistency,
+        verify_inclusion,
+    )
+    from runner.canonical import canonical_json
+
+    if (record is None) == (old_checkpoint is None):
+        raise InputError.one("input.flags", "give exactly one of --record N and --consistency OLD_CHECKPOINT")
+    _, records = _verified(path, public_keys, expect_head)
+    leaves = [leaf_hash(canonical_json(r)) for r in records]
+    head = root(leaves)
+    if record is not None:
+        if not 0 <= record < len(leaves):
+            raise InputError.one("audit.no-record", f"no record {record}: the log holds {len(leaves)}")
+        proof = inclusion_proof(leaves, record)
+        proved = verify_inclusion(leaves[record], record, len(leaves), proof, head)
+        result = {"leaf_index": record, "leaf_hash": leaves[record].hex()}
+    else:
+        old_size = _old_checkpoint_size(Path(str(old_checkpoint)), records, public_keys)
+        proof = consistency_proof(leaves, old_size)
+        old_root = root(leaves[:old_size])
+        proved = verify_consistency(old_size, len(leaves), old_root, head, proof)
+        result = {"old_size": old_size, "old_root": old_root.hex()}
+    if not proved:  # fail closed: never print a proof that does not verify
+        raise RuntimeError("the generated Merkle proof does not verify")
+    result |= {"tree_size": len(leaves), "root": head.hex(), "proof": [p.hex() for p in proof]}
+    click.echo(json.dumps(result, indent=2))
+
+
+def _old_checkpoint_size(path: Path, records: list[dict[str, Any]], public_keys: tuple[str, ...]) -> int:
+    """The size of an earlier checkpoint of *this* log: its head must be the hash of its last record."""
+    from runner.audit import parse_checkpoint
+    from runner.audit.checkpoint import verify_signatures
+
+    where = Location(str(path))
+    try:
+        checkpoint = parse_checkpoint(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError.one("audit.checkpoint", f"not a checkpoint: {exc}", where) from None
+    if public_keys and not verify_signatures(checkpoint, [_public_key(k) for k in public_keys]).verified:
+        raise AuditError.one("audit.checkpoint-signature", "no signature of the checkpoint verifies", where)
+    size = checkpoint.size
+    if not 0 < size <= len(records) or records[size - 1]["hash"] != checkpoint.root_hash:
+        raise AuditError.one(
+            "audit.not-a-prefix", f"the checkpoint's {size} records are not the start of this log", where
+        )
+    return size
+
+
 @audit.command("repair")
 @click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
 def audit_repair(out_dir: Path) -> None:
