@@ -669,31 +669,25 @@ def audit_prove(
     expect_head: str | None,
 ) -> None:
     """Print an RFC 6962 inclusion or consistency proof over the verified log's records (JSON)."""
-    from runner.audit.merkle import (
-        consistency_proof,
-        inclusion_proof,
-        leaf_hash,
-        root,
-        verify_consistency,
-        verify_inclusion,
-    )
+    from runner.audit.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
     from runner.canonical import canonical_json
 
     if (record is None) == (old_checkpoint is None):
         raise InputError.one("input.flags", "give exactly one of --record N and --consistency OLD_CHECKPOINT")
     _, records = _verified(path, public_keys, expect_head)
     leaves = [leaf_hash(canonical_json(r)) for r in records]
-    head = root(leaves)
+    tree = MerkleTree(leaves)
+    head = tree.root
     if record is not None:
         if not 0 <= record < len(leaves):
             raise InputError.one("audit.no-record", f"no record {record}: the log holds {len(leaves)}")
-        proof = inclusion_proof(leaves, record)
+        proof = tree.inclusion_proof(record)
         proved = verify_inclusion(leaves[record], record, len(leaves), proof, head)
         result = {"leaf_index": record, "leaf_hash": leaves[record].hex()}
     else:
         old_size = _old_checkpoint_size(Path(str(old_checkpoint)), records, public_keys)
-        proof = consistency_proof(leaves, old_size)
-        old_root = root(leaves[:old_size])
+        proof = tree.consistency_proof(old_size)
+        old_root = MerkleTree(leaves[:old_size]).root
         proved = verify_consistency(old_size, len(leaves), old_root, head, proof)
         result = {"old_size": old_size, "old_root": old_root.hex()}
     if not proved:  # fail closed: never print a proof that does not verify

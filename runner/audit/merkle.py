@@ -18,6 +18,7 @@ import hashlib
 from collections.abc import Sequence
 
 __all__ = [
+    "MerkleTree",
     "leaf_hash",
     "node_hash",
     "root",
@@ -41,48 +42,71 @@ def _split(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
+class MerkleTree:
+    """The tree over ``leaves`` (leaf *hashes*), every level kept: each proof then costs log2(n).
+
+    Level ``L`` pairs level ``L-1`` left to right and carries an odd last node up unchanged; its
+    node ``j`` is the head of leaves ``[j*2**L, min((j+1)*2**L, n))``, which are exactly the
+    subtrees RFC 6962's split at the largest power of two produces.
+    """
+
+    def __init__(self, leaves: Sequence[bytes]) -> None:
+        self.size = len(leaves)
+        self.levels: list[list[bytes]] = [list(leaves)]
+        while len(self.levels[-1]) > 1:
+            level = self.levels[-1]
+            paired = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+            if len(level) % 2:
+                paired.append(level[-1])
+            self.levels.append(paired)
+
+    @property
+    def root(self) -> bytes:
+        """MTH(D[n]); the empty tree's head is SHA-256 of nothing."""
+        return self.levels[-1][0] if self.size else hashlib.sha256(b"").digest()
+
+    def _head(self, start: int, end: int) -> bytes:
+        """MTH(D[start:end]) for a subtree of the RFC's recursion (aligned, as described above)."""
+        height = (end - start - 1).bit_length()
+        return self.levels[height][start >> height]
+
+    def inclusion_proof(self, index: int) -> list[bytes]:
+        """PATH(index, D[n]): the audit path of leaf ``index``, nearest sibling first."""
+        if not 0 <= index < self.size:
+            raise ValueError(f"leaf {index} is outside a tree of {self.size}")
+        proof = []
+        for level in self.levels[:-1]:
+            if index ^ 1 < len(level):  # a carried node has no sibling at this level
+                proof.append(level[index ^ 1])
+            index >>= 1
+        return proof
+
+    def consistency_proof(self, old_size: int) -> list[bytes]:
+        """PROOF(m, D[n]) for 0 < m <= n (the empty proof when m == n)."""
+        if not 0 < old_size <= self.size:
+            raise ValueError(f"old size {old_size} is not within 1..{self.size}")
+        return self._subproof(old_size, 0, self.size, True)
+
+    def _subproof(self, m: int, start: int, end: int, complete: bool) -> list[bytes]:
+        """SUBPROOF(m, D[start:end], complete) of RFC 6962 §2.1.2."""
+        if m == end - start:
+            return [] if complete else [self._head(start, end)]
+        k = _split(end - start)
+        if m <= k:
+            return [*self._subproof(m, start, start + k, complete), self._head(start + k, end)]
+        return [*self._subproof(m - k, start + k, end, False), self._head(start, start + k)]
+
+
 def root(leaves: Sequence[bytes]) -> bytes:
-    """MTH(D[n]) over leaf *hashes*; the empty tree's head is SHA-256 of nothing."""
-    if not leaves:
-        return hashlib.sha256(b"").digest()
-    level = list(leaves)
-    # Pairing left to right and carrying an odd last node up unchanged builds the same tree as
-    # the RFC's split at the largest power of two (its left subtrees are always complete).
-    while len(level) > 1:
-        paired = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
-        if len(level) % 2:
-            paired.append(level[-1])
-        level = paired
-    return level[0]
+    return MerkleTree(leaves).root
 
 
 def inclusion_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
-    """PATH(index, D[n]): the audit path of leaf ``index``, nearest sibling first."""
-    if not 0 <= index < len(leaves):
-        raise ValueError(f"leaf {index} is outside a tree of {len(leaves)}")
-    if len(leaves) == 1:
-        return []
-    k = _split(len(leaves))
-    if index < k:
-        return [*inclusion_proof(leaves[:k], index), root(leaves[k:])]
-    return [*inclusion_proof(leaves[k:], index - k), root(leaves[:k])]
+    return MerkleTree(leaves).inclusion_proof(index)
 
 
 def consistency_proof(leaves: Sequence[bytes], old_size: int) -> list[bytes]:
-    """PROOF(m, D[n]) for 0 < m <= n (the empty proof when m == n)."""
-    if not 0 < old_size <= len(leaves):
-        raise ValueError(f"old size {old_size} is not within 1..{len(leaves)}")
-    return _subproof(old_size, leaves, True)
-
-
-def _subproof(m: int, leaves: Sequence[bytes], complete: bool) -> list[bytes]:
-    n = len(leaves)
-    if m == n:
-        return [] if complete else [root(leaves)]
-    k = _split(n)
-    if m <= k:
-        return [*_subproof(m, leaves[:k], complete), root(leaves[k:])]
-    return [*_subproof(m - k, leaves[k:], False), root(leaves[:k])]
+    return MerkleTree(leaves).consistency_proof(old_size)
 
 
 def verify_inclusion(
