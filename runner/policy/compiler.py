@@ -30,6 +30,7 @@ from runner.policy.model import LimitValues, Policy, parse_limits
 from runner.signing import verify_module_digest
 from runner.source import Document
 from runner.units import format_duration, format_size
+from runner.wasmsig import WasmSignatureError, embedded_signers, has_signature_section
 
 __all__ = ["BUILTIN_LIMITS", "compile_plan", "denial_error"]
 
@@ -157,7 +158,8 @@ class _ManifestCompiler:
             return None
         if not self.check_size(path, pointer + "/module"):
             return None
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        module = path.read_bytes()
+        digest = hashlib.sha256(module).hexdigest()
         self.state.record_input(path, digest)
         if digest != canonical_digest(spec["sha256"]):
             self.deny(
@@ -171,7 +173,7 @@ class _ManifestCompiler:
         if digest in policy.revoked:
             self.deny("tool.revoked", f"module digest {digest} is revoked by the policy", pointer + "/sha256")
             ok = False
-        signer = self.check_signature(pointer, spec, digest)
+        signer = self.check_signature(pointer, spec, digest, module)
         if signer is False:
             ok = False
         for index, action in enumerate(spec.get("actions", [])):
@@ -214,10 +216,14 @@ class _ManifestCompiler:
             )
         return size <= cap
 
-    def check_signature(self, pointer: str, spec: dict[str, Any], digest: str) -> str | Literal[False] | None:
+    def check_signature(
+        self, pointer: str, spec: dict[str, Any], digest: str, module: bytes
+    ) -> str | Literal[False] | None:
         """The verified signer's key id; None when unsigned and allowed; False when denied."""
         policy = self.state.policy
         signature = spec.get("signature")
+        if signature is None and has_signature_section(module):
+            return self.check_embedded_signature(pointer, module)
         if signature is None:
             if policy.signatures_required:
                 self.deny(
@@ -256,6 +262,28 @@ class _ManifestCompiler:
             )
             return False
         return key_id
+
+    def check_embedded_signature(self, pointer: str, module: bytes) -> str | Literal[False] | None:
+        """Rule ``signature.embedded``: a tool-conventions ``signature`` section (``runner.wasmsig``)
+        verified against the trusted keys that are neither revoked nor expired."""
+        policy = self.state.policy
+        usable = {
+            key_id: key.public_key
+            for key_id, key in policy.trusted_keys.items()
+            if key_id not in policy.revoked and (key.not_after is None or self.state.today <= key.not_after)
+        }
+        try:
+            signers = embedded_signers(module, usable)
+        except WasmSignatureError as exc:
+            reason = str(exc)
+        else:
+            if signers:
+                return sorted(signers)[0]
+            reason = "no trusted, unexpired, unrevoked key verifies it"
+        if not policy.signatures_required:
+            return None  # as for a signature by an unknown key: an unsigned tool
+        self.deny("signature.embedded", f"the module's signature section does not verify: {reason}", pointer)
+        return False
 
     # -- jobs --------------------------------------------------------------------------------
     def check_jobs(self) -> list[JobSpec]:
