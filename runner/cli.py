@@ -940,14 +940,19 @@ def attest_create(
     run_id: str | None,
     output: Path | None,
 ) -> None:
-    """Verify OUT's audit log, then write its run's attestations signed by the runner key."""
+    """Verify OUT's audit log, then write its run's attestations signed by the runner key.
+
+    The log's seals must verify under --pub, or (by default) under the runner key itself.
+    """
     from runner.attest import BUNDLE_NAME, attest, statements_from_log
     from runner.fileio import write_atomic
 
     key = _signing_key(signing_key)
     if key is None:
         raise InputError.one("attest.no-key", "give the runner key (--signing-key or SANDRUN_SIGNING_KEY)")
-    keys = [_public_key(text) for text in public_keys]
+    # Without --pub, the log's seals must be signed by the very key that signs the attestations:
+    # otherwise anyone able to rewrite the log (the chain itself is unkeyed) gets it attested.
+    keys = [_public_key(text) for text in public_keys] or [key.public_key()]
     statements = statements_from_log(
         _log_path(out_dir), public_keys=keys, expect_head=_anchor_text(expect_head), run=run_id
     )

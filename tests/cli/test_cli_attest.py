@@ -174,9 +174,11 @@ def test_a_tampered_statement_is_refused_by_both_verifiers(ran: Path, tmp_path: 
 def test_a_statement_signed_by_another_key_is_refused(ran: Path, tmp_path: Path) -> None:
     assert _invoke("keys", "generate", "--id", "other", "--out", str(tmp_path / "k"))[0] == 0
     bundle = tmp_path / "c"
-    code, _, _ = _invoke(
-        "attest", str(ran / "out"), "--signing-key", str(tmp_path / "k" / "other.key"), "-o", str(bundle)
-    )
+    other = str(tmp_path / "k" / "other.key")
+    code, _, err = _invoke("attest", str(ran / "out"), "--signing-key", other, "-o", str(bundle))
+    assert code == 4 and "[audit." in err  # by default the seals must be signed by the attesting key
+    pub = str(ran / "keys" / "runner.pub")
+    code, _, _ = _invoke("attest", str(ran / "out"), "--signing-key", other, "--pub", pub, "-o", str(bundle))
     assert code == 0
     code, _, err = _invoke("attest", "verify", str(bundle), "--pub", str(ran / "keys" / "runner.pub"))
     assert code == 4 and "[attest.signature]" in err
@@ -192,6 +194,27 @@ def test_reordered_or_dropped_statements_do_not_match_the_log(ran: Path, tmp_pat
         assert _invoke("attest", "verify", str(bundle), "--pub", pub)[0] == 0  # each is validly signed
         code, _, err = _invoke("attest", "verify", str(bundle), "--pub", pub, "--log", str(ran / "out"))
         assert code == 4 and "[attest.mismatch]" in err
+
+
+def test_a_rewritten_log_with_consistent_hashes_is_refused(ran: Path, tmp_path: Path) -> None:
+    """The chain is unkeyed: whoever can write the folder can recompute every hash and seal it
+    unsigned (here: a fresh run into a copy, without a signing key). attest must not sign that."""
+    out = tmp_path / "out"
+    code, _, _ = _invoke(
+        "run",
+        str(ran / "manifests"),
+        "--policy",
+        str(ran / "policy.yaml"),
+        "--root",
+        str(ran),
+        "--out",
+        str(out),
+    )
+    assert code == 0
+    code, _, err = _invoke(
+        "attest", str(out), "--signing-key", str(ran / "keys" / "runner.key"), "-o", str(tmp_path / "x")
+    )
+    assert code == 4 and not (tmp_path / "x").exists()
 
 
 def test_a_tampered_log_is_refused_before_anything_is_attested(ran: Path, tmp_path: Path) -> None:
