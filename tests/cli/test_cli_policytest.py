@@ -150,3 +150,29 @@ def test_a_missing_policy_or_manifest_is_invalid_input(tmp_path: Path) -> None:
 def test_no_test_files_is_invalid_input(tmp_path: Path) -> None:
     code, _, err = _invoke("test", str(tmp_path))
     assert code == 2 and "[policytest.none]" in err
+
+
+def test_today_pins_the_day_key_expiry_is_judged_on(tmp_path: Path) -> None:
+    expired = "\n".join(
+        f"        - {{rule: signature.expired-key, path: /tools/{tool}/signature/key}}"
+        for tool in ("wordcount", "report", "fail")
+    )
+    text = f"""\
+apiVersion: sandrun/v1
+kind: PolicyTest
+metadata: {{name: expiry}}
+policy: {REPO / "policies" / "ci-example.yaml"}
+root: {REPO}
+today: 2100-01-01
+tests:
+  - name: the examples key expired at the end of 2099
+    manifests: [{REPO / "manifests" / "examples" / "docs-checks.yaml"}]
+    expect:
+      denied:
+{expired}
+"""
+    (tmp_path / "expiry.test.yaml").write_text(text)
+    assert _invoke("test", str(tmp_path))[0] == 0
+    (tmp_path / "expiry.test.yaml").write_text(text.replace("2100-01-01", "2099-12-31"))
+    code, _, err = _invoke("test", str(tmp_path))
+    assert code == 1 and "got allowed" in err
