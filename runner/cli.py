@@ -776,6 +776,73 @@ def audit_show(
         sys.exit(EXIT_AUDIT_FAILED)
 
 
+@audit.command("prove")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--record", "record", type=int, default=None, help="Inclusion proof of the record with this seq."
+)
+@click.option(
+    "--consistency",
+    "old_checkpoint",
+    default=None,
+    help="Consistency proof from this earlier checkpoint (a file).",
+)
+@_apply(_verify_options)
+def audit_prove(
+    path: Path,
+    record: int | None,
+    old_checkpoint: Path | None,
+    public_keys: tuple[str, ...],
+    expect_head: str | None,
+) -> None:
+    """Print an RFC 6962 inclusion or consistency proof over the verified log's records (JSON)."""
+    from runner.audit.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
+    from runner.canonical import canonical_json
+
+    if (record is None) == (old_checkpoint is None):
+        raise InputError.one("input.flags", "give exactly one of --record N and --consistency OLD_CHECKPOINT")
+    _, records = _verified(path, public_keys, expect_head)
+    leaves = [leaf_hash(canonical_json(r)) for r in records]
+    tree = MerkleTree(leaves)
+    head = tree.root
+    if record is not None:
+        if not 0 <= record < len(leaves):
+            raise InputError.one("audit.no-record", f"no record {record}: the log holds {len(leaves)}")
+        proof = tree.inclusion_proof(record)
+        proved = verify_inclusion(leaves[record], record, len(leaves), proof, head)
+        result = {"leaf_index": record, "leaf_hash": leaves[record].hex()}
+    else:
+        old_size = _old_checkpoint_size(Path(str(old_checkpoint)), records, public_keys)
+        proof = tree.consistency_proof(old_size)
+        old_root = MerkleTree(leaves[:old_size]).root
+        proved = verify_consistency(old_size, len(leaves), old_root, head, proof)
+        result = {"old_size": old_size, "old_root": old_root.hex()}
+    if not proved:  # fail closed: never print a proof that does not verify
+        raise RuntimeError("the generated Merkle proof does not verify")
+    result |= {"tree_size": len(leaves), "root": head.hex(), "proof": [p.hex() for p in proof]}
+    click.echo(json.dumps(result, indent=2))
+
+
+def _old_checkpoint_size(path: Path, records: list[dict[str, Any]], public_keys: tuple[str, ...]) -> int:
+    """The size of an earlier checkpoint of *this* log: its head must be the hash of its last record."""
+    from runner.audit import parse_checkpoint
+    from runner.audit.checkpoint import verify_signatures
+
+    where = Location(str(path))
+    try:
+        checkpoint = parse_checkpoint(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError.one("audit.checkpoint", f"not a checkpoint: {exc}", where) from None
+    if public_keys and not verify_signatures(checkpoint, [_public_key(k) for k in public_keys]).verified:
+        raise AuditError.one("audit.checkpoint-signature", "no signature of the checkpoint verifies", where)
+    size = checkpoint.size
+    if not 0 < size <= len(records) or records[size - 1]["hash"] != checkpoint.root_hash:
+        raise AuditError.one(
+            "audit.not-a-prefix", f"the checkpoint's {size} records are not the start of this log", where
+        )
+    return size
+
+
 @audit.command("repair")
 @click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
 def audit_repair(out_dir: Path) -> None:
@@ -965,6 +1032,233 @@ def verify(module: Path, signature: str, public: str) -> None:
             "signature.invalid", f"the signature does not verify for sha256 {digest}", _file(module)
         )
     click.echo(f"ok: signature verifies for sha256 {digest}")
+
+
+@cli.command(name="test")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "github", "junit"]), default="text", show_default=True
+)
+def test_command(paths: tuple[Path, ...], fmt: str) -> None:
+    """Run policy tests (*.test.yaml below PATHS, default: .). Exit 0 all pass, 1 one failed, 2 invalid."""
+    from runner.policytest import failure_violation, render_junit, run_paths
+
+    _Context.fmt = "github" if fmt == "github" else "text"
+    results = run_paths(list(paths) or [Path(".")])
+    failed = [r for r in results if r.outcome == "failed"]
+    if fmt == "junit":
+        click.echo(render_junit(results), nl=False)
+    else:
+        for result in failed:
+            click.echo(render_violation(failure_violation(result), fmt), err=fmt != "github")
+        _say(f"{len(results) - len(failed)} passed, {len(failed)} failed ({len(results)} policy test(s))")
+    sys.exit(1 if failed else 0)
+
+
+class _DefaultCommandGroup(click.Group):
+    """A group whose first argument, when not one of its commands, goes to ``create``
+    (``sandrun attest OUT`` and ``sandrun attest verify BUNDLE``)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["create", *args]
+        return super().parse_args(ctx, args)
+
+
+@cli.group(cls=_DefaultCommandGroup)
+def attest() -> None:
+    """Signed in-toto attestations (DSSE) built from a verified audit log: docs/attest.md."""
+
+
+@attest.command("create")
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@_apply(_verify_options)
+@_apply(_signing_options)
+@click.option("--run", "run_id", default=None, help="The sealed run to attest (default: the last one).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="The bundle to write (default: OUT/attestations.intoto.jsonl).",
+)
+def attest_create(
+    out_dir: Path,
+    public_keys: tuple[str, ...],
+    expect_head: str | None,
+    signing_key: Path | None,
+    key_name: str | None,
+    run_id: str | None,
+    output: Path | None,
+) -> None:
+    """Verify OUT's audit log, then write its run's attestations signed by the runner key.
+
+    The log's seals must verify under --pub, or (by default) under the runner key itself.
+    """
+    from runner.attest import BUNDLE_NAME, attest, statements_from_log
+    from runner.fileio import write_atomic
+
+    key = _signing_key(signing_key)
+    if key is None:
+        raise InputError.one("attest.no-key", "give the runner key (--signing-key or SANDRUN_SIGNING_KEY)")
+    # Without --pub, the log's seals must be signed by the very key that signs the attestations:
+    # otherwise anyone able to rewrite the log (the chain itself is unkeyed) gets it attested.
+    keys = [_public_key(text) for text in public_keys] or [key.public_key()]
+    statements = statements_from_log(
+        _log_path(out_dir), public_keys=keys, expect_head=_anchor_text(expect_head), run=run_id
+    )
+    target = output or (out_dir if out_dir.is_dir() else out_dir.parent) / BUNDLE_NAME
+    write_atomic(target, attest(statements, key))
+    _say(f"wrote {target}: {len(statements)} signed statement(s)")
+
+
+@attest.command("verify")
+@click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--pub", "public_keys", multiple=True, help="Trusted runner public key (file or base64); repeatable."
+)
+@click.option(
+    "--log",
+    "log",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also require the statements to be exactly those this audit log (or folder) gives.",
+)
+def attest_verify(bundle: Path, public_keys: tuple[str, ...], log: Path | None) -> None:
+    """Verify every envelope's signature and statement. Exit 0 verified, 4 not, 2 bad input."""
+    from runner.attest import statements_from_log, verify_bundle
+
+    keys = [_public_key(text) for text in public_keys]
+    expected = None
+    if log is not None:
+        expected = statements_from_log(_log_path(log), public_keys=keys)
+    verified = verify_bundle(bundle, keys, expected=expected)
+    for item in verified:
+        _say(f"ok: line {item.line}: {item.predicate_type} ({item.subjects} subject(s))")
+    _say(f"verified: {len(verified)} statement(s)" + (" matching the audit log" if log is not None else ""))
+
+
+@cli.group()
+def policy() -> None:
+    """Reason about policies: containment proofs and reviewable diffs (docs/prove.md)."""
+
+
+def _proof_policies(first: Path, second: Path, root: Path | None) -> tuple[Any, Any, Path]:
+    from runner.api import load_policy
+
+    base = (root or Path.cwd()).resolve()
+    problems: list[Violation] = []
+    loaded = []
+    for path in (first, second):
+        try:
+            loaded.append(load_policy(path, base))
+        except InputError as exc:
+            problems.extend(exc.violations)
+    if problems:
+        raise InputError(violations=tuple(problems))
+    return loaded[0], loaded[1], base
+
+
+def _finding_lines(finding: Any) -> list[str]:
+    lines = [f"[{finding.area}] {finding.verdict}: {finding.reason}"]
+    if finding.manifest is not None:
+        when = f" (on {finding.on.isoformat()})" if finding.on is not None else ""
+        lines.append(f"-> counterexample{when}: {json.dumps(finding.manifest)}")
+    if finding.runtime is not None:
+        lines.append(f"-> counterexample at run time: {finding.runtime}")
+    lines.extend(f"-> needs: {need}" for need in finding.needs)
+    return lines
+
+
+@policy.command("prove")
+@click.argument("candidate", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--boundary",
+    "ceiling",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="The ceiling policy the candidate must stay within.",
+)
+@_root_option
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def policy_prove(candidate: Path, ceiling: Path, root: Path | None, fmt: str) -> None:
+    """Prove everything CANDIDATE allows, the boundary allows too.
+
+    Exit 0 contained, 1 not contained (a counterexample is printed), 2 invalid input,
+    3 unsupported (a part the prover cannot decide: CI should fail on it).
+    """
+    from runner.prove import outcome, prove
+
+    _Context.fmt = "json" if fmt == "json" else "text"
+    first, second, base = _proof_policies(candidate, ceiling, root)
+    findings = prove(first, second, base)
+    verdict = outcome(findings)
+    if fmt == "json":
+        click.echo(
+            json.dumps({"result": verdict, "findings": [_finding_dict(f) for f in findings]}, indent=2)
+        )
+    else:
+        for finding in findings:
+            for line in _finding_lines(finding):
+                _say(line)
+        _say(
+            f"{verdict}: {candidate} within {ceiling}"
+            if verdict == "contained"
+            else f"{verdict}: {candidate} vs {ceiling}"
+        )
+    sys.exit({"contained": 0, "not-contained": 1, "unsupported": 3}[verdict])
+
+
+def _finding_dict(finding: Any) -> dict[str, Any]:
+    return {
+        "area": finding.area,
+        "verdict": finding.verdict,
+        "reason": finding.reason,
+        "manifest": finding.manifest,
+        "runtime": finding.runtime,
+        "on": None if finding.on is None else finding.on.isoformat(),
+        "needs": list(finding.needs),
+    }
+
+
+@policy.command("diff")
+@click.argument("old", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("new", type=click.Path(path_type=Path, dir_okay=False))
+@_root_option
+@click.option("--format", "fmt", type=click.Choice(["md", "github"]), default="md", show_default=True)
+def policy_diff(old: Path, new: Path, root: Path | None, fmt: str) -> None:
+    """List every capability NEW widens or narrows compared with OLD (Markdown, or GitHub annotations)."""
+    from runner.prove import prove
+    from runner.report import _md as markdown_cell  # the one Markdown table-cell escaper
+    from runner.textsafe import sanitize_text
+
+    before, after, base = _proof_policies(old, new, root)
+    changes = [("widened", f) for f in prove(after, before, base)] + [
+        ("narrowed", f) for f in prove(before, after, base)
+    ]
+    if fmt == "github":
+        for change, finding in changes:
+            level = "warning" if change == "widened" else "notice"
+            title = _github_escape(sanitize_text(f"policy {change}: {finding.area}"), property_value=True)
+            detail = " ".join(_finding_lines(finding)[1:2])
+            where = _github_escape(sanitize_text(str(new)), property_value=True)
+            text = _github_escape(sanitize_text(f"{finding.verdict}: {finding.reason} {detail}", limit=2000))
+            click.echo(f"::{level} file={where},title={title}::{text}")
+        widened = sum(change == "widened" for change, _ in changes)
+        _say(f"{widened} widened, {len(changes) - widened} narrowed")
+        return
+    click.echo(f"## Policy diff: {markdown_cell(str(old))} → {markdown_cell(str(new))}\n")
+    if not changes:
+        click.echo("No capability widened or narrowed.")
+        return
+    click.echo("| change | capability | what | example |\n| --- | --- | --- | --- |")
+    for change, finding in changes:
+        example = json.dumps(finding.manifest) if finding.manifest is not None else (finding.runtime or "")
+        verdict = "" if finding.verdict == "not-contained" else " (undecided)"
+        click.echo(
+            f"| **{change}**{verdict} | {markdown_cell(finding.area)} | {markdown_cell(finding.reason)} "
+            f"| {markdown_cell(example, limit=2000)} |"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -64,6 +64,9 @@ class Rule:
 
 # One line per rule: id -> what it means. Keep each table sorted by id.
 _INVALID_INPUT = {
+    "attest.no-key": "`attest` or `attest verify` has no key to sign or verify with",
+    "audit.checkpoint": "an old checkpoint (`audit prove --consistency`) cannot be read or parsed",
+    "audit.no-record": "`audit prove --record N` names no record of the log",
     "fs.guest-duplicate": "two mounts of a job share a guest path",
     "fs.guest-invalid": "a guest path is not absolute or has `..`",
     "fs.guest-nested": "one guest path of a job is inside another",
@@ -72,6 +75,7 @@ _INVALID_INPUT = {
     "input.empty": "the paths on the command line hold no manifests",
     "input.encoding": "a command-line argument, variable or path is not valid UTF-8",
     "input.expect-head": "the `--expect-head` checkpoint cannot be read or parsed",
+    "input.flags": "flags that cannot go together, or a required one missing",
     "input.missing": "a path on the command line does not exist",
     "input.policy": "`run` was given manifests but no `--policy`",
     "input.read": "a file named on the command line cannot be read",
@@ -101,6 +105,7 @@ _INVALID_INPUT = {
     "policy.key-duplicate": "(in the policy) a trusted key id is listed twice",
     "policy.key-invalid": "(in the policy) a trusted key or its `not_after` cannot be parsed",
     "policy.root-invalid": "(in the policy) an `fs` root folder cannot be resolved (a symlink loop)",
+    "policytest.none": "no policy tests (`*.test.yaml`) were found",
     "root.missing": "the root folder cannot be opened",
     "schema.any-of": "a value matches none of the forms its field allows",
     "schema.const": "a value is not the one its field requires",
@@ -163,6 +168,7 @@ _POLICY_DENIAL = {
     "plan.mismatch": "a plan does not match what its manifests and policy compile to now",
     "plan.policy-mismatch": "a plan was not compiled under the policy the operator names (`--policy`)",
     "plan.policy-outside-root": "a plan names a policy outside the root",
+    "signature.embedded": "the module's `signature` section verifies under no trusted, valid key",
     "signature.expired-key": "today (UTC) is after the signing key's `not_after`",
     "signature.invalid": "a signature does not verify for this module's digest",
     "signature.missing": "signatures are required and the tool has none",
@@ -179,8 +185,15 @@ _POLICY_DENIAL = {
 }
 
 _AUDIT_FAILURE = {
+    "attest.empty": "an attestation bundle holds no envelope",
+    "attest.envelope": "a line of the bundle is not a DSSE envelope",
+    "attest.mismatch": "the attested statements differ from what the audit log records",
+    "attest.signature": "no signature of an envelope verifies under the given keys",
+    "attest.statement": "an envelope does not hold a valid in-toto statement",
+    "attest.unsealed": "the run to attest is not a sealed run of the log",
     "audit.bad-record": "a record the report needs has the wrong shape",
     "audit.bad-seal-signature": "a seal's signature does not verify",
+    "audit.checkpoint-signature": "no signature of the old checkpoint verifies",
     "audit.closed": "a record was appended to a run already sealed",
     "audit.cut-back": "a log that `audit repair` cut back is appended to without `--continue-unsealed`",
     "audit.edited": "a record was changed after it was written",
@@ -189,6 +202,7 @@ _AUDIT_FAILURE = {
     "audit.locked": "another process holds the log's lock",
     "audit.merged-shard": "a shard log embedded in a merged log does not verify",
     "audit.no-plan": "the run has no compiled plan in the log",
+    "audit.not-a-prefix": "the old checkpoint is not a start of this log",
     "audit.removed": "records were removed from the log",
     "audit.reordered": "records are out of order",
     "audit.run-reused": "a run id is used twice",
@@ -213,6 +227,7 @@ _JOB_FAILURE: dict[str, str] = {
     "compile.crashed": "(at deploy) the compile process died (the signal is named)",
     "compile.memory": "(at deploy) compiling the module needed more than `modules.compile_memory`",
     "compile.timeout": "(at deploy) compiling the module took longer than `modules.compile_timeout`",
+    "policytest.failed": "a policy test case did not get the outcome it expects (`sandrun test`)",
 }
 
 

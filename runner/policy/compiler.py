@@ -36,6 +36,7 @@ from runner.signing import verify_module_digest
 from runner.source import Document
 from runner.units import format_duration, format_size
 from runner.wasmfile import not_wasm_reason
+from runner.wasmsig import WasmSignatureError, embedded_signers, has_signature_section
 
 __all__ = ["BUILTIN_LIMITS", "compile_plan", "denial_error"]
 
@@ -192,12 +193,12 @@ class _ManifestCompiler:
             builtin = self.builtin_module(module_text, pointer + "/module")
             if builtin is None:
                 return None
-            module, digest = builtin.module, builtin.sha256
+            module, digest, data = builtin.module, builtin.sha256, None
         else:
             found = self.module_file(module_text, pointer + "/module")
             if found is None:
                 return None
-            module, digest = found
+            module, digest, data = found
         if spec.get("sha256") is not None and digest != canonical_digest(spec["sha256"]):
             self.deny(
                 "tool.digest",
@@ -211,7 +212,7 @@ class _ManifestCompiler:
             where = pointer + ("/sha256" if "sha256" in spec else "/module")
             self.deny("tool.revoked", f"module digest {digest} is revoked by the policy", where)
             ok = False
-        signer = self.check_signature(pointer, spec, digest, builtin=builtin is not None)
+        signer = self.check_signature(pointer, spec, digest, data, builtin=builtin is not None)
         if signer is False:
             ok = False
         # A built-in's own gate actions always count; a manifest may only add to them.
@@ -273,8 +274,8 @@ class _ManifestCompiler:
             return None
         return builtin
 
-    def module_file(self, text: str, pointer: str) -> tuple[str, str] | None:
-        """A module file's root-relative path and sha256 (the file becomes an input of the plan)."""
+    def module_file(self, text: str, pointer: str) -> tuple[str, str, bytes] | None:
+        """A module file's root-relative path, sha256 and bytes (the file becomes an input of the plan)."""
         path = self.resolve(text, pointer, "tool.module")
         if path is None:
             return None
@@ -302,10 +303,10 @@ class _ManifestCompiler:
         if reason is not None:
             self.deny("tool.module.not-wasm", f"{text!r} {reason}", pointer)
             return None
-        return module, digest
+        return module, digest, data
 
     def check_signature(
-        self, pointer: str, spec: dict[str, Any], digest: str, *, builtin: bool = False
+        self, pointer: str, spec: dict[str, Any], digest: str, module: bytes | None, *, builtin: bool = False
     ) -> str | Literal[False] | None:
         """The verified signer's key id (``builtin`` for a built-in without a signature: the package
         pins its bytes); None when unsigned and allowed; False when denied."""
@@ -313,6 +314,8 @@ class _ManifestCompiler:
         signature = spec.get("signature")
         if signature is None and builtin:
             return catalog.SIGNER
+        if signature is None and module is not None and has_signature_section(module):
+            return self.check_embedded_signature(pointer, module)
         if signature is None:
             if policy.signatures_required:
                 self.deny(
@@ -351,6 +354,28 @@ class _ManifestCompiler:
             )
             return False
         return key_id
+
+    def check_embedded_signature(self, pointer: str, module: bytes) -> str | Literal[False] | None:
+        """Rule ``signature.embedded``: a tool-conventions ``signature`` section (``runner.wasmsig``)
+        verified against the trusted keys that are neither revoked nor expired."""
+        policy = self.state.policy
+        usable = {
+            key_id: key.public_key
+            for key_id, key in policy.trusted_keys.items()
+            if key_id not in policy.revoked and (key.not_after is None or self.state.today <= key.not_after)
+        }
+        try:
+            signers = embedded_signers(module, usable)
+        except WasmSignatureError as exc:
+            reason = str(exc)
+        else:
+            if signers:
+                return sorted(signers)[0]
+            reason = "no trusted, unexpired, unrevoked key verifies it"
+        if not policy.signatures_required:
+            return None  # as for a signature by an unknown key: an unsigned tool
+        self.deny("signature.embedded", f"the module's signature section does not verify: {reason}", pointer)
+        return False
 
     # -- jobs --------------------------------------------------------------------------------
     def check_jobs(self) -> list[JobSpec]:

@@ -52,11 +52,13 @@ __all__ = ["SchemaKind", "SCHEMA_KINDS", "schema_text", "validate"]
 
 SchemaKind = Literal["manifest", "policy"]
 SCHEMA_KINDS: tuple[SchemaKind, ...] = get_args(SchemaKind)
+#: Schemas of Sandrun's own files (policy tests: ``runner.policytest``), validated the same way.
+TOOLING_KINDS = ("policytest",)
 
 
 def schema_text(kind: SchemaKind) -> str:
     """The schema exactly as shipped (``sandrun schema manifest`` prints it)."""
-    if kind not in SCHEMA_KINDS:
+    if kind not in SCHEMA_KINDS + TOOLING_KINDS:
         raise ValueError(f"unknown schema kind {kind!r}; expected one of {', '.join(SCHEMA_KINDS)}")
     return resources.files(__name__).joinpath(f"{kind}.schema.json").read_text(encoding="utf-8")
 
