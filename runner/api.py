@@ -190,47 +190,23 @@ def new_run_id() -> str:
     return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
 
 
-def _tool_records(plan: Plan) -> list[dict[str, Any]]:
-    return [
-        {
-            "manifest": t.manifest,
-            "name": t.name,
-            "module": t.module,
-            "module_sha256": t.sha256,
-            "version": t.version,
-            "signer": t.signer,
-            "signature_verified": t.signature_verified,
-            "actions": list(t.actions),
-        }
-        for t in plan.tools
-    ]
-
-
 def _denial_records(error: SandrunError) -> list[tuple[str, dict[str, Any]]]:
     """Audit records for a compile-time denial: one per denied tool, then the run's denial."""
+    from runner.audit import record
+
     records: list[tuple[str, dict[str, Any]]] = []
     for violation in error.violations:
         location = violation.location
         if location is not None and location.pointer.startswith("/tools/"):
             pointer = location.pointer
-            kind = (
-                "tool.revoked"
-                if violation.rule_id in ("tool.revoked", "signature.revoked-key")
-                else "tool.denied"
-            )
+            revoked = violation.rule_id in ("tool.revoked", "signature.revoked-key")
+            kind = record.TOOL_REVOKED if revoked else record.TOOL_DENIED
+            tool = pointer.split("/")[2]
             records.append(
-                (
-                    kind,
-                    {
-                        "tool": pointer.split("/")[2],
-                        "file": location.file,
-                        "rule_id": violation.rule_id,
-                        "reason": violation.message,
-                    },
-                )
+                (kind, record.tool_refused(tool, location.file, violation.rule_id, violation.message))
             )
     records.append(
-        ("run.denied", {"exit_code": error.exit_code, "violations": [v.to_dict() for v in error.violations]})
+        (record.RUN_DENIED, record.run_denied(error.exit_code, [v.to_dict() for v in error.violations]))
     )
     return records
 
@@ -258,7 +234,7 @@ def run(
     (``audit.write-failed``, exit 4). ``continue_unsealed``: see ``AuditLog.open``.
     ``operator_policy`` is the policy the operator named (``--policy``), recorded with the plan.
     """
-    from runner.audit import AuditLog
+    from runner.audit import AuditLog, record
     from runner.executor import BatchOptions as _BatchOptions
     from runner.executor import run_plan
     from runner.fileio import write_atomic
@@ -274,7 +250,7 @@ def run(
         unsealed_on_failure(log, out_dir),
     ):
         remove_outputs(out_dir)  # under the log's lock, before anything of this run is written
-        log.append("run.started", {"sandrun": __version__, "sources": list(sources)})
+        log.append(record.RUN_STARTED, record.run_started(__version__, sources))
         try:
             plan = make_plan()
         except SandrunError as error:
@@ -284,12 +260,17 @@ def run(
             write_atomic(out_dir / "checkpoint.txt", str(denied).encode("utf-8"))
             raise
         plan_sha256 = plan.sha256  # hashing a big plan costs: once per run
-        log.append("plan.compiled", _plan_record(plan, plan_sha256, operator_policy))
-        tools = _tool_records(plan)
-        for record in tools:
-            log.append("tool.registered", record)
-        for record in log.versioned_tools(tools):
-            log.append("tool.versioned", record)
+        log.append(
+            record.PLAN_COMPILED,
+            record.plan_compiled(
+                plan, plan_sha256, None if operator_policy is None else str(operator_policy)
+            ),
+        )
+        tools = [record.tool_registered(tool) for tool in plan.tools]
+        for data in tools:
+            log.append(record.TOOL_REGISTERED, data)
+        for data in log.versioned_tools(tools):
+            log.append(record.TOOL_VERSIONED, data)
         protected = tuple(p.resolve() for p in (out_dir, *options.protected_dirs))
         with LogFolder(out_dir) as logs:
             batch = run_plan(
@@ -368,29 +349,6 @@ def verified_plan(
             Location(file=str(path)),
         )
     return plan
-
-
-def _plan_record(plan: Plan, plan_sha256: str, operator_policy: Path | None) -> dict[str, Any]:
-    """The ``plan.compiled`` record, with the policy the operator named (``--policy``) as typed.
-
-    The plan was compiled under that very file (:func:`verified_plan` refuses any other), so its
-    sha256 is the plan's policy sha256.
-    """
-    policy = plan.policy
-    return {
-        "operator_policy": None
-        if operator_policy is None
-        else {"path": str(operator_policy), "sha256": policy.sha256},
-        "plan_sha256": plan_sha256,
-        "policy": {
-            "name": policy.name,
-            "path": policy.path,
-            "sha256": policy.sha256,
-            "git_commit": policy.git_commit,
-        },
-        "inputs": [{"path": i.path, "sha256": i.sha256} for i in plan.inputs],
-        "jobs": [job.id for job in plan.jobs],
-    }
 
 
 def plan_maker(
