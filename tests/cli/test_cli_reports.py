@@ -189,7 +189,8 @@ def test_the_audit_log_holds_each_jobs_score_effect_vector_and_network_grant(pro
     # unsigned (novelty .2, security .2) + one ro mount (privacy .1) + one env var (privacy .02)
     # + a network allow list (risk .2, privacy .3, security .3)
     assert granted["effects"] == {
-        "risk": "0.2000", "fairness": "0.0000", "privacy": "0.4200", "novelty": "0.2000", "security": "0.5000",
+        "risk": "0.2000", "fairness": "0.0000", "privacy": "0.4200",
+        "novelty": "0.2000", "security": "0.5000",
     }  # fmt: skip
     norm = math.sqrt(sum(float(v) ** 2 for v in granted["effects"].values()))
     assert granted["score"] == f"{norm:.4f}"

@@ -15,10 +15,10 @@ from runner.report import (
     JobPlace,
     RunInfo,
     build_report,
+    render_github,
     render_html,
     render_json,
     render_junit,
-    render_github,
     render_markdown,
     sanitize_text,
 )
