@@ -251,3 +251,57 @@ def test_a_format_does_not_leak_into_the_next_call_in_the_same_process(
     second = runner.invoke(cli, args)
     assert second.exit_code == 2 and "::error" not in second.output
     assert second.output.startswith("broken/b.yaml:")
+
+
+def test_the_executors_records_are_what_the_builders_build(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seam for the executor: its records today equal record.py's builders, field for field."""
+    from runner.api import compile_manifests
+    from runner.audit import record
+
+    monkeypatch.chdir(project)
+    plan = compile_manifests([Path("manifests")], Path("policies/reports.yaml"))
+    seen = set()
+    for entry in read_records(project / "out" / "audit.jsonl"):
+        data, kind = entry["data"], entry["kind"]
+        seen.add(kind)
+        if kind == record.PLAN_COMPILED:
+            assert data == record.plan_compiled(plan, plan.sha256, "policies/reports.yaml")
+        elif kind == record.TOOL_REGISTERED:
+            assert data in [record.tool_registered(tool) for tool in plan.tools]
+        elif kind == record.TOOL_DEPLOYED:
+            job = next(j for j in plan.jobs if j.tool == data["tool"])
+            assert data == record.tool_deployed(job, data["source"], data["engine"])
+        elif kind == record.JOB_STARTED:
+            assert data == record.job_started(plan.job(data["id"]), data["index"])
+        elif kind == record.JOB_FINISHED:
+            index, result = record.read_job_finished(data)
+            if result.status == "skipped":
+                assert data == record.job_finished(result, index or 0, None)
+            assert record.record_job(kind, data) == result.id
+    assert {record.JOB_STARTED, record.JOB_FINISHED, record.TOOL_DEPLOYED} <= seen
+
+
+def test_the_front_door_does_what_the_commands_do(project: Path, tmp_path: Path) -> None:
+    from runner import api
+    from runner.errors import InputError, PolicyDenied
+
+    pair = api.generate_keys("k1", tmp_path / "keys")
+    module = project / "tools" / "say.wasm"
+    signed = api.sign_module(module, pair.private_path)
+    assert signed.key_id == "k1" and signed.sha256 == hashlib.sha256(module.read_bytes()).hexdigest()
+    assert api.verify_module(module, signed.signature, str(pair.public_path)) == signed.sha256
+    with pytest.raises(PolicyDenied) as denied:
+        api.verify_module(project / "tools" / "moan.wasm", signed.signature, pair.public_b64)
+    assert denied.value.rule_id == "signature.invalid"
+    out = project / "out"
+    assert api.verify_audit(out).status == "intact"
+    shown = api.show_records(out, kind="job.finished")
+    assert len(shown.records) == 4 and all(sealed for _, sealed in shown.records)
+    with pytest.raises(InputError) as nothing:
+        api.show_records(out, run="NOSUCH")
+    assert nothing.value.rule_id == "audit.no-match"
+    rebuilt = api.report_from_log(out, fmt="json")
+    assert json.loads(rebuilt.text) == json.loads((out / "report.json").read_text())
+    assert rebuilt.verification.startswith("audit chain intact")
