@@ -52,6 +52,7 @@ def log_path(manifest: str, name: str, stream: str) -> Path:
 
 
 _LOG_READ_MAX = 64 << 20  # a log larger than any output cap is not one this runner wrote
+_EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # an empty stream: no file
 
 
 def captured_logs(
@@ -68,7 +69,7 @@ def captured_logs(
     for job in report["jobs"]:
         for stream in ("stdout", "stderr"):
             digest = job.get(f"{stream}_sha256")
-            if digest is None:
+            if digest is None or digest == _EMPTY_SHA256:
                 continue
             path = out_dir / log_path(job["manifest"], job["name"], stream)
             try:

@@ -15,10 +15,13 @@ from runner.audit.record import (
     PLAN_COMPILED,
     TOOL_REGISTERED,
     PlanInfo,
+    ToolVersion,
     read_job_finished,
     read_job_started,
     read_plan_compiled,
+    read_tool_registered,
     record_job,
+    tool_versioned,
 )
 from runner.errors import AuditError, Location
 
@@ -76,36 +79,21 @@ def tool_changes(
     """``tool.versioned`` data: each of ``tools`` (``tool.registered`` data of run ``run``) whose
     digest or version differs from the latest ``tool.registered`` record of the same manifest and
     tool name in an earlier run. A tool never seen before is new, not versioned."""
-    latest: dict[tuple[Any, Any], Mapping[str, Any]] = {}
+    latest: dict[tuple[Any, Any], tuple[ToolVersion, Mapping[str, Any]]] = {}
     for record in earlier:
-        if record.get("kind") == TOOL_REGISTERED and record.get("run") != run:
-            data = record.get("data") or {}
-            latest[(data.get("manifest"), data.get("name"))] = record
+        data = record.get("data")
+        if record.get("kind") == TOOL_REGISTERED and record.get("run") != run and isinstance(data, Mapping):
+            version = read_tool_registered(data)
+            latest[(version.manifest, version.name)] = (version, record)
     changes: list[dict[str, Any]] = []
-    for tool in tools:
-        previous = latest.get((tool.get("manifest"), tool.get("name")))
-        if previous is None:
+    for tool in map(read_tool_registered, tools):
+        found = latest.get((tool.manifest, tool.name))
+        if found is None:
             continue
-        before = previous["data"]
-        if (before.get("module_sha256"), before.get("version")) == (
-            tool.get("module_sha256"),
-            tool.get("version"),
-        ):
+        before, previous = found
+        if (before.module_sha256, before.version) == (tool.module_sha256, tool.version):
             continue
-        changes.append(
-            {
-                "manifest": tool.get("manifest"),
-                "name": tool.get("name"),
-                "module_sha256": tool.get("module_sha256"),
-                "version": tool.get("version"),
-                "previous": {
-                    "module_sha256": before.get("module_sha256"),
-                    "version": before.get("version"),
-                    "run": previous.get("run"),
-                    "seq": previous.get("seq"),
-                },
-            }
-        )
+        changes.append(tool_versioned(tool, before, previous.get("run"), previous.get("seq")))
     return changes
 
 

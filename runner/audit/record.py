@@ -57,6 +57,9 @@ __all__ = [
     "run_started",
     "plan_compiled",
     "tool_registered",
+    "ToolVersion",
+    "read_tool_registered",
+    "tool_versioned",
     "tool_refused",
     "tool_deployed",
     "tool_denied",
@@ -330,6 +333,37 @@ def tool_registered(tool: Tool) -> dict[str, Any]:
         "signer": tool.signer,
         "signature_verified": tool.signature_verified,
         "actions": list(tool.actions),
+    }
+
+
+class ToolVersion(NamedTuple):
+    """A ``tool.registered`` record's identity (manifest and name) and version (digest, version)."""
+
+    manifest: Any
+    name: Any
+    module_sha256: Any
+    version: Any
+
+
+def read_tool_registered(data: Mapping[str, Any]) -> ToolVersion:
+    """The fields of ``tool.registered`` data that say which tool it is and which version."""
+    return ToolVersion(data.get("manifest"), data.get("name"), data.get("module_sha256"), data.get("version"))
+
+
+def tool_versioned(tool: ToolVersion, previous: ToolVersion, run: Any, seq: Any) -> dict[str, Any]:
+    """``tool.versioned``: a tool whose digest or version differs from its latest registration in
+    an earlier run (``run``, ``seq`` of that record)."""
+    return {
+        "manifest": tool.manifest,
+        "name": tool.name,
+        "module_sha256": tool.module_sha256,
+        "version": tool.version,
+        "previous": {
+            "module_sha256": previous.module_sha256,
+            "version": previous.version,
+            "run": run,
+            "seq": seq,
+        },
     }
 
 
