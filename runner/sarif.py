@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,14 +40,12 @@ def rule_doc(rule_id: str) -> str | None:
 
 
 def _artifact(file: str, root: Path) -> dict[str, str]:
-    """A file as SARIF wants it: relative to the root (``uriBaseId``) when inside it, else a file URI."""
-    path = Path(file)
-    absolute = path if path.is_absolute() else (Path.cwd() / path)
-    try:
-        relative = absolute.resolve().relative_to(root)
-    except (ValueError, OSError):
-        return {"uri": absolute.as_uri() if absolute.is_absolute() else urllib.parse.quote(file)}
-    return {"uri": urllib.parse.quote(relative.as_posix()), "uriBaseId": _ROOT_ID}
+    """A file as SARIF wants it: relative to the root (``uriBaseId``) when inside it, else a file
+    URI. Paths are only normalised, never resolved: a hostile name (a symlink loop) stays a name."""
+    absolute = Path(os.path.abspath(file))
+    if absolute.is_relative_to(root):
+        return {"uri": urllib.parse.quote(absolute.relative_to(root).as_posix()), "uriBaseId": _ROOT_ID}
+    return {"uri": absolute.as_uri()}
 
 
 def _result(violation: Violation, rule_index: int, root: Path) -> dict[str, Any]:
@@ -76,7 +75,7 @@ def _result(violation: Violation, rule_index: int, root: Path) -> dict[str, Any]
 
 def sarif_log(violations: Sequence[Violation], *, root: Path) -> dict[str, Any]:
     """The SARIF log of one check under ``root`` (an empty ``results`` list when it passed)."""
-    root = root.resolve()
+    root = Path(os.path.abspath(root))
     rule_ids = list(dict.fromkeys(v.rule_id for v in violations))
     rules = []
     for rule_id in rule_ids:
