@@ -273,14 +273,12 @@ def _decimal(value: float) -> str:
     return f"{value:.{_AXIS_PLACES}f}"
 
 
-def job_grant(plan: Plan, job: JobSpec) -> dict[str, Any]:
+def job_grant(job: JobSpec, *, signed: bool) -> dict[str, Any]:
     """What a job was granted, for ``plan.compiled``: its governance score, the effect vector the
-    score is the norm of (docs/policy.md, "Governance score") and its network grant."""
+    score is the norm of (docs/policy.md, "Governance score") and its network grant. ``signed``:
+    its tool's signature verified under a trusted key."""
     from runner.policy.governance import Grants, effect_vector
 
-    signed = any(
-        t.signature_verified for t in plan.tools if t.manifest == job.manifest and t.name == job.tool
-    )
     grants = Grants(
         ro_mounts=sum(1 for m in job.mounts if m.mode == "ro"),
         rw_mounts=sum(1 for m in job.mounts if m.mode == "rw"),
@@ -306,6 +304,7 @@ def plan_compiled(plan: Plan, plan_sha256: str, operator_policy: str | None) -> 
     """``plan.compiled``: the plan's identity, its policy (and the one the operator named, as typed),
     its inputs, its jobs in order, and each job's grant (:func:`job_grant`)."""
     policy = plan.policy
+    signed = {(t.manifest, t.name) for t in plan.tools if t.signature_verified}
     return {
         "operator_policy": None
         if operator_policy is None
@@ -319,7 +318,7 @@ def plan_compiled(plan: Plan, plan_sha256: str, operator_policy: str | None) -> 
         },
         "inputs": [{"path": i.path, "sha256": i.sha256} for i in plan.inputs],
         "jobs": [job.id for job in plan.jobs],
-        "grants": [job_grant(plan, job) for job in plan.jobs],
+        "grants": [job_grant(job, signed=(job.manifest, job.tool) in signed) for job in plan.jobs],
     }
 
 
