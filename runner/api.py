@@ -522,7 +522,7 @@ def show_records(
 ) -> ShownRecords:
     """``sandrun audit show``: the verified log's records that match every filter given.
 
-    A filter that matches nothing is invalid input (``audit.no-match``, exit 2): a misspelt job or
+    A filter that matches nothing is invalid input (``input.no-match``, exit 2): a misspelt job or
     run id must not read as "nothing happened".
     """
     from runner.audit import select, verification_line
@@ -537,7 +537,7 @@ def show_records(
             f"--{name} {value}" for name, value in (("job", job), ("kind", kind), ("run", run)) if value
         )
         raise InputError.one(
-            "audit.no-match",
+            "input.no-match",
             f"no record matched {given} ({verification_line(verification)})",
             Location(file=str(log_path(path))),
         )

@@ -199,7 +199,7 @@ def test_the_audit_log_holds_each_jobs_score_effect_vector_and_network_grant(pro
 def test_a_filter_or_run_that_matches_nothing_is_invalid_input_not_an_audit_failure(project: Path) -> None:
     shown = sandrun("audit", "show", "out", "--job", "NOSUCH", cwd=project)
     assert shown.returncode == 2 and shown.stdout == ""
-    assert "[audit.no-match] no record matched --job NOSUCH" in shown.stderr
+    assert "[input.no-match] no record matched --job NOSUCH" in shown.stderr
     assert sandrun("audit", "show", "out", "--job", "ci/fail", cwd=project).returncode == 0
     report = sandrun("report", "out", "--run", "NOSUCH", cwd=project)
     assert report.returncode == 2 and "[input.run] no run NOSUCH in the log" in report.stderr
@@ -301,7 +301,7 @@ def test_the_front_door_does_what_the_commands_do(project: Path, tmp_path: Path)
     assert len(shown.records) == 4 and all(sealed for _, sealed in shown.records)
     with pytest.raises(InputError) as nothing:
         api.show_records(out, run="NOSUCH")
-    assert nothing.value.rule_id == "audit.no-match"
+    assert nothing.value.rule_id == "input.no-match"
     rebuilt = api.report_from_log(out, fmt="json")
     assert json.loads(rebuilt.text) == json.loads((out / "report.json").read_text())
     assert rebuilt.verification.startswith("audit chain intact")
