@@ -1,4 +1,4 @@
-"""The library's front door: load, check, compile (and, later in this module, run and verify).
+"""The library's front door: load, check, compile, run; verify, show and report a log; keys and signatures.
 
 Every function here takes paths and returns values or raises a :class:`~runner.errors.SandrunError`
 holding *every* problem found across all the files, so callers (the CLI, CI integrations, tests)
@@ -20,6 +20,7 @@ from runner.errors import (
     EXIT_INTERRUPTED,
     EXIT_JOB_FAILED,
     EXIT_OK,
+    AuditError,
     InputError,
     Location,
     PolicyDenied,
@@ -32,10 +33,11 @@ from runner.policy.model import Policy, policy_from_document
 from runner.source import MAX_DOCUMENT_BYTES, Document, load_yaml_file
 
 if TYPE_CHECKING:
-    from runner.audit import Checkpoint
+    from runner.audit import Checkpoint, VerifyReport
     from runner.executor import BatchOptions
+    from runner.report import JobPlace
     from runner.shard import ShardRequest
-    from runner.signing import PrivateKey
+    from runner.signing import KeyPair, PrivateKey, PublicKey
 
 __all__ = [
     "MANIFEST_SUFFIXES",
@@ -50,6 +52,21 @@ __all__ = [
     "run",
     "RunOutcome",
     "new_run_id",
+    "log_path",
+    "public_key",
+    "anchor_text",
+    "verify_audit",
+    "ShownRecords",
+    "show_records",
+    "REPORT_FORMATS",
+    "RenderedReport",
+    "report_from_log",
+    "job_places",
+    "verified_log",
+    "generate_keys",
+    "ModuleSignature",
+    "sign_module",
+    "verify_module",
 ]
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
@@ -261,47 +278,23 @@ def new_run_id() -> str:
     return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
 
 
-def _tool_records(plan: Plan) -> list[dict[str, Any]]:
-    return [
-        {
-            "manifest": t.manifest,
-            "name": t.name,
-            "module": t.module,
-            "module_sha256": t.sha256,
-            "version": t.version,
-            "signer": t.signer,
-            "signature_verified": t.signature_verified,
-            "actions": list(t.actions),
-        }
-        for t in plan.tools
-    ]
-
-
 def _denial_records(error: SandrunError) -> list[tuple[str, dict[str, Any]]]:
     """Audit records for a compile-time denial: one per denied tool, then the run's denial."""
+    from runner.audit import record
+
     records: list[tuple[str, dict[str, Any]]] = []
     for violation in error.violations:
         location = violation.location
         if location is not None and location.pointer.startswith("/tools/"):
             pointer = location.pointer
-            kind = (
-                "tool.revoked"
-                if violation.rule_id in ("tool.revoked", "signature.revoked-key")
-                else "tool.denied"
-            )
+            revoked = violation.rule_id in ("tool.revoked", "signature.revoked-key")
+            kind = record.TOOL_REVOKED if revoked else record.TOOL_DENIED
+            tool = pointer.split("/")[2]
             records.append(
-                (
-                    kind,
-                    {
-                        "tool": pointer.split("/")[2],
-                        "file": location.file,
-                        "rule_id": violation.rule_id,
-                        "reason": violation.message,
-                    },
-                )
+                (kind, record.tool_refused(tool, location.file, violation.rule_id, violation.message))
             )
     records.append(
-        ("run.denied", {"exit_code": error.exit_code, "violations": [v.to_dict() for v in error.violations]})
+        (record.RUN_DENIED, record.run_denied(error.exit_code, [v.to_dict() for v in error.violations]))
     )
     return records
 
@@ -331,7 +324,7 @@ def run(
     ``operator_policy`` is the policy the operator named (``--policy``), recorded with the plan.
     ``shard`` runs only that shard's jobs, after a ``shard.assigned`` record (docs/shards.md).
     """
-    from runner.audit import AuditLog
+    from runner.audit import AuditLog, record
     from runner.executor import BatchOptions as _BatchOptions
     from runner.executor import run_plan
     from runner.fileio import write_atomic
@@ -348,7 +341,7 @@ def run(
         unsealed_on_failure(log, out_dir),
     ):
         remove_outputs(out_dir)  # under the log's lock, before anything of this run is written
-        log.append("run.started", {"sandrun": __version__, "sources": list(sources)})
+        log.append(record.RUN_STARTED, record.run_started(__version__, sources))
         try:
             plan = make_plan()
         except SandrunError as error:
@@ -358,16 +351,21 @@ def run(
             write_atomic(out_dir / "checkpoint.txt", str(denied).encode("utf-8"))
             raise
         plan_sha256 = plan.sha256  # hashing a big plan costs: once per run
-        log.append("plan.compiled", _plan_record(plan, plan_sha256, operator_policy))
+        log.append(
+            record.PLAN_COMPILED,
+            record.plan_compiled(
+                plan, plan_sha256, None if operator_policy is None else str(operator_policy)
+            ),
+        )
         if shard is not None:
             assignment = shard.assign(plan, plan_sha256)
             log.append(SHARD_ASSIGNED, assignment.record())
             plan = assignment.plan
-        tools = _tool_records(plan)
-        for record in tools:
-            log.append("tool.registered", record)
-        for record in log.versioned_tools(tools):
-            log.append("tool.versioned", record)
+        tools = [record.tool_registered(tool) for tool in plan.tools]
+        for data in tools:
+            log.append(record.TOOL_REGISTERED, data)
+        for data in log.versioned_tools(tools):
+            log.append(record.TOOL_VERSIONED, data)
         protected = tuple(p.resolve() for p in (out_dir, *options.protected_dirs))
         with LogFolder(out_dir) as logs:
             batch = run_plan(
@@ -446,29 +444,6 @@ def verified_plan(
             Location(file=str(path)),
         )
     return plan
-
-
-def _plan_record(plan: Plan, plan_sha256: str, operator_policy: Path | None) -> dict[str, Any]:
-    """The ``plan.compiled`` record, with the policy the operator named (``--policy``) as typed.
-
-    The plan was compiled under that very file (:func:`verified_plan` refuses any other), so its
-    sha256 is the plan's policy sha256.
-    """
-    policy = plan.policy
-    return {
-        "operator_policy": None
-        if operator_policy is None
-        else {"path": str(operator_policy), "sha256": policy.sha256},
-        "plan_sha256": plan_sha256,
-        "policy": {
-            "name": policy.name,
-            "path": policy.path,
-            "sha256": policy.sha256,
-            "git_commit": policy.git_commit,
-        },
-        "inputs": [{"path": i.path, "sha256": i.sha256} for i in plan.inputs],
-        "jobs": [job.id for job in plan.jobs],
-    }
 
 
 def plan_maker(
@@ -579,3 +554,263 @@ def exec_manifest(
     if problems:
         raise InputError(violations=tuple(problems))
     return document
+
+
+# -- reading logs: verify, show, report -------------------------------------------------------
+
+
+def log_path(path: Path) -> Path:
+    """An output folder's ``audit.jsonl``, or the log file named."""
+    from runner.audit import LOG_NAME
+
+    return path / LOG_NAME if path.is_dir() else path
+
+
+def public_key(text: str) -> PublicKey:
+    """A public key given as a file or as its text (base64 or PEM); a bad one is invalid input."""
+    from runner.signing import KeyFileError, parse_public_key
+
+    path = Path(text)
+    try:
+        return parse_public_key(path.read_text(encoding="ascii") if path.is_file() else text)
+    except KeyFileError as exc:
+        raise InputError.one(exc.rule_id or "keys.invalid", f"public key {text}: {exc}") from None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise InputError.one("keys.invalid", f"public key {text}: {exc}") from None
+
+
+def anchor_text(expect_head: str | None) -> str | None:
+    """``--expect-head``: a checkpoint file's text, or the text given (a note or a root hash)."""
+    if expect_head is None or not Path(expect_head).is_file():
+        return expect_head
+    try:
+        return Path(expect_head).read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as exc:
+        raise InputError.one(
+            "input.read", f"cannot read the checkpoint: {exc}", Location(file=expect_head)
+        ) from None
+
+
+def verify_audit(
+    path: Path, *, public_keys: Sequence[str] = (), expect_head: str | None = None, strict: bool = False
+) -> VerifyReport:
+    """``sandrun audit verify``: the log checked offline (its problems are in the report, not raised)."""
+    from runner.audit import verify_log
+    from runner.audit.merge import verify_merged
+
+    keys = [public_key(text) for text in public_keys]
+    report = verify_log(log_path(path), public_keys=keys, expect_head=anchor_text(expect_head), strict=strict)
+    return verify_merged(report, log_path(path), keys)  # a merged log: each shard's own log too
+
+
+def verified_log(
+    path: Path, public_keys: Sequence[str], expect_head: str | None
+) -> tuple[VerifyReport, list[dict[str, Any]]]:
+    """Verify the log before reading it (``AuditError``, exit 4, for a damaged or untrusted one)."""
+    from runner.audit import verified_records
+
+    keys = [public_key(text) for text in public_keys]
+    return verified_records(log_path(path), public_keys=keys, expect_head=anchor_text(expect_head))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShownRecords:
+    """What ``audit show`` prints: the records (each with whether a seal covers its run), the
+    verification line, and whether any shown record belongs to the last run when it is unsealed."""
+
+    records: list[tuple[dict[str, Any], bool]]
+    verification: str
+    shows_unsealed_tail: bool
+
+
+def show_records(
+    path: Path,
+    *,
+    job: str | None = None,
+    kind: str | None = None,
+    run: str | None = None,
+    public_keys: Sequence[str] = (),
+    expect_head: str | None = None,
+) -> ShownRecords:
+    """``sandrun audit show``: the verified log's records that match every filter given.
+
+    A filter that matches nothing is invalid input (``input.no-match``, exit 2): a misspelt job or
+    run id must not read as "nothing happened".
+    """
+    from runner.audit import select, verification_line
+
+    verification, records = verified_log(path, public_keys, expect_head)
+    unsealed = {r.run for r in verification.runs if not r.sealed}
+    runs = verification.runs
+    uncovered = runs[-1].run if runs and not runs[-1].sealed else None  # after the last seal
+    chosen = select(records, job=job, kind=kind, run=run)
+    if not chosen and (job, kind, run) != (None, None, None):
+        given = " ".join(
+            f"--{name} {value}" for name, value in (("job", job), ("kind", kind), ("run", run)) if value
+        )
+        raise InputError.one(
+            "input.no-match",
+            f"no record matched {given} ({verification_line(verification)})",
+            Location(file=str(log_path(path))),
+        )
+    return ShownRecords(
+        records=[(r, r["run"] not in unsealed) for r in chosen],
+        verification=verification_line(verification),
+        shows_unsealed_tail=any(r["run"] == uncovered for r in chosen),
+    )
+
+
+REPORT_FORMATS = ("json", "junit", "md", "html", "github")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RenderedReport:
+    """A run's report rebuilt from its log, in one format, and the verification line it rests on."""
+
+    text: str
+    verification: str
+
+
+def report_from_log(
+    path: Path,
+    *,
+    fmt: str = "md",
+    run: str | None = None,
+    public_keys: Sequence[str] = (),
+    expect_head: str | None = None,
+    output: Path | None = None,
+    root: Path | None = None,
+) -> RenderedReport:
+    """``sandrun report``: a sealed run's report rebuilt from the verified log alone.
+
+    An unknown ``run`` is invalid input (``input.run``, exit 2); a run without a seal has no
+    verified results (``audit.unsealed``, exit 4). Log links (JUnit, HTML) are to the output
+    folder's ``logs/`` files that hold exactly this run's bytes, relative to ``output`` (or to the
+    current folder); GitHub annotations point at the manifests under ``root`` (docs/reports.md).
+    """
+    from runner.audit import verification_line
+    from runner.audit.query import granted_limits, results_from_log, run_plan_info
+    from runner.outputs import captured_logs
+    from runner.report import RunInfo, render_github, render_html, render_json, render_junit, render_markdown
+
+    if fmt not in REPORT_FORMATS:
+        raise InputError.one("input.format", f"no report format {fmt!r}; one of {', '.join(REPORT_FORMATS)}")
+    verification, records = verified_log(path, public_keys, expect_head)
+    log = log_path(path)
+    chosen = run or (verification.runs[-1].run if verification.runs else None)
+    summary = next((r for r in verification.runs if r.run == chosen), None)
+    if summary is None:
+        raise InputError.one("input.run", f"no run {chosen} in the log", Location(file=str(log)))
+    line = verification_line(verification, summary)
+    if not summary.sealed:
+        raise AuditError.one(
+            "audit.unsealed",
+            f"run {summary.run} has no seal (it was killed, or its disk filled, before its results were "
+            "sealed): there is no verified result to report",
+            Location(file=str(log), line=summary.first_line),
+        )
+    data = results_from_log(records, summary.run)
+    logs = captured_logs(log.parent, data, link_from=(output.parent if output else Path.cwd()).absolute())
+    if fmt == "html":
+        date, plan = run_plan_info(records, summary.run)
+        policy = plan.policy
+        info = None if policy is None else RunInfo(date, policy.name, policy.path, policy.sha256)
+        limits = granted_limits(records, summary.run)
+        text = render_html(data, limits=limits, verification=line, run_info=info, logs=logs)
+    elif fmt == "junit":
+        text = render_junit(data, logs=logs)
+    elif fmt == "github":
+        _, plan = run_plan_info(records, summary.run)
+        text = render_github(data, places=job_places(plan.inputs, root=root))
+    else:
+        text = {"json": render_json, "md": render_markdown}[fmt](data)
+    return RenderedReport(text=text, verification=line)
+
+
+def job_places(inputs: Mapping[str, str], *, root: Path | None = None) -> dict[str, JobPlace]:
+    """Where each job is written (manifest file, line of its entry), for annotations: read from the
+    manifests among ``inputs`` (path -> sha256, as a plan lists them) that are still those bytes. A
+    changed, missing or unparsable file gives no place rather than a wrong one."""
+    from runner.report import JobPlace
+
+    base = (root or Path.cwd()).resolve()
+    places: dict[str, JobPlace] = {}
+    for name, digest in inputs.items():
+        if not name.endswith(MANIFEST_SUFFIXES):
+            continue
+        try:
+            document = load_yaml_file(base / name, display=name)
+        except (InputError, OSError):
+            continue
+        data = document.data
+        metadata = data.get("metadata")
+        jobs = data.get("jobs")
+        if document.sha256 != digest or data.get("kind") != "Manifest" or not isinstance(metadata, dict):
+            continue
+        for index, job in enumerate(jobs if isinstance(jobs, list) else ()):
+            if isinstance(job, dict) and isinstance(job.get("name"), str):
+                where = document.locate(f"/jobs/{index}")
+                places[f"{metadata.get('name')}/{job['name']}"] = JobPlace(name, where.line)
+    return places
+
+
+# -- keys and module signatures ---------------------------------------------------------------
+
+
+def generate_keys(key_id: str, out_dir: Path) -> KeyPair:
+    """``sandrun keys generate``: ``OUT/ID.key`` (private, 0600) and ``OUT/ID.pub``."""
+    from runner.signing import KeyFileError, write_keypair
+
+    try:
+        return write_keypair(key_id, out_dir)
+    except KeyFileError as exc:
+        raise InputError.one("keys.generate", str(exc)) from None
+
+
+def _module_digest(module: Path) -> str:
+    import hashlib
+
+    try:
+        return hashlib.sha256(module.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise InputError.one(
+            "input.read", f"cannot read module: {exc.strerror}", Location(file=str(module))
+        ) from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModuleSignature:
+    """A module's digest and its signature by ``key_id``: what a manifest's tool entry holds."""
+
+    sha256: str
+    key_id: str
+    signature: str
+
+
+def sign_module(module: Path, key_path: Path, key_id: str | None = None) -> ModuleSignature:
+    """``sandrun sign``: sign a module's digest with a private key file (key id: the file's stem)."""
+    from runner.signing import KeyFileError, load_private_key, sign_module_digest
+
+    digest = _module_digest(module)
+    try:
+        key = load_private_key(key_path)
+    except KeyFileError as exc:
+        raise InputError.one(exc.rule_id or "keys.invalid", str(exc), Location(file=str(key_path))) from None
+    return ModuleSignature(
+        sha256=digest, key_id=key_id or key_path.stem, signature=sign_module_digest(key, digest)
+    )
+
+
+def verify_module(module: Path, signature: str, public: str) -> str:
+    """``sandrun verify``: the module's digest when ``signature`` verifies under ``public`` (a file
+    or its text); ``signature.invalid`` (exit 3) when it does not."""
+    from runner.signing import verify_module_digest
+
+    digest = _module_digest(module)
+    if not verify_module_digest(public_key(public), digest, signature):
+        raise PolicyDenied.one(
+            "signature.invalid",
+            f"the signature does not verify for sha256 {digest}",
+            Location(file=str(module)),
+        )
+    return digest

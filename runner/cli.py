@@ -57,38 +57,31 @@ _format_option = click.option(
 )
 
 
-class _Context:
-    """What the error printer needs to know about the running command."""
-
-    fmt: str = "text"
+_FMT = "sandrun.format"  # key in click's context meta: how this invocation prints its problems
 
 
-def _github_escape(text: str, *, property_value: bool = False) -> str:
-    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-    if property_value:
-        text = text.replace(":", "%3A").replace(",", "%2C")
-    return text
+def _set_format(fmt: str) -> None:
+    """Remember the command's ``--format`` for the error printer, in this invocation's context
+    only (never in module or class state: in-process callers run several commands)."""
+    click.get_current_context().meta[_FMT] = fmt
 
 
 def render_violation(violation: Violation, fmt: str) -> str:
     """One line; with ``github`` the only line that may start with ``::``, a real annotation whose
-    parts (neutralised first: no controls, no ``::`` of their own) are escaped as GitHub requires."""
-    from runner.textsafe import safe_line, sanitize_text
-
+    parts are neutralised and escaped as GitHub requires (``report.github_annotation``)."""
     if fmt != "github":
         return violation.render()
-    props = []
+    from runner.report import github_annotation
+
     location = violation.location
-    if location is not None:
-        props.append(f"file={_github_escape(sanitize_text(printable(location.file)), property_value=True)}")
-        if location.line is not None:
-            props.append(f"line={location.line}")
-        if location.column is not None:
-            props.append(f"col={location.column}")
-    props.append(f"title={_github_escape(sanitize_text(violation.rule_id), property_value=True)}")
     pointer = f"{printable(location.pointer)}: " if location is not None and location.pointer else ""
-    message = printable(" ".join(violation.message.split()))  # one line, as in text (a key may hold \f)
-    return f"::error {','.join(props)}::{_github_escape(safe_line(pointer + message))}"
+    return github_annotation(
+        pointer + printable(" ".join(violation.message.split())),  # one line, as in text
+        title=violation.rule_id,
+        file=None if location is None else location.file,
+        line=None if location is None else location.line,
+        column=None if location is None else location.column,
+    )
 
 
 def _say(text: str, *, err: bool = False) -> None:
@@ -119,6 +112,11 @@ def _report_error(error: SandrunError, fmt: str) -> None:
 
 
 def _print_error(error: SandrunError, fmt: str) -> None:
+    if fmt == "sarif":
+        from runner.sarif import render_sarif
+
+        click.echo(render_sarif(error.violations, root=Path.cwd()), nl=False)
+        return
     if fmt == "json":
         click.echo(
             json.dumps(
@@ -139,11 +137,10 @@ class _SandrunGroup(click.Group):
     """The root group: the one place where errors become messages and exit codes."""
 
     def invoke(self, ctx: click.Context) -> object:
-        _Context.fmt = "text"  # each command sets its own (in-process callers run several)
         try:
             return super().invoke(ctx)
         except SandrunError as error:
-            _report_error(error, _Context.fmt)
+            _report_error(error, ctx.meta.get(_FMT, "text"))
             ctx.exit(error.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -210,12 +207,23 @@ def _compile_noting_skips(paths: tuple[Path, ...], policy: Path, root: Path | No
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @_policy_option
 @_root_option
-@_format_option
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "github", "sarif"]),
+    default="text",
+    show_default=True,
+    help="How problems are printed; github prints ::error annotations, sarif a SARIF 2.1.0 log.",
+)
 def check(paths: tuple[Path, ...], policy_path: Path, root: Path | None, fmt: str) -> None:
     """Check manifests (files or folders) against a policy; report every problem."""
-    _Context.fmt = fmt
+    _set_format(fmt)
     plan = _compile_noting_skips(paths, policy_path, root)
-    if fmt == "json":
+    if fmt == "sarif":
+        from runner.sarif import render_sarif
+
+        click.echo(render_sarif([], root=Path.cwd()), nl=False)
+    elif fmt == "json":
         click.echo(
             json.dumps(
                 {"ok": True, "plan_sha256": plan.sha256, "jobs": len(plan.jobs), "tools": len(plan.tools)},
@@ -249,7 +257,7 @@ def compile_command(
     """Compile manifests and a policy into a plan (canonical JSON)."""
     from runner.fileio import write_atomic
 
-    _Context.fmt = fmt
+    _set_format(fmt)
     plan = _compile_noting_skips(paths, policy_path, root)
     data = plan.to_json() + b"\n"
     if str(output) == "-":
@@ -421,6 +429,14 @@ def _print_run_end(outcome: Any) -> None:
     help="A previous report.json: balance the shards by its wall_ms.",
 )
 @click.option("--dry-run", is_flag=True, help="With --shard: print the assignment, run nothing.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "github"]),
+    default="text",
+    show_default=True,
+    help="github: problems, and each failed or denied job, as ::error annotations.",
+)
 @_apply(_run_options)
 def run_command(
     sources: tuple[Path, ...],
@@ -436,11 +452,13 @@ def run_command(
     signing_key: Path | None,
     key_name: str | None,
     continue_unsealed: bool,
+    fmt: str,
 ) -> None:
     """Run manifests, or one compiled plan, under --policy; write outputs and the audit log."""
     from runner.api import plan_maker
     from runner.executor import BatchOptions
 
+    _set_format(fmt)
     make_plan = plan_maker(list(sources), policy_path, root=root)
     shard = _shard_request(shard_text, durations, dry_run)
     if dry_run and shard is not None:
@@ -450,11 +468,11 @@ def run_command(
         assignment = shard.assign(plan, plan.sha256)
         click.echo(describe(assignment, balanced_by=str(durations or "job count")), nl=False)
         return
-    decided: list[Any] = []  # the policy of the plan that runs, for the summary line
+    decided: list[Any] = []  # the plan that runs, for the summary line and the annotations
 
     def make_and_note() -> Any:
         plan = make_plan()
-        decided.append(plan.policy)
+        decided.append(plan)
         return plan
 
     options = BatchOptions(fail_fast=fail_fast, cache_dir=cache_dir, jobs=jobs or os.cpu_count() or 1)
@@ -473,7 +491,13 @@ def run_command(
     )
     with _reader_may_leave():
         _print_run_end(outcome)
-        policy = decided[0]
+        if fmt == "github":
+            from runner.api import job_places
+            from runner.report import render_github
+
+            inputs = {i.path: i.sha256 for i in decided[0].inputs}
+            click.echo(render_github(outcome.report, places=job_places(inputs, root=root)), nl=False)
+        policy = decided[0].policy
         _say(f"policy (--policy): {policy.name} ({policy.path}, sha256 {policy.sha256})", err=True)
     sys.exit(outcome.exit_code)
 
@@ -625,12 +649,6 @@ _verify_options = [
 ]
 
 
-def _anchor_text(expect_head: str | None) -> str | None:
-    if expect_head is not None and Path(expect_head).is_file():
-        return Path(expect_head).read_text(encoding="utf-8")
-    return expect_head
-
-
 @audit.command("verify")
 @click.argument("path", type=click.Path(path_type=Path))
 @_apply(_verify_options)
@@ -640,16 +658,11 @@ def audit_verify(
     path: Path, public_keys: tuple[str, ...], expect_head: str | None, strict: bool, fmt: str
 ) -> None:
     """Recompute the chain offline; name the first damaged record. Exit 0 intact, 4 otherwise."""
-    from runner.audit import verify_log
-    from runner.audit.merge import verify_merged
+    from runner.api import verify_audit
     from runner.audit.verify import signatures_clause
 
-    _Context.fmt = fmt
-    keys = [_public_key(text) for text in public_keys]
-    report = verify_log(
-        _log_path(path), public_keys=keys, expect_head=_anchor_text(expect_head), strict=strict
-    )
-    report = verify_merged(report, _log_path(path), keys)
+    _set_format(fmt)
+    report = verify_audit(path, public_keys=public_keys, expect_head=expect_head, strict=strict)
     if fmt == "json":
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -704,30 +717,28 @@ def audit_merge(
 
 
 def _log_path(path: Path) -> Path:
-    from runner.audit import LOG_NAME
+    from runner.api import log_path
 
-    return path / LOG_NAME if path.is_dir() else path
+    return log_path(path)
+
+
+def _anchor_text(expect_head: str | None) -> str | None:
+    from runner.api import anchor_text
+
+    return anchor_text(expect_head)
+
+
+def _public_key(text: str) -> Any:
+    from runner.api import public_key
+
+    return public_key(text)
 
 
 def _verified(path: Path, public_keys: tuple[str, ...], expect_head: str | None) -> Any:
     """Verify the log before reading it (``AuditError``, exit 4, for a damaged or untrusted one)."""
-    from runner.audit import verified_records
+    from runner.api import verified_log
 
-    keys = [_public_key(text) for text in public_keys]
-    return verified_records(_log_path(path), public_keys=keys, expect_head=_anchor_text(expect_head))
-
-
-def _public_key(text: str) -> Any:
-    """A public key given as a file or as its text (base64 or PEM); bad ones are one clear line."""
-    from runner.signing import KeyFileError, parse_public_key
-
-    path = Path(text)
-    try:
-        return parse_public_key(path.read_text(encoding="ascii") if path.is_file() else text)
-    except KeyFileError as exc:
-        raise InputError.one(exc.rule_id or "keys.invalid", f"public key {text}: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise InputError.one("keys.invalid", f"public key {text}: {exc}") from None
+    return verified_log(path, public_keys, expect_head)
 
 
 @audit.command("show")
@@ -750,28 +761,24 @@ def audit_show(
 
     The log is verified first: a damaged one is refused (exit 4). Records of a run without a seal
     are shown marked UNSEALED (JSON: "sealed": false); when they are those of the last run, which
-    no later seal covers either, the exit code is 4.
+    no later seal covers either, the exit code is 4. A filter that matches nothing is exit 2.
     """
-    from runner.audit import select, verification_line
-    from runner.report import sanitize_text
+    from runner.api import show_records
+    from runner.textsafe import sanitize_text
 
-    _Context.fmt = "json" if fmt == "json" else "text"
-    verification, records = _verified(path, public_keys, expect_head)
-    unsealed = {r.run for r in verification.runs if not r.sealed}
-    runs = verification.runs
-    uncovered = runs[-1].run if runs and not runs[-1].sealed else None  # after the last seal
-    shown_uncovered = False
-    for record in select(records, job=job, kind=kind, run=run_id):
-        sealed = record["run"] not in unsealed
-        shown_uncovered |= record["run"] == uncovered
+    _set_format("json" if fmt == "json" else "text")
+    shown = show_records(
+        path, job=job, kind=kind, run=run_id, public_keys=public_keys, expect_head=expect_head
+    )
+    for record, sealed in shown.records:
         if fmt == "json":
             click.echo(json.dumps(record if sealed else {**record, "sealed": False}, sort_keys=True))
         else:
             data = sanitize_text(json.dumps(record["data"], sort_keys=True), limit=300)
             mark = "" if sealed else "UNSEALED "
             click.echo(f"{mark}{record['seq']:>6} {record['ts']} {record['kind']:<16} {data}")
-    _say(verification_line(verification), err=True)
-    if shown_uncovered:
+    _say(shown.verification, err=True)
+    if shown.shows_unsealed_tail:
         click.echo("records of the last, UNSEALED run are covered by no seal: not verified", err=True)
         sys.exit(EXIT_AUDIT_FAILED)
 
@@ -863,8 +870,14 @@ def audit_repair(out_dir: Path) -> None:
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option(
-    "--format", "fmt", type=click.Choice(["json", "junit", "md", "html"]), default="md", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "junit", "md", "html", "github"]),
+    default="md",
+    show_default=True,
+    help="github: one ::error annotation per failed or denied job.",
 )
+@_root_option
 @click.option("--run", "run_id", default=None, help="Which run (default: the last one in the log).")
 @_apply(_verify_options)
 @click.option(
@@ -881,39 +894,26 @@ def report(
     public_keys: tuple[str, ...],
     expect_head: str | None,
     output: Path | None,
+    root: Path | None,
 ) -> None:
     """Rebuild a run's report from the audit log alone, after verifying it (exit 4 if it does not).
 
     The run must be sealed: a run that died before its seal has no results to vouch for.
     """
-    from runner.audit import results_from_log, verification_line
+    from runner.api import report_from_log
     from runner.fileio import write_atomic
-    from runner.report import render_html, render_json, render_junit, render_markdown
 
-    verification, records = _verified(path, public_keys, expect_head)
-    chosen = run_id or (verification.runs[-1].run if verification.runs else None)
-    run = next((r for r in verification.runs if r.run == chosen), None)
-    if run is None:
-        raise InputError.one("input.run", f"no run {chosen} in the log", Location(file=str(_log_path(path))))
-    line = verification_line(verification, run)
-    if not run.sealed:
-        raise AuditError.one(
-            "audit.unsealed",
-            f"run {run.run} has no seal (it was killed, or its disk filled, before its results were "
-            "sealed): there is no verified result to report",
-            Location(file=str(_log_path(path)), line=run.first_line),
-        )
-    data = results_from_log(records, run.run)
-    if fmt == "html":
-        limits = {
-            r["data"]["id"]: r["data"]["limits"]
-            for r in records
-            if r["kind"] == "job.started" and r["run"] == data["run"]
-        }
-        text = render_html(data, limits=limits, verification=line)
-    else:
-        text = {"json": render_json, "junit": render_junit, "md": render_markdown}[fmt](data)
-    _say(line, err=True)
+    rendered = report_from_log(
+        path,
+        fmt=fmt,
+        run=run_id,
+        public_keys=public_keys,
+        expect_head=expect_head,
+        output=output,
+        root=root,
+    )
+    text = rendered.text
+    _say(rendered.verification, err=True)
     if output is None:
         click.echo(text, nl=False)
     else:
@@ -965,27 +965,13 @@ def keys() -> None:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True)
 def keys_generate(key_id: str, out_dir: Path) -> None:
     """Write OUT/ID.key (private, 0600, never printed) and OUT/ID.pub."""
-    from runner.signing import KeyFileError, write_keypair
+    from runner.api import generate_keys
 
-    try:
-        pair = write_keypair(key_id, out_dir)
-    except KeyFileError as exc:
-        raise InputError.one("keys.generate", str(exc)) from None
+    pair = generate_keys(key_id, out_dir)
     _say(f"private key: {pair.private_path} (keep it secret)")
     _say(f"public key:  {pair.public_path}")
     click.echo("add to a policy's signatures.trusted_keys:")
     _say(f"  - {{id: {pair.key_id}, public_key: {pair.public_b64}}}")
-
-
-def _file(path: Path) -> Location:
-    return Location(file=str(path))
-
-
-def _read_module(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise InputError.one("input.read", f"cannot read module: {exc.strerror}", _file(path)) from None
 
 
 @cli.command()
@@ -1000,18 +986,11 @@ def _read_module(path: Path) -> bytes:
 @click.option("--key-id", default=None, help="Key id to print (default: the key file's name without .key).")
 def sign(module: Path, key_path: Path, key_id: str | None) -> None:
     """Sign MODULE; print the sha256 and signature block to paste into a manifest."""
-    import hashlib
+    from runner.api import sign_module
 
-    from runner.signing import KeyFileError, load_private_key, sign_module_digest
-
-    digest = hashlib.sha256(_read_module(module)).hexdigest()
-    try:
-        key = load_private_key(key_path)
-    except KeyFileError as exc:
-        raise InputError.one(exc.rule_id or "keys.invalid", str(exc), _file(key_path)) from None
-    signature = sign_module_digest(key, digest)
-    click.echo(f"sha256: {digest}")
-    _say(f"signature: {{key: {key_id or key_path.stem}, sig: {signature}}}")
+    signed = sign_module(module, key_path, key_id)
+    click.echo(f"sha256: {signed.sha256}")
+    _say(f"signature: {{key: {signed.key_id}, sig: {signed.signature}}}")
 
 
 @cli.command()
@@ -1020,17 +999,9 @@ def sign(module: Path, key_path: Path, key_id: str | None) -> None:
 @click.option("--pub", "public", required=True, help="The public key: a file, or its base64 text.")
 def verify(module: Path, signature: str, public: str) -> None:
     """Verify a module signature; exit 0 when it verifies, 3 when it does not."""
-    import hashlib
+    from runner.api import verify_module
 
-    from runner.errors import PolicyDenied
-    from runner.signing import verify_module_digest
-
-    digest = hashlib.sha256(_read_module(module)).hexdigest()
-    key = _public_key(public)
-    if not verify_module_digest(key, digest, signature):
-        raise PolicyDenied.one(
-            "signature.invalid", f"the signature does not verify for sha256 {digest}", _file(module)
-        )
+    digest = verify_module(module, signature, public)
     click.echo(f"ok: signature verifies for sha256 {digest}")
 
 
@@ -1043,7 +1014,7 @@ def test_command(paths: tuple[Path, ...], fmt: str) -> None:
     """Run policy tests (*.test.yaml below PATHS, default: .). Exit 0 all pass, 1 one failed, 2 invalid."""
     from runner.policytest import failure_violation, render_junit, run_paths
 
-    _Context.fmt = "github" if fmt == "github" else "text"
+    _set_format("github" if fmt == "github" else "text")
     results = run_paths(list(paths) or [Path(".")])
     failed = [r for r in results if r.outcome == "failed"]
     if fmt == "junit":
@@ -1189,7 +1160,7 @@ def policy_prove(candidate: Path, ceiling: Path, root: Path | None, fmt: str) ->
     """
     from runner.prove import outcome, prove
 
-    _Context.fmt = "json" if fmt == "json" else "text"
+    _set_format("json" if fmt == "json" else "text")
     first, second, base = _proof_policies(candidate, ceiling, root)
     findings = prove(first, second, base)
     verdict = outcome(findings)
@@ -1230,7 +1201,7 @@ def policy_diff(old: Path, new: Path, root: Path | None, fmt: str) -> None:
     """List every capability NEW widens or narrows compared with OLD (Markdown, or GitHub annotations)."""
     from runner.prove import prove
     from runner.report import _md as markdown_cell  # the one Markdown table-cell escaper
-    from runner.textsafe import sanitize_text
+    from runner.report import github_annotation
 
     before, after, base = _proof_policies(old, new, root)
     changes = [("widened", f) for f in prove(after, before, base)] + [
@@ -1238,12 +1209,14 @@ def policy_diff(old: Path, new: Path, root: Path | None, fmt: str) -> None:
     ]
     if fmt == "github":
         for change, finding in changes:
-            level = "warning" if change == "widened" else "notice"
-            title = _github_escape(sanitize_text(f"policy {change}: {finding.area}"), property_value=True)
             detail = " ".join(_finding_lines(finding)[1:2])
-            where = _github_escape(sanitize_text(str(new)), property_value=True)
-            text = _github_escape(sanitize_text(f"{finding.verdict}: {finding.reason} {detail}", limit=2000))
-            click.echo(f"::{level} file={where},title={title}::{text}")
+            annotation = github_annotation(
+                f"{finding.verdict}: {finding.reason} {detail}",
+                title=f"policy {change}: {finding.area}",
+                file=str(new),
+                level="warning" if change == "widened" else "notice",
+            )
+            click.echo(annotation)
         widened = sum(change == "widened" for change, _ in changes)
         _say(f"{widened} widened, {len(changes) - widened} narrowed")
         return

@@ -21,10 +21,18 @@ from typing import Any, Protocol
 
 from runner.errors import AuditError, Location
 from runner.fileio import fsync_dir, write_atomic
-from runner.report import render_json, render_junit, render_markdown
+from runner.report import CapturedLog, render_json, render_junit, render_markdown
 from runner.results import Outcome
 
-__all__ = ["LogFolder", "write_outputs", "log_path", "remove_outputs", "unsealed_on_failure", "REPORT_NAMES"]
+__all__ = [
+    "LogFolder",
+    "write_outputs",
+    "log_path",
+    "captured_logs",
+    "remove_outputs",
+    "unsealed_on_failure",
+    "REPORT_NAMES",
+]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -41,6 +49,41 @@ def _component(name: str) -> str:
 def log_path(manifest: str, name: str, stream: str) -> Path:
     """Where a job's stream goes, relative to the output folder: ``logs/<manifest>/<job>.<stream>``."""
     return Path("logs", _component(manifest), f"{_component(name)}.{stream}")
+
+
+_LOG_READ_MAX = 64 << 20  # a log larger than any output cap is not one this runner wrote
+_EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # an empty stream: no file
+
+
+def captured_logs(
+    out_dir: Path, report: Mapping[str, Any], *, link_from: Path | None = None
+) -> dict[str, dict[str, CapturedLog]]:
+    """The log files of ``report``'s jobs that exist in ``out_dir`` and hold exactly that job's
+    captured bytes (their sha256 is the report's): a log of another run, a skipped or denied job
+    or an empty stream gives none, so no report links a file that was never written. Paths are
+    relative to ``link_from`` (default: ``out_dir``, where the run's reports are)."""
+    import hashlib
+
+    base = link_from if link_from is not None else out_dir
+    found: dict[str, dict[str, CapturedLog]] = {}
+    for job in report["jobs"]:
+        for stream in ("stdout", "stderr"):
+            digest = job.get(f"{stream}_sha256")
+            if digest is None or digest == _EMPTY_SHA256:
+                continue
+            path = out_dir / log_path(job["manifest"], job["name"], stream)
+            try:
+                if not path.is_file() or path.is_symlink() or path.stat().st_size > _LOG_READ_MAX:
+                    continue
+                data = path.read_bytes()
+            except OSError:
+                continue
+            if hashlib.sha256(data).hexdigest() != digest:
+                continue
+            link = Path(os.path.relpath(path, base)).as_posix()
+            text = data.decode("utf-8", errors="replace")
+            found.setdefault(f"{job['manifest']}/{job['name']}", {})[stream] = CapturedLog(link, text)
+    return found
 
 
 def _write_new(path: Path, data: bytes) -> None:
@@ -213,6 +256,6 @@ def unsealed_on_failure(log: _Log, out_dir: Path) -> Iterator[None]:
 def write_outputs(out_dir: Path, report: Mapping[str, Any], logs: LogFolder) -> None:
     """Swap in the run's ``logs``, then write its reports into ``out_dir``, ``report.json`` last."""
     logs.commit()
-    write_atomic(out_dir / "junit.xml", render_junit(report).encode())
+    write_atomic(out_dir / "junit.xml", render_junit(report, logs=captured_logs(out_dir, report)).encode())
     write_atomic(out_dir / "summary.md", render_markdown(report).encode())
     write_atomic(out_dir / "report.json", render_json(report).encode())

@@ -13,23 +13,60 @@ from __future__ import annotations
 import html
 import json
 import re
+import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
 from runner.results import JobResult
-from runner.textsafe import sanitize_text
+from runner.textsafe import LINE_LIMIT, sanitize_text
 
 __all__ = [
     "sanitize_text",
+    "CapturedLog",
+    "RunInfo",
+    "JobPlace",
     "build_report",
     "render_json",
     "render_junit",
     "render_markdown",
     "render_html",
+    "render_github",
+    "github_escape",
+    "github_annotation",
 ]
+
+STREAM_TEXT_LIMIT = 64 << 10  # characters of a job's stream shown in JUnit: CI test tabs choke on more
+
+
+class CapturedLog(NamedTuple):
+    """One stream of a job as written under ``logs/``: ``path`` is the link to it (relative, POSIX),
+    ``text`` its first bytes as text. Only logs that exist and hold that job's bytes are given."""
+
+    path: str
+    text: str
+
+
+Logs = Mapping[str, Mapping[str, CapturedLog]]  # job id -> stream ("stdout"/"stderr") -> its log
+
+
+class RunInfo(NamedTuple):
+    """Facts of a run that ``report.json`` leaves out: when its plan was made, and the policy file."""
+
+    date: str
+    policy_name: str
+    policy_path: str
+    policy_sha256: str
+
+
+class JobPlace(NamedTuple):
+    """Where a job is written: its manifest file and, when known, the line of its entry."""
+
+    file: str
+    line: int | None
+
 
 # -- the report dict ---------------------------------------------------------------------------
 
@@ -129,8 +166,9 @@ def _seconds(ms: int | None) -> str:
     return f"{(ms or 0) / 1000:.3f}"
 
 
-def _details(job: Mapping[str, Any]) -> str:
-    """The body of a <failure>/<error>: the facts a person needs, one per line, all sanitised."""
+def _details(job: Mapping[str, Any], logs: Mapping[str, CapturedLog]) -> str:
+    """The body of a <failure>/<error>: the facts a person needs, one per line, all sanitised; the
+    log files only when they were written (a skipped or denied job, an empty stream, has none)."""
     lines = [
         f"reason: {job.get('reason') or '—'}",
         f"tool: {job['tool']} (sha256 {job['module_sha256']})",
@@ -139,21 +177,31 @@ def _details(job: Mapping[str, Any]) -> str:
         f"memory peak: {_bytes(job.get('memory_peak'))}",
         f"wall time: {_duration(job.get('wall_ms'))}",
     ]
-    if job.get("stdout_sha256") is not None:
-        for stream in ("stdout", "stderr"):
-            cut = " (truncated)" if job.get(f"{stream}_truncated") else ""
-            lines.append(f"{stream}: logs/{job['manifest']}/{job['name']}.{stream}{cut}")
+    for stream, log in logs.items():
+        cut = " (truncated)" if job.get(f"{stream}_truncated") else ""
+        lines.append(f"{stream}: {log.path}{cut}")
     return "\n".join(sanitize_text(line, limit=2000) for line in lines) + "\n"
 
 
-def render_junit(report: Mapping[str, Any]) -> str:
+def _stream_text(text: str) -> str:
+    """A job's output as element text: neutralised line by line (its line breaks kept), capped."""
+    if len(text) > STREAM_TEXT_LIMIT:
+        text = text[:STREAM_TEXT_LIMIT] + "\n… (cut; the whole stream is in the log file)"
+    return "\n".join(sanitize_text(line, limit=STREAM_TEXT_LIMIT) for line in text.splitlines()) + "\n"
+
+
+def render_junit(report: Mapping[str, Any], *, logs: Logs | None = None) -> str:
     """One ``<testsuite>`` per manifest, one ``<testcase>`` per job (classname = manifest, name = job).
+
+    ``logs`` (by job id) puts each job's captured output in ``<system-out>``/``<system-err>``
+    (neutralised, capped at :data:`STREAM_TEXT_LIMIT` characters) and names its log files.
 
     ``failed`` → ``<failure type="exit|<trap kind>">``; ``denied`` → ``<error type="denied">`` (the
     job never ran: a problem of the setup, not of the tool); ``skipped`` → ``<skipped>``. This is the
     subset GitHub test reporters, GitLab and Jenkins all read.
     """
     jobs: list[Mapping[str, Any]] = report["jobs"]
+    logs = logs or {}
     suites: dict[str, list[Mapping[str, Any]]] = {}
     for job in jobs:
         suites.setdefault(job["manifest"], []).append(job)
@@ -183,16 +231,20 @@ def render_junit(report: Mapping[str, Any]) -> str:
                 time=_seconds(job.get("wall_ms")),
             )
             message = sanitize_text(job.get("reason") or job["status"])
+            captured = logs.get(_job_id(job), {})
             if job["status"] == "failed":
                 failure = ET.SubElement(
                     case, "failure", message=message, type=_outcome(job).partition(" ")[0]
                 )
-                failure.text = _details(job)
+                failure.text = _details(job, captured)
             elif job["status"] == "denied":
                 error = ET.SubElement(case, "error", message=message, type="denied")
-                error.text = _details(job)
+                error.text = _details(job, captured)
             elif job["status"] == "skipped":
                 ET.SubElement(case, "skipped", message=message)
+            for stream, tag in (("stdout", "system-out"), ("stderr", "system-err")):
+                if stream in captured:
+                    ET.SubElement(case, tag).text = _stream_text(captured[stream].text)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
@@ -280,18 +332,41 @@ def _usage(used: int | None, granted: int | None, shown: str) -> str:
     return f'{shown}<div class="bar" title="{share:.0%} of the limit">{bar}</div>'
 
 
+def _log_links(captured: Mapping[str, CapturedLog]) -> str:
+    """Links to a job's log files (relative paths, percent-encoded then HTML-escaped)."""
+    links = [
+        f'<a href="{html.escape(urllib.parse.quote(log.path), quote=True)}">{stream}</a>'
+        for stream, log in captured.items()
+    ]
+    return " ".join(links) if links else "—"
+
+
+def _run_facts(report: Mapping[str, Any], info: RunInfo | None) -> str:
+    if info is None:
+        return f"policy {_h(str(report['policy']))}"
+    return (
+        f"date {_h(info.date)} · policy {_h(info.policy_name)} ({_h(info.policy_path)}, "
+        f"sha256 {_h(info.policy_sha256)})"
+    )
+
+
 def render_html(
     report: Mapping[str, Any],
     *,
     limits: Mapping[str, Mapping[str, Any]] | None = None,
     verification: str | None = None,
+    run_info: RunInfo | None = None,
+    logs: Logs | None = None,
 ) -> str:
     """One self-contained page (inline CSS, no script, no external URL, a CSP that forbids loading any).
 
     ``limits`` (by job id: ``{"fuel", "memory", "timeout_ms"}``) adds bars of used vs granted;
-    ``verification`` is the audit chain's status line, shown as given (escaped).
+    ``verification`` is the audit chain's status line, shown as given (escaped); ``run_info`` adds
+    the run's date and its policy's path and sha256; ``logs`` (by job id) links each job's log
+    files, relative to the page (only logs that exist are given).
     """
     limits = limits or {}
+    logs = logs or {}
     title, tally = _headline(report)
     rows = []
     for job in report["jobs"]:
@@ -307,18 +382,74 @@ def render_html(
             f"<td>{_h(_outcome(job))}</td>"
             f'<td class="n">{fuel}</td><td class="n">{memory}</td><td class="n">{wall}</td>'
             f'<td class="reason">{_h(job.get("reason") or "")}</td>'
+            f"<td>{_log_links(logs.get(_job_id(job), {}))}</td>"
             "</tr>"
         )
-    body = "\n".join(rows) if rows else '<tr><td colspan="8">No jobs.</td></tr>'
+    body = "\n".join(rows) if rows else '<tr><td colspan="9">No jobs.</td></tr>'
     check = f'<p class="verification">{_h(verification)}</p>\n' if verification is not None else ""
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">\n'
         f"<title>Sandrun run {_h(str(report['run']))}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
         f"<h1>{'✅' if report['ok'] else '❌'} Sandrun: {_h(title)}</h1>\n"
-        f'<p class="meta">{_h(tally)} · run {_h(str(report["run"]))} · policy {_h(str(report["policy"]))}'
+        f'<p class="meta">{_h(tally)} · run {_h(str(report["run"]))} · {_run_facts(report, run_info)}'
         f" · plan {_h(str(report['plan_sha256']))}</p>\n{check}"
         "<table>\n<thead><tr><th>status</th><th>job</th><th>tool</th><th>exit / trap</th><th>fuel</th>"
-        "<th>memory</th><th>time</th><th>reason</th></tr></thead>\n"
+        "<th>memory</th><th>time</th><th>reason</th><th>logs</th></tr></thead>\n"
         f"<tbody>\n{body}\n</tbody>\n</table>\n</body>\n</html>\n"
     )
+
+
+# -- GitHub workflow annotations -----------------------------------------------------------------
+
+
+def github_escape(text: str, *, property_value: bool = False) -> str:
+    """GitHub's escaping of a workflow command's data (``%``, CR, LF) and, for a property's value,
+    also of ``:`` and ``,``, which would end it."""
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    if property_value:
+        text = text.replace(":", "%3A").replace(",", "%2C")
+    return text
+
+
+def github_annotation(
+    message: str,
+    *,
+    title: str,
+    file: str | None = None,
+    line: int | None = None,
+    column: int | None = None,
+    level: Literal["error", "warning", "notice"] = "error",
+) -> str:
+    """One ``::error`` (or ``level``) line: every part neutralised (so none holds a ``::`` or a
+    line break of its own), then escaped as GitHub requires; the annotation's own ``::`` are the
+    only ones."""
+    props = []
+    if file is not None:
+        props.append(f"file={github_escape(sanitize_text(file), property_value=True)}")
+        if line is not None:
+            props.append(f"line={int(line)}")
+            if column is not None:
+                props.append(f"col={int(column)}")
+    props.append(f"title={github_escape(sanitize_text(title), property_value=True)}")
+    return f"::{level} {','.join(props)}::{github_escape(sanitize_text(message, limit=LINE_LIMIT))}"
+
+
+def render_github(report: Mapping[str, Any], *, places: Mapping[str, JobPlace] | None = None) -> str:
+    """One ``::error`` annotation per failed or denied job (title = job id, message = reason), on
+    its manifest file and, when known, the line of its entry (``places``, by job id)."""
+    places = places or {}
+    lines = []
+    for job in report["jobs"]:
+        if job["status"] not in ("failed", "denied"):
+            continue
+        place = places.get(_job_id(job))
+        lines.append(
+            github_annotation(
+                f"{job['status']}: {job.get('reason') or job['status']}",
+                title=_job_id(job),
+                file=None if place is None else place.file,
+                line=None if place is None else place.line,
+            )
+        )
+    return "".join(line + "\n" for line in lines)

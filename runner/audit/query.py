@@ -6,17 +6,35 @@ Nothing here writes or verifies; ``sandrun audit show`` and ``sandrun report`` r
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from runner.audit.record import JOB_FINISHED, PLAN_COMPILED, SHARD_ASSIGNED, TOOL_REGISTERED
+from runner.audit.record import (
+    JOB_FINISHED,
+    JOB_STARTED,
+    PLAN_COMPILED,
+    SHARD_ASSIGNED,
+    TOOL_REGISTERED,
+    PlanInfo,
+    ToolVersion,
+    read_job_finished,
+    read_job_started,
+    read_plan_compiled,
+    read_tool_registered,
+    record_job,
+    tool_versioned,
+)
 from runner.errors import AuditError, Location
-from runner.results import TRAP_KINDS, JobResult
 
-__all__ = ["last_run", "job_id", "select", "tool_changes", "results_from_log"]
-
-_RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(JobResult))
+__all__ = [
+    "last_run",
+    "job_id",
+    "select",
+    "tool_changes",
+    "results_from_log",
+    "run_plan_info",
+    "granted_limits",
+]
 
 
 def last_run(records: Sequence[Mapping[str, Any]]) -> str | None:
@@ -26,13 +44,8 @@ def last_run(records: Sequence[Mapping[str, Any]]) -> str | None:
 
 def job_id(record: Mapping[str, Any]) -> str | None:
     """``manifest/name`` of the job a ``job.*`` record is about (or its ``job``/``id`` field)."""
-    data = record.get("data") or {}
-    for key in ("job", "id"):
-        if isinstance(data.get(key), str):
-            return str(data[key])
-    if str(record.get("kind", "")).startswith("job.") and "manifest" in data and "name" in data:
-        return f"{data['manifest']}/{data['name']}"
-    return None
+    data = record.get("data")
+    return record_job(str(record.get("kind", "")), data) if isinstance(data, Mapping) else None
 
 
 def select(
@@ -67,57 +80,22 @@ def tool_changes(
     """``tool.versioned`` data: each of ``tools`` (``tool.registered`` data of run ``run``) whose
     digest or version differs from the latest ``tool.registered`` record of the same manifest and
     tool name in an earlier run. A tool never seen before is new, not versioned."""
-    latest: dict[tuple[Any, Any], Mapping[str, Any]] = {}
+    latest: dict[tuple[Any, Any], tuple[ToolVersion, Mapping[str, Any]]] = {}
     for record in earlier:
-        if record.get("kind") == TOOL_REGISTERED and record.get("run") != run:
-            data = record.get("data") or {}
-            latest[(data.get("manifest"), data.get("name"))] = record
+        data = record.get("data")
+        if record.get("kind") == TOOL_REGISTERED and record.get("run") != run and isinstance(data, Mapping):
+            version = read_tool_registered(data)
+            latest[(version.manifest, version.name)] = (version, record)
     changes: list[dict[str, Any]] = []
-    for tool in tools:
-        previous = latest.get((tool.get("manifest"), tool.get("name")))
-        if previous is None:
+    for tool in map(read_tool_registered, tools):
+        found = latest.get((tool.manifest, tool.name))
+        if found is None:
             continue
-        before = previous["data"]
-        if (before.get("module_sha256"), before.get("version")) == (
-            tool.get("module_sha256"),
-            tool.get("version"),
-        ):
+        before, previous = found
+        if (before.module_sha256, before.version) == (tool.module_sha256, tool.version):
             continue
-        changes.append(
-            {
-                "manifest": tool.get("manifest"),
-                "name": tool.get("name"),
-                "module_sha256": tool.get("module_sha256"),
-                "version": tool.get("version"),
-                "previous": {
-                    "module_sha256": before.get("module_sha256"),
-                    "version": before.get("version"),
-                    "run": previous.get("run"),
-                    "seq": previous.get("seq"),
-                },
-            }
-        )
+        changes.append(tool_versioned(tool, before, previous.get("run"), previous.get("seq")))
     return changes
-
-
-_NUMBERS = ("exit_code", "fuel_used", "memory_peak", "wall_ms")
-_FLAGS = ("stdout_truncated", "stderr_truncated")
-_OPTIONAL_TEXT = ("stdout_sha256", "stderr_sha256", "reason")
-
-
-def _check_types(result: JobResult) -> None:
-    """A row rebuilt from a log holds what a runner writes (renderers rely on it): ``TypeError``."""
-    values = dataclasses.asdict(result)
-    if not all(isinstance(values[k], str) for k in ("manifest", "name", "tool", "module_sha256")):
-        raise TypeError("manifest, name, tool and module_sha256 are strings")
-    if not all(values[k] is None or type(values[k]) is int for k in _NUMBERS):
-        raise TypeError(", ".join(_NUMBERS) + " are integers or null")
-    if not all(type(values[k]) is bool for k in _FLAGS) or not all(
-        values[k] is None or isinstance(values[k], str) for k in _OPTIONAL_TEXT
-    ):
-        raise TypeError("the truncation flags are booleans, digests and reason strings or null")
-    if result.trap is not None and result.trap not in TRAP_KINDS:
-        raise ValueError(f"unknown trap kind {result.trap!r}")
 
 
 def results_from_log(records: Sequence[Mapping[str, Any]], run: str | None = None) -> dict[str, Any]:
@@ -130,6 +108,42 @@ def results_from_log(records: Sequence[Mapping[str, Any]], run: str | None = Non
     """
     run = run or last_run(records)
     mine = [r for r in records if r.get("run") == run]
+    plan_record, plan = _plan_of(mine, run)
+    finished = [r for r in mine if r.get("kind") == JOB_FINISHED]
+    rows: list[tuple[int, int, dict[str, Any]]] = []
+    for position, record in enumerate(finished):
+        try:
+            index, result = read_job_finished(record["data"])
+        except (TypeError, ValueError) as exc:
+            raise AuditError.one(
+                "audit.bad-record",
+                f"job.finished does not hold a job result: {exc}",
+                Location(file="audit.jsonl", line=record.get("seq", -1) + 1, pointer="/data"),
+            ) from None
+        rows.append((position if index is None else index, position, result.to_dict()))
+    jobs = [row for _, _, row in sorted(rows, key=lambda r: (r[0], r[1]))]
+    planned = plan.jobs
+    assigned = [r for r in mine if r.get("kind") == SHARD_ASSIGNED]
+    if assigned:  # a shard runs only its own part of the plan (docs/shards.md)
+        shard_jobs = assigned[-1].get("data", {}).get("jobs")
+        planned = shard_jobs if isinstance(shard_jobs, list) else None
+    if planned is None or len(planned) != len(jobs):
+        raise AuditError.one(
+            "audit.bad-record",
+            f"run {run} planned {'?' if planned is None else len(planned)} job(s) but the log "
+            f"holds {len(jobs)} result(s): not the complete results of a run",
+            Location(file="audit.jsonl", line=plan_record.get("seq", -1) + 1, pointer="/data/jobs"),
+        )
+    return {
+        "run": run,
+        "plan_sha256": plan.plan_sha256,
+        "policy": None if plan.policy is None else plan.policy.name,
+        "ok": all(job["status"] == "passed" for job in jobs),
+        "jobs": jobs,
+    }
+
+
+def _plan_of(mine: Sequence[Mapping[str, Any]], run: str | None) -> tuple[Mapping[str, Any], PlanInfo]:
     plans = [r for r in mine if r.get("kind") == PLAN_COMPILED]
     if run is None or not plans:
         raise AuditError.one(
@@ -137,39 +151,30 @@ def results_from_log(records: Sequence[Mapping[str, Any]], run: str | None = Non
             f"run {run} has no plan.compiled record (denied or interrupted?)",
             Location(file="audit.jsonl"),
         )
-    plan = plans[-1]["data"]
-    policy = plan.get("policy")
-    finished = [r for r in mine if r.get("kind") == JOB_FINISHED]
-    ordered = sorted(enumerate(finished), key=lambda pair: (pair[1]["data"].get("index", pair[0]), pair[0]))
-    jobs: list[dict[str, Any]] = []
-    for _, record in ordered:
-        try:
-            result = JobResult.from_dict(
-                {k: record["data"][k] for k in _RESULT_FIELDS if k in record["data"]}
-            )
-            _check_types(result)
-        except (TypeError, ValueError) as exc:
-            raise AuditError.one(
-                "audit.bad-record",
-                f"job.finished does not hold a job result: {exc}",
-                Location(file="audit.jsonl", line=record.get("seq", -1) + 1, pointer="/data"),
-            ) from None
-        jobs.append(result.to_dict())
-    planned = plan.get("jobs")
-    assigned = [r for r in mine if r.get("kind") == SHARD_ASSIGNED]
-    if assigned:  # a shard runs only its own part of the plan (docs/shards.md)
-        planned = assigned[-1]["data"].get("jobs")
-    if not isinstance(planned, list) or len(planned) != len(jobs):
+    try:
+        return plans[-1], read_plan_compiled(plans[-1]["data"])
+    except (TypeError, ValueError) as exc:
         raise AuditError.one(
             "audit.bad-record",
-            f"run {run} planned {len(planned) if isinstance(planned, list) else '?'} job(s) but the log "
-            f"holds {len(jobs)} result(s): not the complete results of a run",
-            Location(file="audit.jsonl", line=plans[-1].get("seq", -1) + 1, pointer="/data/jobs"),
-        )
-    return {
-        "run": run,
-        "plan_sha256": plan.get("plan_sha256"),
-        "policy": policy.get("name") if isinstance(policy, Mapping) else policy,
-        "ok": all(job["status"] == "passed" for job in jobs),
-        "jobs": jobs,
-    }
+            f"plan.compiled does not hold a plan: {exc}",
+            Location(file="audit.jsonl", line=plans[-1].get("seq", -1) + 1, pointer="/data"),
+        ) from None
+
+
+def run_plan_info(records: Sequence[Mapping[str, Any]], run: str) -> tuple[str, PlanInfo]:
+    """The time and the ``plan.compiled`` data of ``run`` (``audit.no-plan`` without one)."""
+    record, plan = _plan_of([r for r in records if r.get("run") == run], run)
+    return str(record.get("ts", "")), plan
+
+
+def granted_limits(records: Iterable[Mapping[str, Any]], run: str) -> dict[str, dict[str, Any]]:
+    """Each job's granted limits (its ``job.started`` record), by job id: what the HTML bars show."""
+    limits: dict[str, dict[str, Any]] = {}
+    for record in records:
+        if record.get("kind") == JOB_STARTED and record.get("run") == run:
+            try:
+                job, granted = read_job_started(record["data"])
+            except TypeError:
+                continue
+            limits[job] = granted
+    return limits

@@ -1,4 +1,5 @@
-"""One audit record, one line: its kinds, its exact bytes, and the cheap check of one line.
+"""One audit record, one line: its kinds, its exact bytes, the cheap check of one line, and each
+kind's data (one builder and one reader per kind, at the end).
 
 A record is the canonical JSON (``runner.canonical``) of ``{data, hash, kind, prev, run, seq, ts}``
 followed by LF. ``hash`` is the SHA-256 of the canonical JSON of the record without ``hash``.
@@ -10,13 +11,20 @@ at a few hundred thousand records per second. :func:`parse_record` is the full (
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
 import time
-from typing import Any, NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from runner.canonical import canonical_json
+from runner.results import TRAP_KINDS, JobResult
+
+if TYPE_CHECKING:
+    from runner.plan import JobSpec, Plan, Tool
+    from runner.results import Outcome
 
 __all__ = [
     "RUN_STARTED",
@@ -45,6 +53,25 @@ __all__ = [
     "encode_checked",
     "parse_line",
     "parse_record",
+    "job_grant",
+    "run_started",
+    "plan_compiled",
+    "tool_registered",
+    "ToolVersion",
+    "read_tool_registered",
+    "tool_versioned",
+    "tool_refused",
+    "tool_deployed",
+    "tool_denied",
+    "job_started",
+    "job_finished",
+    "run_denied",
+    "PolicyInfo",
+    "PlanInfo",
+    "read_plan_compiled",
+    "read_job_finished",
+    "read_job_started",
+    "record_job",
 ]
 
 RUN_STARTED = "run.started"
@@ -231,3 +258,269 @@ def parse_record(line: bytes) -> dict[str, Any]:
     if canonical_json(record) != line:
         raise LineError("the record is not in canonical JSON form")
     return record
+
+
+# -- the kinds' data: one builder and one reader per kind ---------------------------------------
+#
+# The writers (api.run, the executor) build each record's ``data`` here, and everything that reads
+# a log (query, the reports, ``audit show``) goes through the readers below, so a field is named
+# in one place. A reader raises ``ValueError``/``TypeError`` for data that is not what a runner
+# writes; callers turn that into ``audit.bad-record``.
+
+_AXIS_PLACES = 4  # effect weights as decimal strings, like the plan's score: canonical JSON has no floats
+
+
+def _decimal(value: float) -> str:
+    return f"{value:.{_AXIS_PLACES}f}"
+
+
+def job_grant(job: JobSpec, *, signed: bool) -> dict[str, Any]:
+    """What a job was granted, for ``plan.compiled``: its governance score, the effect vector the
+    score is the norm of (docs/policy.md, "Governance score") and its network grant. ``signed``:
+    its tool's signature verified under a trusted key."""
+    from runner.policy.governance import Grants, effect_vector
+
+    grants = Grants(
+        ro_mounts=sum(1 for m in job.mounts if m.mode == "ro"),
+        rw_mounts=sum(1 for m in job.mounts if m.mode == "rw"),
+        network=job.network is not None and bool(job.network.allow),
+        env_vars=len(job.env),
+        signed=signed,
+        actions=job.actions,
+    )
+    network = job.network
+    return {
+        "id": job.id,
+        "score": job.score,
+        "effects": {axis: _decimal(weight) for axis, weight in effect_vector(grants).items()},
+        "network": None if network is None else {"allow": list(network.allow), "block": list(network.block)},
+    }
+
+
+def run_started(version: str, sources: Sequence[str]) -> dict[str, Any]:
+    return {"sandrun": version, "sources": list(sources)}
+
+
+def plan_compiled(plan: Plan, plan_sha256: str, operator_policy: str | None) -> dict[str, Any]:
+    """``plan.compiled``: the plan's identity, its policy (and the one the operator named, as typed),
+    its inputs, its jobs in order, and each job's grant (:func:`job_grant`)."""
+    policy = plan.policy
+    signed = {(t.manifest, t.name) for t in plan.tools if t.signature_verified}
+    return {
+        "operator_policy": None
+        if operator_policy is None
+        else {"path": operator_policy, "sha256": policy.sha256},
+        "plan_sha256": plan_sha256,
+        "policy": {
+            "name": policy.name,
+            "path": policy.path,
+            "sha256": policy.sha256,
+            "git_commit": policy.git_commit,
+        },
+        "inputs": [{"path": i.path, "sha256": i.sha256} for i in plan.inputs],
+        "jobs": [job.id for job in plan.jobs],
+        "grants": [job_grant(job, signed=(job.manifest, job.tool) in signed) for job in plan.jobs],
+    }
+
+
+def tool_registered(tool: Tool) -> dict[str, Any]:
+    return {
+        "manifest": tool.manifest,
+        "name": tool.name,
+        "module": tool.module,
+        "module_sha256": tool.sha256,
+        "version": tool.version,
+        "signer": tool.signer,
+        "signature_verified": tool.signature_verified,
+        "actions": list(tool.actions),
+    }
+
+
+class ToolVersion(NamedTuple):
+    """A ``tool.registered`` record's identity (manifest and name) and version (digest, version)."""
+
+    manifest: Any
+    name: Any
+    module_sha256: Any
+    version: Any
+
+
+def read_tool_registered(data: Mapping[str, Any]) -> ToolVersion:
+    """The fields of ``tool.registered`` data that say which tool it is and which version."""
+    return ToolVersion(data.get("manifest"), data.get("name"), data.get("module_sha256"), data.get("version"))
+
+
+def tool_versioned(tool: ToolVersion, previous: ToolVersion, run: Any, seq: Any) -> dict[str, Any]:
+    """``tool.versioned``: a tool whose digest or version differs from its latest registration in
+    an earlier run (``run``, ``seq`` of that record)."""
+    return {
+        "manifest": tool.manifest,
+        "name": tool.name,
+        "module_sha256": tool.module_sha256,
+        "version": tool.version,
+        "previous": {
+            "module_sha256": previous.module_sha256,
+            "version": previous.version,
+            "run": run,
+            "seq": seq,
+        },
+    }
+
+
+def tool_refused(tool: str, file: str, rule_id: str, reason: str) -> dict[str, Any]:
+    """``tool.denied``/``tool.revoked`` at compile time: the manifest file and the tool's key in it."""
+    return {"tool": tool, "file": file, "rule_id": rule_id, "reason": reason}
+
+
+def tool_deployed(job: JobSpec, source: str, engine: str) -> dict[str, Any]:
+    """``tool.deployed`` (executor): where the compiled module came from, under which engine."""
+    return {
+        "tool": job.tool,
+        "manifest": job.manifest,
+        "module_sha256": job.module_sha256,
+        "source": source,
+        "engine": engine,
+    }
+
+
+def tool_denied(job: JobSpec, rule_id: str, reason: str) -> dict[str, Any]:
+    """``tool.denied`` at deploy time (executor): the module could not be loaded as planned."""
+    return {
+        "tool": job.tool,
+        "manifest": job.manifest,
+        "module_sha256": job.module_sha256,
+        "rule_id": rule_id,
+        "reason": reason,
+    }
+
+
+def _flat(record: Any) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in record.__dataclass_fields__}
+
+
+def job_started(job: JobSpec, index: int) -> dict[str, Any]:
+    """``job.started`` (executor): the concrete limits and mounts the job starts with."""
+    return {
+        "id": job.id,
+        "index": index,
+        "module_sha256": job.module_sha256,
+        "limits": _flat(job.limits),
+        "mounts": [_flat(m) for m in job.mounts],
+        "fs_scope": job.fs_scope,
+    }
+
+
+def job_finished(
+    result: JobResult, index: int, outcome: Outcome | None, *, trap_message_max: int = 2000
+) -> dict[str, Any]:
+    """``job.finished`` (executor): the report row plus what only the log keeps (docs/reports.md)."""
+    data = result.to_dict()
+    data["index"] = index
+    if outcome is None:
+        data.update(trap_message=None, invoke_results=None, stdout_dropped=0, stderr_dropped=0)
+    else:
+        message, results = outcome.trap_message, outcome.invoke_results
+        data["trap_message"] = None if message is None else message[:trap_message_max]
+        data["invoke_results"] = None if results is None else list(results)
+        data["stdout_dropped"], data["stderr_dropped"] = outcome.stdout_dropped, outcome.stderr_dropped
+    return data
+
+
+def run_denied(exit_code: int, violations: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    return {"exit_code": exit_code, "violations": list(violations)}
+
+
+class PolicyInfo(NamedTuple):
+    name: str
+    path: str
+    sha256: str
+
+
+class PlanInfo(NamedTuple):
+    """What a ``plan.compiled`` record says, as read back."""
+
+    plan_sha256: str | None
+    policy: PolicyInfo | None
+    jobs: list[str] | None
+    inputs: dict[str, str]  # path -> sha256
+    grants: dict[str, dict[str, Any]]  # job id -> job_grant(); empty for logs written before it
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, not {type(value).__name__}")
+    return value
+
+
+def read_plan_compiled(data: Mapping[str, Any]) -> PlanInfo:
+    """A ``plan.compiled`` record's data; a policy given as a bare name (older logs) has no path."""
+    policy = data.get("policy")
+    info = None
+    if isinstance(policy, Mapping):
+        path, sha256 = policy.get("path", ""), policy.get("sha256", "")
+        info = PolicyInfo(_text(policy.get("name")), _text(path), _text(sha256))
+    elif isinstance(policy, str):
+        info = PolicyInfo(policy, "", "")
+    jobs = data.get("jobs")
+    sha = data.get("plan_sha256")
+    inputs = {
+        _text(item.get("path")): _text(item.get("sha256"))
+        for item in data.get("inputs") or ()
+        if isinstance(item, Mapping)
+    }
+    grants = {
+        _text(item.get("id")): dict(item) for item in data.get("grants") or () if isinstance(item, Mapping)
+    }
+    return PlanInfo(
+        plan_sha256=sha if isinstance(sha, str) else None,
+        policy=info,
+        jobs=[_text(j) for j in jobs] if isinstance(jobs, list) else None,
+        inputs=inputs,
+        grants=grants,
+    )
+
+
+_RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(JobResult))
+_NUMBERS = ("exit_code", "fuel_used", "memory_peak", "wall_ms")
+_FLAGS = ("stdout_truncated", "stderr_truncated")
+_OPTIONAL_TEXT = ("stdout_sha256", "stderr_sha256", "reason")
+
+
+def read_job_finished(data: Mapping[str, Any]) -> tuple[int | None, JobResult]:
+    """A ``job.finished`` record's place in the plan and its result, checked to hold what a runner
+    writes (renderers rely on the types): ``TypeError``/``ValueError`` otherwise."""
+    result = JobResult.from_dict({k: data[k] for k in _RESULT_FIELDS if k in data})
+    values = result.to_dict()
+    if not all(isinstance(values[k], str) for k in ("manifest", "name", "tool", "module_sha256")):
+        raise TypeError("manifest, name, tool and module_sha256 are strings")
+    if not all(values[k] is None or type(values[k]) is int for k in _NUMBERS):
+        raise TypeError(", ".join(_NUMBERS) + " are integers or null")
+    if not all(type(values[k]) is bool for k in _FLAGS) or not all(
+        values[k] is None or isinstance(values[k], str) for k in _OPTIONAL_TEXT
+    ):
+        raise TypeError("the truncation flags are booleans, digests and reason strings or null")
+    if result.trap is not None and result.trap not in TRAP_KINDS:
+        raise ValueError(f"unknown trap kind {result.trap!r}")
+    index = data.get("index")
+    return (index if type(index) is int else None), result
+
+
+def read_job_started(data: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A ``job.started`` record's job id and granted limits (``{}`` when they are not a mapping)."""
+    limits = data.get("limits")
+    return _text(data.get("id")), dict(limits) if isinstance(limits, Mapping) else {}
+
+
+def record_job(kind: str, data: Mapping[str, Any]) -> str | None:
+    """``manifest/name`` of the job a record is about (its ``job``/``id`` field, or a ``job.*``
+    record's ``manifest`` and ``name``); None for records about no job."""
+    for key in ("job", "id"):
+        if isinstance(data.get(key), str):
+            return str(data[key])
+    if (
+        kind.startswith("job.")
+        and isinstance(data.get("manifest"), str)
+        and isinstance(data.get("name"), str)
+    ):
+        return f"{data['manifest']}/{data['name']}"
+    return None

@@ -117,7 +117,7 @@ def test_a_failure_while_writing_leaves_the_previous_files_whole(
     write_outputs(tmp_path, report, ran)
     before = (tmp_path / "report.json").read_bytes()
 
-    def broken(_: Any) -> str:
+    def broken(_: Any, **options: Any) -> str:
         raise RuntimeError("renderer crashed")
 
     monkeypatch.setattr(outputs, "render_junit", broken)

@@ -11,7 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from runner.report import (
+    CapturedLog,
+    JobPlace,
+    RunInfo,
     build_report,
+    render_github,
     render_html,
     render_json,
     render_junit,
@@ -174,7 +178,7 @@ def test_junit_counts_and_mapping() -> None:
     failure = cases["spell"].find("failure")
     assert failure is not None
     assert (failure.get("type"), failure.get("message")) == ("exit", "exit code 3, expected 0")
-    assert "logs/docs/spell.stderr" in (failure.text or "")
+    assert "logs/" not in (failure.text or "")  # no logs given: no file is named
     assert cases["loop"].find("failure").get("type") == "timeout"  # type: ignore[union-attr]
     assert cases["escape"].find("error").get("type") == "denied"  # type: ignore[union-attr]
     assert cases["after"].find("skipped").get("message") == "needs docs/spell (failed)"  # type: ignore[union-attr]
@@ -269,3 +273,58 @@ def test_html_escapes_hostile_text() -> None:
 def test_sanitize_fast_path_changes_nothing(text: str, limit: int) -> None:
     """Plain ASCII skips the regular expressions: the result must be what they would give."""
     assert sanitize_text(text, limit=limit) == _scrub(text, limit)
+
+
+# -- captured output in JUnit, the HTML page's run facts and log links, GitHub annotations ---------
+
+
+def test_junit_carries_each_jobs_output_neutralised_and_names_only_given_logs() -> None:
+    logs = {
+        "docs/spell": {
+            "stdout": CapturedLog("logs/docs/spell.stdout", "line one\n::add-mask::x\x1b[2J\x00\n" + HOSTILE),
+            "stderr": CapturedLog("logs/docs/spell.stderr", "oops <&>\n"),
+        },
+        "docs/lint": {"stdout": CapturedLog("logs/docs/lint.stdout", "x" * 200_000)},
+    }
+    text = render_junit(SAMPLE, logs=logs)
+    root = ET.fromstring(text)  # still well-formed XML, whatever the guest printed
+    cases = {c.get("name"): c for c in root.iter("testcase")}
+    out = cases["spell"].find("system-out").text or ""  # type: ignore[union-attr]
+    assert out.startswith("line one\n") and "::add-mask::" not in out and "\x1b" not in out
+    assert not any(line.startswith("::") for line in out.splitlines())
+    assert cases["spell"].find("system-err").text == "oops <&>\n"  # type: ignore[union-attr]
+    failure = cases["spell"].find("failure").text or ""  # type: ignore[union-attr]
+    assert "stdout: logs/docs/spell.stdout" in failure and "stderr: logs/docs/spell.stderr" in failure
+    long = cases["lint"].find("system-out").text or ""  # type: ignore[union-attr]
+    assert len(long) < 70_000 and long.rstrip().endswith("the whole stream is in the log file)")
+    # a denied or skipped job has no logs: no <system-out>, no file named
+    for name in ("escape", "after", "loop"):
+        assert cases[name].find("system-out") is None and "logs/" not in ET.tostring(cases[name], "unicode")
+
+
+def test_html_shows_date_policy_and_links_to_existing_logs_escaped() -> None:
+    info = RunInfo("2026-01-01T00:00:00.000Z", "ci<b>", "policies/ci.yaml", "c" * 64)
+    logs = {"docs/spell": {"stdout": CapturedLog('../out/logs/docs/"x<y>.stdout', "")}}
+    page = render_html(SAMPLE, run_info=info, logs=logs)
+    assert "date 2026-01-01T00:00:00.000Z" in page
+    assert "policy ci&lt;b&gt; (policies/ci.yaml, sha256 " + "c" * 64 + ")" in page
+    assert '<a href="../out/logs/docs/%22x%3Cy%3E.stdout">stdout</a>' in page
+    assert page.count("<a href=") == 1  # only the log that was given: none for skipped/denied jobs
+    assert "<b>" not in page
+
+
+def test_github_annotations_one_per_failed_or_denied_job_escaped() -> None:
+    hostile = report(
+        result("a", "failed", exit_code=1, reason="50% done\r\n::error::forged, x: y"),
+        result("b", "denied", reason="[mount.changed] nope"),
+        result("c", "skipped", reason="needs docs/a (failed)"),
+        result("d", "passed"),
+    )
+    places = {"docs/a": JobPlace("ci/docs,x:1.yaml", 7)}
+    lines = render_github(hostile, places=places).splitlines()
+    assert len(lines) == 2 and all(line.startswith("::error ") for line in lines)
+    first, second = lines
+    assert first.startswith("::error file=ci/docs%2Cx%3A1.yaml,line=7,title=docs/a::failed: 50%25 done")
+    assert first.count("::") == 2  # the annotation's own two, none forged from the reason
+    assert "\r" not in first and "\n" not in first
+    assert second == "::error title=docs/b::denied: [mount.changed] nope"
