@@ -31,7 +31,8 @@ CALLS = wat2wasm(
   (func (export "time_at") (param i32) (result i32) (call $time (i32.const 0) (i64.const 0) (local.get 0)))
   (func (export "res") (param i32) (result i32) (call $res (local.get 0) (i32.const 64)))
   (func (export "random") (param i32 i32) (result i32) (call $random (local.get 0) (local.get 1)))
-  (func (export "random_word") (result i64) (drop (call $random (i32.const 64) (i32.const 8))) (i64.load (i32.const 64)))
+  (func (export "random_word") (result i64)
+    (drop (call $random (i32.const 64) (i32.const 8))) (i64.load (i32.const 64)))
   ;; one relative clock subscription of $1 ns at 128; events at 256; count at 512
   (func (export "sleep") (param i64) (result i32 i64)
     (i32.store8 (i32.const 136) (i32.const 0))
