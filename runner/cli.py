@@ -715,8 +715,17 @@ def audit_merge(
     help="A folder holding the module, found by its sha256 (default: its path, then the module cache).",
 )
 @click.option("--seed", type=click.IntRange(0, (1 << 64) - 1), default=None, help="Replay with another seed.")
+@click.option(
+    "--pub", "public_keys", multiple=True, help="Trusted runner public key the log's seals must carry."
+)
 def audit_replay(
-    path: Path, job: str | None, replay_all: bool, root: Path | None, modules: Path | None, seed: int | None
+    path: Path,
+    job: str | None,
+    replay_all: bool,
+    root: Path | None,
+    modules: Path | None,
+    seed: int | None,
+    public_keys: tuple[str, ...],
 ) -> None:
     """Re-run a logged hermetic job from its record; print `identical` or the first difference.
 
@@ -727,7 +736,13 @@ def audit_replay(
     if (job is None) == (not replay_all):
         raise click.UsageError("give exactly one of --job NAME and --all")
     verdicts = replay_log(
-        _log_path(path), job=job, root=resolve_root(root), modules=modules, seed=seed, run_id=new_run_id()
+        _log_path(path),
+        job=job,
+        root=resolve_root(root),
+        modules=modules,
+        seed=seed,
+        public_keys=[_public_key(text) for text in public_keys],
+        run_id=new_run_id(),
     )
     for line in describe(verdicts):
         _say(line)

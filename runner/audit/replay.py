@@ -74,11 +74,11 @@ class _Refused(Exception):
         self.rule = rule
 
 
-def _records(path: Path) -> list[dict[str, Any]]:
+def _records(path: Path, public_keys: list[Any]) -> list[dict[str, Any]]:
     from runner.audit import verify_log
     from runner.audit.record import parse_record
 
-    report = verify_log(path)
+    report = verify_log(path, public_keys=public_keys)
     if report.exit_code != 0:
         raise AuditError(violations=tuple(report.problems[:1]))
     with path.open("rb") as stream:
@@ -151,7 +151,10 @@ def _stage_mount(
 ) -> None:
     """Copy one mount as the job saw it before the run; raise at the first digest that differs."""
     where = root / mount.host
-    now = hermetic.digest_tree(where)
+    try:
+        now = hermetic.digest_tree(where)
+    except OSError as exc:
+        raise _Differs(f"mount {mount.guest}", recorded, f"now unreadable ({exc.strerror})") from exc
     if any(d.startswith("other:") for d in now.files.values()):
         raise _Refused(
             f"mount {mount.guest} holds a FIFO, socket or device: not copied", "replay.rw-unrebuildable"
@@ -312,12 +315,15 @@ def replay_log(
     modules: Path | None = None,
     cache_dir: Path | None = None,
     seed: int | None = None,
+    public_keys: list[Any] | None = None,
     run_id: str,
 ) -> list[Verdict]:
-    """Replay ``job`` (None: every job of the log's last run) and log the replay as run ``run_id``."""
+    """Replay ``job`` (None: every job of the log's last run) and log the replay as run ``run_id``.
+
+    With ``public_keys``, the log's seals must be signed by one of them (as ``audit verify --pub``)."""
     from runner.audit import AuditLog
 
-    records = _records(log)
+    records = _records(log, public_keys or [])
     verdicts = [_replay_one(s, f, root, modules, cache_dir, seed) for s, f in _pairs(records, job)]
     try:
         with AuditLog.open(log.parent, run_id=run_id) as audit:

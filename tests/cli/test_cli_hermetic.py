@@ -236,3 +236,16 @@ def test_replay_refuses_a_damaged_log(copy: Path) -> None:
     log.write_text(log.read_text().replace('"name":"writer"', '"name":"writes"', 1))
     result = _replay(copy, "--job", "writer")
     assert result.returncode == 4 and "[audit." in result.stderr
+
+
+def test_replay_with_pub_refuses_an_unsigned_log(copy: Path, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    assert sandrun("keys", "generate", "--id", "runner", "--out", str(keys)).returncode == 0
+    result = _replay(copy, "--job", "writer", "--pub", str(keys / "runner.pub"))
+    assert result.returncode == 4 and "[audit.unsigned]" in result.stderr
+
+
+def test_replay_names_a_removed_input_mount(copy: Path) -> None:
+    shutil.rmtree(copy / "data")
+    result = _replay(copy, "--job", "writer")
+    assert result.returncode == 4 and "differs: mount /data: recorded" in result.stdout
