@@ -716,6 +716,54 @@ def audit_merge(
     sys.exit(0 if outcome.report["ok"] else 1)
 
 
+@audit.command("replay")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--job", "job", default=None, help="The job to replay (manifest/name or name); its last run.")
+@click.option("--all", "replay_all", is_flag=True, help="Replay every job of the log's last run.")
+@_root_option
+@click.option(
+    "--modules",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=None,
+    help="A folder holding the module, found by its sha256 (default: its path, then the module cache).",
+)
+@click.option("--seed", type=click.IntRange(0, (1 << 64) - 1), default=None, help="Replay with another seed.")
+@click.option(
+    "--pub", "public_keys", multiple=True, help="Trusted runner public key the log's seals must carry."
+)
+def audit_replay(
+    path: Path,
+    job: str | None,
+    replay_all: bool,
+    root: Path | None,
+    modules: Path | None,
+    seed: int | None,
+    public_keys: tuple[str, ...],
+) -> None:
+    """Re-run a logged hermetic job from its record; print `identical` or the first difference.
+
+    Exit 0 when every replayed job is identical, 4 when one differs or cannot be replayed."""
+    from runner.api import new_run_id, resolve_root
+    from runner.audit.replay import describe, exit_error, replay_log
+
+    if (job is None) == (not replay_all):
+        raise click.UsageError("give exactly one of --job NAME and --all")
+    verdicts = replay_log(
+        _log_path(path),
+        job=job,
+        root=resolve_root(root),
+        modules=modules,
+        seed=seed,
+        public_keys=[_public_key(text) for text in public_keys],
+        run_id=new_run_id(),
+    )
+    for line in describe(verdicts):
+        _say(line)
+    error = exit_error(verdicts)
+    if error is not None:
+        raise error
+
+
 def _log_path(path: Path) -> Path:
     from runner.api import log_path
 

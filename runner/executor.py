@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from runner import hermetic
 from runner.errors import PolicyDenied, SandrunError
 from runner.plan import JobSpec, Plan
 from runner.progress import ProgressEvent
@@ -235,6 +236,7 @@ class _Batch:
     def run_job(self, index: int, runner: JobRunner) -> tuple[int, JobResult, Outcome | None]:
         job = self.plan.jobs[index]
         outcome: Outcome | None = None
+        written: list[dict[str, Any]] | None = None
         load_error = self.load_errors.get(self._tool_key(job)) if self.load_errors else None
         try:
             if load_error is not None:
@@ -246,8 +248,11 @@ class _Batch:
                     check_mounts(
                         job, self.root, protected=(*self.options.protected_dirs, self.runtime.cache_dir)
                     )
-                self.started(index, job)
+                before = hermetic.snapshot(job, self.root) if job.hermetic is not None else None
+                self.started(index, job, before)
                 outcome = runner.run(index, self.stop)
+                if before is not None:
+                    written = hermetic.outputs(job, self.root, before)
                 status, reason = status_for(job, outcome)
                 if status != "passed" and self.stop.is_set():
                     reason = f"{self.stop_reason} ({reason})"
@@ -256,10 +261,10 @@ class _Batch:
             result = _refused(job, error)
         except Exception as error:  # a bug of ours must not take the batch down: it is this job's result
             result = _result(job, "failed", f"internal error: {type(error).__name__}: {error}")
-        self.finish(index, result, outcome)
+        self.finish(index, result, outcome, written)
         return index, result, outcome
 
-    def started(self, index: int, job: JobSpec) -> None:
+    def started(self, index: int, job: JobSpec, before: dict[str, hermetic.Tree] | None = None) -> None:
         """Record a job's start, once its mounts passed the last check."""
         record = {
             "id": job.id,
@@ -269,15 +274,26 @@ class _Batch:
             "mounts": [_flat(m) for m in job.mounts],
             "fs_scope": job.fs_scope,
         }
+        if before is not None:  # a hermetic job: what a replay needs (docs/hermetic.md)
+            record["hermetic"] = hermetic.inputs_record(job, self.root, before)
         self.emit("job.started", record)
         if self.on_progress is not None:
             event = ProgressEvent(kind="started", job_id=job.id, index=index, total=len(self.plan.jobs))
             self._call(self.on_progress, event)
 
-    def finish(self, index: int, result: JobResult, outcome: Outcome | None) -> None:
-        """Record a job's end (ran, refused or skipped) in the audit log and the progress display."""
+    def finish(
+        self,
+        index: int,
+        result: JobResult,
+        outcome: Outcome | None,
+        written: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Record a job's end (ran, refused or skipped) in the audit log and the progress display;
+        ``written``: a hermetic job's rw mounts after the run."""
         data = result.to_dict()
         data["index"] = index
+        if written is not None:
+            data["outputs"] = written
         if outcome is None:
             data.update(trap_message=None, invoke_results=None, stdout_dropped=0, stderr_dropped=0)
         else:

@@ -22,6 +22,7 @@ __all__ = [
     "ModuleLimits",
     "Mount",
     "Network",
+    "Hermetic",
     "Tool",
     "JobSpec",
     "InputFile",
@@ -102,6 +103,23 @@ class Network:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Hermetic:
+    """A hermetic job's virtual world: the clock's start and tick, and the random stream's seed.
+
+    Fixed by the compiler (docs/hermetic.md), so the plan, and the log, say exactly what the guest saw.
+    """
+
+    epoch_ns: int
+    tick_ns: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.epoch_ns, int) and 0 <= self.epoch_ns < 1 << 63, "epoch_ns out of range")
+        _require(isinstance(self.tick_ns, int) and 0 < self.tick_ns <= 1 << 40, "tick_ns out of range")
+        _require(isinstance(self.seed, int) and 0 <= self.seed < 1 << 64, "seed must fit 64 bits")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Tool:
     """A registered tool: the bytes (by digest) and who vouched for them."""
 
@@ -144,6 +162,7 @@ class JobSpec:
     expect_exit_code: int
     actions: tuple[str, ...]
     score: str
+    hermetic: Hermetic | None = None
 
     def __post_init__(self) -> None:
         _require(self.id == f"{self.manifest}/{self.name}", f"job id must be manifest/name: {self.id}")
@@ -151,6 +170,11 @@ class JobSpec:
         _require(self.stdin is None or _is_relative_posix(self.stdin), "stdin path must be relative")
         guests = [m.guest for m in self.mounts]
         _require(len(set(guests)) == len(guests), f"duplicate guest path in job {self.id}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
+        """Rebuild a job from its :meth:`Plan.to_dict` form (a replay reads it from the log)."""
+        return _job_from_dict(data)
 
     @property
     def fs_scope(self) -> Literal["none", "readonly", "readwrite"]:
@@ -262,5 +286,6 @@ def _job_from_dict(item: dict[str, Any]) -> JobSpec:
             "limits": Limits(**item["limits"]),
             "needs": tuple(item["needs"]),
             "actions": tuple(item["actions"]),
+            "hermetic": None if item.get("hermetic") is None else Hermetic(**item["hermetic"]),
         }
     )

@@ -72,6 +72,7 @@ _INVALID_INPUT = {
     "fs.guest-nested": "one guest path of a job is inside another",
     "fs.missing": "a mount's host folder does not exist or cannot be resolved (a symlink loop)",
     "fs.not-directory": "a mount's host path is not a folder",
+    "hermetic.epoch": "`SOURCE_DATE_EPOCH` is set but is not a whole number of seconds",
     "input.empty": "the paths on the command line hold no manifests",
     "input.encoding": "a command-line argument, variable or path is not valid UTF-8",
     "input.expect-head": "the `--expect-head` checkpoint cannot be read or parsed",
@@ -108,6 +109,8 @@ _INVALID_INPUT = {
     "policy.key-invalid": "(in the policy) a trusted key or its `not_after` cannot be parsed",
     "policy.root-invalid": "(in the policy) an `fs` root folder cannot be resolved (a symlink loop)",
     "policytest.none": "no policy tests (`*.test.yaml`) were found",
+    "replay.job-unknown": "`audit replay` names a job the log has no hermetic record of",
+    "replay.module-missing": "`audit replay` finds the module neither in the cache nor in `--modules`",
     "root.missing": "the root folder cannot be opened",
     "schema.any-of": "a value matches none of the forms its field allows",
     "schema.const": "a value is not the one its field requires",
@@ -161,6 +164,8 @@ _POLICY_DENIAL = {
     "fs.outside-roots": "a mount resolves outside every `fs.roots` entry of the policy",
     "fs.write-denied": "a `rw` mount is not inside the policy's `fs.write`",
     "governance.score": "a job's governance score is above `governance.max_score`",
+    "hermetic.network": "a hermetic job asks for network (its answers could not be replayed)",
+    "hermetic.required": "the policy's `hermetic.required` is set and a job is not hermetic",
     "limits.max": "a limit is above the policy's `limits.max`",
     "module.digest-changed": "(at run time) the module's bytes changed since the plan was made",
     "modules.max-engines": "the job would add an engine configuration beyond `modules.max_engines`",
@@ -222,6 +227,9 @@ _AUDIT_FAILURE = {
     "merge.tampered": "a shard log does not verify",
     "merge.unsealed": "a shard log ends unsealed",
     "merge.untrusted": "a shard log is sealed by none of the given keys",
+    "replay.differs": "a replayed hermetic job does not match its record (the first difference is named)",
+    "replay.not-hermetic": "`audit replay` names a job that did not run hermetic, or never ran",
+    "replay.rw-unrebuildable": "a rw mount's content before the run cannot be rebuilt for a replay",
 }
 
 _JOB_FAILURE: dict[str, str] = {
@@ -230,6 +238,7 @@ _JOB_FAILURE: dict[str, str] = {
     "compile.memory": "(at deploy) compiling the module needed more than `modules.compile_memory`",
     "compile.timeout": "(at deploy) compiling the module took longer than `modules.compile_timeout`",
     "policytest.failed": "a policy test case did not get the outcome it expects (`sandrun test`)",
+    "hermetic.tree-too-large": "a hermetic job's mount holds too many files or bytes to digest",
 }
 
 

@@ -68,8 +68,10 @@ from runner.cache import ModuleCache, Source, default_cache_dir
 from runner.canonical import sha256_hex
 from runner.compiling import CompileBounds, CompileFailed, compile_bounded, new_config
 from runner.errors import InputError, Location, PolicyDenied
+from runner.hermetic import VirtualWorld
 from runner.plan import JobSpec, Limits, ModuleLimits
 from runner.results import Outcome, TrapKind
+from runner.virtual_wasi import define_shadows, events, subscriptions
 from runner.wasmfile import not_wasm_reason
 
 __all__ = [
@@ -328,6 +330,7 @@ class _JobState:
     live: bool = True
     interrupted: Literal["timeout", "cancelled"] | None = None
     raised: BaseException | None = None  # e.g. KeyboardInterrupt caught in the epoch callback
+    world: VirtualWorld | None = None  # a hermetic job's clocks and random stream (runner.hermetic)
 
     def next_check(self, now: int) -> int | None:
         """Ticks until the next look at this job, or None (and why, in ``interrupted``) to stop it."""
@@ -436,21 +439,16 @@ def _poll(caller: Caller, in_ptr: int, out_ptr: int, count: int, nevents_ptr: in
     raw = memory.read(caller, in_ptr, in_ptr + count * _SUBSCRIPTION)
     state: _JobState | None = getattr(_current, "job", None)
     now = time.monotonic_ns()
-    ready: list[tuple[int, int]] = []  # (userdata, event type) of fd subscriptions: always ready
+    parsed = subscriptions(raw, count)  # fd subscriptions are always ready
+    if parsed is None:
+        return _ERRNO_INVAL
     clocks: list[tuple[int, int]] = []  # (due, userdata)
-    for index in range(count):
-        base = index * _SUBSCRIPTION
-        userdata, tag = struct.unpack_from("<QB", raw, base)
-        if tag == _EVENTTYPE_CLOCK:
-            clock, timeout, _precision, flags = struct.unpack_from("<I4xQQH", raw, base + 16)
-            due = _clock_due(state, clock, timeout, flags, now)
-            if due is None:
-                return _ERRNO_INVAL
-            clocks.append((due, userdata))
-        elif tag in (1, 2):
-            ready.append((userdata, tag))
-        else:
+    for clock, timeout, flags, userdata in parsed[0]:
+        due = _clock_due(state, clock, timeout, flags, now)
+        if due is None:
             return _ERRNO_INVAL
+        clocks.append((due, userdata))
+    ready = parsed[1]
     if not ready and _sleep_until(state, min(clocks)[0]) and state is not None:
         # Cut short: the guest would outlive its deadline. Mark it, and give the ticker time to
         # arm the epoch trap, which fires as soon as the guest is back in WASM.
@@ -460,13 +458,14 @@ def _poll(caller: Caller, in_ptr: int, out_ptr: int, count: int, nevents_ptr: in
     fired = [(userdata, _EVENTTYPE_CLOCK) for due, userdata in clocks if due <= now]
     if not ready and not fired:
         fired = [(min(clocks)[1], _EVENTTYPE_CLOCK)]
-    events = ready + fired
-    out = bytearray(len(events) * _EVENT)
-    for index, (userdata, kind) in enumerate(events):
-        struct.pack_into("<QHB5xQH6x", out, index * _EVENT, userdata, 0, kind, 0, 0)
-    memory.write(caller, bytes(out), out_ptr)
-    memory.write(caller, struct.pack("<I", len(events)), nevents_ptr)
+    memory.write(caller, events(ready + fired), out_ptr)
+    memory.write(caller, struct.pack("<I", len(ready + fired)), nevents_ptr)
     return _ERRNO_SUCCESS
+
+
+def _current_world() -> VirtualWorld | None:
+    state: _JobState | None = getattr(_current, "job", None)
+    return None if state is None else state.world
 
 
 def _poll_oneoff(caller: Caller, in_ptr: int, out_ptr: int, count: int, nevents_ptr: int) -> int:
@@ -502,6 +501,7 @@ class _EngineHost:
             _poll_oneoff,
             access_caller=True,
         )
+        self._hermetic: Linker | None = None
         self.tick_ms = tick_ms
         self._jobs: set[_JobState] = set()
         self._lock = threading.Lock()
@@ -525,6 +525,18 @@ class _EngineHost:
                 jobs = list(self._jobs)
             for job in jobs:
                 job.on_tick()
+
+    def linker_for(self, job: JobSpec) -> Linker:
+        """The shared linker, or for a hermetic job the one whose clocks, random and polls are
+        virtual (made on first use; other jobs keep Wasmtime's native WASI functions)."""
+        if job.hermetic is None:
+            return self.linker
+        with self._lock:
+            if self._hermetic is None:
+                self._hermetic = Linker(self.engine)
+                self._hermetic.define_wasi()
+                define_shadows(self._hermetic, _current_world)
+            return self._hermetic
 
     def register(self, job: _JobState) -> None:
         with self._lock:
@@ -912,13 +924,14 @@ class Runtime:
             clock_origin_ns=started,
             outputs=outputs,
             tick_ns=self._tick_ms * 1_000_000,
+            world=None if job.hermetic is None else VirtualWorld(job.hermetic),
         )
         store.set_epoch_deadline(state.next_check(started) or 1)
         capi.set_epoch_callback(store, _on_epoch_deadline)
         host.register(state)
         _current.job = state
         try:
-            ending, peak = _execute(job, store, host.linker, module)
+            ending, peak = _execute(job, store, host.linker_for(job), module)
         finally:
             _current.job = None
             host.unregister(state)

@@ -27,8 +27,20 @@ from typing import Any, Literal
 from runner import catalog
 from runner.canonical import canonical_digest
 from runner.errors import SandrunError, Violation, error_for
+from runner.hermetic import settings as hermetic_settings
 from runner.hosts import CoverIndex, HostPatternError, parse_host_pattern
-from runner.plan import DEFAULT_DISK, InputFile, JobSpec, Limits, Mount, Network, Plan, PolicyRef, Tool
+from runner.plan import (
+    DEFAULT_DISK,
+    Hermetic,
+    InputFile,
+    JobSpec,
+    Limits,
+    Mount,
+    Network,
+    Plan,
+    PolicyRef,
+    Tool,
+)
 from runner.policy.gitstate import policy_commit
 from runner.policy.governance import Grants, score
 from runner.policy.model import LimitValues, Policy, parse_limits
@@ -411,6 +423,7 @@ class _ManifestCompiler:
         mounts = self.check_mounts(pointer, spec.get("fs", []))
         stdin = self.check_stdin(pointer, spec.get("stdin"))
         network = self.check_network(pointer, spec.get("network"))
+        hermetic = self.check_hermetic(pointer, spec, network)
         env = tuple(sorted((str(k), str(v)) for k, v in spec.get("env", {}).items()))
         grants = Grants(
             ro_mounts=sum(1 for m in mounts if m.mode == "ro"),
@@ -452,7 +465,33 @@ class _ManifestCompiler:
             expect_exit_code=spec.get("expect", {}).get("exit_code", 0),
             actions=tool.actions,
             score=f"{job_score:.4f}",
+            hermetic=hermetic,
         )
+
+    def check_hermetic(self, pointer: str, spec: dict[str, Any], network: Network | None) -> Hermetic | None:
+        """Rules ``hermetic.required`` (the policy wants every job hermetic), ``hermetic.network``
+        (a hermetic job has no network: its answers could not be replayed) and ``hermetic.epoch``."""
+        asked = spec.get("hermetic", False)
+        job_id = f"{self.name}/{spec['name']}"
+        if asked is False:
+            if self.state.policy.hermetic_required:
+                self.deny(
+                    "hermetic.required",
+                    f"the policy requires every job to be hermetic; {job_id!r} is not",
+                    pointer,
+                )
+            return None
+        if network is not None:
+            self.deny(
+                "hermetic.network",
+                f"hermetic job {job_id!r} asks for network; a hermetic job has none",
+                pointer + "/network",
+            )
+        try:
+            return hermetic_settings(job_id, asked)
+        except ValueError as exc:
+            self.deny("hermetic.epoch", str(exc), pointer + "/hermetic")
+            return None
 
     def check_limits(self, pointer: str, data: dict[str, Any]) -> Limits | None:
         policy = self.state.policy

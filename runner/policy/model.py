@@ -82,6 +82,7 @@ class Policy:
     max_score: float | None
     modules: ModuleLimits = ModuleLimits()
     max_engines: int = DEFAULT_MAX_ENGINES
+    hermetic_required: bool = False
 
     @property
     def path(self) -> str:
@@ -241,4 +242,5 @@ def policy_from_document(document: Document, root: Path) -> Policy:
         max_score=governance.get("max_score"),
         modules=modules,
         max_engines=data.get("modules", {}).get("max_engines", DEFAULT_MAX_ENGINES),
+        hermetic_required=bool(data.get("hermetic", {}).get("required", False)),
     )
