@@ -55,6 +55,13 @@ def printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
+_PART_LIMIT = 1000  # characters of a file name or pointer in one printed problem line
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _PART_LIMIT else text[: _PART_LIMIT - 1] + "…"
+
+
 @dataclass(frozen=True, slots=True)
 class Location:
     """Where a problem is: a file, a 1-based line and column when known, and a JSON Pointer."""
@@ -103,13 +110,15 @@ class Violation:
         second, forged problem line, nor may a CR or a bidirectional control make it read
         differently, so every part is shown with control characters escaped (:func:`printable`);
         the line then goes through :func:`~runner.textsafe.safe_line`, so it cannot start (or
-        contain) a CI workflow command.
+        contain) a CI workflow command. The file name and the pointer are clipped (a key can be
+        megabytes long), so the rule id always survives the line's own bound.
         """
         text = printable(" ".join(self.message.split()))
         if self.location is None:
             return safe_line(f"[{self.rule_id}] {text}")
-        pointer = f" {printable(self.location.pointer)}" if self.location.pointer else ""
-        return safe_line(f"{printable(self.location.prefix())}:{pointer} [{self.rule_id}] {text}")
+        pointer = f" {_clip(printable(self.location.pointer))}" if self.location.pointer else ""
+        prefix = _clip(printable(self.location.prefix()))
+        return safe_line(f"{prefix}:{pointer} [{self.rule_id}] {text}")
 
     def to_dict(self) -> dict[str, Any]:
         return {

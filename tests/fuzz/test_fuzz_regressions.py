@@ -187,11 +187,11 @@ def test_a_pem_key_on_an_unsupported_curve_is_invalid_input(root: Path) -> None:
     policy = POLICY + f'signatures:\n  trusted_keys:\n    - {{id: k, public_key: "{key}"}}\n'
     result = _check(root, _manifest(), policy)
     assert result.exit_code == 2, result.output
-    assert _rules(result) == ["policy.key-invalid"]
+    assert _rules(result) == ["key.unsupported"]  # another key type or curve (docs/signing.md)
     (root / "k.pub").write_text(_SECP112R1_PUB)
     (root / "log").mkdir()
     verify = CliRunner().invoke(cli, ["audit", "verify", str(root / "log"), "--pub", str(root / "k.pub")])
-    assert verify.exit_code == 2 and "[keys.invalid]" in verify.stderr, verify.output
+    assert verify.exit_code == 2 and "[key.unsupported]" in verify.stderr, verify.output
 
 
 @pytest.mark.parametrize("key", ["\\f", "\\u2028", "\\x1c", "\\N", "\\r"])
