@@ -461,3 +461,45 @@ def exec_manifest(
     if problems:
         raise InputError(violations=tuple(problems))
     return document
+
+
+def serve(
+    make_plan: Callable[[], Plan],
+    options: Any,
+    *,
+    root: Path | None = None,
+    out_dir: Path = Path("sandrun-out"),
+    signing_key: PrivateKey | None = None,
+    signing_key_name: str | None = None,
+    sources: Sequence[str] = (),
+    operator_policy: Path | None = None,
+    on_ready: Callable[[Any], None] | None = None,
+) -> tuple[Any, Checkpoint]:
+    """``sandrun serve``: the plan's routed jobs answer HTTP until SIGTERM, every request logged.
+
+    The plan is made first: a denied one never serves (nothing is logged, as with ``check``). The
+    log gets the run's opening records, one ``request.served`` record per request, and is sealed
+    once the server has drained. ``options`` is a :class:`runner.serve.ServeOptions`. Returns the
+    stopped :class:`runner.serve.Service` and the seal's checkpoint.
+    """
+    from runner import serve as serving
+    from runner.audit import AuditLog
+    from runner.fileio import write_atomic
+
+    root = (root or Path.cwd()).resolve()
+    plan = make_plan()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with AuditLog.open(out_dir, run_id=new_run_id()) as log:
+        log.append("run.started", {"sandrun": __version__, "sources": list(sources), "mode": "serve"})
+        log.append("plan.compiled", _plan_record(plan, plan.sha256, operator_policy))
+        tools = _tool_records(plan)
+        for record in tools:
+            log.append("tool.registered", record)
+        for record in log.versioned_tools(tools):
+            log.append("tool.versioned", record)
+        service = serving.serve(
+            plan, root=root, log=log, options=options, on_ready=on_ready or (lambda service: None)
+        )
+        checkpoint = log.seal(signing_key, signing_key_name)
+        write_atomic(out_dir / "checkpoint.txt", str(checkpoint).encode("utf-8"))
+    return service, checkpoint

@@ -339,7 +339,9 @@ class _ManifestCompiler:
                     f"{pointer}/fs/{index}/mode",
                 )
         if spec.get("stdin") is not None:
-            self.deny("route.stdin", "a served job's stdin is the request body; remove stdin", pointer + "/stdin")
+            self.deny(
+                "route.stdin", "a served job's stdin is the request body: remove stdin", f"{pointer}/stdin"
+            )
         return route
 
     def check_limits(self, pointer: str, data: dict[str, Any]) -> Limits | None:
