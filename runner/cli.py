@@ -519,7 +519,7 @@ def serve_command(
 ) -> None:
     """Serve the jobs that have a `route` over HTTP (WAGI-style), one fresh sandbox per request.
 
-    Needs the serve extra (pip install 'sandrun-wasm[serve]'). SIGTERM or Ctrl-C drains the
+    Needs the serve extra (uvicorn and starlette: `-e '.[serve]'`). SIGTERM or Ctrl-C drains the
     requests in flight, then seals the audit log.
     """
     from runner.units import parse_size
@@ -529,7 +529,7 @@ def serve_command(
     except ImportError as exc:
         raise InputError.one(
             "serve.not-installed",
-            f"sandrun serve needs the serve extra: pip install 'sandrun-wasm[serve]' ({exc})",
+            f"sandrun serve needs the serve extra, sandrun-wasm[serve] (uvicorn, starlette): {exc}",
         ) from None
     from runner.api import plan_maker, serve
 
