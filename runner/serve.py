@@ -508,6 +508,8 @@ class _App:
         except SandrunError as error:
             first = error.violations[0]
             return _refusal(exchange, 500, f"[{first.rule_id}] {first.message}")
+        except Exception as error:  # a bug of ours: this request's 500, recorded, not the server's end
+            return _refusal(exchange, 500, f"internal error: {type(error).__name__}")
         return _answer(exchange)
 
     async def read_body(self, request: Request) -> bytes:

@@ -133,3 +133,16 @@ def test_without_the_serve_extra_serve_says_what_to_install(
     )
     assert result.exit_code == 2
     assert "[serve.not-installed]" in result.stderr and "sandrun-wasm[serve]" in result.stderr
+
+
+def test_a_route_is_unique_across_every_manifest_of_the_plan(tmp_path: Path) -> None:
+    from runner.api import compile_manifests
+    from runner.errors import PolicyDenied
+
+    manifests, policy = make_serve_project(tmp_path)
+    other = (manifests / "web.yaml").read_text().replace("name: web", "name: other")
+    (manifests / "other.yaml").write_text(other)
+    with pytest.raises(PolicyDenied) as caught:
+        compile_manifests([manifests], policy, root=tmp_path)
+    found = {(v.rule_id, Path(v.location.file).name, v.location.pointer) for v in caught.value.violations}
+    assert found == {("route.duplicate", "web.yaml", f"/jobs/{i}/route") for i in range(4)}
