@@ -247,32 +247,41 @@ def run(
     on_progress: Callable[[Any], None] | None = None,
     sources: Sequence[str] = (),
     operator_policy: Path | None = None,
+    continue_unsealed: bool = False,
 ) -> RunOutcome:
     """Make the plan, run it, log every step, write the outputs, seal the log.
 
     ``make_plan`` compiles manifests or loads a plan (see :func:`plan_maker`); a denial it raises
-    is logged and sealed before it propagates, so the audit log records refused runs too.
+    is logged, sealed and its checkpoint published before it propagates, so the audit log records
+    refused runs too. The previous run's reports are removed first, so ``out_dir`` never shows a
+    report of another run; a run that cannot write its log or outputs (a full disk) ends unsealed
+    (``audit.write-failed``, exit 4). ``continue_unsealed``: see ``AuditLog.open``.
     ``operator_policy`` is the policy the operator named (``--policy``), recorded with the plan.
     """
     from runner.audit import AuditLog
     from runner.executor import BatchOptions as _BatchOptions
     from runner.executor import run_plan
     from runner.fileio import write_atomic
-    from runner.outputs import LogFolder, write_outputs
+    from runner.outputs import LogFolder, remove_outputs, unsealed_on_failure, write_outputs
     from runner.report import build_report
 
     root = (root or Path.cwd()).resolve()
     options = options or _BatchOptions()
     run_id = new_run_id()
     out_dir.mkdir(parents=True, exist_ok=True)
-    with AuditLog.open(out_dir, run_id=run_id) as log:
+    with (
+        AuditLog.open(out_dir, run_id=run_id, continue_unsealed=continue_unsealed) as log,
+        unsealed_on_failure(log, out_dir),
+    ):
+        remove_outputs(out_dir)  # under the log's lock, before anything of this run is written
         log.append("run.started", {"sandrun": __version__, "sources": list(sources)})
         try:
             plan = make_plan()
         except SandrunError as error:
             for kind, data in _denial_records(error):
                 log.append(kind, data)
-            log.seal(signing_key, signing_key_name)
+            denied = log.seal(signing_key, signing_key_name)
+            write_atomic(out_dir / "checkpoint.txt", str(denied).encode("utf-8"))
             raise
         plan_sha256 = plan.sha256  # hashing a big plan costs: once per run
         log.append("plan.compiled", _plan_record(plan, plan_sha256, operator_policy))

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner.textsafe import safe_line
+
 __all__ = [
     "EXIT_OK",
     "EXIT_JOB_FAILED",
@@ -88,13 +90,15 @@ class Violation:
 
         File names, keys in pointers and messages come from input: a line break in a quoted key
         (``"a\\nb":``) must not split one problem over two lines, nor a CR or a bidirectional
-        control make it read differently, so every invisible character is shown as an escape.
+        control make it read differently, so every invisible character is shown as an escape; the
+        line then goes through :func:`~runner.textsafe.safe_line`, so it cannot start (or contain)
+        a CI workflow command.
         """
         text = _visible(" ".join(self.message.split()))
         if self.location is None:
-            return f"[{self.rule_id}] {text}"
+            return safe_line(f"[{self.rule_id}] {text}")
         pointer = f" {_visible(self.location.pointer)}" if self.location.pointer else ""
-        return f"{_visible(self.location.prefix())}:{pointer} [{self.rule_id}] {text}"
+        return safe_line(f"{_visible(self.location.prefix())}:{pointer} [{self.rule_id}] {text}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
