@@ -483,22 +483,29 @@ def serve(
     sources: Sequence[str] = (),
     operator_policy: Path | None = None,
     on_ready: Callable[[Any], None] | None = None,
+    continue_unsealed: bool = False,
 ) -> tuple[Any, Checkpoint]:
     """``sandrun serve``: the plan's routed jobs answer HTTP until SIGTERM, every request logged.
 
     The plan is made first: a denied one never serves (nothing is logged, as with ``check``). The
     log gets the run's opening records, one ``request.served`` record per request, and is sealed
     once the server has drained. ``options`` is a :class:`runner.serve.ServeOptions`. Returns the
-    stopped :class:`runner.serve.Service` and the seal's checkpoint.
+    stopped :class:`runner.serve.Service` and the seal's checkpoint. The log's failures are
+    handled as in :func:`run` (``continue_unsealed``, ``audit.write-failed``).
     """
     from runner import serve as serving
     from runner.audit import AuditLog
     from runner.fileio import write_atomic
+    from runner.outputs import remove_outputs, unsealed_on_failure
 
     root = (root or Path.cwd()).resolve()
     plan = make_plan()
     out_dir.mkdir(parents=True, exist_ok=True)
-    with AuditLog.open(out_dir, run_id=new_run_id()) as log:
+    with (
+        AuditLog.open(out_dir, run_id=new_run_id(), continue_unsealed=continue_unsealed) as log,
+        unsealed_on_failure(log, out_dir),
+    ):
+        remove_outputs(out_dir)  # the reports there describe an earlier run; this one writes none
         log.append("run.started", {"sandrun": __version__, "sources": list(sources), "mode": "serve"})
         log.append("plan.compiled", _plan_record(plan, plan.sha256, operator_policy))
         tools = _tool_records(plan)

@@ -552,6 +552,7 @@ def serve_command(
     cache_dir: Path | None,
     signing_key: Path | None,
     key_name: str | None,
+    continue_unsealed: bool,
 ) -> None:
     """Serve the jobs that have a `route` over HTTP (WAGI-style), one fresh sandbox per request.
 
@@ -606,6 +607,7 @@ def serve_command(
         sources=[str(s) for s in sources],
         operator_policy=policy_path,
         on_ready=ready,
+        continue_unsealed=continue_unsealed,
     )
     click.echo(
         f"served {service.app.served} requests; audit head: {checkpoint.root_hash} after "

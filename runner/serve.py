@@ -51,9 +51,9 @@ from runner import __version__
 from runner.audit import AuditLog
 from runner.errors import InputError, SandrunError
 from runner.plan import JobSpec, Plan
-from runner.report import sanitize_text
 from runner.results import Outcome
 from runner.sandbox import Runtime, required_thread_stack
+from runner.textsafe import sanitize_text
 
 __all__ = [
     "REQUEST_SERVED",
