@@ -18,8 +18,9 @@ longest route wins). Each request runs the job once, in a fresh store, under the
   accepting, lets the requests in flight finish, then seals the log.
 
 Starlette and uvicorn are imported here only (the ``serve`` extra): a plain install never needs them.
-Guests run through :data:`GuestRunner`, the smallest seam that fits both a thread and a worker
-process: one job, the request's stdin and environment, a cancel event, back an Outcome.
+Guests run through :class:`GuestRunner`, the smallest seam that fits both a thread and a worker
+process: one job, the request's stdin and environment, a cancel event, back an Outcome; each guest
+thread of the server gets its own runner from a :data:`GuestRunners` factory.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 from starlette.requests import ClientDisconnect, Request
@@ -59,13 +60,14 @@ __all__ = [
     "REQUEST_SERVED",
     "GRACE_S",
     "GuestRunner",
+    "GuestRunners",
     "GuestOutputError",
     "ServeOptions",
     "Service",
     "cgi_environ",
     "parse_cgi",
     "match_route",
-    "thread_runner",
+    "thread_runners",
     "is_loopback",
     "serve",
 ]
@@ -74,15 +76,29 @@ REQUEST_SERVED = "request.served"
 GRACE_S = 0.5
 """How long past a job's timeout a request may wait for its guest before it is answered 504."""
 
-GuestRunner = Callable[[JobSpec, bytes, tuple[tuple[str, str], ...], threading.Event], Outcome]
-"""Runs one job with the request body as stdin and the given environment; raises only for the
-host's side (:class:`~runner.errors.SandrunError`)."""
+
+class GuestRunner(Protocol):
+    """Runs guests for one server thread, one at a time."""
+
+    def run(
+        self, job: JobSpec, stdin: bytes, env: tuple[tuple[str, str], ...], cancel: threading.Event
+    ) -> Outcome:
+        """Run ``job`` with ``stdin`` as its stdin and exactly ``env``; whatever the guest does is in
+        the Outcome, only the host's side raises (:class:`~runner.errors.SandrunError`)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+GuestRunners = Callable[[Runtime, Plan, Path], Callable[[], GuestRunner]]
+"""Given the runtime (the served modules deployed), the plan and the root: a factory of runners."""
 
 _MIN_THREAD_STACK = 8 << 20
 _HEADER_BYTES_MAX = 64 * 1024  # request headers, all together (they all become guest env)
 _CGI_HEADERS_MAX = 64 * 1024  # the guest's header block
 _CGI_HEADER_COUNT_MAX = 100
 _RECORD_PATH_MAX = 512
+_SPARE_CONNECTIONS = 32  # beyond guests + queue: health checks, keep-alive clients between requests
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # controls but HTAB: CR and LF above all
 _HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")
@@ -288,14 +304,24 @@ def _status(value: bytes) -> int:
 # -- running guests ----------------------------------------------------------------------------
 
 
-def thread_runner(runtime: Runtime, root: Path) -> GuestRunner:
+@dataclass(frozen=True, slots=True)
+class _ThreadGuest:
+    runtime: Runtime
+    root: Path
+
+    def run(
+        self, job: JobSpec, stdin: bytes, env: tuple[tuple[str, str], ...], cancel: threading.Event
+    ) -> Outcome:
+        return self.runtime.run(replace(job, env=env), self.root, cancel=cancel, stdin_data=stdin)
+
+    def close(self) -> None:
+        return None
+
+
+def thread_runners(runtime: Runtime, plan: Plan, root: Path) -> Callable[[], GuestRunner]:
     """Guests on the server's own threads (:meth:`Runtime.run`): a guest in WASM code or asleep
     stops at its deadline; one blocked in another host call keeps its thread until it returns."""
-
-    def run(job: JobSpec, stdin: bytes, env: tuple[tuple[str, str], ...], cancel: threading.Event) -> Outcome:
-        return runtime.run(replace(job, env=env), root, cancel=cancel, stdin_data=stdin)
-
-    return run
+    return lambda: _ThreadGuest(runtime, root)
 
 
 @dataclass(eq=False)
@@ -314,8 +340,10 @@ class _Pool:
     overran its deadline still counts until it stops, so the bound on guests running holds.
     """
 
-    def __init__(self, run: GuestRunner, size: int, waiting: int, thread_stack: int) -> None:
-        self._run = run
+    def __init__(
+        self, runners: Callable[[], GuestRunner], size: int, waiting: int, thread_stack: int
+    ) -> None:
+        self._runners = runners
         self._capacity = size + waiting
         self._admitted = 0
         self._lock = threading.Lock()
@@ -346,16 +374,20 @@ class _Pool:
         return work
 
     def _loop(self) -> None:
-        while (work := self._queue.get()) is not None:
-            try:
-                if work.future.set_running_or_notify_cancel():  # False: its request gave up waiting
-                    try:
-                        work.future.set_result(self._run(work.job, work.stdin, work.env, work.cancel))
-                    except BaseException as exc:
-                        work.future.set_exception(exc)
-            finally:
-                with self._lock:
-                    self._admitted -= 1
+        runner = self._runners()
+        try:
+            while (work := self._queue.get()) is not None:
+                try:
+                    if work.future.set_running_or_notify_cancel():  # False: its request gave up
+                        try:
+                            work.future.set_result(runner.run(work.job, work.stdin, work.env, work.cancel))
+                        except BaseException as exc:
+                            work.future.set_exception(exc)
+                finally:
+                    with self._lock:
+                        self._admitted -= 1
+        finally:
+            runner.close()
 
     def close(self, timeout_s: float) -> None:
         """Stop the threads once the queue is empty; wait for running guests up to ``timeout_s``."""
@@ -613,7 +645,7 @@ def serve(
     log: AuditLog,
     options: ServeOptions,
     on_ready: Callable[[Service], None] = lambda service: None,
-    runner: Callable[[Runtime, Path], GuestRunner] = thread_runner,
+    runners: GuestRunners = thread_runners,
 ) -> Service:
     """Serve the plan's routed jobs until :meth:`Service.stop` or SIGTERM/SIGINT, then return the
     stopped service. ``log`` is open (its plan records written); the caller seals it.
@@ -628,7 +660,7 @@ def serve(
             source = runtime.load_module(job, root)
             log.append("tool.deployed", {"tool": job.tool, "manifest": job.manifest, "source": source})
         stack = max(required_thread_stack(job.limits) for job in jobs)
-        pool = _Pool(runner(runtime, root), options.concurrency, options.queue, stack)
+        pool = _Pool(runners(runtime, plan, root), options.concurrency, options.queue, stack)
         sock = _bind(options.host, options.port)
         drain_s = math.ceil(max(job.limits.timeout_ms for job in jobs) / 1000 + GRACE_S + 1)
         stopper: list[Service] = []
@@ -640,6 +672,8 @@ def serve(
             access_log=False,
             server_header=False,
             timeout_graceful_shutdown=drain_s,
+            # bounds the bodies held in memory at once (each up to max_body); uvicorn answers 503 past it
+            limit_concurrency=options.concurrency + options.queue + _SPARE_CONNECTIONS,
             h11_max_incomplete_event_size=_HEADER_BYTES_MAX,
         )
         server = _Server(config)
