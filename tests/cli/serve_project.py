@@ -22,6 +22,7 @@ metadata: {name: serve-tests}
 signatures: {required: false}
 limits:
   max: {memory: 64MiB, timeout: 1m}
+fs: {roots: [./data]}
 """
 
 MANIFEST = """\
@@ -38,14 +39,21 @@ jobs:
     env: {{WHICH: deep, HTTP_X_ROLE: fixed-by-the-manifest}}
   - {{name: spin, tool: cgi, route: /spin, limits: {{timeout: 3s}}}}
   - {{name: slow, tool: cgi, route: /slow, limits: {{timeout: 30s}}}}
+  - name: files
+    tool: cgi
+    route: /files
+    fs: [{{host: ../data, guest: /data}}]
+    limits: {{timeout: 2s}}
   - {{name: batch-only, tool: cgi}}
 """
 
 
 def make_serve_project(root: Path) -> tuple[Path, Path]:
-    """``root/manifests/web.yaml`` (routes /app, /app/deep, /spin, /slow) and its policy."""
-    for folder in ("manifests", "tools", "policies"):
+    """``root/manifests/web.yaml`` (routes /app, /app/deep, /spin, /slow, /files) and its policy;
+    /files mounts ``root/data`` (holding ``hello.txt``) read-only at /data."""
+    for folder in ("manifests", "tools", "policies", "data"):
         (root / folder).mkdir(parents=True, exist_ok=True)
+    (root / "data" / "hello.txt").write_text("hello from the mount")
     shutil.copyfile(CGI, root / "tools" / "cgi.wasm")
     sha256 = hashlib.sha256(CGI.read_bytes()).hexdigest()
     (root / "manifests" / "web.yaml").write_text(MANIFEST.format(sha256=sha256))

@@ -138,3 +138,14 @@ def _chunked_post(port: int, path: str, chunks: list[bytes]) -> int:
         return connection.getresponse().status
     finally:
         connection.close()
+
+
+def test_a_served_job_reads_its_mount_and_cannot_write_it_or_see_the_host(tmp_path: Path) -> None:
+    with serving(tmp_path) as server:
+        read = fetch(server.port, "/files/read?/data/hello.txt")
+        write = fetch(server.port, "/files/write?/data/planted.txt")
+        host = fetch(server.port, "/files/read?/etc/passwd")
+    assert (read.status, read.body) == (200, b"hello from the mount")
+    assert write.status == 403 and write.body.startswith(b"denied errno=")
+    assert not (tmp_path / "data" / "planted.txt").exists()
+    assert host.status == 404
