@@ -425,7 +425,7 @@ class _Exchange:
             "module_sha256": self.job.module_sha256,
             "method": sanitize_text(self.method, limit=32),
             "path": sanitize_text(self.path, limit=_RECORD_PATH_MAX),
-            "query_sha256": hashlib.sha256(self.query.encode("utf-8", "surrogateescape")).hexdigest(),
+            "query_sha256": hashlib.sha256(self.query.encode("latin-1")).hexdigest(),
             "client": self.client,
             "status": self.status,
             "reason": self.reason,
