@@ -47,6 +47,7 @@ class _Compilation:
     violations: list[Violation] = field(default_factory=list)
     inputs: dict[str, str] = field(default_factory=dict)
     routes: dict[str, str] = field(default_factory=dict)  # route -> "file:line" of the job serving it
+    engines: dict[tuple[bool, int], str] = field(default_factory=dict)  # configuration -> first job
 
     def deny(
         self,
@@ -155,6 +156,8 @@ class _ManifestCompiler:
         if not path.is_file():
             self.deny("tool.module.not-file", f"{module_text!r} is not a file", pointer + "/module")
             return None
+        if not self.check_size(path, pointer + "/module"):
+            return None
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         self.state.record_input(path, digest)
         if digest != canonical_digest(spec["sha256"]):
@@ -198,6 +201,19 @@ class _ManifestCompiler:
             signature_verified=bool(signer),
             actions=tuple(spec.get("actions", [])),
         )
+
+    def check_size(self, path: Path, pointer: str) -> bool:
+        """Rule ``modules.max-size``: checked on the file's size, before its bytes are read."""
+        size, cap = path.stat().st_size, self.state.policy.modules.max_size
+        if size > cap:
+            self.deny(
+                "modules.max-size",
+                f"the module is {format_size(size)}, above the policy's modules.max_size {format_size(cap)}",
+                pointer,
+                expected=f"<= {cap}",
+                actual=size,
+            )
+        return size <= cap
 
     def check_signature(self, pointer: str, spec: dict[str, Any], digest: str) -> str | Literal[False] | None:
         """The verified signer's key id; None when unsigned and allowed; False when denied."""
@@ -271,6 +287,8 @@ class _ManifestCompiler:
             self.deny("job.unknown-tool", f"no tool named {tool_name!r} in this manifest", pointer + "/tool")
         tool = self.tools.get(tool_name)
         limits = self.check_limits(pointer, spec.get("limits", {}))
+        if limits is not None:
+            self.check_engines(pointer, spec, limits)
         mounts = self.check_mounts(pointer, spec.get("fs", []))
         stdin = self.check_stdin(pointer, spec.get("stdin"))
         network = self.check_network(pointer, spec.get("network"))
@@ -381,6 +399,30 @@ class _ManifestCompiler:
         if denied:
             return None
         return Limits(**values)  # type: ignore[arg-type]
+
+    def check_engines(self, pointer: str, spec: dict[str, Any], limits: Limits) -> None:
+        """Rule ``modules.max-engines``: each distinct (fuel metering, stack) pair costs an engine,
+        a compilation of each tool using it and a ticker thread; the job that goes over is denied."""
+        engines = self.state.engines
+        config = (limits.fuel is not None, limits.stack)
+        job_id = f"{self.name}/{spec['name']}"
+        if config in engines:
+            return
+        cap = self.state.policy.max_engines
+        if len(engines) < cap:
+            engines[config] = job_id
+            return
+        asked = spec.get("limits", {})
+        where = f"{pointer}/limits/stack" if "stack" in asked else f"{pointer}/limits" if asked else pointer
+        self.deny(
+            "modules.max-engines",
+            f"job {job_id!r} would be engine configuration {len(engines) + 1} (fuel "
+            f"{'on' if config[0] else 'off'}, stack {format_size(config[1])}); the policy's "
+            f"modules.max_engines is {cap}: reuse another job's stack and fuel setting",
+            where,
+            expected=f"<= {cap}",
+            actual=len(engines) + 1,
+        )
 
     def check_mounts(self, pointer: str, entries: list[dict[str, Any]]) -> list[Mount]:
         policy = self.state.policy
@@ -540,6 +582,7 @@ def compile_plan(
         manifests=tuple(state.input_key(Path(d.path).resolve()) for d in manifests),
         tools=tuple(tools),
         jobs=tuple(jobs),
+        modules=policy.modules,
     )
 
 
