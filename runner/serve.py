@@ -472,7 +472,8 @@ class _App:
         await response(scope, receive, send)
 
     async def handle(self, request: Request) -> Response:
-        path = request.url.path
+        # from the ASGI scope itself: a URL rebuilt with the client's Host header could say otherwise
+        path: str = request.scope["path"]
         if path == "/healthz":
             return JSONResponse({"status": "ok", "in_flight": self.pool.admitted, "served": self.served})
         found = None if _bad_path(path) else match_route(self.routes, path)
@@ -485,7 +486,7 @@ class _App:
             job=job,
             method=request.method,
             path=path,
-            query=request.url.query,
+            query=request.scope["query_string"].decode("latin-1"),
             client=None if client is None else client.host,
         )
         response = await self.run(request, exchange, script_name, path_info)
@@ -519,12 +520,12 @@ class _App:
             method=request.method,
             script_name=script_name,
             path_info=path_info,
-            query=request.url.query,
+            query=exchange.query,
             headers=raw_headers,
             body_length=len(exchange.body),
             client=None if client is None else (client[0], client[1]),
             server=(str(server[0]), int(server[1])),
-            scheme=request.url.scheme,
+            scheme=request.scope["scheme"],
         )
         env.update(job.env)  # the manifest's own variables win over anything a request sends
         work = self.pool.admit(job, exchange.body, tuple(env.items()))

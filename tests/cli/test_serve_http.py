@@ -37,6 +37,9 @@ def test_a_real_server_on_port_0_answers_and_logs_one_record_per_request(tmp_pat
             headers={"Content-Type": "application/json", "X-Role": "admin", "X-Multi": "a"},
         )
         cookies = fetch(server.port, "/app/cookies")
+        hostile_host = fetch(
+            server.port, "/app/echo", method="POST", body=b"x", headers={"Host": "h/spin/loop#"}
+        )
         assert fetch(server.port, "/healthz").status == 200  # not a route: no record
         assert fetch(server.port, "/nothing-here").status == 404
         assert fetch(server.port, "/app/../app/echo").status == 404  # dot segments never match
@@ -59,6 +62,7 @@ def test_a_real_server_on_port_0_answers_and_logs_one_record_per_request(tmp_pat
         assert expected in lines
     assert not any(line.startswith(("HOME=", "PATH=", "USER=")) for line in lines)  # nothing of the host's
     assert lines[-2:] == ["--", "{}"]
+    assert (hostile_host.status, hostile_host.body) == (200, b"x")  # routed by the path, not the Host
     assert cookies.status == 201 and cookies.header("set-cookie") == ["a=1; Path=/", "b=2; Path=/"]
     report = verify_log(tmp_path / "out" / "audit.jsonl")
     assert report.status == "intact"
@@ -67,6 +71,7 @@ def test_a_real_server_on_port_0_answers_and_logs_one_record_per_request(tmp_pat
         ("web/app", "/app/echo", 200),
         ("web/deep", "/app/deep/env", 200),
         ("web/app", "/app/cookies", 201),
+        ("web/app", "/app/echo", 200),
     ]
     assert records[0]["request_bytes"] == len(b"hello guest") and records[0]["exit_code"] == 0
 
