@@ -513,9 +513,16 @@ def serve(
             log.append("tool.registered", record)
         for record in log.versioned_tools(tools):
             log.append("tool.versioned", record)
-        service = serving.serve(
-            plan, root=root, log=log, options=options, on_ready=on_ready or (lambda service: None)
-        )
+        try:
+            service = serving.serve(
+                plan, root=root, log=log, options=options, on_ready=on_ready or (lambda service: None)
+            )
+        except SandrunError as error:  # nothing served (a port in use, a module that fails): refused
+            for kind, data in _denial_records(error):
+                log.append(kind, data)
+            denied = log.seal(signing_key, signing_key_name)
+            write_atomic(out_dir / "checkpoint.txt", str(denied).encode("utf-8"))
+            raise
         checkpoint = log.seal(signing_key, signing_key_name)
         write_atomic(out_dir / "checkpoint.txt", str(checkpoint).encode("utf-8"))
     return service, checkpoint

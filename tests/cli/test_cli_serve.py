@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from serve_project import Reply, fetch, make_serve_project
 
 import runner
+from runner.audit import read_records, verify_log
 from runner.cli import cli
 
 _READY = re.compile(r"serving on http://([^:]+):(\d+)")
@@ -146,3 +147,34 @@ def test_a_route_is_unique_across_every_manifest_of_the_plan(tmp_path: Path) -> 
         compile_manifests([manifests], policy, root=tmp_path)
     found = {(v.rule_id, Path(v.location.file).name, v.location.pointer) for v in caught.value.violations}
     assert found == {("route.duplicate", "web.yaml", f"/jobs/{i}/route") for i in (0, 1, 2, 3, 4)}
+
+
+def test_a_port_in_use_or_a_bad_body_cap_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    import socket
+
+    manifests, policy = make_serve_project(tmp_path)
+    base = [
+        "serve",
+        str(manifests),
+        "--policy",
+        str(policy),
+        "--root",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        busy = CliRunner().invoke(cli, [*base, "--port", str(port), "--cache-dir", str(tmp_path / "c")])
+    assert busy.exit_code == 2 and "[serve.bind]" in busy.stderr
+    assert len(busy.stderr.strip().splitlines()) == 1
+    refused = verify_log(tmp_path / "o" / "audit.jsonl")  # the refused start is logged and sealed
+    assert refused.status == "intact"
+    assert [r["kind"] for r in read_records(tmp_path / "o" / "audit.jsonl")][-2:] == [
+        "run.denied",
+        "run.sealed",
+    ]
+    cap = CliRunner().invoke(cli, [*base, "--max-body", "lots"])
+    assert cap.exit_code == 2 and "[input.flag]" in cap.stderr and "--max-body" in cap.stderr
