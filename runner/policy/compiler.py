@@ -12,29 +12,36 @@ Rule ids are stable; ``docs/policy.md`` lists them all.
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
+import functools
 import graphlib
 import hashlib
+import os
 import posixpath
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
 from runner.canonical import canonical_digest
-from runner.errors import InputError, PolicyDenied, SandrunError, Violation
-from runner.hosts import HostPatternError, covers, parse_host_pattern
-from runner.plan import InputFile, JobSpec, Limits, Mount, Network, Plan, PolicyRef, Tool
+from runner.errors import SandrunError, Violation, error_for
+from runner.hosts import CoverIndex, HostPatternError, parse_host_pattern
+from runner.plan import DEFAULT_DISK, InputFile, JobSpec, Limits, Mount, Network, Plan, PolicyRef, Tool
 from runner.policy.gitstate import policy_commit
 from runner.policy.governance import Grants, score
 from runner.policy.model import LimitValues, Policy, parse_limits
 from runner.signing import verify_module_digest
 from runner.source import Document
 from runner.units import format_duration, format_size
+from runner.wasmfile import not_wasm_reason
 
 __all__ = ["BUILTIN_LIMITS", "compile_plan", "denial_error"]
 
 #: Limits used when neither the manifest nor the policy's ``limits.default`` sets one.
-BUILTIN_LIMITS = LimitValues(fuel=None, memory=64 << 20, timeout_ms=30_000, stack=512 << 10, output=1 << 20)
+BUILTIN_LIMITS = LimitValues(
+    fuel=None, memory=64 << 20, timeout_ms=30_000, stack=512 << 10, output=1 << 20, disk=DEFAULT_DISK
+)
 
 
 @dataclass
@@ -63,6 +70,11 @@ class _Compilation:
         location = document.locate_key(pointer) if at_key else document.locate(pointer)
         self.violations.append(Violation(rule_id, message, location, expected, actual))
 
+    @functools.cached_property
+    def network_allow(self) -> CoverIndex:
+        """The policy's network.allow, indexed once: each job entry is checked against a few."""
+        return CoverIndex(self.policy.network_allow)
+
     def relative(self, path: Path) -> str:
         """``path`` relative to the root, POSIX separators; the plan stores nothing absolute."""
         text = path.relative_to(self.root).as_posix()
@@ -90,11 +102,29 @@ def _within(path: Path, roots: tuple[Path, ...]) -> bool:
     return any(path == r or r in path.parents for r in roots)
 
 
+def _root_hint(path: Path, root: Path) -> str:
+    """Run from a subfolder, the root (the current folder) is too narrow: name the flag that fixes it."""
+    common = Path(os.path.commonpath([path, root]))
+    if root != Path.cwd().resolve() or common == Path(common.anchor):
+        return ""
+    return f" (the root is the current folder; run from {common} or pass --root {common})"
+
+
+@functools.lru_cache(maxsize=8)
+def _glob_matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    """Whether a string matches any of the ``fnmatch`` patterns: one regex for all of them, built
+    once per policy, so an action is one match however many patterns the policy lists."""
+    if not patterns:
+        return lambda _text: False
+    match = re.compile("|".join(fnmatch.translate(p) for p in patterns)).match
+    return lambda text: match(text) is not None
+
+
 def _action_allowed(policy: Policy, action: str) -> str | None:
     """None when allowed; otherwise the rule id (deny wins over allow)."""
-    if any(fnmatchcase(action, p) for p in policy.actions_deny):
+    if _glob_matcher(policy.actions_deny)(action):
         return "actions.denied"
-    if not any(fnmatchcase(action, p) for p in policy.actions_allow):
+    if not _glob_matcher(policy.actions_allow)(action):
         return "actions.not-allowed"
     return None
 
@@ -125,9 +155,18 @@ class _ManifestCompiler:
             self.deny(f"{what}.missing", f"{text!r} cannot be resolved: {exc}", pointer)
             return None
         if not self.state.inside_root(path):
+            root = self.state.root
             self.deny(
                 f"{what}.outside-root",
-                f"{text!r} resolves to {path}, outside the root {self.state.root}",
+                f"{text!r} resolves to {path}, outside the root {root}{_root_hint(path, root)}",
+                pointer,
+            )
+            return None
+        if "\\" in self.state.relative(path):
+            self.deny(
+                "path.backslash",
+                f"{text!r} resolves to {self.state.relative(path)!r}: a plan names files with '/' only, "
+                "so a backslash in a file or folder name under the root cannot be carried; rename it",
                 pointer,
             )
             return None
@@ -158,8 +197,21 @@ class _ManifestCompiler:
             return None
         if not self.check_size(path, pointer + "/module"):
             return None
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            self.deny(
+                "tool.module.unreadable",
+                f"{module_text!r} cannot be read: {exc.strerror}",
+                pointer + "/module",
+            )
+            return None
+        digest = hashlib.sha256(data).hexdigest()
         self.state.record_input(path, digest)
+        reason = not_wasm_reason(data)
+        if reason is not None:
+            self.deny("tool.module.not-wasm", f"{module_text!r} {reason}", pointer + "/module")
+            return None
         if digest != canonical_digest(spec["sha256"]):
             self.deny(
                 "tool.digest",
@@ -375,6 +427,7 @@ class _ManifestCompiler:
             ("timeout", "timeout_ms"),
             ("stack", "stack"),
             ("output", "output"),
+            ("disk", "disk"),
         ):
             cap = getattr(policy.max_limits, attribute)
             value = getattr(asked, attribute)
@@ -493,7 +546,12 @@ class _ManifestCompiler:
                 pointer + "/stdin",
             )
             return None
-        self.state.record_input(path, hashlib.sha256(path.read_bytes()).hexdigest())
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            self.deny("stdin.missing", f"{text!r} cannot be read: {exc.strerror}", pointer + "/stdin")
+            return None
+        self.state.record_input(path, hashlib.sha256(data).hexdigest())
         return self.state.relative(path)
 
     def check_network(self, pointer: str, data: dict[str, Any] | None) -> Network | None:
@@ -507,7 +565,7 @@ class _ManifestCompiler:
             except HostPatternError as exc:
                 self.deny("network.pattern", str(exc), where)
                 continue
-            if not any(covers(outer, pattern) for outer in policy.network_allow):
+            if not self.state.network_allow.covers(pattern):
                 self.deny(
                     "network.uncovered",
                     f"{text!r} is not covered by the policy's network.allow "
@@ -542,7 +600,7 @@ def compile_plan(
 ) -> Plan:
     """Check every manifest against ``policy``; return the plan or raise with every denial.
 
-    Raises :class:`~runner.errors.PolicyDenied` (exit 3) with all violations found.
+    Raises :func:`~runner.errors.error_for` of every violation found (exit 2 or 3, as the rules say).
     """
     state = _Compilation(
         root=root.resolve(), policy=policy, today=today or dt.datetime.now(dt.timezone.utc).date()
@@ -569,7 +627,7 @@ def compile_plan(
         jobs.extend(compiler.check_jobs())
         tools.extend(t for t in compiler.tools.values() if t is not None)
     if state.violations:
-        raise PolicyDenied(violations=tuple(state.violations))
+        raise error_for(state.violations)
     policy_rel = state.input_key(policy_path)
     return Plan(
         policy=PolicyRef(
@@ -588,6 +646,4 @@ def compile_plan(
 
 def denial_error(violations: list[Violation]) -> SandrunError:
     """The error for a mix of problems: invalid input (exit 2) wins over policy denials (exit 3)."""
-    if any(v.rule_id.split(".")[0] in ("yaml", "schema", "key") for v in violations):
-        return InputError(violations=tuple(violations))
-    return PolicyDenied(violations=tuple(violations))
+    return error_for(violations)

@@ -111,14 +111,14 @@ def test_manifests_without_routes_are_refused(tmp_path: Path) -> None:
     assert "[serve.no-routes]" in result.stderr
 
 
-def test_a_denied_manifest_never_serves(tmp_path: Path) -> None:
+def test_a_manifest_with_a_duplicate_route_never_serves(tmp_path: Path) -> None:
     manifests, policy = make_serve_project(tmp_path)
     web = manifests / "web.yaml"
     web.write_text(web.read_text().replace("route: /spin", "route: /slow"))
     result = CliRunner().invoke(
         cli, ["serve", str(manifests), "--policy", str(policy), "--root", str(tmp_path)]
     )
-    assert result.exit_code == 3
+    assert result.exit_code == 2
     assert "[route.duplicate]" in result.stderr
 
 
