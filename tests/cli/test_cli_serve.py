@@ -138,12 +138,12 @@ def test_without_the_serve_extra_serve_says_what_to_install(
 
 def test_a_route_is_unique_across_every_manifest_of_the_plan(tmp_path: Path) -> None:
     from runner.api import compile_manifests
-    from runner.errors import PolicyDenied
+    from runner.errors import InputError
 
     manifests, policy = make_serve_project(tmp_path)
     other = (manifests / "web.yaml").read_text().replace("name: web", "name: other")
     (manifests / "other.yaml").write_text(other)
-    with pytest.raises(PolicyDenied) as caught:
+    with pytest.raises(InputError) as caught:
         compile_manifests([manifests], policy, root=tmp_path)
     found = {(v.rule_id, Path(v.location.file).name, v.location.pointer) for v in caught.value.violations}
     assert found == {("route.duplicate", "web.yaml", f"/jobs/{i}/route") for i in (0, 1, 2, 3, 4)}
