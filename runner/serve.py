@@ -37,9 +37,9 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -55,6 +55,8 @@ from runner.plan import JobSpec, Plan
 from runner.results import Outcome
 from runner.sandbox import Runtime, required_thread_stack
 from runner.textsafe import sanitize_text
+from runner.worker import GRACE_S as WORKER_GRACE_S
+from runner.worker import Isolation, JobRunner, job_runners
 
 __all__ = [
     "REQUEST_SERVED",
@@ -68,13 +70,15 @@ __all__ = [
     "parse_cgi",
     "match_route",
     "thread_runners",
+    "worker_runners",
     "is_loopback",
     "serve",
 ]
 
 REQUEST_SERVED = "request.served"
-GRACE_S = 0.5
-"""How long past a job's timeout a request may wait for its guest before it is answered 504."""
+GRACE_S = WORKER_GRACE_S + 0.5
+"""How long past a job's timeout a request may wait for its guest before it is answered 504: past
+the worker's own kill deadline, so the guest's outcome (``timeout``) is normally what is recorded."""
 
 
 class GuestRunner(Protocol):
@@ -305,23 +309,36 @@ def _status(value: bytes) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class _ThreadGuest:
-    runtime: Runtime
-    root: Path
+class _PlanGuest:
+    """A :class:`GuestRunner` over one of the executor's job runners (a job is its plan index)."""
+
+    runner: JobRunner
+    indices: Mapping[str, int]
 
     def run(
         self, job: JobSpec, stdin: bytes, env: tuple[tuple[str, str], ...], cancel: threading.Event
     ) -> Outcome:
-        return self.runtime.run(replace(job, env=env), self.root, cancel=cancel, stdin_data=stdin)
+        return self.runner.run(self.indices[job.id], cancel, stdin=stdin, env=env)
 
     def close(self) -> None:
-        return None
+        self.runner.close()
 
 
-def thread_runners(runtime: Runtime, plan: Plan, root: Path) -> Callable[[], GuestRunner]:
-    """Guests on the server's own threads (:meth:`Runtime.run`): a guest in WASM code or asleep
-    stops at its deadline; one blocked in another host call keeps its thread until it returns."""
-    return lambda: _ThreadGuest(runtime, root)
+def _isolated(isolation: Isolation) -> GuestRunners:
+    def runners(runtime: Runtime, plan: Plan, root: Path) -> Callable[[], GuestRunner]:
+        make = job_runners(isolation, runtime, plan, root, passthrough=False)
+        indices = {job.id: index for index, job in enumerate(plan.jobs)}
+        return lambda: _PlanGuest(make(), indices)
+
+    return runners
+
+
+worker_runners = _isolated("workers")
+"""Guests in the executor's worker processes (the default): one worker per guest thread, killed and
+replaced when its guest overruns its deadline even inside a host call, or crashes."""
+thread_runners = _isolated("threads")
+"""Guests on the server's own threads: a guest in WASM code or asleep stops at its deadline, one
+blocked in another host call keeps its thread until the call returns. For tests and benchmarks."""
 
 
 @dataclass(eq=False)
@@ -436,6 +453,7 @@ class _Exchange:
             "trap": None if outcome is None else outcome.trap,
             "fuel_used": None if outcome is None else outcome.fuel_used,
             "wall_ms": None if outcome is None else outcome.wall_ms,
+            "rss_peak": None if outcome is None else outcome.rss_peak,
             "stdout_sha256": None if outcome is None else outcome.stdout_sha256,
             "stderr_sha256": None if outcome is None else outcome.stderr_sha256,
             "stdout_dropped": 0 if outcome is None else outcome.stdout_dropped,
@@ -646,7 +664,7 @@ def serve(
     log: AuditLog,
     options: ServeOptions,
     on_ready: Callable[[Service], None] = lambda service: None,
-    runners: GuestRunners = thread_runners,
+    runners: GuestRunners = worker_runners,
 ) -> Service:
     """Serve the plan's routed jobs until :meth:`Service.stop` or SIGTERM/SIGINT, then return the
     stopped service. ``log`` is open (its plan records written); the caller seals it.

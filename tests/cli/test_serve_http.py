@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import threading
 import time
 from pathlib import Path
@@ -154,3 +155,17 @@ def test_a_served_job_reads_its_mount_and_cannot_write_it_or_see_the_host(tmp_pa
     assert write.status == 403 and write.body.startswith(b"denied errno=")
     assert not (tmp_path / "data" / "planted.txt").exists()
     assert host.status == 404
+
+
+def test_a_guest_blocked_in_a_host_call_gets_504_and_frees_its_worker(tmp_path: Path) -> None:
+    """A FIFO in the mount: opening it blocks in the host (no epoch can stop that). The worker is
+    killed at the deadline, so the single guest thread is free again for the next request."""
+    (tmp_path / "data").mkdir()
+    os.mkfifo(tmp_path / "data" / "fifo")
+    with serving(tmp_path, concurrency=1, queue=1) as server:
+        blocked = fetch(server.port, "/files/read?/data/fifo")
+        after = fetch(server.port, "/app/echo", method="POST", body=b"still here")
+    assert blocked.status == 504
+    assert (after.status, after.body) == (200, b"still here")
+    record = next(r for r in _served(tmp_path) if r["path"] == "/files/read")
+    assert record["status"] == 504 and "timeout" in record["reason"]
