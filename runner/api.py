@@ -539,15 +539,21 @@ def exec_manifest(
     """
     import hashlib
 
+    from runner.catalog import PREFIX
     from runner.source import load_yaml_bytes
 
-    try:
-        digest = hashlib.sha256(module.read_bytes()).hexdigest()
-    except OSError as exc:
-        raise InputError.one(
-            "input.read", f"cannot read module: {exc.strerror}", Location(file=str(module))
-        ) from None
-    tool = re.sub(r"[^a-z0-9-]+", "-", module.stem.lower()).strip("-")[:60] or "tool"
+    tool_spec: dict[str, str] = {"module": str(module)}
+    if str(module).startswith(PREFIX):  # the compiler looks the name up; the package pins the digest
+        stem = str(module)[len(PREFIX) :]
+    else:
+        try:
+            tool_spec["sha256"] = hashlib.sha256(module.read_bytes()).hexdigest()
+        except OSError as exc:
+            raise InputError.one(
+                "input.read", f"cannot read module: {exc.strerror}", Location(file=str(module))
+            ) from None
+        stem = module.stem
+    tool = re.sub(r"[^a-z0-9-]+", "-", stem.lower()).strip("-")[:60] or "tool"
     job: dict[str, Any] = {"name": "exec", "tool": tool, "args": list(args)}
     if program_name is not None:
         job["program_name"] = program_name
@@ -563,7 +569,7 @@ def exec_manifest(
         "apiVersion": "sandrun/v1",
         "kind": "Manifest",
         "metadata": {"name": "exec"},
-        "tools": {tool: {"module": str(module), "sha256": digest}},
+        "tools": {tool: tool_spec},
         "jobs": [job],
     }
     from runner.schema import validate

@@ -945,14 +945,38 @@ def report(
 
 
 @cli.command()
-def catalog() -> None:
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def catalog(fmt: str) -> None:
     """List the built-in tools and the governance effects of grants and gate actions."""
+    from runner.catalog import CATALOG
     from runner.policy.governance import ACTION_EFFECTS, GRANT_EFFECTS
 
-    click.echo("built-in tools (module: builtin:NAME): none in this version")
+    if fmt == "json":
+        tools = [
+            {
+                "name": b.name,
+                "module": b.module,
+                "sha256": b.sha256,
+                "actions": list(b.actions),
+                "effects": dict(b.effects),
+                "doc": b.doc,
+            }
+            for b in CATALOG.values()
+        ]
+        model = {"grants": GRANT_EFFECTS, "actions": ACTION_EFFECTS}
+        click.echo(json.dumps({"builtins": tools, "effects": model}, indent=2))
+        return
+
+    def shown(effects: dict[str, float]) -> str:
+        return ", ".join(f"{axis} +{weight}" for axis, weight in effects.items()) or "-"
+
+    click.echo("built-in tools (module: builtin:NAME; the package pins each digest):")
+    for b in CATALOG.values():
+        click.echo(f"  {b.name:<11} {b.sha256}  {b.doc}")
+        click.echo(f"  {'':<11} actions: {', '.join(b.actions) or '-'}; effects: {shown(dict(b.effects))}")
     click.echo("governance effects (added per grant, clipped to 1 per axis; score = L2 norm):")
     for name, effects in [*GRANT_EFFECTS.items(), *(("action " + k, v) for k, v in ACTION_EFFECTS.items())]:
-        click.echo(f"  {name:<22} " + ", ".join(f"{axis} +{weight}" for axis, weight in effects.items()))
+        click.echo(f"  {name:<22} {shown(effects)}")
 
 
 @cli.group()

@@ -179,6 +179,8 @@ _POLICY_DENIAL = {
     "stdin.changed": "(at run time) the stdin file now leads through a symlink",
     "stdin.outside-root": "the stdin file resolves outside the root",
     "stdin.outside-roots": "the stdin file is outside every `fs.roots` entry of the policy",
+    "tool.builtin-corrupt": "the package's bytes of a built-in do not have the digest the package pins",
+    "tool.builtin-shadow": "a module file lies at a path the plan cannot tell from `builtin:NAME`",
     "tool.digest": "the module's bytes do not have the manifest's `sha256`",
     "tool.module.outside-root": "the module file resolves (symlinks followed) outside the root",
     "tool.revoked": "the module's digest is in `signatures.revoked`",

@@ -63,7 +63,7 @@ from wasmtime import (
     WasmtimeError,
 )
 
-from runner import capi
+from runner import capi, catalog
 from runner.cache import ModuleCache, Source, default_cache_dir
 from runner.canonical import sha256_hex
 from runner.compiling import CompileBounds, CompileFailed, compile_bounded, new_config
@@ -998,10 +998,14 @@ def _passthrough(wasi: WasiConfig, cap: int) -> tuple[_Tee, _Tee]:
 
 
 def _module_path(job: JobSpec, root: Path) -> Path:
-    if job.module.startswith("builtin:"):
-        raise InputError.one(
-            "module.builtin-unknown", f"no built-in module {job.module!r}", _location(job, "/module")
-        )
+    """The module file; a built-in's is the package's own (its digest is checked when it is read)."""
+    if job.module.startswith(catalog.PREFIX):
+        builtin = catalog.lookup(job.module)
+        if builtin is None:
+            raise InputError.one(
+                "module.builtin-unknown", f"no built-in module {job.module!r}", _location(job, "/module")
+            )
+        return catalog.module_path(builtin)
     return root / job.module
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from runner import catalog
 from runner.canonical import canonical_digest
 from runner.errors import SandrunError, Violation, error_for
 from runner.hosts import CoverIndex, HostPatternError, parse_host_pattern
@@ -120,6 +121,11 @@ def _glob_matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
     return lambda text: match(text) is not None
 
 
+def _builtin_effects(tool: Tool | None) -> tuple[tuple[str, float], ...]:
+    builtin = catalog.lookup(tool.module) if tool is not None else None
+    return builtin.effects if builtin is not None else ()
+
+
 def _action_allowed(policy: Policy, action: str) -> str | None:
     """None when allowed; otherwise the rule id (deny wins over allow)."""
     if _glob_matcher(policy.actions_deny)(action):
@@ -182,37 +188,18 @@ class _ManifestCompiler:
         policy = self.state.policy
         ok = True
         module_text: str = spec["module"]
-        if module_text.startswith("builtin:"):
-            self.deny(
-                "tool.builtin-unknown",
-                f"no built-in tool named {module_text[8:]!r} (`sandrun catalog` lists them)",
-                pointer + "/module",
-            )
-            return None
-        path = self.resolve(module_text, pointer + "/module", "tool.module")
-        if path is None:
-            return None
-        if not path.is_file():
-            self.deny("tool.module.not-file", f"{module_text!r} is not a file", pointer + "/module")
-            return None
-        if not self.check_size(path, pointer + "/module"):
-            return None
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            self.deny(
-                "tool.module.unreadable",
-                f"{module_text!r} cannot be read: {exc.strerror}",
-                pointer + "/module",
-            )
-            return None
-        digest = hashlib.sha256(data).hexdigest()
-        self.state.record_input(path, digest)
-        reason = not_wasm_reason(data)
-        if reason is not None:
-            self.deny("tool.module.not-wasm", f"{module_text!r} {reason}", pointer + "/module")
-            return None
-        if digest != canonical_digest(spec["sha256"]):
+        builtin = None
+        if module_text.startswith(catalog.PREFIX):
+            builtin = self.builtin_module(module_text, pointer + "/module")
+            if builtin is None:
+                return None
+            module, digest = builtin.module, builtin.sha256
+        else:
+            found = self.module_file(module_text, pointer + "/module")
+            if found is None:
+                return None
+            module, digest = found
+        if spec.get("sha256") is not None and digest != canonical_digest(spec["sha256"]):
             self.deny(
                 "tool.digest",
                 f"module bytes have sha256 {digest}, the manifest says {spec['sha256']}",
@@ -222,23 +209,26 @@ class _ManifestCompiler:
             )
             ok = False
         if digest in policy.revoked:
-            self.deny("tool.revoked", f"module digest {digest} is revoked by the policy", pointer + "/sha256")
+            where = pointer + ("/sha256" if "sha256" in spec else "/module")
+            self.deny("tool.revoked", f"module digest {digest} is revoked by the policy", where)
             ok = False
-        signer = self.check_signature(pointer, spec, digest)
+        signer = self.check_signature(pointer, spec, digest, builtin=builtin is not None)
         if signer is False:
             ok = False
-        for index, action in enumerate(spec.get("actions", [])):
+        # A built-in's own gate actions always count; a manifest may only add to them.
+        listed: list[str] = spec.get("actions", [])
+        actions = tuple(dict.fromkeys([*(builtin.actions if builtin else ()), *listed]))
+        for action in actions:
+            where = f"{pointer}/actions/{listed.index(action)}" if action in listed else pointer + "/module"
             rule = _action_allowed(policy, action)
             if rule == "actions.denied":
-                self.deny(
-                    rule, f"gate action {action!r} is denied by the policy", f"{pointer}/actions/{index}"
-                )
+                self.deny(rule, f"gate action {action!r} is denied by the policy", where)
                 ok = False
             elif rule == "actions.not-allowed":
                 self.deny(
                     rule,
                     f"gate action {action!r} is not in the policy's actions.allow",
-                    f"{pointer}/actions/{index}",
+                    where,
                 )
                 ok = False
         if not ok:
@@ -246,12 +236,12 @@ class _ManifestCompiler:
         return Tool(
             manifest=self.name,
             name=name,
-            module=self.state.relative(path),
+            module=module,
             sha256=digest,
             version=spec.get("version"),
             signer=signer or None,
-            signature_verified=bool(signer),
-            actions=tuple(spec.get("actions", [])),
+            signature_verified=bool(signer) and signer != catalog.SIGNER,
+            actions=actions,
         )
 
     def check_size(self, path: Path, pointer: str) -> bool:
@@ -267,10 +257,63 @@ class _ManifestCompiler:
             )
         return size <= cap
 
-    def check_signature(self, pointer: str, spec: dict[str, Any], digest: str) -> str | Literal[False] | None:
-        """The verified signer's key id; None when unsigned and allowed; False when denied."""
+    def builtin_module(self, text: str, pointer: str) -> catalog.Builtin | None:
+        """The catalog entry ``builtin:NAME`` names, its shipped bytes checked against the pin."""
+        builtin = catalog.lookup(text)
+        if builtin is None:
+            self.deny(
+                "tool.builtin-unknown",
+                f"no built-in tool named {text[len(catalog.PREFIX) :]!r} (`sandrun catalog` lists them)",
+                pointer,
+            )
+            return None
+        try:
+            catalog.check_bytes(builtin)
+        except catalog.CorruptBuiltin as exc:
+            self.deny("tool.builtin-corrupt", str(exc), pointer)
+            return None
+        return builtin
+
+    def module_file(self, text: str, pointer: str) -> tuple[str, str] | None:
+        """A module file's root-relative path and sha256 (the file becomes an input of the plan)."""
+        path = self.resolve(text, pointer, "tool.module")
+        if path is None:
+            return None
+        if not path.is_file():
+            self.deny("tool.module.not-file", f"{text!r} is not a file", pointer)
+            return None
+        module = self.state.relative(path)
+        if module.startswith(catalog.PREFIX):  # the plan would name a built-in with other bytes
+            self.deny(
+                "tool.builtin-shadow",
+                f"{text!r} is at {module!r}, a path the plan cannot tell from a built-in; rename it",
+                pointer,
+            )
+            return None
+        if not self.check_size(path, pointer):
+            return None
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            self.deny("tool.module.unreadable", f"{text!r} cannot be read: {exc.strerror}", pointer)
+            return None
+        digest = hashlib.sha256(data).hexdigest()
+        self.state.record_input(path, digest)
+        reason = not_wasm_reason(data)
+        if reason is not None:
+            self.deny("tool.module.not-wasm", f"{text!r} {reason}", pointer)
+            return None
+        return module, digest
+
+    def check_signature(
+        self, pointer: str, spec: dict[str, Any], digest: str, *, builtin: bool = False
+    ) -> str | Literal[False] | None:
+        """The verified signer's key id (``builtin`` for a built-in without a signature: the package
+        pins its bytes); None when unsigned and allowed; False when denied."""
         policy = self.state.policy
         signature = spec.get("signature")
+        if signature is None and builtin:
+            return catalog.SIGNER
         if signature is None:
             if policy.signatures_required:
                 self.deny(
@@ -351,8 +394,9 @@ class _ManifestCompiler:
             rw_mounts=sum(1 for m in mounts if m.mode == "rw"),
             network=network is not None and bool(network.allow),
             env_vars=len(env),
-            signed=bool(tool and tool.signature_verified),
+            signed=bool(tool and (tool.signature_verified or tool.signer == catalog.SIGNER)),
             actions=tool.actions if tool else (),
+            tool_effects=_builtin_effects(tool),
         )
         job_score = score(grants)
         max_score = self.state.policy.max_score
