@@ -814,3 +814,64 @@ def verify_module(module: Path, signature: str, public: str) -> str:
             Location(file=str(module)),
         )
     return digest
+
+
+def serve(
+    make_plan: Callable[[], Plan],
+    options: Any,
+    *,
+    root: Path | None = None,
+    out_dir: Path = Path("sandrun-out"),
+    signing_key: PrivateKey | None = None,
+    signing_key_name: str | None = None,
+    sources: Sequence[str] = (),
+    operator_policy: Path | None = None,
+    on_ready: Callable[[Any], None] | None = None,
+    continue_unsealed: bool = False,
+) -> tuple[Any, Checkpoint]:
+    """``sandrun serve``: the plan's routed jobs answer HTTP until SIGTERM, every request logged.
+
+    The plan is made first: a denied one never serves (nothing is logged, as with ``check``). The
+    log gets the run's opening records, one ``request.served`` record per request, and is sealed
+    once the server has drained. ``options`` is a :class:`runner.serve.ServeOptions`. Returns the
+    stopped :class:`runner.serve.Service` and the seal's checkpoint. The log's failures are
+    handled as in :func:`run` (``continue_unsealed``, ``audit.write-failed``).
+    """
+    from runner import serve as serving
+    from runner.audit import AuditLog, record
+    from runner.fileio import write_atomic
+    from runner.outputs import remove_outputs, unsealed_on_failure
+
+    root = resolve_root(root)
+    plan = make_plan()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (
+        AuditLog.open(out_dir, run_id=new_run_id(), continue_unsealed=continue_unsealed) as log,
+        unsealed_on_failure(log, out_dir),
+    ):
+        remove_outputs(out_dir)  # the reports there describe an earlier run; this one writes none
+        log.append("run.started", {"sandrun": __version__, "sources": list(sources), "mode": "serve"})
+        log.append(
+            record.PLAN_COMPILED,
+            record.plan_compiled(
+                plan, plan.sha256, None if operator_policy is None else str(operator_policy)
+            ),
+        )
+        tools = [record.tool_registered(tool) for tool in plan.tools]
+        for data in tools:
+            log.append(record.TOOL_REGISTERED, data)
+        for data in log.versioned_tools(tools):
+            log.append(record.TOOL_VERSIONED, data)
+        try:
+            service = serving.serve(
+                plan, root=root, log=log, options=options, on_ready=on_ready or (lambda service: None)
+            )
+        except SandrunError as error:  # nothing served (a port in use, a module that fails): refused
+            for kind, data in _denial_records(error):
+                log.append(kind, data)
+            denied = log.seal(signing_key, signing_key_name)
+            write_atomic(out_dir / "checkpoint.txt", str(denied).encode("utf-8"))
+            raise
+        checkpoint = log.seal(signing_key, signing_key_name)
+        write_atomic(out_dir / "checkpoint.txt", str(checkpoint).encode("utf-8"))
+    return service, checkpoint

@@ -634,6 +634,97 @@ def exec_command(
     sys.exit(job["exit_code"])
 
 
+@cli.command(name="serve")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_policy_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback).")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="0: any free port."
+)
+@click.option(
+    "--concurrency", type=click.IntRange(min=1), default=None, help="Guests at once (default: cores)."
+)
+@click.option("--queue", "queue_size", type=click.IntRange(min=0), default=64, show_default=True)
+@click.option("--max-body", default="1MiB", show_default=True, help="Largest request body (413 above).")
+@_apply(_run_options)
+def serve_command(
+    sources: tuple[Path, ...],
+    policy_path: Path,
+    host: str,
+    port: int,
+    concurrency: int | None,
+    queue_size: int,
+    max_body: str,
+    root: Path | None,
+    out_dir: Path,
+    cache_dir: Path | None,
+    signing_key: Path | None,
+    key_name: str | None,
+    continue_unsealed: bool,
+) -> None:
+    """Serve the jobs that have a `route` over HTTP (WAGI-style), one fresh sandbox per request.
+
+    Needs the serve extra (uvicorn and starlette: `-e '.[serve]'`). SIGTERM or Ctrl-C drains the
+    requests in flight, then seals the audit log.
+    """
+    from runner.units import parse_size
+
+    try:
+        from runner import serve as serving
+    except ImportError as exc:
+        raise InputError.one(
+            "serve.not-installed",
+            f"sandrun serve needs the serve extra, sandrun-wasm[serve] (uvicorn, starlette): {exc}",
+        ) from None
+    from runner.api import plan_maker, serve
+
+    try:
+        body_cap = parse_size(max_body)
+    except ValueError as exc:
+        raise InputError.one("input.flag", f"--max-body: {exc}") from None
+    options = serving.ServeOptions(
+        host=host,
+        port=port,
+        concurrency=concurrency or os.cpu_count() or 1,
+        queue=queue_size,
+        max_body=body_cap,
+        cache_dir=cache_dir,
+    )
+    if not serving.is_loopback(host):
+        click.echo(
+            f"sandrun serve: warning: listening on {host}, not loopback: "
+            "whoever can reach it runs the routed jobs",
+            err=True,
+        )
+
+    def ready(service: Any) -> None:
+        bound_host, bound_port = service.address
+        for prefix, job in service.app.routes:
+            click.echo(f"route {prefix} -> {job.id}", err=True)
+        click.echo(
+            f"serving on http://{bound_host}:{bound_port} (SIGTERM or Ctrl-C drains and seals)", err=True
+        )
+
+    service, checkpoint = serve(
+        plan_maker(list(sources), policy_path, root=root),
+        options,
+        root=root,
+        out_dir=out_dir,
+        signing_key=_signing_key(signing_key),
+        signing_key_name=key_name,
+        sources=[str(s) for s in sources],
+        operator_policy=policy_path,
+        on_ready=ready,
+        continue_unsealed=continue_unsealed,
+    )
+    click.echo(
+        f"served {service.app.served} requests; audit head: {checkpoint.root_hash} after "
+        f"{checkpoint.size} records ({out_dir}/audit.jsonl, sealed)",
+        err=True,
+    )
+    sys.exit(EXIT_INTERRUPTED if service.stopped_by == "SIGINT" else 0)
+
+
 @cli.group()
 def audit() -> None:
     """Verify and query audit logs."""

@@ -163,9 +163,11 @@ class JobSpec:
     actions: tuple[str, ...]
     score: str
     hermetic: Hermetic | None = None
+    route: str | None = None  # the HTTP path prefix ``sandrun serve`` answers with this job
 
     def __post_init__(self) -> None:
         _require(self.id == f"{self.manifest}/{self.name}", f"job id must be manifest/name: {self.id}")
+        _require(self.route is None or self.route.startswith("/"), f"route must be absolute: {self.route!r}")
         _require(bool(_SHA256.fullmatch(self.module_sha256)), f"bad module sha256 for job {self.id}")
         _require(self.stdin is None or _is_relative_posix(self.stdin), "stdin path must be relative")
         guests = [m.guest for m in self.mounts]

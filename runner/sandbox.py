@@ -881,12 +881,14 @@ class Runtime:
         *,
         cancel: threading.Event | None = None,
         passthrough: bool = False,
+        stdin_data: bytes | None = None,
     ) -> Outcome:
         """Run one job in a fresh store. Raises only for the host's side (mounts, module file);
         whatever the guest does is in the returned :class:`Outcome`.
 
         ``passthrough`` (``sandrun exec``): the guest's stdin is this process's stdin and its
-        output is also written to this process's stdout/stderr as it comes.
+        output is also written to this process's stdout/stderr as it comes. ``stdin_data``
+        (``sandrun serve``: the request body) is the guest's stdin instead of ``job.stdin``.
         """
         wanted = module_key(job)
         last = self._last
@@ -910,10 +912,14 @@ class Runtime:
             out, err = (capture.reset(limits.output) for capture in _thread_captures())
             outputs = (out, err)
             capi.configure_wasi(wasi, argv, job.env, stdout=out.path, stderr=err.path)
-        if job.mounts or (job.stdin is not None and not passthrough):
+        stdin_file = job.stdin is not None and not passthrough and stdin_data is None
+        if job.mounts or stdin_file or stdin_data is not None:
             # The fds that name the granted files must stay open until set_wasi has opened them.
             with ExitStack() as stack:
-                self._grant_files(job, root, wasi, stack, stdin=not passthrough)
+                if stdin_data is not None:
+                    wasi.stdin_file = _bytes_file(stdin_data, stack)
+                if job.mounts or stdin_file:
+                    self._grant_files(job, root, wasi, stack, stdin=stdin_file)
                 store = _store(host.engine, wasi, limits)
         else:
             store = _store(host.engine, wasi, limits)
@@ -975,6 +981,24 @@ class Runtime:
             stdin_fd = _open_stdin(job, resolved, root_fd)
             stack.callback(os.close, stdin_fd)
             wasi.stdin_file = _fd_path(stdin_fd, resolved / job.stdin)
+
+
+def _bytes_file(data: bytes, stack: ExitStack) -> str:
+    """A path to an anonymous file holding ``data`` (a memfd where there is one), open until
+    ``stack`` closes: the guest's stdin, never a name in the filesystem anyone else could open."""
+    if hasattr(os, "memfd_create") and _HAVE_PROC_FD:
+        fd = os.memfd_create("sandrun-stdin", os.MFD_CLOEXEC)
+        stack.callback(os.close, fd)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        return f"{_PROC_FD}/{fd}"
+    import tempfile
+
+    handle = stack.enter_context(tempfile.NamedTemporaryFile(prefix="sandrun-stdin-"))  # noqa: SIM115
+    handle.write(data)
+    handle.flush()
+    return handle.name
 
 
 def _passthrough(wasi: WasiConfig, cap: int) -> tuple[_Tee, _Tee]:

@@ -85,15 +85,25 @@ _POLL_MS = 50  # how often a waiting scheduler thread looks at the cancel event
 _MIN_THREAD_STACK = 8 << 20
 
 
+Env = tuple[tuple[str, str], ...]  # a guest's whole environment, as a job's ``env``
+
+
 class JobRunner(Protocol):
     """Runs jobs of one plan, one at a time; each scheduler thread has its own."""
 
-    def run(self, index: int, cancel: threading.Event) -> Outcome:
+    def run(
+        self, index: int, cancel: threading.Event, *, stdin: bytes | None = None, env: Env | None = None
+    ) -> Outcome:
         """Run ``plan.jobs[index]``: whatever the guest does is in the Outcome; raises
-        :class:`SandrunError` for the host's side (a mount that moved, a missing module)."""
+        :class:`SandrunError` for the host's side (a mount that moved, a missing module).
+        ``stdin`` and ``env`` (``sandrun serve``: the request) replace the job's own."""
         ...
 
     def close(self) -> None: ...
+
+
+def _with_env(job: JobSpec, env: Env | None) -> JobSpec:
+    return job if env is None else replace(job, env=env)
 
 
 def job_runners(
@@ -115,9 +125,11 @@ class _ThreadRunner:
     root: Path
     passthrough: bool
 
-    def run(self, index: int, cancel: threading.Event) -> Outcome:
-        job = self.plan.jobs[index]
-        return self.runtime.run(job, self.root, cancel=cancel, passthrough=self.passthrough)
+    def run(
+        self, index: int, cancel: threading.Event, *, stdin: bytes | None = None, env: Env | None = None
+    ) -> Outcome:
+        job = _with_env(self.plan.jobs[index], env)
+        return self.runtime.run(job, self.root, cancel=cancel, passthrough=self.passthrough, stdin_data=stdin)
 
     def close(self) -> None:
         return None
@@ -202,7 +214,9 @@ class _WorkerRunner:
         parent_end.send(self.pool.setup)
         return parent_end
 
-    def run(self, index: int, cancel: threading.Event) -> Outcome:
+    def run(
+        self, index: int, cancel: threading.Event, *, stdin: bytes | None = None, env: Env | None = None
+    ) -> Outcome:
         job = self.pool.plan.jobs[index]
         key = module_key(job)
         started = time.monotonic()
@@ -211,7 +225,7 @@ class _WorkerRunner:
             if key not in self.modules:  # once per worker and module, outside the job's time
                 self._hand_over(conn, key, self.pool.module(job))
                 started = time.monotonic()
-            conn.send(("run", index))
+            conn.send(("run", index, stdin, env))
         except (EOFError, OSError):
             return self._died(job, started)
         return self._answer(job, conn, started, cancel)
@@ -436,11 +450,14 @@ def _job_loop(conn: _Channel, setup: _Setup) -> None:
                 else:
                     conn.send(None)
                 continue
-            job = setup.jobs[message[1]]
+            _, index, stdin, env = message
+            job = _with_env(setup.jobs[index], env)
             _active_cancel = cancel = threading.Event()
             try:
                 with bounds.applied(job.limits):
-                    outcome = runtime.run(job, root, cancel=cancel, passthrough=setup.passthrough)
+                    outcome = runtime.run(
+                        job, root, cancel=cancel, passthrough=setup.passthrough, stdin_data=stdin
+                    )
                 reply: tuple[Any, ...] = ("ok", outcome, bounds.peak)
             except SandrunError as error:
                 reply = ("refused", isinstance(error, PolicyDenied), tuple(error.violations))

@@ -67,6 +67,7 @@ class _Compilation:
     today: dt.date
     violations: list[Violation] = field(default_factory=list)
     inputs: dict[str, str] = field(default_factory=dict)
+    routes: dict[str, str] = field(default_factory=dict)  # route -> "file:line" of the job serving it
     engines: dict[tuple[bool, int], str] = field(default_factory=dict)  # configuration -> first job
 
     def deny(
@@ -424,6 +425,7 @@ class _ManifestCompiler:
         stdin = self.check_stdin(pointer, spec.get("stdin"))
         network = self.check_network(pointer, spec.get("network"))
         hermetic = self.check_hermetic(pointer, spec, network)
+        route = self.check_route(pointer, spec)
         env = tuple(sorted((str(k), str(v)) for k, v in spec.get("env", {}).items()))
         grants = Grants(
             ro_mounts=sum(1 for m in mounts if m.mode == "ro"),
@@ -466,6 +468,7 @@ class _ManifestCompiler:
             actions=tool.actions,
             score=f"{job_score:.4f}",
             hermetic=hermetic,
+            route=route,
         )
 
     def check_hermetic(self, pointer: str, spec: dict[str, Any], network: Network | None) -> Hermetic | None:
@@ -492,6 +495,32 @@ class _ManifestCompiler:
         except ValueError as exc:
             self.deny("hermetic.epoch", str(exc), pointer + "/hermetic")
             return None
+
+    def check_route(self, pointer: str, spec: dict[str, Any]) -> str | None:
+        """A served job (``route``): its route is unique across every manifest, its mounts are
+        read-only (requests run concurrently and come from anyone), and its stdin is the request."""
+        route: str | None = spec.get("route")
+        if route is None:
+            return None
+        where = pointer + "/route"
+        if route == "/healthz" or route.startswith("/healthz/"):
+            self.deny("route.reserved", "/healthz is sandrun serve's own health check", where)
+        here = f"{self.document.path}:{self.document.locate(where).line}"
+        first = self.state.routes.setdefault(route, here)
+        if first != here:
+            self.deny("route.duplicate", f"route {route!r} is already served by the job at {first}", where)
+        for index, entry in enumerate(spec.get("fs", [])):
+            if entry.get("mode", "ro") == "rw":
+                self.deny(
+                    "route.mount-rw",
+                    "a served job's mounts are read-only (requests run concurrently, sent by anyone)",
+                    f"{pointer}/fs/{index}/mode",
+                )
+        if spec.get("stdin") is not None:
+            self.deny(
+                "route.stdin", "a served job's stdin is the request body: remove stdin", f"{pointer}/stdin"
+            )
+        return route
 
     def check_limits(self, pointer: str, data: dict[str, Any]) -> Limits | None:
         policy = self.state.policy
