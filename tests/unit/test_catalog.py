@@ -183,7 +183,11 @@ def test_a_file_whose_plan_path_would_read_as_a_builtin_is_refused(tmp_path: Pat
 
 
 def test_unknown_names_are_refused_with_a_rule_id(tmp_path: Path) -> None:
-    assert _denied(tmp_path, "  t: {module: 'builtin:nope'}\n") == [
+    from runner.errors import InputError
+
+    with pytest.raises(InputError) as caught:  # a name that exists nowhere: invalid input, exit 2
+        _compile(tmp_path, "  t: {module: 'builtin:nope'}\n")
+    assert [(v.rule_id, v.location.pointer) for v in caught.value.violations if v.location] == [
         ("tool.builtin-unknown", "/tools/t/module")
     ]
 
