@@ -33,6 +33,7 @@ __all__ = [
     "covers",
     "parse_block_entry",
     "BlockList",
+    "runtime_host",
 ]
 
 IPAddress = Union[IPv4Address, IPv6Address]
@@ -98,7 +99,8 @@ class HostPattern:
     ``scheme`` None means any scheme. ``kind`` says what ``name``/``network`` hold: ``any`` (every host),
     ``name`` (exactly ``name``), ``suffix`` (any name strictly below ``name``), ``network`` (IP literals
     inside ``network``). ``ports`` is an inclusive range, or None for "the usual port of whatever scheme
-    is used" (only with any scheme: a concrete scheme's usual port is resolved at parse time).
+    is used" (only with any scheme: a concrete scheme's usual port is resolved at parse time); the
+    text ``a..b`` excludes ``b`` (Spin's grammar), so it is stored as ``(a, b - 1)``.
     """
 
     text: str
@@ -322,12 +324,14 @@ def _parse_ports(text: str | None, scheme: str | None) -> tuple[int, int] | None
         return _ALL_PORTS
     ranged = _PORT_RANGE.fullmatch(text)
     if ranged:
-        low, high = _port(ranged.group(1)), _port(ranged.group(2))
-        if low > high:
+        # Spin's grammar: a..b is the half-open range [a, b), so b itself is excluded.
+        low, end = _port(ranged.group(1)), _port(ranged.group(2))
+        if low >= end:
             raise _Reason(
-                "port.range", f"port range {text!r} is empty: the first port must not exceed the second"
+                "port.range",
+                f"port range {text!r} is empty: a..b excludes b, so the first port must be below the second",
             )
-        return (low, high)
+        return (low, end - 1)
     if _NUMBER.fullmatch(text):
         port = _port(text)
         return (port, port)
@@ -358,7 +362,7 @@ def _format(
         return text
     if ports == _ALL_PORTS:
         return text + ":*"
-    return text + (f":{ports[0]}" if ports[0] == ports[1] else f":{ports[0]}..{ports[1]}")
+    return text + (f":{ports[0]}" if ports[0] == ports[1] else f":{ports[0]}..{ports[1] + 1}")
 
 
 # --- matching and coverage ---------------------------------------------------------------------------
@@ -388,6 +392,15 @@ def matches(pattern: HostPattern, scheme: str, host: str, port: int | None = Non
     except _Reason:
         return False
     return _host_matches(pattern, target)
+
+
+def runtime_host(host: str) -> IPAddress | str:
+    """A connection's host as an address or a normalised name; :class:`HostPatternError` when the
+    grammar refuses it (shortened or octal IPv4, zone ids, bad labels, IDNA spellings that map)."""
+    try:
+        return _host_target(host)
+    except _Reason as reason:
+        raise HostPatternError(host, reason.code, reason.message) from None
 
 
 def _host_target(host: str) -> IPAddress | str:
