@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from runner.egress.transport import Seam
 from runner.errors import PolicyDenied, SandrunError
 from runner.plan import JobSpec, Plan
 from runner.progress import ProgressEvent
@@ -56,6 +57,7 @@ class BatchOptions:
     passthrough: bool = False
     cache_dir: Path | None = None
     protected_dirs: tuple[Path, ...] = ()
+    egress: Seam | None = None  # sandrun:http's resolver and connector (a test seam; default: the OS)
 
     def __post_init__(self) -> None:
         if not isinstance(self.jobs, int) or self.jobs < 1:
@@ -234,6 +236,8 @@ class _Batch:
                 outcome = self.runtime.run(
                     job, self.root, cancel=self.stop, passthrough=self.options.passthrough
                 )
+                for hop in outcome.net_hops:
+                    self.emit("net.request", {"id": job.id, **hop})
                 status, reason = status_for(job, outcome)
                 if status != "passed" and self.stop.is_set():
                     reason = f"{self.stop_reason} ({reason})"
@@ -462,7 +466,7 @@ def run_plan(
     same time. If one raises, the batch stops (running jobs cancelled, pending ones skipped) and
     the error is re-raised.
     """
-    with Runtime(cache_dir=options.cache_dir) as runtime:
+    with Runtime(cache_dir=options.cache_dir, egress_seam=options.egress) as runtime:
         batch = _Batch(plan, root, options, runtime, on_event, on_progress, on_output, cancel)
         batch.deploy()
         if plan.jobs:

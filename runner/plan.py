@@ -20,6 +20,8 @@ __all__ = [
     "Limits",
     "Mount",
     "Network",
+    "HttpRule",
+    "SecretRef",
     "Tool",
     "JobSpec",
     "InputFile",
@@ -72,11 +74,32 @@ class Mount:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HttpRule:
+    """An allow entry's object form: a host pattern narrowed to some methods and path prefixes."""
+
+    host: str
+    methods: tuple[str, ...] | None = None
+    paths: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecretRef:
+    """A header the host adds for one origin, its value read from the runner's environment
+    variable ``env`` at run time: the plan holds the name, never the value."""
+
+    origin: str
+    header: str
+    env: str
+    format: str = "{}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Network:
     """Outbound network grant: host patterns allowed, and address blocks always refused."""
 
-    allow: tuple[str, ...]
+    allow: tuple[str | HttpRule, ...]
     block: tuple[str, ...]
+    secrets: tuple[SecretRef, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -219,11 +242,27 @@ def _job_from_dict(item: dict[str, Any]) -> JobSpec:
             "args": tuple(item["args"]),
             "env": tuple((str(k), str(v)) for k, v in item["env"]),
             "mounts": tuple(Mount(**m) for m in item["mounts"]),
-            "network": None
-            if network is None
-            else Network(allow=tuple(network["allow"]), block=tuple(network["block"])),
+            "network": None if network is None else _network_from_dict(network),
             "limits": Limits(**item["limits"]),
             "needs": tuple(item["needs"]),
             "actions": tuple(item["actions"]),
         }
+    )
+
+
+def _network_from_dict(item: dict[str, Any]) -> Network:
+    def rule(entry: str | dict[str, Any]) -> str | HttpRule:
+        if isinstance(entry, str):
+            return entry
+        methods, paths = entry.get("methods"), entry.get("paths")
+        return HttpRule(
+            host=entry["host"],
+            methods=None if methods is None else tuple(methods),
+            paths=None if paths is None else tuple(paths),
+        )
+
+    return Network(
+        allow=tuple(rule(entry) for entry in item["allow"]),
+        block=tuple(item["block"]),
+        secrets=tuple(SecretRef(**secret) for secret in item.get("secrets", ())),
     )

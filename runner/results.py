@@ -44,6 +44,7 @@ class Outcome:
     stdout_dropped: int = 0
     stderr_dropped: int = 0
     invoke_results: tuple[str, ...] | None = None
+    net_hops: tuple[dict[str, Any], ...] = ()  # one record per sandrun:http hop (runner.egress)
 
     def __post_init__(self) -> None:
         if (self.exit_code is None) == (self.trap is None):

@@ -66,6 +66,9 @@ from wasmtime import (
 from runner import capi
 from runner.cache import ModuleCache, Source, default_cache_dir
 from runner.canonical import sha256_hex
+from runner.egress import abi as http_abi
+from runner.egress.job import egress_for
+from runner.egress.transport import Seam
 from runner.errors import InputError, Location, PolicyDenied
 from runner.plan import JobSpec, Limits
 from runner.results import Outcome, TrapKind
@@ -464,6 +467,42 @@ def _poll_oneoff(caller: Caller, in_ptr: int, out_ptr: int, count: int, nevents_
         return _ERRNO_FAULT
 
 
+# --- sandrun:http ---------------------------------------------------------------------------
+
+
+class _CallerMemory:
+    """``http_abi.GuestMemory`` over the calling instance's ``memory``, looked up at each call."""
+
+    __slots__ = ("_caller", "_memory")
+
+    def __init__(self, caller: Caller) -> None:
+        self._caller = caller
+        memory = caller.get("memory")
+        self._memory = memory if isinstance(memory, Memory) else None
+
+    def size(self) -> int:
+        return 0 if self._memory is None else self._memory.data_len(self._caller)
+
+    def read(self, start: int, stop: int) -> bytes:
+        assert self._memory is not None  # size() is 0 without a memory: every span fails first
+        return bytes(self._memory.read(self._caller, start, stop))
+
+    def write(self, data: bytes, start: int) -> None:
+        assert self._memory is not None
+        self._memory.write(self._caller, data, start)
+
+
+def _define_http(linker: Linker) -> None:
+    """Link ``sandrun:http`` (docs/http.md); per-job state is the session bound to the job's thread."""
+    i32 = ValType.i32()
+    for name, arity, function in http_abi.FUNCTIONS:
+
+        def host(caller: Caller, *args: int, _function: Any = function) -> int:
+            return int(_function(_CallerMemory(caller), *args))
+
+        linker.define_func(http_abi.MODULE, name, FuncType([i32] * arity, [i32]), host, access_caller=True)
+
+
 # --- engines ----------------------------------------------------------------------------------
 
 
@@ -488,6 +527,7 @@ class _EngineHost:
             _poll_oneoff,
             access_caller=True,
         )
+        _define_http(self.linker)
         self.tick_ms = tick_ms
         self._jobs: set[_JobState] = set()
         self._lock = threading.Lock()
@@ -696,7 +736,12 @@ class Runtime:
     """
 
     def __init__(
-        self, *, cache_dir: Path | None = None, memory_cache_entries: int = 64, tick_ms: int = 10
+        self,
+        *,
+        cache_dir: Path | None = None,
+        memory_cache_entries: int = 64,
+        tick_ms: int = 10,
+        egress_seam: Seam | None = None,
     ) -> None:
         if tick_ms <= 0:
             raise ValueError("tick_ms must be positive")
@@ -704,6 +749,7 @@ class Runtime:
         self.cache = ModuleCache(self.cache_dir, memory_entries=memory_cache_entries)
         self._protected = (self.cache_dir.resolve(),)
         self._tick_ms = tick_ms
+        self._egress_seam = egress_seam  # where sandrun:http resolves and dials (tests inject one)
         self._engines: dict[EngineKey, _EngineHost] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -830,8 +876,11 @@ class Runtime:
         capi.set_epoch_callback(store, _on_epoch_deadline)
         host.register(state)
         _current.job = state
+        deadline_s = state.deadline_ns / 1e9
+        net = http_abi.Session(lambda: egress_for(job, self._egress_seam, deadline=deadline_s))
         try:
-            ending, peak = _execute(job, store, host.linker, module)
+            with http_abi.bound(net):
+                ending, peak = _execute(job, store, host.linker, module)
         finally:
             _current.job = None
             host.unregister(state)
@@ -860,6 +909,7 @@ class Runtime:
             stdout_dropped=stdout_dropped,
             stderr_dropped=stderr_dropped,
             invoke_results=ending.results,
+            net_hops=net.hops,
         )
 
     def _grant_files(

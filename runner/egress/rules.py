@@ -14,9 +14,9 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from runner.egress.urls import Url
-from runner.hosts import BlockList, HostPattern, matches, parse_host_pattern
+from runner.hosts import BlockList, HostPattern, covers, matches, parse_block_entry, parse_host_pattern
 
-__all__ = ["METHODS", "Denied", "AllowEntry", "Grant", "UNROUTABLE"]
+__all__ = ["METHODS", "Denied", "AllowEntry", "Grant", "UNROUTABLE", "blocked_entirely"]
 
 #: The methods a request may use; an allow entry may narrow them.
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -54,6 +54,21 @@ class AllowEntry:
             parse_host_pattern(entry["host"]),
             None if methods is None else tuple(m.upper() for m in methods),
             None if paths is None else tuple(paths),
+        )
+
+    def covered_by(self, outer: AllowEntry) -> bool:
+        """True only when every request this entry admits, ``outer`` admits too: its host pattern
+        covers ours, and its methods and path prefixes are no narrower than ours."""
+        if not covers(outer.pattern, self.pattern):
+            return False
+        if outer.methods is not None and (
+            self.methods is None or not set(self.methods) <= set(outer.methods)
+        ):
+            return False
+        if outer.paths is None:
+            return True
+        return self.paths is not None and all(
+            any(path.startswith(prefix) for prefix in outer.paths) for path in self.paths
         )
 
     def why_not(self, url: Url, method: str) -> str | None:
@@ -106,3 +121,17 @@ class Grant:
         entry = UNROUTABLE.blocked_by(address)
         if entry is not None:
             raise Denied("net.unroutable", f"address {address} is inside {entry}, which is never dialled")
+
+
+def blocked_entirely(pattern: HostPattern, blocks: Iterable[str]) -> str | None:
+    """The block entry (or never-dialled range) that contains every address ``pattern`` admits, so
+    the entry can never succeed; None when some address may get through. Names resolve at run
+    time, so only address and CIDR patterns can be judged here."""
+    network = pattern.network
+    if network is None:
+        return None
+    for entry in (*blocks, *UNROUTABLE.entries):
+        for blocked in parse_block_entry(entry):
+            if blocked.version == network.version and network.subnet_of(blocked):  # type: ignore[arg-type]
+                return entry
+    return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import graphlib
 import hashlib
+import logging
 import posixpath
 import subprocess
 from dataclasses import dataclass, field
@@ -21,11 +22,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runner.canonical import canonical_digest
+from runner.egress.rules import AllowEntry, blocked_entirely
+from runner.egress.urls import UrlError
 from runner.errors import InputError, PolicyDenied, SandrunError, Violation
-from runner.hosts import HostPatternError, covers, parse_host_pattern
-from runner.plan import InputFile, JobSpec, Limits, Mount, Network, Plan, PolicyRef, Tool
+from runner.hosts import HostPatternError
+from runner.plan import HttpRule, InputFile, JobSpec, Limits, Mount, Network, Plan, PolicyRef, SecretRef, Tool
 from runner.policy.governance import Grants, score
-from runner.policy.model import LimitValues, Policy, parse_limits
+from runner.policy.model import LimitValues, Policy, parse_limits, secret_key
 from runner.signing import verify_module_digest
 from runner.source import Document
 from runner.units import format_duration, format_size
@@ -428,22 +431,56 @@ class _ManifestCompiler:
         if data is None:
             return None
         policy = self.state.policy
-        for index, text in enumerate(data.get("allow", [])):
+        block = list(dict.fromkeys([*data.get("block", []), *policy.network_block]))
+        allow: list[str | HttpRule] = []
+        for index, entry in enumerate(data.get("allow", [])):
             where = f"{pointer}/network/allow/{index}"
             try:
-                pattern = parse_host_pattern(text)
+                inner = AllowEntry.parse(entry)
             except HostPatternError as exc:
                 self.deny("network.pattern", str(exc), where)
                 continue
-            if not any(covers(outer, pattern) for outer in policy.network_allow):
+            if not any(inner.covered_by(outer) for outer in policy.network_entries):
                 self.deny(
                     "network.uncovered",
-                    f"{text!r} is not covered by the policy's network.allow "
-                    f"{[p.text for p in policy.network_allow]}",
+                    f"{_entry_text(entry)} is not covered by the policy's network.allow "
+                    f"{[_entry_text(e) for e in policy.document.data.get('network', {}).get('allow', [])]}",
                     where,
                 )
-        block = list(dict.fromkeys([*data.get("block", []), *policy.network_block]))
-        return Network(allow=tuple(data.get("allow", [])), block=tuple(block))
+            blocker = blocked_entirely(inner.pattern, block)
+            if blocker is not None:
+                self.warn(
+                    "network.unreachable",
+                    f"{inner.pattern.text} can never succeed: every address it admits is blocked "
+                    f"by {blocker!r}",
+                    where,
+                )
+            allow.append(entry if isinstance(entry, str) else _http_rule(entry))
+        secrets = []
+        for index, entry in enumerate(data.get("secrets", [])):
+            where = f"{pointer}/network/secrets/{index}"
+            try:
+                key = secret_key(entry)
+            except UrlError as exc:
+                self.deny("network.secret", exc.message, where + "/origin")
+                continue
+            if key not in policy.network_secrets:
+                self.deny(
+                    "network.secret",
+                    f"secret {entry['value_from']['env']} for {entry['header']} on {entry['origin']} is not "
+                    "allowed by the policy's network.secrets",
+                    where,
+                )
+                continue
+            origin = "{}://{}:{}".format(*key[0])
+            secrets.append(
+                SecretRef(origin=origin, header=entry["header"], env=key[2], format=entry.get("format", "{}"))
+            )
+        return Network(allow=tuple(allow), block=tuple(block), secrets=tuple(secrets))
+
+    def warn(self, rule_id: str, message: str, pointer: str) -> None:
+        """A finding that denies nothing: logged (stderr in the CLI) as ``file:line:col: /ptr [rule] ...``."""
+        _log.warning("%s", Violation(rule_id, message, self.document.locate(pointer)).render())
 
     def check_needs(self, names: dict[str, int]) -> None:
         graph: dict[str, list[str]] = {}
@@ -543,3 +580,19 @@ def denial_error(violations: list[Violation]) -> SandrunError:
     if any(v.rule_id.split(".")[0] in ("yaml", "schema", "key") for v in violations):
         return InputError(violations=tuple(violations))
     return PolicyDenied(violations=tuple(violations))
+
+
+_log = logging.getLogger("sandrun.compile")
+
+
+def _entry_text(entry: str | dict[str, Any]) -> str:
+    return repr(entry) if isinstance(entry, str) else f"{entry.get('host')!r} (methods/paths narrowed)"
+
+
+def _http_rule(entry: dict[str, Any]) -> HttpRule:
+    methods, paths = entry.get("methods"), entry.get("paths")
+    return HttpRule(
+        host=entry["host"],
+        methods=None if methods is None else tuple(methods),
+        paths=None if paths is None else tuple(paths),
+    )

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from runner.canonical import canonical_digest
+from runner.egress.rules import AllowEntry
+from runner.egress.urls import UrlError, parse_url
 from runner.errors import InputError, Violation
-from runner.hosts import HostPattern, HostPatternError, parse_block_entry, parse_host_pattern
+from runner.hosts import HostPattern, HostPatternError, parse_block_entry
 from runner.signing import KeyFileError, PublicKey, parse_public_key, public_key_raw
 from runner.source import Document
 from runner.units import UnitError, parse_duration, parse_size
@@ -64,6 +66,8 @@ class Policy:
     write_roots: tuple[Path, ...]
     network_allow: tuple[HostPattern, ...]
     network_block: tuple[str, ...]
+    network_entries: tuple[AllowEntry, ...] = ()  # network_allow with their methods and paths
+    network_secrets: frozenset[tuple[tuple[str, str, int], str, str]] = frozenset()  # origin, header, env
     actions_allow: tuple[str, ...]
     actions_deny: tuple[str, ...]
     max_score: float | None
@@ -145,10 +149,10 @@ def policy_from_document(document: Document, root: Path) -> Policy:
     max_limits = parse_limits(document, "/limits/max", limits.get("max", {}), problems)
 
     network = data.get("network", {})
-    allow: list[HostPattern] = []
+    entries: list[AllowEntry] = []
     for index, text in enumerate(network.get("allow", [])):
         try:
-            allow.append(parse_host_pattern(text))
+            entries.append(AllowEntry.parse(text))
         except HostPatternError as exc:
             problems.append(
                 Violation("network.pattern", str(exc), document.locate(f"/network/allow/{index}"))
@@ -160,6 +164,14 @@ def policy_from_document(document: Document, root: Path) -> Policy:
             problems.append(
                 Violation("network.pattern", str(exc), document.locate(f"/network/block/{index}"))
             )
+
+    secrets = set()
+    for index, entry in enumerate(network.get("secrets", [])):
+        try:
+            secrets.add(secret_key(entry))
+        except UrlError as exc:
+            where = document.locate(f"/network/secrets/{index}/origin")
+            problems.append(Violation("network.secret", exc.message, where))
 
     if problems:
         raise InputError(violations=tuple(problems))
@@ -185,9 +197,22 @@ def policy_from_document(document: Document, root: Path) -> Policy:
         max_limits=max_limits,
         roots=roots,
         write_roots=write_roots,
-        network_allow=tuple(allow),
+        network_allow=tuple(entry.pattern for entry in entries),
         network_block=tuple(network.get("block", [])),
+        network_entries=tuple(entries),
+        network_secrets=frozenset(secrets),
         actions_allow=tuple(actions.get("allow", [])),
         actions_deny=tuple(actions.get("deny", [])),
         max_score=governance.get("max_score"),
     )
+
+
+def secret_key(entry: dict[str, Any]) -> tuple[tuple[str, str, int], str, str]:
+    """What must match between a job's secret and the policy's: origin, header (any case), variable.
+
+    Raises :class:`~runner.egress.urls.UrlError` for an origin that is not ``http(s)://host[:port]``.
+    """
+    url = parse_url(entry["origin"])
+    if url.target != "/" or entry["origin"].rstrip("/").count("/") > 2:
+        raise UrlError("url.path", f"an origin is scheme://host[:port], without a path: {entry['origin']!r}")
+    return url.origin, entry["header"].lower(), entry["value_from"]["env"]

@@ -1,0 +1,30 @@
+"""A job's egress, built from its plan entry when the job starts and dropped when it ends."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict
+
+from runner.egress.client import Egress, Secret
+from runner.egress.rules import Grant
+from runner.egress.transport import Seam
+from runner.plan import JobSpec
+
+__all__ = ["egress_for"]
+
+
+def egress_for(
+    job: JobSpec, seam: Seam | None, *, deadline: float, environ: Mapping[str, str] | None = None
+) -> Egress:
+    """The job's :class:`Egress`: no ``network`` grants nothing (every request refused and recorded).
+
+    Secret values are read from ``environ`` (the runner's environment) now, never from the plan.
+    """
+    network = job.network
+    if network is None:
+        return Egress(Grant.none(), seam=seam, deadline=deadline)
+    allow = [entry if isinstance(entry, str) else asdict(entry) for entry in network.allow]
+    env = os.environ if environ is None else environ
+    secrets = [Secret.from_plan(asdict(ref), env) for ref in network.secrets]
+    return Egress(Grant.from_plan(allow, network.block), seam=seam, secrets=secrets, deadline=deadline)
