@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 from dataclasses import replace
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +99,7 @@ def test_bad_requests_are_codes_with_a_reason(payload: bytes, code: int) -> None
     assert _request(session, memory, payload) == code
     with abi.bound(session):
         length = abi.last_error(memory, 60000, 200)
-    assert 0 < length and bytes(memory.data[60000 : 60000 + min(length, 200)]).startswith(b"[")
+    assert length > 0 and bytes(memory.data[60000 : 60000 + min(length, 200)]).startswith(b"[")
 
 
 @pytest.mark.parametrize(
@@ -165,7 +165,8 @@ def _guest_wat(payload: bytes) -> bytes:
       (memory (export "memory") 1)
       (data (i32.const 1024) "{data}")
       (func (export "_start") (local $h i32) (local $n i32)
-        (local.set $h (call $request (i32.const 1024) (i32.const {len(payload)}) (i32.const 0) (i32.const 0) (i32.const 16)))
+        (local.set $h (call $request
+          (i32.const 1024) (i32.const {len(payload)}) (i32.const 0) (i32.const 0) (i32.const 16)))
         (if (i32.lt_s (local.get $h) (i32.const 0))
           (then (call $exit (i32.sub (i32.const 0) (local.get $h)))))
         (local.set $n (call $read_body (local.get $h) (i32.const 4096) (i32.const 4096)))
