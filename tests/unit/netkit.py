@@ -108,10 +108,15 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _handle
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        return None  # a client cut off mid-trickle is the point of some tests
+
+
 @contextmanager
 def http_server(tls: ssl.SSLContext | None = None) -> Iterator[ThreadingHTTPServer]:
     """A loopback HTTP (or HTTPS) server on a free port; ``server.seen`` lists the requests."""
-    server = ThreadingHTTPServer((LOOPBACK, 0), _Handler)
+    server = _QuietServer((LOOPBACK, 0), _Handler)
     server.daemon_threads = True
     server.seen = []  # type: ignore[attr-defined]
     if tls is not None:
