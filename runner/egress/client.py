@@ -276,6 +276,13 @@ class Egress:
                     "net.secret-missing",
                     f"secret {secret.name} is not set in the runner's environment",
                 )
+            if not secret.value.isascii() or not _VALUE.fullmatch(secret.value):
+                # a value with CR or LF would inject headers into the request
+                raise EgressError(
+                    "denied",
+                    "net.secret-invalid",
+                    f"secret {secret.name} has characters a header cannot carry",
+                )
         return sent
 
     # -- one exchange on a pinned socket
@@ -306,19 +313,9 @@ class Egress:
             sock.settimeout(max(remaining, 0.001))
             if url.scheme == "https":
                 holder[0] = sock = self._tls(sock, url)
-            connection = http.client.HTTPConnection(url.host, url.port)
-            connection.sock = sock
-            secret_names = {s.header.lower() for s in secrets}
-            fields = [(k, v) for k, v in headers if k.lower() not in secret_names]
-            fields += [(s.header, s.value or "") for s in secrets]
-            connection.putrequest(method, url.target, skip_host=True, skip_accept_encoding=False)
-            connection.putheader("Host", url.authority)
-            for name, value in fields:
-                connection.putheader(name, value)
-            if body or method in ("POST", "PUT", "PATCH"):
-                connection.putheader("Content-Length", str(len(body)))
-            connection.endheaders(body or None)
-            response = connection.getresponse()
+            sock.sendall(_head(url, method, headers, secrets, body) + body)
+            response = http.client.HTTPResponse(sock, method=method)
+            response.begin()
             data = b"" if method == "HEAD" else _read_capped(response, self.bounds.max_body)
             result = Response(status=response.status, headers=tuple(response.getheaders()), body=data)
         except EgressError:
@@ -359,6 +356,20 @@ class Egress:
             body = body.replace(value, mark.encode())
             headers = [(k, v.replace(value.decode("latin-1"), mark)) for k, v in headers]
         return Response(status=response.status, headers=tuple(headers), body=body)
+
+
+def _head(
+    url: Url, method: str, headers: tuple[tuple[str, str], ...], secrets: list[Secret], body: bytes
+) -> bytes:
+    """The request line and headers: names and values were checked (guest) or are ours."""
+    replaced = {s.header.lower() for s in secrets}
+    lines = [f"{method} {url.target} HTTP/1.1", f"Host: {url.authority}", "Accept-Encoding: identity"]
+    lines += [f"{k}: {v}" for k, v in headers if k.lower() not in replaced]
+    lines += [f"{s.header}: {s.value}" for s in secrets]
+    if body or method in ("POST", "PUT", "PATCH"):
+        lines.append(f"Content-Length: {len(body)}")
+    lines.append("Connection: close\r\n\r\n")
+    return "\r\n".join(lines).encode("latin-1")
 
 
 def _read_capped(response: http.client.HTTPResponse, cap: int) -> bytes:

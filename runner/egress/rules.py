@@ -98,8 +98,8 @@ class Grant:
         return cls((), BlockList.from_entries(()))
 
     def admit(self, url: Url, method: str) -> None:
-        """Raise :class:`Denied` unless an entry admits ``method`` on ``url`` (a literal address
-        is also judged against the blocks here, before anything is resolved)."""
+        """Raise :class:`Denied` unless an entry admits ``method`` on ``url``; addresses (a literal
+        one too) are judged afterwards by :meth:`address_verdict`."""
         if not self.allow:
             raise Denied("net.no-grant", "the job has no network grant")
         reasons = [entry.why_not(url, method) for entry in self.allow]
@@ -110,8 +110,6 @@ class Grant:
                 str(rule), f"{url.scheme}://{url.authority}"
             )
             raise Denied(str(rule), f"{what} is not allowed by the job's network grant")
-        if url.address is not None:
-            self.address_verdict(url.address)
 
     def address_verdict(self, address: IPv4Address | IPv6Address) -> None:
         """Raise :class:`Denied` when ``address`` (or an IPv4 address it carries) is blocked."""

@@ -124,11 +124,15 @@ class Watchdog:
         with self._cond:
             token = next(self._ids)
             self._armed[token] = cut
+            # Wake the thread only when it sleeps past this deadline: a wake-up per request would
+            # cost a GIL hand-off each time. Stale (disarmed) entries are dropped when they surface.
+            earliest = not self._heap or deadline < self._heap[0][0]
             heapq.heappush(self._heap, (deadline, token))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="sandrun-watchdog", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            elif earliest:
+                self._cond.notify()
             return token
 
     def disarm(self, token: int) -> bool:

@@ -27,6 +27,7 @@ _TARGET = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")
 _ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _ENCODED_SEPARATOR = re.compile(r"%(?:2[eEfF]|5[cC])")
 _MAX_URL = 8192
+_PRINTABLE = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces
 
 
 class UrlError(ValueError):
@@ -73,7 +74,7 @@ def parse_url(text: str) -> Url:
         raise UrlError("url.empty", "the URL is empty")
     if len(text) > _MAX_URL:
         raise UrlError("url.length", f"the URL is longer than {_MAX_URL} characters")
-    if not text.isascii() or any(not c.isprintable() or c.isspace() for c in text):
+    if not _PRINTABLE.fullmatch(text):
         raise UrlError(
             "url.character", "only printable ASCII without spaces (write IDN hosts as xn-- A-labels)"
         )

@@ -239,3 +239,15 @@ def test_url_normal_form() -> None:
         "/a/b",
     )
     assert parse_url("https://[2001:db8::1]/").authority == "[2001:db8::1]"
+
+
+def test_a_secret_value_with_a_newline_is_never_sent(server: ThreadingHTTPServer) -> None:
+    # the runner's environment is trusted, but a CR/LF in it must not become header injection
+    injected = Secret.from_plan(
+        {"origin": "http://example.org", "header": "Authorization", "env": "TOKEN"},
+        {"TOKEN": "x\r\nX-Evil: 1"},
+    )
+    egress, connector = _named(server, (injected,))
+    with pytest.raises(EgressError) as caught:
+        egress.request(Request(url="http://example.org/ok"))
+    assert caught.value.rule == "net.secret-invalid" and connector.dials == []
