@@ -21,6 +21,7 @@ __all__ = [
     "Mount",
     "Network",
     "HttpRule",
+    "NetLimits",
     "SecretRef",
     "Tool",
     "JobSpec",
@@ -94,12 +95,28 @@ class SecretRef:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class NetLimits:
+    """Bounds of ``sandrun:http`` for one job (the defaults are the built-in caps)."""
+
+    timeout_ms: int = 30_000
+    body: int = 16 << 20
+    requests: int = 64
+    handles: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("timeout_ms", "body", "requests", "handles"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value > 0, f"network {name} must be a positive integer")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Network:
     """Outbound network grant: host patterns allowed, and address blocks always refused."""
 
     allow: tuple[str | HttpRule, ...]
     block: tuple[str, ...]
     secrets: tuple[SecretRef, ...] = ()
+    limits: NetLimits = NetLimits()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -265,4 +282,5 @@ def _network_from_dict(item: dict[str, Any]) -> Network:
         allow=tuple(rule(entry) for entry in item["allow"]),
         block=tuple(item["block"]),
         secrets=tuple(SecretRef(**secret) for secret in item.get("secrets", ())),
+        limits=NetLimits(**item.get("limits", {})),
     )

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict
 
-from runner.egress.client import Egress, Secret
+from runner.egress.client import Bounds, Egress, Secret
 from runner.egress.rules import Grant
 from runner.egress.transport import Seam
 from runner.plan import JobSpec
@@ -27,4 +27,12 @@ def egress_for(
     allow = [entry if isinstance(entry, str) else asdict(entry) for entry in network.allow]
     env = os.environ if environ is None else environ
     secrets = [Secret.from_plan(asdict(ref), env) for ref in network.secrets]
-    return Egress(Grant.from_plan(allow, network.block), seam=seam, secrets=secrets, deadline=deadline)
+    limits = network.limits
+    bounds = Bounds(
+        timeout_s=limits.timeout_ms / 1000,
+        max_body=limits.body,
+        max_requests=limits.requests,
+        max_handles=limits.handles,
+    )
+    grant = Grant.from_plan(allow, network.block)
+    return Egress(grant, seam=seam, secrets=secrets, bounds=bounds, deadline=deadline)

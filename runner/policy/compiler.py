@@ -28,7 +28,7 @@ from runner.errors import InputError, PolicyDenied, SandrunError, Violation
 from runner.hosts import HostPatternError
 from runner.plan import HttpRule, InputFile, JobSpec, Limits, Mount, Network, Plan, PolicyRef, SecretRef, Tool
 from runner.policy.governance import Grants, score
-from runner.policy.model import LimitValues, Policy, parse_limits, secret_key
+from runner.policy.model import LimitValues, Policy, parse_limits, parse_net_limits, secret_key
 from runner.signing import verify_module_digest
 from runner.source import Document
 from runner.units import format_duration, format_size
@@ -476,7 +476,17 @@ class _ManifestCompiler:
             secrets.append(
                 SecretRef(origin=origin, header=entry["header"], env=key[2], format=entry.get("format", "{}"))
             )
-        return Network(allow=tuple(allow), block=tuple(block), secrets=tuple(secrets))
+        problems: list[Violation] = []
+        limits = parse_net_limits(
+            self.document,
+            f"{pointer}/network/limits",
+            data.get("limits", {}),
+            policy.network_limits,
+            problems,
+        )
+        for problem in problems:
+            self.state.violations.append(problem)
+        return Network(allow=tuple(allow), block=tuple(block), secrets=tuple(secrets), limits=limits)
 
     def warn(self, rule_id: str, message: str, pointer: str) -> None:
         """A finding that denies nothing: logged (stderr in the CLI) as ``file:line:col: /ptr [rule] ...``."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from runner.egress.rules import AllowEntry
 from runner.egress.urls import UrlError, parse_url
 from runner.errors import InputError, Violation
 from runner.hosts import HostPattern, HostPatternError, parse_block_entry
+from runner.plan import NetLimits
 from runner.signing import KeyFileError, PublicKey, parse_public_key, public_key_raw
 from runner.source import Document
 from runner.units import UnitError, parse_duration, parse_size
@@ -68,6 +69,7 @@ class Policy:
     network_block: tuple[str, ...]
     network_entries: tuple[AllowEntry, ...] = ()  # network_allow with their methods and paths
     network_secrets: frozenset[tuple[tuple[str, str, int], str, str]] = frozenset()  # origin, header, env
+    network_limits: NetLimits = NetLimits()  # defaults and caps of every job's sandrun:http bounds
     actions_allow: tuple[str, ...]
     actions_deny: tuple[str, ...]
     max_score: float | None
@@ -173,6 +175,10 @@ def policy_from_document(document: Document, root: Path) -> Policy:
             where = document.locate(f"/network/secrets/{index}/origin")
             problems.append(Violation("network.secret", exc.message, where))
 
+    net_limits = parse_net_limits(
+        document, "/network/limits", network.get("limits", {}), NetLimits(), problems
+    )
+
     if problems:
         raise InputError(violations=tuple(problems))
 
@@ -201,6 +207,7 @@ def policy_from_document(document: Document, root: Path) -> Policy:
         network_block=tuple(network.get("block", [])),
         network_entries=tuple(entries),
         network_secrets=frozenset(secrets),
+        network_limits=net_limits,
         actions_allow=tuple(actions.get("allow", [])),
         actions_deny=tuple(actions.get("deny", [])),
         max_score=governance.get("max_score"),
@@ -216,3 +223,42 @@ def secret_key(entry: dict[str, Any]) -> tuple[tuple[str, str, int], str, str]:
     if url.target != "/" or entry["origin"].rstrip("/").count("/") > 2:
         raise UrlError("url.path", f"an origin is scheme://host[:port], without a path: {entry['origin']!r}")
     return url.origin, entry["header"].lower(), entry["value_from"]["env"]
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected a whole number, not {value!r}")
+    return value
+
+
+_NET_LIMITS: dict[str, tuple[str, Callable[[object], int]]] = {
+    "timeout": ("timeout_ms", parse_duration),
+    "body": ("body", parse_size),
+    "requests": ("requests", _count),
+    "handles": ("handles", _count),
+}
+
+
+def parse_net_limits(
+    document: Document, pointer: str, data: dict[str, Any], caps: NetLimits, problems: list[Violation]
+) -> NetLimits:
+    """``network.limits`` over ``caps``: each value given must not exceed its cap (rule
+    ``network.limits``); a value not given is the cap itself."""
+    values: dict[str, int] = {}
+    for key, (name, parse) in _NET_LIMITS.items():
+        if key not in data:
+            continue
+        try:
+            value = parse(data[key])
+        except (UnitError, ValueError, TypeError) as exc:
+            problems.append(Violation("network.limits", str(exc), document.locate(f"{pointer}/{key}")))
+            continue
+        cap = getattr(caps, name)
+        if value <= 0 or value > cap:
+            where = document.locate(f"{pointer}/{key}")
+            problems.append(
+                Violation("network.limits", f"{key} must be 1..{cap} ({data[key]!r} given)", where)
+            )
+            continue
+        values[name] = value
+    return replace(caps, **values)

@@ -158,3 +158,37 @@ def test_an_entry_the_blocks_cover_entirely_warns(tmp_path: Path, caplog: pytest
     assert (
         len(warned) == 1 and "[network.unreachable]" in warned[0] and "/jobs/0/network/allow/0" in warned[0]
     )
+
+
+def test_network_limits_default_to_the_policy_and_cannot_exceed_it(tmp_path: Path) -> None:
+    policy = {
+        "allow": ["http://*:*"],
+        "limits": {"timeout": "5s", "body": "1MiB", "requests": 10, "handles": 2},
+    }
+    plan = _compile(tmp_path / "a", policy, {"allow": ["http://example.org"]})
+    limits = plan.jobs[0].network.limits  # type: ignore[union-attr]
+    assert (limits.timeout_ms, limits.body, limits.requests, limits.handles) == (5000, 1 << 20, 10, 2)
+    lowered = _compile(tmp_path / "b", policy, {"allow": ["http://example.org"], "limits": {"requests": 3}})
+    assert lowered.jobs[0].network.limits.requests == 3  # type: ignore[union-attr]
+    assert Plan.from_dict(lowered.to_dict()) == lowered
+    denied = _denied(
+        tmp_path / "c", policy, {"allow": ["http://example.org"], "limits": {"body": "2MiB", "requests": 11}}
+    )
+    assert denied == [
+        ("network.limits", "/jobs/0/network/limits/body"),
+        ("network.limits", "/jobs/0/network/limits/requests"),
+    ]
+
+
+def test_without_network_limits_the_built_in_bounds_apply(tmp_path: Path) -> None:
+    from runner.egress.client import Bounds
+    from runner.egress.job import egress_for
+
+    plan = _compile(tmp_path, {"allow": ["http://*:*"]}, {"allow": ["http://example.org"]})
+    bounds = egress_for(plan.jobs[0], None, deadline=0.0).bounds
+    assert (bounds.timeout_s, bounds.max_body, bounds.max_requests, bounds.max_handles) == (
+        Bounds().timeout_s,
+        Bounds().max_body,
+        Bounds().max_requests,
+        Bounds().max_handles,
+    )
