@@ -59,6 +59,7 @@ _HOST_HEADERS = frozenset(
 _CREDENTIALS = frozenset({"authorization", "cookie", "proxy-authorization"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 65536
+_RECORD_URL_MAX = 2048  # a refused URL is recorded before it is parsed (and length-checked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,7 +406,7 @@ def _check_headers(request: Request, method: str, refuse: Any) -> tuple[tuple[st
 def _record(url: str, method: str, **fields: Any) -> dict[str, Any]:
     """The audit record of one hop (``net.request``)."""
     return {
-        "url": url,
+        "url": url[:_RECORD_URL_MAX],
         "method": method,
         "addresses": [],
         "pinned": None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import os
 import socket
 import threading
 import time
@@ -112,6 +113,7 @@ class Watchdog:
     """
 
     def __init__(self) -> None:
+        self._pid = os.getpid()
         self._heap: list[tuple[float, int]] = []
         self._armed: dict[int, Callable[[], None]] = {}
         self._fired: set[int] = set()
@@ -122,6 +124,11 @@ class Watchdog:
     def arm(self, deadline: float, cut: Callable[[], None]) -> int:
         """Call ``cut`` at ``deadline`` (``time.monotonic``) unless disarmed first."""
         with self._cond:
+            if self._pid != os.getpid():  # a forked worker inherits the object, not the thread
+                self._pid, self._thread = os.getpid(), None
+                self._heap.clear()
+                self._armed.clear()
+                self._fired.clear()
             token = next(self._ids)
             self._armed[token] = cut
             # Wake the thread only when it sleeps past this deadline: a wake-up per request would

@@ -251,3 +251,20 @@ def test_a_secret_value_with_a_newline_is_never_sent(server: ThreadingHTTPServer
     with pytest.raises(EgressError) as caught:
         egress.request(Request(url="http://example.org/ok"))
     assert caught.value.rule == "net.secret-invalid" and connector.dials == []
+
+
+def test_the_watchdog_works_in_a_forked_child(server: ThreadingHTTPServer) -> None:
+    import os
+
+    _egress().request(Request(url=_url(server, "/ok")))  # the parent's watchdog thread is running
+    pid = os.fork()
+    if pid == 0:  # the child: a trickling request must still end at its timeout
+        code = 1
+        try:
+            _egress().request(Request(url=_url(server, "/trickle"), timeout_s=0.3))
+        except EgressError as exc:
+            code = 0 if exc.rule == "net.timeout" else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
