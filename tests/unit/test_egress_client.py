@@ -4,6 +4,7 @@ loopback (a real server, a real test CA)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
@@ -254,8 +255,6 @@ def test_a_secret_value_with_a_newline_is_never_sent(server: ThreadingHTTPServer
 
 
 def test_the_watchdog_works_in_a_forked_child(server: ThreadingHTTPServer) -> None:
-    import os
-
     _egress().request(Request(url=_url(server, "/ok")))  # the parent's watchdog thread is running
     pid = os.fork()
     if pid == 0:  # the child: a trickling request must still end at its timeout

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 import wasmtime
 from conftest import make_job
-from netkit import LOOPBACK, http_server
+from netkit import LOOPBACK, RecordingConnector, TableResolver, http_server
 
 from runner.egress import Egress, Grant, Seam, abi
 from runner.plan import Network
+from runner.sandbox import Runtime
 
 ERR = abi.ERRORS
 
@@ -211,10 +212,6 @@ def test_a_wat_guest_with_a_wild_pointer_gets_a_code(tmp_path: Path, runtime: An
 
 
 def test_seam_reaches_the_sandbox(tmp_path: Path, server: ThreadingHTTPServer) -> None:
-    from netkit import RecordingConnector, TableResolver
-
-    from runner.sandbox import Runtime
-
     payload = json.dumps({"url": "http://api.example.org/ok"}).encode()
     job = make_job(tmp_path, _guest_wat(payload))
     job = replace(job, network=Network(allow=("http://*.example.org",), block=("private",)))

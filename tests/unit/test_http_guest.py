@@ -20,7 +20,7 @@ from nettree import write_tree
 from ssrf_cases import CASES, DNS, OK, Case
 
 from runner.api import compile_manifests, run
-from runner.egress import Seam
+from runner.egress import Seam, SystemConnector
 from runner.executor import BatchOptions
 
 
@@ -159,8 +159,6 @@ def test_https_with_a_test_ca_and_a_name_mismatch(tmp_path: Path) -> None:
     with http_server(ca.server_context) as tls:
         port = tls.server_address[1]
         resolver = TableResolver({"api.example.org": [LOOPBACK], "wrong.example.org": [LOOPBACK]})
-        from runner.egress import SystemConnector
-
         seam = Seam(resolver, SystemConnector(), extra_ca_pem=ca.ca_pem)
         jobs = [
             {

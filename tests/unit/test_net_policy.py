@@ -11,6 +11,8 @@ import pytest
 from nettree import write_tree
 
 from runner.api import compile_manifests
+from runner.egress import Bounds, parse_url
+from runner.egress.job import egress_for
 from runner.egress.rules import AllowEntry
 from runner.errors import InputError, PolicyDenied
 from runner.plan import HttpRule, Plan
@@ -80,8 +82,6 @@ def test_entry_coverage_is_sound_on_a_small_universe() -> None:
             {"host": "https://a.org", "methods": ["GET"], "paths": ["/x/z"]},
         )
     ]
-    from runner.egress import parse_url
-
     requests = [
         (parse_url(f"https://a.org{p}"), m)
         for p in ("/", "/x/", "/x/z/1", "/y", "/yy")
@@ -181,9 +181,6 @@ def test_network_limits_default_to_the_policy_and_cannot_exceed_it(tmp_path: Pat
 
 
 def test_without_network_limits_the_built_in_bounds_apply(tmp_path: Path) -> None:
-    from runner.egress.client import Bounds
-    from runner.egress.job import egress_for
-
     plan = _compile(tmp_path, {"allow": ["http://*:*"]}, {"allow": ["http://example.org"]})
     bounds = egress_for(plan.jobs[0], None, deadline=0.0).bounds
     assert (bounds.timeout_s, bounds.max_body, bounds.max_requests, bounds.max_handles) == (
