@@ -4,6 +4,8 @@ in the plan, never values), and the warning for an allow entry the blocks make u
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +191,25 @@ def test_without_network_limits_the_built_in_bounds_apply(tmp_path: Path) -> Non
         Bounds().max_requests,
         Bounds().max_handles,
     )
+
+
+def test_the_cli_prints_the_warning_and_still_allows_the_job(tmp_path: Path) -> None:
+    manifest, policy = write_tree(
+        tmp_path,
+        policy_network={"allow": ["http://*:*"], "block": ["private"]},
+        jobs=[{"name": "j", "args": ["GET", "0", "x"], "network": {"allow": ["http://10.0.0.1"]}}],
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "runner", "check", str(manifest), "--policy", str(policy)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0
+    (line,) = done.stderr.splitlines()
+    assert line.endswith(
+        "/jobs/0/network/allow/0 [network.unreachable] http://10.0.0.1 can never succeed: "
+        "every address it admits is blocked by 'private'"
+    )
+    assert line.startswith(f"{manifest}:")
