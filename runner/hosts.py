@@ -562,7 +562,8 @@ def _embedded_ipv4(address: IPv6Address) -> tuple[IPv4Address, ...]:
     value = int(address)
     found: list[IPv4Address] = []
     # ::a.b.c.d (compatible), ::ffff:a.b.c.d (mapped), ::ffff:0:a.b.c.d (translated), 64:ff9b::a.b.c.d (NAT64)
-    if value >> 32 in (0, 0xFFFF, 0xFFFF_0000, 0x0064_FF9B_0000_0000_0000_0000):
+    # ``::`` and ``::1`` are the unspecified and loopback addresses themselves, not 0.0.0.0/0.0.0.1.
+    if value >> 32 in (0, 0xFFFF, 0xFFFF_0000, 0x0064_FF9B_0000_0000_0000_0000) and value > 1:
         found.append(IPv4Address(value & 0xFFFF_FFFF))
     if address.sixtofour is not None:
         found.append(address.sixtofour)

@@ -63,6 +63,7 @@ CASES: tuple[Case, ...] = (
     Case("ok-port-in-range", "http://example.org:8080/ok", OK, ("http://example.org:8000..8081",)),
     Case("ok-public-literal", "http://93.184.216.34/ok", OK),
     Case("ok-public-mapped", "http://[::ffff:93.184.216.34]/ok", OK),
+    Case("ok-v6-loopback-not-blocked", "http://[::1]/ok", OK, block=()),  # not read as 0.0.0.1
     Case(
         "ok-method-path",
         "http://example.org/repos/ok",
