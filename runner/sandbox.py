@@ -877,7 +877,7 @@ class Runtime:
         host.register(state)
         _current.job = state
         deadline_s = state.deadline_ns / 1e9
-        net = http_abi.Session(lambda: egress_for(job, self._egress_seam, deadline=deadline_s))
+        net = http_abi.Session(lambda: egress_for(job, self._egress_seam, deadline=deadline_s, cancel=cancel))
         try:
             with http_abi.bound(net):
                 ending, peak = _execute(job, store, host.linker, module)

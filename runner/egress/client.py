@@ -25,6 +25,7 @@ import http.client
 import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -149,12 +150,14 @@ class Egress:
         secrets: Sequence[Secret] = (),
         bounds: Bounds | None = None,
         deadline: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.grant = grant
         self.seam = seam or Seam()
         self.secrets = tuple(secrets)
         self.bounds = bounds or Bounds()
         self.deadline = deadline  # the job's, on the time.monotonic clock
+        self.cancel = cancel  # the job's: set, it ends a request in flight (rule net.cancelled)
         self.hops: list[dict[str, Any]] = []
         # longest first, so a formatted value is replaced before the bare secret inside it
         self._names = {value: s.name for s in self.secrets for value in s.redactions()}
@@ -252,10 +255,12 @@ class Egress:
         if url.address is not None:
             return [url.address]
         try:
-            answers = resolve_within(self.seam.resolver, url.host, url.port, deadline - time.monotonic())
+            answers = resolve_within(
+                self.seam.resolver, url.host, url.port, deadline - time.monotonic(), self.cancel
+            )
         except LookupFailed as exc:
             if exc.timed_out:
-                raise EgressError("timeout", "net.timeout", str(exc)) from None
+                raise self._ended() from None
             raise EgressError("dns", "net.dns", str(exc)) from None
         addresses: list[IPv4Address | IPv6Address] = []
         for text in answers:
@@ -300,7 +305,7 @@ class Egress:
     ) -> Response:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise EgressError("timeout", "net.timeout", "the request's deadline passed")
+            raise self._ended()
         try:
             sock = self.seam.connector.connect(str(address), url.port, remaining)
         except OSError as exc:
@@ -308,7 +313,9 @@ class Egress:
                 "connect", "net.connect", f"cannot connect to {address} port {url.port}: {exc}"
             ) from None
         holder = [sock]
-        token = WATCHDOG.arm(deadline, lambda: socket.socket.shutdown(holder[0], socket.SHUT_RDWR))
+        token = WATCHDOG.arm(
+            deadline, lambda: socket.socket.shutdown(holder[0], socket.SHUT_RDWR), self.cancel
+        )
         fired = False
         try:
             sock.settimeout(max(remaining, 0.001))
@@ -328,15 +335,21 @@ class Egress:
         except (OSError, http.client.HTTPException, ValueError) as exc:
             fired = WATCHDOG.disarm(token)
             if fired:
-                raise EgressError("timeout", "net.timeout", "the request's deadline passed") from None
+                raise self._ended() from None
             kind = "tls" if isinstance(exc, ssl.SSLError) else "protocol"
             raise EgressError(kind, f"net.{kind}", f"{type(exc).__name__}: {exc}") from None
         finally:
             fired = WATCHDOG.disarm(token) or fired
             sock.close()
         if fired:
-            raise EgressError("timeout", "net.timeout", "the request's deadline passed")
+            raise self._ended()
         return self._redacted(result)
+
+    def _ended(self) -> EgressError:
+        """The error of a request cut off: by the job's cancellation, or by its deadline."""
+        if self.cancel is not None and self.cancel.is_set():
+            return EgressError("timeout", "net.cancelled", "the job was cancelled")
+        return EgressError("timeout", "net.timeout", "the request's deadline passed")
 
     def _tls(self, sock: socket.socket, url: Url) -> socket.socket:
         context = _tls_context(self.seam.extra_ca_pem)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import asdict
 
@@ -15,7 +16,12 @@ __all__ = ["egress_for"]
 
 
 def egress_for(
-    job: JobSpec, seam: Seam | None, *, deadline: float, environ: Mapping[str, str] | None = None
+    job: JobSpec,
+    seam: Seam | None,
+    *,
+    deadline: float,
+    cancel: threading.Event | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Egress:
     """The job's :class:`Egress`: no ``network`` grants nothing (every request refused and recorded).
 
@@ -23,7 +29,7 @@ def egress_for(
     """
     network = job.network
     if network is None:
-        return Egress(Grant.none(), seam=seam, deadline=deadline)
+        return Egress(Grant.none(), seam=seam, deadline=deadline, cancel=cancel)
     allow = [entry if isinstance(entry, str) else asdict(entry) for entry in network.allow]
     env = os.environ if environ is None else environ
     secrets = [Secret.from_plan(asdict(ref), env) for ref in network.secrets]
@@ -35,4 +41,4 @@ def egress_for(
         max_handles=limits.handles,
     )
     grant = Grant.from_plan(allow, network.block)
-    return Egress(grant, seam=seam, secrets=secrets, bounds=bounds, deadline=deadline)
+    return Egress(grant, seam=seam, secrets=secrets, bounds=bounds, deadline=deadline, cancel=cancel)

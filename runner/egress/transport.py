@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 __all__ = [
+    "CANCEL_POLL_S",
     "Resolver",
     "Connector",
     "SystemResolver",
@@ -32,6 +33,10 @@ __all__ = [
     "Watchdog",
     "WATCHDOG",
 ]
+
+
+#: How often a request in flight looks at its job's cancel event (fail-fast, Ctrl-C).
+CANCEL_POLL_S = 0.05
 
 
 class Resolver(Protocol):
@@ -78,8 +83,11 @@ class LookupFailed(Exception):
         self.timed_out = timed_out
 
 
-def resolve_within(resolver: Resolver, host: str, port: int, timeout: float) -> list[str]:
-    """Ask ``resolver`` on a daemon thread and wait at most ``timeout`` seconds.
+def resolve_within(
+    resolver: Resolver, host: str, port: int, timeout: float, cancel: threading.Event | None = None
+) -> list[str]:
+    """Ask ``resolver`` on a daemon thread and wait at most ``timeout`` seconds (less once
+    ``cancel`` is set).
 
     A lookup that hangs is abandoned (its thread ends whenever the resolver returns): a request
     must end at its deadline even while DNS hangs, and ``getaddrinfo`` cannot be interrupted.
@@ -95,8 +103,10 @@ def resolve_within(resolver: Resolver, host: str, port: int, timeout: float) -> 
         done.set()
 
     threading.Thread(target=lookup, name="sandrun-dns", daemon=True).start()
-    if not done.wait(max(timeout, 0.0)):
-        raise LookupFailed(f"resolving {host} did not finish in time", timed_out=True)
+    deadline = time.monotonic() + timeout
+    while not done.wait(max(0.0, min(deadline - time.monotonic(), CANCEL_POLL_S))):
+        if time.monotonic() >= deadline or (cancel is not None and cancel.is_set()):
+            raise LookupFailed(f"resolving {host} did not finish in time", timed_out=True)
     result = answer[0]
     if isinstance(result, BaseException):
         raise LookupFailed(f"cannot resolve {host}: {result}")
@@ -116,21 +126,26 @@ class Watchdog:
         self._pid = os.getpid()
         self._heap: list[tuple[float, int]] = []
         self._armed: dict[int, Callable[[], None]] = {}
+        self._cancels: dict[int, threading.Event] = {}  # armed requests that a cancel also cuts
         self._fired: set[int] = set()
         self._ids = itertools.count()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    def arm(self, deadline: float, cut: Callable[[], None]) -> int:
-        """Call ``cut`` at ``deadline`` (``time.monotonic``) unless disarmed first."""
+    def arm(self, deadline: float, cut: Callable[[], None], cancel: threading.Event | None = None) -> int:
+        """Call ``cut`` at ``deadline`` (``time.monotonic``), or soon after ``cancel`` is set (it is
+        looked at every ``CANCEL_POLL_S``), unless disarmed first."""
         with self._cond:
             if self._pid != os.getpid():  # a forked worker inherits the object, not the thread
                 self._pid, self._thread = os.getpid(), None
                 self._heap.clear()
                 self._armed.clear()
+                self._cancels.clear()
                 self._fired.clear()
             token = next(self._ids)
             self._armed[token] = cut
+            if cancel is not None:
+                self._cancels[token] = cancel
             # Wake the thread only when it sleeps past this deadline: a wake-up per request would
             # cost a GIL hand-off each time. Stale (disarmed) entries are dropped when they surface.
             earliest = not self._heap or deadline < self._heap[0][0]
@@ -146,6 +161,7 @@ class Watchdog:
         """Stop watching; True when the deadline had already cut the request off."""
         with self._cond:
             self._armed.pop(token, None)
+            self._cancels.pop(token, None)
             if token in self._fired:
                 self._fired.discard(token)
                 return True
@@ -154,6 +170,8 @@ class Watchdog:
     def _run(self) -> None:
         with self._cond:
             while True:
+                for token in [t for t, event in self._cancels.items() if event.is_set()]:
+                    self._fire(token)
                 while self._heap and self._heap[0][1] not in self._armed:
                     heapq.heappop(self._heap)
                 if not self._heap:
@@ -162,13 +180,19 @@ class Watchdog:
                 deadline, token = self._heap[0]
                 delay = deadline - time.monotonic()
                 if delay > 0:
-                    self._cond.wait(delay)
+                    # while anything is queued, look at cancel events every CANCEL_POLL_S (no
+                    # wake-up per request needed: stale entries keep the queue busy a while)
+                    self._cond.wait(min(delay, CANCEL_POLL_S))
                     continue
                 heapq.heappop(self._heap)
-                cut = self._armed.pop(token)
-                self._fired.add(token)
-                with contextlib.suppress(Exception):  # the watchdog must outlive any one request
-                    cut()
+                self._fire(token)
+
+    def _fire(self, token: int) -> None:
+        cut = self._armed.pop(token)
+        self._cancels.pop(token, None)
+        self._fired.add(token)
+        with contextlib.suppress(Exception):  # the watchdog must outlive any one request
+            cut()
 
 
 #: The process's watchdog (one thread, started on first use).

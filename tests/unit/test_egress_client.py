@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
@@ -267,3 +268,27 @@ def test_the_watchdog_works_in_a_forked_child(server: ThreadingHTTPServer) -> No
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_cancelling_the_job_ends_a_request_in_flight(server: ThreadingHTTPServer) -> None:
+    cancel = threading.Event()
+    egress = _egress(cancel=cancel)
+    threading.Timer(0.3, cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(EgressError) as caught:
+        egress.request(Request(url=_url(server, "/trickle"), timeout_s=60))
+    assert caught.value.rule == "net.cancelled"
+    assert time.monotonic() - started < ENDS_WITHIN_S
+
+
+def test_cancelling_the_job_ends_a_hanging_lookup(server: ThreadingHTTPServer) -> None:
+    cancel = threading.Event()
+    resolver = TableResolver({}, hang=frozenset({"slow.example.org"}))
+    seam = Seam(resolver, RecordingConnector(server.server_address[1]))
+    egress = _egress(allow=("http://*.example.org",), seam=seam, cancel=cancel)
+    threading.Timer(0.3, cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(EgressError) as caught:
+        egress.request(Request(url="http://slow.example.org/ok", timeout_s=60))
+    assert caught.value.rule == "net.cancelled"
+    assert time.monotonic() - started < ENDS_WITHIN_S
