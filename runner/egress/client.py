@@ -159,6 +159,7 @@ class Egress:
         self.deadline = deadline  # the job's, on the time.monotonic clock
         self.cancel = cancel  # the job's: set, it ends a request in flight (rule net.cancelled)
         self.hops: list[dict[str, Any]] = []
+        self._capped = False  # the hop that hit max_requests was recorded: record no more
         # longest first, so a formatted value is replaced before the bare secret inside it
         self._names = {value: s.name for s in self.secrets for value in s.redactions()}
         self._redact = tuple(sorted(self._names, key=len, reverse=True))
@@ -211,17 +212,26 @@ class Egress:
 
     def _refuse(self, url: str, method: str, kind: str, rule: str, message: str) -> EgressError:
         """Record a request refused before any hop (bad URL, method, header) and return its error."""
-        self.hops.append(_record(url, method, verdict="denied", rule=rule, error=message))
+        self._log(_record(url, method, verdict="denied", rule=rule, error=message))
         return EgressError(kind, rule, message)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        """Keep a hop's record; past ``max_requests`` (refused ones count) refuse the hop, and
+        record that once only, so a guest looping on bad requests cannot flood the audit log."""
+        if len(self.hops) >= self.bounds.max_requests:
+            message = f"more than {self.bounds.max_requests} requests"
+            if not self._capped:
+                self._capped = True
+                self.hops.append({**record, "verdict": "denied", "rule": "net.requests", "error": message})
+            raise EgressError("limit", "net.requests", message)
+        self.hops.append(record)
 
     def _hop(
         self, url: Url, method: str, headers: tuple[tuple[str, str], ...], body: bytes, deadline: float
     ) -> Response:
         record = _record(url.text, method)
-        self.hops.append(record)
+        self._log(record)
         try:
-            if len(self.hops) > self.bounds.max_requests:
-                raise EgressError("limit", "net.requests", f"more than {self.bounds.max_requests} requests")
             # (2) the grant
             self.grant.admit(url, method)
             # (3) resolve, and judge every answer

@@ -292,3 +292,14 @@ def test_cancelling_the_job_ends_a_hanging_lookup(server: ThreadingHTTPServer) -
         egress.request(Request(url="http://slow.example.org/ok", timeout_s=60))
     assert caught.value.rule == "net.cancelled"
     assert time.monotonic() - started < ENDS_WITHIN_S
+
+
+def test_a_guest_looping_on_refused_requests_cannot_flood_the_log(server: ThreadingHTTPServer) -> None:
+    egress = _egress(bounds=Bounds(max_requests=5))
+    rules = []
+    for _ in range(50):
+        with pytest.raises(EgressError) as caught:
+            egress.request(Request(url="http://0177.0.0.1/"))
+        rules.append(caught.value.rule)
+    assert rules[:5] == ["url.host"] * 5 and set(rules[5:]) == {"net.requests"}
+    assert [hop["rule"] for hop in egress.hops] == ["url.host"] * 5 + ["net.requests"]
