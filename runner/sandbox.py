@@ -28,6 +28,7 @@ How each limit is enforced (docs/sandbox.md has the user-facing version):
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import math
 import os
@@ -471,34 +472,42 @@ def _poll_oneoff(caller: Caller, in_ptr: int, out_ptr: int, count: int, nevents_
 
 
 class _CallerMemory:
-    """``http_abi.GuestMemory`` over the calling instance's ``memory``, looked up at each call that
-    touches memory (``close`` does not: the lookup costs a few microseconds)."""
+    """``http_abi.GuestMemory`` over the calling instance's ``memory``, looked up afresh in each
+    host call that touches memory (``close`` does not). Within one call the guest cannot run, so
+    its memory cannot grow or move: base and size are read once per call, and copies go through
+    ``ctypes`` after an explicit bounds check (wasmtime-py's ``read``/``write`` re-read both and
+    clamp silently)."""
 
-    __slots__ = ("_caller", "_memory")
+    __slots__ = ("_caller", "_base", "_size")
 
     def __init__(self, caller: Caller) -> None:
         self._caller = caller
-        self._memory: Memory | None | Literal[False] = False  # False: not looked up yet
+        self._base = -1  # not looked up yet
+        self._size = 0
 
-    def _get(self) -> Memory | None:
-        if self._memory is False:
-            memory = self._caller.get("memory")
-            self._memory = memory if isinstance(memory, Memory) else None
-        return self._memory
+    def _look_up(self) -> None:
+        memory = self._caller.get("memory")
+        self._base = 0
+        if isinstance(memory, Memory):
+            self._size = memory.data_len(self._caller)
+            self._base = ctypes.cast(memory.data_ptr(self._caller), ctypes.c_void_p).value or 0
 
     def size(self) -> int:
-        memory = self._get()
-        return 0 if memory is None else memory.data_len(self._caller)
+        if self._base < 0:
+            self._look_up()
+        return self._size
+
+    def _check(self, start: int, length: int) -> None:
+        if not (start >= 0 and start + length <= self.size() and self._base):
+            raise ValueError(f"{length} bytes at {start} lie outside the guest's memory")
 
     def read(self, start: int, stop: int) -> bytes:
-        memory = self._get()
-        assert memory is not None  # size() is 0 without a memory: every span fails first
-        return bytes(memory.read(self._caller, start, stop))
+        self._check(start, stop - start)
+        return ctypes.string_at(self._base + start, stop - start)
 
     def write(self, data: bytes, start: int) -> None:
-        memory = self._get()
-        assert memory is not None
-        memory.write(self._caller, data, start)
+        self._check(start, len(data))
+        ctypes.memmove(self._base + start, data, len(data))
 
 
 def _define_http(linker: Linker) -> None:
