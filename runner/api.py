@@ -246,34 +246,45 @@ def run(
     cancel: threading.Event | None = None,
     on_progress: Callable[[Any], None] | None = None,
     sources: Sequence[str] = (),
+    operator_policy: Path | None = None,
+    continue_unsealed: bool = False,
 ) -> RunOutcome:
     """Make the plan, run it, log every step, write the outputs, seal the log.
 
     ``make_plan`` compiles manifests or loads a plan (see :func:`plan_maker`); a denial it raises
-    is logged and sealed before it propagates, so the audit log records refused runs too.
+    is logged, sealed and its checkpoint published before it propagates, so the audit log records
+    refused runs too. The previous run's reports are removed first, so ``out_dir`` never shows a
+    report of another run; a run that cannot write its log or outputs (a full disk) ends unsealed
+    (``audit.write-failed``, exit 4). ``continue_unsealed``: see ``AuditLog.open``.
+    ``operator_policy`` is the policy the operator named (``--policy``), recorded with the plan.
     """
     from runner.audit import AuditLog
     from runner.executor import BatchOptions as _BatchOptions
     from runner.executor import run_plan
     from runner.fileio import write_atomic
-    from runner.outputs import LogFolder, write_outputs
+    from runner.outputs import LogFolder, remove_outputs, unsealed_on_failure, write_outputs
     from runner.report import build_report
 
     root = (root or Path.cwd()).resolve()
     options = options or _BatchOptions()
     run_id = new_run_id()
     out_dir.mkdir(parents=True, exist_ok=True)
-    with AuditLog.open(out_dir, run_id=run_id) as log:
+    with (
+        AuditLog.open(out_dir, run_id=run_id, continue_unsealed=continue_unsealed) as log,
+        unsealed_on_failure(log, out_dir),
+    ):
+        remove_outputs(out_dir)  # under the log's lock, before anything of this run is written
         log.append("run.started", {"sandrun": __version__, "sources": list(sources)})
         try:
             plan = make_plan()
         except SandrunError as error:
             for kind, data in _denial_records(error):
                 log.append(kind, data)
-            log.seal(signing_key, signing_key_name)
+            denied = log.seal(signing_key, signing_key_name)
+            write_atomic(out_dir / "checkpoint.txt", str(denied).encode("utf-8"))
             raise
         plan_sha256 = plan.sha256  # hashing a big plan costs: once per run
-        log.append("plan.compiled", _plan_record(plan, plan_sha256))
+        log.append("plan.compiled", _plan_record(plan, plan_sha256, operator_policy))
         tools = _tool_records(plan)
         for record in tools:
             log.append("tool.registered", record)
@@ -309,18 +320,45 @@ def run(
     )
 
 
-def verified_plan(path: Path, *, root: Path | None = None, today: dt.date | None = None) -> Plan:
-    """A compiled plan, run only if its recorded inputs still compile to exactly it.
+def verified_plan(
+    path: Path, policy_path: Path, *, root: Path | None = None, today: dt.date | None = None
+) -> Plan:
+    """A compiled plan, run only under the policy the operator names, and only if it still compiles to itself.
 
-    A plan is a lock file, not a grant: recompiling its manifests under its policy (both named in
-    the plan, relative to the root) must give the same bytes, so an edited plan, a changed input
-    or a key that has since expired is refused rather than trusted (``plan.mismatch``, exit 3).
+    A plan is a lock file, not a grant; whoever wrote it never picks the policy:
+
+    1. the policy the plan names must lie inside the root (``plan.policy-outside-root``, exit 3);
+    2. ``policy_path`` (``run --policy``) decides: it must be the very file the plan was compiled
+       under, same path and sha256 (``plan.policy-mismatch``, exit 3);
+    3. recompiling the plan's manifests under it must give the same bytes, so an edited plan, a
+       changed input or a key that has since expired is refused (``plan.mismatch``, exit 3).
     """
     plan = load_plan(path)
     base = (root or Path.cwd()).resolve()
-    again = compile_manifests(
-        [base / m for m in plan.manifests], base / plan.policy.path, root=base, today=today
-    )
+    where = Location(file=str(path), pointer="/policy/path")
+    named = (base / plan.policy.path).resolve()
+    # (1) the plan's policy is inside the root
+    if not named.is_relative_to(base):
+        raise PolicyDenied.one(
+            "plan.policy-outside-root",
+            f"the plan names the policy {plan.policy.path!r}, outside the root {base}; a plan never "
+            "picks its own policy: compile it under a policy inside the root",
+            where,
+        )
+    # (2) the operator's policy is the one the plan was compiled under
+    operator = load_policy(policy_path, base)
+    if Path(operator.path).resolve() != named or operator.document.sha256 != plan.policy.sha256:
+        raise PolicyDenied.one(
+            "plan.policy-mismatch",
+            f"the plan was compiled under {plan.policy.path} (sha256 {plan.policy.sha256[:12]}), "
+            f"not under the policy you named, {policy_path} (sha256 {operator.document.sha256[:12]}); "
+            "compile it under that policy",
+            where,
+            expected=operator.document.sha256,
+            actual=plan.policy.sha256,
+        )
+    # (3) the plan is what its inputs compile to now, under that policy
+    again = compile_manifests([base / m for m in plan.manifests], policy_path, root=base, today=today)
     if again.sha256 != plan.sha256:
         raise PolicyDenied.one(
             "plan.mismatch",
@@ -332,9 +370,17 @@ def verified_plan(path: Path, *, root: Path | None = None, today: dt.date | None
     return plan
 
 
-def _plan_record(plan: Plan, plan_sha256: str) -> dict[str, Any]:
+def _plan_record(plan: Plan, plan_sha256: str, operator_policy: Path | None) -> dict[str, Any]:
+    """The ``plan.compiled`` record, with the policy the operator named (``--policy``) as typed.
+
+    The plan was compiled under that very file (:func:`verified_plan` refuses any other), so its
+    sha256 is the plan's policy sha256.
+    """
     policy = plan.policy
     return {
+        "operator_policy": None
+        if operator_policy is None
+        else {"path": str(operator_policy), "sha256": policy.sha256},
         "plan_sha256": plan_sha256,
         "policy": {
             "name": policy.name,
@@ -354,11 +400,13 @@ def plan_maker(
     root: Path | None = None,
     today: dt.date | None = None,
 ) -> Callable[[], Plan]:
-    """What ``sandrun run`` runs: one ``*.json`` plan as is, or manifests compiled under a policy."""
-    if len(sources) == 1 and sources[0].suffix == ".json":
-        return lambda: verified_plan(sources[0], root=root, today=today)
+    """What ``sandrun run`` runs: one ``*.json`` plan, or manifests, under the policy the operator names."""
     if policy_path is None:
-        raise InputError.one("input.policy", "--policy is required to run manifests (or give one plan.json)")
+        raise InputError.one(
+            "input.policy", "--policy is required: manifests and plans run only under the policy you name"
+        )
+    if len(sources) == 1 and sources[0].suffix == ".json":
+        return lambda: verified_plan(sources[0], policy_path, root=root, today=today)
     return lambda: compile_manifests(sources, policy_path, root=root, today=today)
 
 

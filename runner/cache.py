@@ -142,12 +142,18 @@ class ModuleCache:
                 self._memory.move_to_end(key)
             return module
 
-    def load(self, engine: Engine, key: str, fetch: Callable[[], bytes]) -> tuple[Module, Source]:
-        """The module for ``key``: from memory, else from disk, else compiled from ``fetch()``.
+    def load(
+        self,
+        engine: Engine,
+        key: str,
+        fetch: Callable[[], bytes],
+        compile: Callable[[Engine, bytes], Module] = Module,
+    ) -> tuple[Module, Source]:
+        """The module for ``key``: from memory, else from disk, else ``compile(engine, fetch())``.
 
         One compilation per key at a time: concurrent callers wait for the first one.
-        ``fetch`` reads and verifies the WebAssembly bytes; its errors propagate. The source is
-        ``recompiled`` when a disk entry existed but was refused.
+        ``fetch`` reads and verifies the WebAssembly bytes; its errors and ``compile``'s propagate.
+        The source is ``recompiled`` when a disk entry existed but was refused.
         """
         with self._lock:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
@@ -158,7 +164,7 @@ class ModuleCache:
             module, present = self._read_disk(engine, key)
             source: Source = "disk"
             if module is None:
-                module = Module(engine, fetch())
+                module = compile(engine, fetch())
                 source = "recompiled" if present else "compiled"
                 self._write_disk(key, module)
             self._remember(key, module)

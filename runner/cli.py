@@ -21,7 +21,16 @@ from typing import Any
 import click
 
 from runner import __version__
-from runner.errors import EXIT_INTERRUPTED, EXIT_INVALID_INPUT, InputError, Location, SandrunError, Violation
+from runner.errors import (
+    EXIT_AUDIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID_INPUT,
+    AuditError,
+    InputError,
+    Location,
+    SandrunError,
+    Violation,
+)
 
 __all__ = ["main", "cli"]
 
@@ -60,19 +69,30 @@ def _github_escape(text: str, *, property_value: bool = False) -> str:
 
 
 def render_violation(violation: Violation, fmt: str) -> str:
+    """One line; with ``github`` the only line that may start with ``::``, a real annotation whose
+    parts (neutralised first: no controls, no ``::`` of their own) are escaped as GitHub requires."""
+    from runner.textsafe import safe_line, sanitize_text
+
     if fmt != "github":
         return violation.render()
     props = []
     location = violation.location
     if location is not None:
-        props.append(f"file={_github_escape(location.file, property_value=True)}")
+        props.append(f"file={_github_escape(sanitize_text(location.file), property_value=True)}")
         if location.line is not None:
             props.append(f"line={location.line}")
         if location.column is not None:
             props.append(f"col={location.column}")
-    props.append(f"title={_github_escape(violation.rule_id, property_value=True)}")
+    props.append(f"title={_github_escape(sanitize_text(violation.rule_id), property_value=True)}")
     pointer = f"{location.pointer}: " if location is not None and location.pointer else ""
-    return f"::error {','.join(props)}::{_github_escape(pointer + violation.message)}"
+    return f"::error {','.join(props)}::{_github_escape(safe_line(pointer + violation.message))}"
+
+
+def _say(text: str, *, err: bool = False) -> None:
+    """Print one line that holds input (names, paths, reasons), neutralised (runner.textsafe)."""
+    from runner.textsafe import safe_line
+
+    click.echo(safe_line(text), err=err)
 
 
 def _report_error(error: SandrunError, fmt: str) -> None:
@@ -96,6 +116,7 @@ class _SandrunGroup(click.Group):
     """The root group: the one place where errors become messages and exit codes."""
 
     def invoke(self, ctx: click.Context) -> object:
+        _Context.fmt = "text"  # each command sets its own (in-process callers run several)
         try:
             return super().invoke(ctx)
         except SandrunError as error:
@@ -104,16 +125,21 @@ class _SandrunGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(EXIT_INTERRUPTED)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
+        except click.ClickException as exc:  # a flag's value is input too: echoed neutralised
+            from runner.textsafe import safe_line
+
+            exc.message = safe_line(exc.message)  # type: ignore[misc]  # Final in stubs only
+            raise
+        except (click.exceptions.Exit, click.Abort):
             raise
         except OSError as exc:  # the machine's side: an unwritable --out, a full disk
             where = f"{exc.filename}: " if exc.filename else ""
-            click.echo(f"sandrun: {where}{exc.strerror or exc}", err=True)
+            _say(f"sandrun: {where}{exc.strerror or exc}", err=True)
             ctx.exit(EXIT_INVALID_INPUT)
         except Exception as exc:  # a bug: one line, never a traceback, unless asked for
             if os.environ.get("SANDRUN_DEBUG"):
                 traceback.print_exc()
-            click.echo(
+            _say(
                 f"sandrun: internal error: {type(exc).__name__}: {exc} "
                 "(set SANDRUN_DEBUG=1 for a traceback; please report it)",
                 err=True,
@@ -133,7 +159,7 @@ def cli() -> None:
       1  a job failed, was denied at run time or was skipped
       2  invalid input (YAML, schema, file, flag)
       3  policy denial (the manifests break the policy)
-      4  audit verification failed
+      4  audit: the log did not verify, or the run could not keep its record (full disk)
       130 interrupted (Ctrl-C)
     """
 
@@ -158,7 +184,7 @@ def check(paths: tuple[Path, ...], policy_path: Path, root: Path | None, fmt: st
         )
     else:
         manifests = len({job.manifest for job in plan.jobs})
-        click.echo(
+        _say(
             f"ok: {manifests} manifest(s), {len(plan.tools)} tool(s), {len(plan.jobs)} job(s) "
             f"allowed by policy {plan.policy.name!r}; plan sha256 {plan.sha256}"
         )
@@ -191,7 +217,7 @@ def compile_command(
         click.echo(data.decode("utf-8"), nl=False)
     else:
         write_atomic(output, data)
-        click.echo(f"wrote {output}: {len(plan.jobs)} job(s), plan sha256 {plan.sha256}", err=True)
+        _say(f"wrote {output}: {len(plan.jobs)} job(s), plan sha256 {plan.sha256}", err=True)
 
 
 @cli.command()
@@ -239,7 +265,13 @@ def _apply(options: list) -> Callable:  # type: ignore[type-arg]
     return decorate
 
 
-_run_options = [_root_option, _out_option, *_cache_option, *_signing_options]
+_continue_option = click.option(
+    "--continue-unsealed",
+    is_flag=True,
+    help="Append to a log whose last run has no seal (killed, or cut back after a full disk); "
+    "the log records it (run.continued).",
+)
+_run_options = [_root_option, _out_option, *_cache_option, *_signing_options, _continue_option]
 
 
 def _signing_key(path: Path | None) -> Any:
@@ -258,6 +290,8 @@ def _start_run(
     key_name: str | None,
     sources: list[str],
     progress: bool,
+    operator_policy: Path | None = None,
+    continue_unsealed: bool = False,
 ) -> Any:
     """``api.run`` with the runner's key, a progress display, and Ctrl-C turned into a clean stop.
 
@@ -292,6 +326,8 @@ def _start_run(
             cancel=cancel,
             on_progress=display,
             sources=sources,
+            operator_policy=operator_policy,
+            continue_unsealed=continue_unsealed,
         )
     finally:
         if display is not None:
@@ -305,10 +341,8 @@ def _print_run_end(outcome: Any) -> None:
 
     click.echo(render_markdown(outcome.report), nl=False)
     checkpoint = outcome.checkpoint
-    click.echo(
-        f"outputs: {outcome.out_dir}/ (report.json, junit.xml, summary.md, logs/, audit.jsonl)", err=True
-    )
-    click.echo(
+    _say(f"outputs: {outcome.out_dir}/ (report.json, junit.xml, summary.md, logs/, audit.jsonl)", err=True)
+    _say(
         f"audit head: {checkpoint.root_hash} after {checkpoint.size} records; publish "
         f"{outcome.out_dir}/checkpoint.txt outside the log to anchor it",
         err=True,
@@ -322,7 +356,7 @@ def _print_run_end(outcome: Any) -> None:
     "policy_path",
     type=click.Path(path_type=Path),
     default=None,
-    help="The policy (required unless SOURCES is one compiled plan.json).",
+    help="The policy that decides (required; a plan.json must have been compiled under it).",
 )
 @click.option(
     "-j", "--jobs", type=click.IntRange(min=1), default=None, help="Parallel jobs (default: cores)."
@@ -339,15 +373,23 @@ def run_command(
     cache_dir: Path | None,
     signing_key: Path | None,
     key_name: str | None,
+    continue_unsealed: bool,
 ) -> None:
-    """Run manifests (compiled under --policy) or a compiled plan; write outputs and the audit log."""
+    """Run manifests, or one compiled plan, under --policy; write outputs and the audit log."""
     from runner.api import plan_maker
     from runner.executor import BatchOptions
 
     make_plan = plan_maker(list(sources), policy_path, root=root)
+    decided: list[Any] = []  # the policy of the plan that runs, for the summary line
+
+    def make_and_note() -> Any:
+        plan = make_plan()
+        decided.append(plan.policy)
+        return plan
+
     options = BatchOptions(fail_fast=fail_fast, cache_dir=cache_dir, jobs=jobs or os.cpu_count() or 1)
     outcome = _start_run(
-        make_plan,
+        make_and_note,
         root=root,
         out_dir=out_dir,
         options=options,
@@ -355,8 +397,12 @@ def run_command(
         key_name=key_name,
         sources=[str(s) for s in sources],
         progress=True,
+        operator_policy=policy_path,
+        continue_unsealed=continue_unsealed,
     )
     _print_run_end(outcome)
+    policy = decided[0]
+    click.echo(f"policy (--policy): {policy.name} ({policy.path}, sha256 {policy.sha256})", err=True)
     sys.exit(outcome.exit_code)
 
 
@@ -424,6 +470,7 @@ def exec_command(
     cache_dir: Path | None,
     signing_key: Path | None,
     key_name: str | None,
+    continue_unsealed: bool,
 ) -> None:
     """Run one module ad hoc, like `wasmtime run`, in the same sandbox and audit.
 
@@ -464,15 +511,17 @@ def exec_command(
         key_name=key_name,
         sources=[str(module)],
         progress=False,
+        operator_policy=policy,
+        continue_unsealed=continue_unsealed,
     )
     job = outcome.report["jobs"][0]
     if outcome.interrupted:
         sys.exit(EXIT_INTERRUPTED)
     if job["trap"] is not None:
-        click.echo(f"sandrun exec: {job['reason']}", err=True)
+        _say(f"sandrun exec: {job['reason']}", err=True)
         sys.exit(EXIT_TRAP)
     if job["exit_code"] is None:
-        click.echo(f"sandrun exec: {job['status']}: {job['reason']}", err=True)
+        _say(f"sandrun exec: {job['status']}: {job['reason']}", err=True)
         sys.exit(1)
     sys.exit(job["exit_code"])
 
@@ -482,14 +531,25 @@ def audit() -> None:
     """Verify and query audit logs."""
 
 
+_verify_options = [
+    click.option(
+        "--pub", "public_keys", multiple=True, help="Trusted runner public key (file or base64); repeatable."
+    ),
+    click.option(
+        "--expect-head", default=None, help="Published head to check against: a checkpoint file, or its text."
+    ),
+]
+
+
+def _anchor_text(expect_head: str | None) -> str | None:
+    if expect_head is not None and Path(expect_head).is_file():
+        return Path(expect_head).read_text(encoding="utf-8")
+    return expect_head
+
+
 @audit.command("verify")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option(
-    "--pub", "public_keys", multiple=True, help="Trusted runner public key (file or base64); repeatable."
-)
-@click.option(
-    "--expect-head", default=None, help="Published head to check against: a checkpoint file, or its text."
-)
+@_apply(_verify_options)
 @click.option("--strict", is_flag=True, help="Also require every line to be exactly canonical JSON.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def audit_verify(
@@ -497,12 +557,13 @@ def audit_verify(
 ) -> None:
     """Recompute the chain offline; name the first damaged record. Exit 0 intact, 4 otherwise."""
     from runner.audit import verify_log
+    from runner.audit.verify import signatures_clause
 
     _Context.fmt = fmt
     keys = [_public_key(text) for text in public_keys]
-    if expect_head is not None and Path(expect_head).is_file():
-        expect_head = Path(expect_head).read_text(encoding="utf-8")
-    report = verify_log(_log_path(path), public_keys=keys, expect_head=expect_head, strict=strict)
+    report = verify_log(
+        _log_path(path), public_keys=keys, expect_head=_anchor_text(expect_head), strict=strict
+    )
     if fmt == "json":
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -510,7 +571,7 @@ def audit_verify(
             click.echo(render_violation(problem, "text"), err=True)
         click.echo(
             f"{report.status}: {report.records} records, {len(report.runs)} run(s), head {report.head}"
-            + (", seal signatures verified" if report.signatures_checked else "")
+            + signatures_clause(report)
         )
     sys.exit(report.exit_code)
 
@@ -519,6 +580,14 @@ def _log_path(path: Path) -> Path:
     from runner.audit import LOG_NAME
 
     return path / LOG_NAME if path.is_dir() else path
+
+
+def _verified(path: Path, public_keys: tuple[str, ...], expect_head: str | None) -> Any:
+    """Verify the log before reading it (``AuditError``, exit 4, for a damaged or untrusted one)."""
+    from runner.audit import verified_records
+
+    keys = [_public_key(text) for text in public_keys]
+    return verified_records(_log_path(path), public_keys=keys, expect_head=_anchor_text(expect_head))
 
 
 def _public_key(text: str) -> Any:
@@ -539,29 +608,62 @@ def _public_key(text: str) -> Any:
 @click.option("--job", default=None, help="Only records of this job (manifest/job).")
 @click.option("--kind", default=None, help="Only records of this kind (e.g. job.finished).")
 @click.option("--run", "run_id", default=None, help="Only records of this run.")
+@_apply(_verify_options)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def audit_show(path: Path, job: str | None, kind: str | None, run_id: str | None, fmt: str) -> None:
-    """Show audit records, filtered, to answer questions after the fact."""
-    from runner.audit import read_records, select
+def audit_show(
+    path: Path,
+    job: str | None,
+    kind: str | None,
+    run_id: str | None,
+    public_keys: tuple[str, ...],
+    expect_head: str | None,
+    fmt: str,
+) -> None:
+    """Show audit records, filtered, to answer questions after the fact.
+
+    The log is verified first: a damaged one is refused (exit 4). Records of a run without a seal
+    are shown marked UNSEALED (JSON: "sealed": false); when they are those of the last run, which
+    no later seal covers either, the exit code is 4.
+    """
+    from runner.audit import select, verification_line
     from runner.report import sanitize_text
 
-    records = select(read_records(_log_path(path)), job=job, kind=kind, run=run_id)
-    for record in records:
+    _Context.fmt = "json" if fmt == "json" else "text"
+    verification, records = _verified(path, public_keys, expect_head)
+    unsealed = {r.run for r in verification.runs if not r.sealed}
+    runs = verification.runs
+    uncovered = runs[-1].run if runs and not runs[-1].sealed else None  # after the last seal
+    shown_uncovered = False
+    for record in select(records, job=job, kind=kind, run=run_id):
+        sealed = record["run"] not in unsealed
+        shown_uncovered |= record["run"] == uncovered
         if fmt == "json":
-            click.echo(json.dumps(record, sort_keys=True))
+            click.echo(json.dumps(record if sealed else {**record, "sealed": False}, sort_keys=True))
         else:
             data = sanitize_text(json.dumps(record["data"], sort_keys=True), limit=300)
-            click.echo(f"{record['seq']:>6} {record['ts']} {record['kind']:<16} {data}")
+            mark = "" if sealed else "UNSEALED "
+            click.echo(f"{mark}{record['seq']:>6} {record['ts']} {record['kind']:<16} {data}")
+    _say(verification_line(verification), err=True)
+    if shown_uncovered:
+        click.echo("records of the last, UNSEALED run are covered by no seal: not verified", err=True)
+        sys.exit(EXIT_AUDIT_FAILED)
 
 
 @audit.command("repair")
 @click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
 def audit_repair(out_dir: Path) -> None:
-    """Move a torn last line (left by a crash) aside so runs can continue the log; never automatic."""
+    """Move a torn last line (left by a crash) aside so runs can continue the log; never automatic.
+
+    The last run is then unsealed: the next run appends only with --continue-unsealed, and its
+    run.continued record names the side file.
+    """
     from runner.audit import repair_torn_tail
 
     side = repair_torn_tail(out_dir)
-    click.echo(f"moved the torn tail to {side}" if side else "the log is not torn; nothing to do")
+    if side is None:
+        _say("the log is not torn; nothing to do")
+    else:
+        _say(f"moved the torn tail to {side}; the last run is unsealed: run with --continue-unsealed")
 
 
 @cli.command()
@@ -570,6 +672,7 @@ def audit_repair(out_dir: Path) -> None:
     "--format", "fmt", type=click.Choice(["json", "junit", "md", "html"]), default="md", show_default=True
 )
 @click.option("--run", "run_id", default=None, help="Which run (default: the last one in the log).")
+@_apply(_verify_options)
 @click.option(
     "-o",
     "--output",
@@ -577,29 +680,46 @@ def audit_repair(out_dir: Path) -> None:
     default=None,
     help="Write here instead of stdout.",
 )
-def report(path: Path, fmt: str, run_id: str | None, output: Path | None) -> None:
-    """Rebuild a run's report from the audit log alone (HTML shows limits used and the chain's state)."""
-    from runner.audit import read_records, results_from_log, verify_log
+def report(
+    path: Path,
+    fmt: str,
+    run_id: str | None,
+    public_keys: tuple[str, ...],
+    expect_head: str | None,
+    output: Path | None,
+) -> None:
+    """Rebuild a run's report from the audit log alone, after verifying it (exit 4 if it does not).
+
+    The run must be sealed: a run that died before its seal has no results to vouch for.
+    """
+    from runner.audit import results_from_log, verification_line
     from runner.fileio import write_atomic
     from runner.report import render_html, render_json, render_junit, render_markdown
 
-    log = _log_path(path)
-    records = read_records(log)
-    data = results_from_log(records, run_id)
+    verification, records = _verified(path, public_keys, expect_head)
+    chosen = run_id or (verification.runs[-1].run if verification.runs else None)
+    run = next((r for r in verification.runs if r.run == chosen), None)
+    if run is None:
+        raise InputError.one("input.run", f"no run {chosen} in the log", Location(file=str(_log_path(path))))
+    line = verification_line(verification, run)
+    if not run.sealed:
+        raise AuditError.one(
+            "audit.unsealed",
+            f"run {run.run} has no seal (it was killed, or its disk filled, before its results were "
+            "sealed): there is no verified result to report",
+            Location(file=str(_log_path(path)), line=run.first_line),
+        )
+    data = results_from_log(records, run.run)
     if fmt == "html":
-        verification = verify_log(log)
         limits = {
             r["data"]["id"]: r["data"]["limits"]
             for r in records
             if r["kind"] == "job.started" and r["run"] == data["run"]
         }
-        text = render_html(
-            data,
-            limits=limits,
-            verification=f"audit chain {verification.status}: {verification.records} records checked",
-        )
+        text = render_html(data, limits=limits, verification=line)
     else:
         text = {"json": render_json, "junit": render_junit, "md": render_markdown}[fmt](data)
+    _say(line, err=True)
     if output is None:
         click.echo(text, nl=False)
     else:
@@ -633,10 +753,10 @@ def keys_generate(key_id: str, out_dir: Path) -> None:
         pair = write_keypair(key_id, out_dir)
     except KeyFileError as exc:
         raise InputError.one("keys.generate", str(exc)) from None
-    click.echo(f"private key: {pair.private_path} (keep it secret)")
-    click.echo(f"public key:  {pair.public_path}")
+    _say(f"private key: {pair.private_path} (keep it secret)")
+    _say(f"public key:  {pair.public_path}")
     click.echo("add to a policy's signatures.trusted_keys:")
-    click.echo(f"  - {{id: {pair.key_id}, public_key: {pair.public_b64}}}")
+    _say(f"  - {{id: {pair.key_id}, public_key: {pair.public_b64}}}")
 
 
 def _file(path: Path) -> Location:
@@ -673,7 +793,7 @@ def sign(module: Path, key_path: Path, key_id: str | None) -> None:
         raise InputError.one(exc.rule_id or "keys.invalid", str(exc), _file(key_path)) from None
     signature = sign_module_digest(key, digest)
     click.echo(f"sha256: {digest}")
-    click.echo(f"signature: {{key: {key_id or key_path.stem}, sig: {signature}}}")
+    _say(f"signature: {{key: {key_id or key_path.stem}, sig: {signature}}}")
 
 
 @cli.command()

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner.textsafe import safe_line
+
 __all__ = [
     "EXIT_OK",
     "EXIT_JOB_FAILED",
@@ -66,6 +68,13 @@ class Location:
         return {"file": self.file, "line": self.line, "column": self.column, "pointer": self.pointer}
 
 
+def _visible(text: str) -> str:
+    """``text`` with every non-printable character (controls, line and bidi marks) as its escape."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 @dataclass(frozen=True, slots=True)
 class Violation:
     """One broken rule: ``rule_id`` is stable and documented; ``message`` is for people."""
@@ -77,12 +86,19 @@ class Violation:
     actual: Any = None
 
     def render(self) -> str:
-        """``file:line:col: /json/pointer [rule.id] message`` on one line."""
-        text = " ".join(self.message.split())
+        """``file:line:col: /json/pointer [rule.id] message`` on one line.
+
+        File names, keys in pointers and messages come from input: a line break in a quoted key
+        (``"a\\nb":``) must not split one problem over two lines, nor a CR or a bidirectional
+        control make it read differently, so every invisible character is shown as an escape; the
+        line then goes through :func:`~runner.textsafe.safe_line`, so it cannot start (or contain)
+        a CI workflow command.
+        """
+        text = _visible(" ".join(self.message.split()))
         if self.location is None:
-            return f"[{self.rule_id}] {text}"
-        pointer = f" {self.location.pointer}" if self.location.pointer else ""
-        return f"{self.location.prefix()}:{pointer} [{self.rule_id}] {text}"
+            return safe_line(f"[{self.rule_id}] {text}")
+        pointer = f" {_visible(self.location.pointer)}" if self.location.pointer else ""
+        return safe_line(f"{_visible(self.location.prefix())}:{pointer} [{self.rule_id}] {text}")
 
     def to_dict(self) -> dict[str, Any]:
         return {

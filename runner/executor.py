@@ -208,8 +208,11 @@ class _Batch:
             self.check_cancel()
             record = {"tool": job.tool, "manifest": job.manifest, "module_sha256": job.module_sha256}
             try:
-                source = self.runtime.load_module(job, self.root)
+                source = self.runtime.load_module(job, self.root, cancel=self.cancel)
             except SandrunError as error:
+                self.check_cancel()
+                if self.interrupted:  # Ctrl-C stopped the compile: the tool was not judged
+                    continue
                 self.load_errors[key] = error
                 first = error.violations[0]
                 self.emit("tool.denied", {**record, "rule_id": first.rule_id, "reason": first.message})
@@ -466,7 +469,7 @@ def run_plan(
     same time. If one raises, the batch stops (running jobs cancelled, pending ones skipped) and
     the error is re-raised.
     """
-    with Runtime(cache_dir=options.cache_dir, egress_seam=options.egress) as runtime:
+    with Runtime(cache_dir=options.cache_dir, modules=plan.modules, egress_seam=options.egress) as runtime:
         batch = _Batch(plan, root, options, runtime, on_event, on_progress, on_output, cancel)
         batch.deploy()
         if plan.jobs:

@@ -14,15 +14,17 @@ import shutil
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from runner.fileio import write_atomic
+from runner.errors import AuditError, Location
+from runner.fileio import fsync_dir, write_atomic
 from runner.report import render_json, render_junit, render_markdown
 from runner.results import Outcome
 
-__all__ = ["LogFolder", "write_outputs", "log_path"]
+__all__ = ["LogFolder", "write_outputs", "log_path", "remove_outputs", "unsealed_on_failure", "REPORT_NAMES"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -153,6 +155,59 @@ class LogFolder:
         if not self._committed:
             self._drain(discard=True)
             shutil.rmtree(self.staging, ignore_errors=True)
+
+
+REPORT_NAMES = ("report.json", "junit.xml", "summary.md", "checkpoint.txt")
+
+
+def remove_outputs(out_dir: Path) -> None:
+    """Remove the previous run's reports and published head, ``report.json`` (the marker that a
+    run's outputs are complete) first, so a run that fails before writing its own leaves none."""
+    for name in REPORT_NAMES:
+        (out_dir / name).unlink(missing_ok=True)
+    fsync_dir(out_dir)  # the removals survive a power loss too
+
+
+class _Log(Protocol):
+    @property
+    def sealed(self) -> bool: ...
+
+    @property
+    def head(self) -> tuple[int, str]: ...
+
+    @property
+    def run_records(self) -> int: ...
+
+
+@contextmanager
+def unsealed_on_failure(log: _Log, out_dir: Path) -> Iterator[None]:
+    """Turn a file the run cannot write (a full disk, an I/O error) into one ``audit.write-failed``
+    line and exit 4: the run's partial outputs are removed and its log, whole records only, ends
+    unsealed (or, if only publishing the head failed, sealed without ``checkpoint.txt``). A failed
+    write to the log itself (even of the seal, after the reports) removes the reports too."""
+    try:
+        yield
+    except AuditError as exc:  # the log itself could not be written: no report may outlive that
+        if exc.rule_id == "audit.write-failed":
+            with suppress(OSError):
+                remove_outputs(out_dir)
+        raise
+    except OSError as exc:
+        with suppress(OSError):  # a failure is already being reported
+            remove_outputs(out_dir)
+        where = f"{exc.filename}: " if exc.filename else ""
+        records, _ = log.head
+        if log.sealed:
+            state = "the run is sealed but its checkpoint was not published"
+        elif log.run_records:
+            state = f"the run ends unsealed after seq {records - 1}, every record before it whole"
+        else:
+            state = "nothing of this run was logged"
+        raise AuditError.one(
+            "audit.write-failed",
+            f"writing the run's outputs failed ({where}{exc.strerror or exc}); {state}",
+            Location(file=str(out_dir)),
+        ) from None
 
 
 def write_outputs(out_dir: Path, report: Mapping[str, Any], logs: LogFolder) -> None:

@@ -18,6 +18,7 @@ from runner.canonical import canonical_json, sha256_hex
 __all__ = [
     "PLAN_FORMAT",
     "Limits",
+    "ModuleLimits",
     "Mount",
     "Network",
     "HttpRule",
@@ -56,6 +57,20 @@ class Limits:
     def __post_init__(self) -> None:
         _require(self.fuel is None or self.fuel > 0, "fuel must be positive")
         for name in ("memory", "timeout_ms", "stack", "output"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value > 0, f"{name} must be a positive integer")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModuleLimits:
+    """Bounds on a module before any job runs: its file size and compiling it (the policy's ``modules``)."""
+
+    max_size: int = 64 << 20
+    compile_timeout_ms: int = 60_000
+    compile_memory: int = 2 << 30
+
+    def __post_init__(self) -> None:
+        for name in ("max_size", "compile_timeout_ms", "compile_memory"):
             value = getattr(self, name)
             _require(isinstance(value, int) and value > 0, f"{name} must be a positive integer")
 
@@ -211,6 +226,7 @@ class Plan:
     tools: tuple[Tool, ...]
     jobs: tuple[JobSpec, ...]
     manifests: tuple[str, ...] = ()
+    modules: ModuleLimits = ModuleLimits()
     format: str = PLAN_FORMAT
 
     def __post_init__(self) -> None:
@@ -248,6 +264,7 @@ class Plan:
             tools=tuple(Tool(**{**item, "actions": tuple(item["actions"])}) for item in data["tools"]),
             jobs=tuple(_job_from_dict(item) for item in data["jobs"]),
             manifests=tuple(data["manifests"]),
+            modules=ModuleLimits(**data["modules"]),
         )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from runner.results import JobResult
+from runner.textsafe import sanitize_text
 
 __all__ = [
     "sanitize_text",
@@ -29,54 +30,6 @@ __all__ = [
     "render_markdown",
     "render_html",
 ]
-
-# Terminal escape sequences (ECMA-48): CSI, OSC, DCS/SOS/PM/APC strings, two-byte escapes, 8-bit CSI.
-_ANSI = re.compile(
-    r"""
-      \x1b\[[0-?]*[ -/]*[@-~]?                 # CSI ... final byte
-    | \x1b\][^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?  # OSC ... BEL or ST (hyperlinks, titles)
-    | \x1b[PX^_][^\x1b\x9c]*(?:\x1b\\|\x9c)?   # DCS, SOS, PM, APC ... ST
-    | \x1b[ -/]*[0-~]?                         # nF and Fe/Fp/Fs escapes (ESC c, ESC 7, ...)
-    | \x9b[0-?]*[ -/]*[@-~]?                   # 8-bit CSI
-    """,
-    re.VERBOSE,
-)
-# Line breaks of any kind (incl. U+2028/U+2029, which some renderers treat as newlines).
-_BREAKS = re.compile(r"[\t\n\v\f\r\x85\u2028\u2029]+")
-# Left after the above: other C0/C1 controls, DEL, lone surrogates and the XML 1.0 non-characters.
-_ILLEGAL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
-# Bidirectional overrides and isolates ("Trojan Source"): they make shown text differ from stored.
-_BIDI = re.compile(r"[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-# Workflow commands: GitHub's ``::cmd::`` and the ``##[cmd]`` / Azure ``##vso[`` forms.
-_COMMAND = re.compile(r"(?<=:)(?=:)|(?<=#)(?=#)")
-_ZWSP = "\u200b"
-
-
-def sanitize_text(text: str, *, limit: int = 500) -> str:
-    """Guest-controlled text made safe for one line of a log, a report cell or an XML attribute.
-
-    Removes terminal escape sequences and bidi controls, turns line breaks into spaces, replaces
-    other control characters (and anything XML 1.0 cannot carry, even escaped) with U+FFFD, splits
-    every ``::`` and ``##`` with a zero-width space so no line can start a workflow command, and
-    truncates to ``limit`` characters (ending in ``…``). Format-specific escaping (XML, HTML,
-    Markdown) is still the renderer's job.
-    """
-    if len(text) <= limit and text.isascii() and text.isprintable() and "::" not in text and "##" not in text:
-        return text.strip()  # nothing to remove or split: most names and reasons (it is per job)
-    return _scrub(text, limit)
-
-
-def _scrub(text: str, limit: int) -> str:
-    text = _ANSI.sub("", text[: limit * 16 + 256])  # bounded work, whatever a guest printed
-    text = _BIDI.sub("", text)
-    text = _BREAKS.sub(" ", text)
-    text = _ILLEGAL.sub("\ufffd", text)
-    text = text.strip()
-    text = _COMMAND.sub(_ZWSP, text)
-    if len(text) > limit:
-        text = text[: max(limit - 1, 0)].rstrip(_ZWSP) + "…"
-    return text
-
 
 # -- the report dict ---------------------------------------------------------------------------
 
@@ -97,14 +50,29 @@ def build_report(
 _JSON_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE | orjson.OPT_PASSTHROUGH_SUBCLASS
 
 
+# JSON escapes C0 controls but lets these through raw: C1 controls (8-bit CSI among them), DEL,
+# the Unicode line separators, the bidi controls and lone surrogates. Escaped, they decode to the
+# same strings.
+_JSON_INVISIBLE = re.compile(r"[\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
 def render_json(report: Mapping[str, Any]) -> str:
     """Pretty and stable (key order as built), newline-terminated: exactly
     ``json.dumps(report, indent=2, ensure_ascii=False)``, made by orjson (about 8x faster: it is
-    per job) unless orjson refuses the value (a lone surrogate, a ``str`` subclass, a huge int)."""
+    per job) unless orjson refuses the value (a lone surrogate, a ``str`` subclass, a huge int),
+    with every control or invisible character JSON leaves raw written as a ``\\u`` escape: the
+    same data, but no terminal or CI log that shows the file sees a control character."""
     try:
-        return orjson.dumps(report, option=_JSON_OPTIONS).decode()
+        text = orjson.dumps(report, option=_JSON_OPTIONS).decode()
     except orjson.JSONEncodeError:
-        return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+        text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    if text.isascii() and "\x7f" not in text:
+        return text
+    return _JSON_INVISIBLE.sub(_json_escape, text)
 
 
 # -- shared formatting -------------------------------------------------------------------------
@@ -125,7 +93,7 @@ def _job_id(job: Mapping[str, Any]) -> str:
 
 def _outcome(job: Mapping[str, Any]) -> str:
     if job.get("trap"):
-        return str(job["trap"])
+        return sanitize_text(str(job["trap"]), limit=40)
     if job.get("exit_code") is not None:
         return f"exit {job['exit_code']}"
     return "—"
@@ -216,7 +184,9 @@ def render_junit(report: Mapping[str, Any]) -> str:
             )
             message = sanitize_text(job.get("reason") or job["status"])
             if job["status"] == "failed":
-                failure = ET.SubElement(case, "failure", message=message, type=job.get("trap") or "exit")
+                failure = ET.SubElement(
+                    case, "failure", message=message, type=_outcome(job).partition(" ")[0]
+                )
                 failure.text = _details(job)
             elif job["status"] == "denied":
                 error = ET.SubElement(case, "error", message=message, type="denied")

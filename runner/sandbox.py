@@ -40,13 +40,13 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
 from wasmtime import (
     Caller,
-    Config,
     Engine,
     ExitTrap,
     Func,
@@ -67,11 +67,12 @@ from wasmtime import (
 from runner import capi
 from runner.cache import ModuleCache, Source, default_cache_dir
 from runner.canonical import sha256_hex
+from runner.compiling import CompileBounds, CompileFailed, compile_bounded, new_config
 from runner.egress import abi as http_abi
 from runner.egress.job import egress_for
 from runner.egress.transport import Seam
 from runner.errors import InputError, Location, PolicyDenied
-from runner.plan import JobSpec, Limits
+from runner.plan import JobSpec, Limits, ModuleLimits
 from runner.results import Outcome, TrapKind
 
 __all__ = ["EngineKey", "Runtime", "check_mounts", "required_thread_stack"]
@@ -528,12 +529,8 @@ class _EngineHost:
     """One engine, its shared linker, and the ticker thread driving epochs for its jobs."""
 
     def __init__(self, key: EngineKey, tick_ms: int) -> None:
-        config = Config()
-        config.epoch_interruption = True
-        config.consume_fuel = key.fuel
-        config.max_wasm_stack = key.stack
         self.key = key
-        self.engine = Engine(config)
+        self.engine = Engine(new_config(fuel=key.fuel, stack=key.stack))
         self.linker = Linker(self.engine)
         self.linker.define_wasi()
         self.linker.allow_shadowing = True
@@ -760,9 +757,11 @@ class Runtime:
         memory_cache_entries: int = 64,
         tick_ms: int = 10,
         egress_seam: Seam | None = None,
+        modules: ModuleLimits | None = None,
     ) -> None:
         if tick_ms <= 0:
             raise ValueError("tick_ms must be positive")
+        self.modules = modules or ModuleLimits()  # the plan's bounds on module size and compilation
         self.cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
         self.cache = ModuleCache(self.cache_dir, memory_entries=memory_cache_entries)
         self._protected = (self.cache_dir.resolve(),)
@@ -801,7 +800,9 @@ class Runtime:
                 host = self._engines[key] = _EngineHost(key, self._tick_ms)
             return host
 
-    def _module(self, job: JobSpec, root: Path) -> tuple[_EngineHost, Module, Source]:
+    def _module(
+        self, job: JobSpec, root: Path, cancel: threading.Event | None = None
+    ) -> tuple[_EngineHost, Module, Source]:
         host = self._engine(EngineKey.for_limits(job.limits))
         key = self.cache.key(job.module_sha256, host.key.tag)
         module = self.cache.cached(key)
@@ -814,7 +815,14 @@ class Runtime:
             )
 
         def fetch() -> bytes:
-            data = path.read_bytes()
+            with path.open("rb") as stream:
+                data = stream.read(self.modules.max_size + 1)
+            if len(data) > self.modules.max_size:  # never read all of a file swapped for a huge one
+                raise PolicyDenied.one(
+                    "modules.max-size",
+                    f"{path} is larger than the plan's modules.max_size ({self.modules.max_size} bytes)",
+                    _location(job, "/module"),
+                )
             if sha256_hex(data) != job.module_sha256:
                 raise PolicyDenied.one(
                     "module.digest-changed",
@@ -826,22 +834,43 @@ class Runtime:
             return data
 
         try:
-            module, source = self.cache.load(host.engine, key, fetch)
-        except WasmtimeError as exc:
+            compile_for_key = partial(self._compile, host.key, cancel)
+            module, source = self.cache.load(host.engine, key, fetch, compile_for_key)
+        except CompileFailed as exc:
+            location = _location(job, "/module")
+            if exc.kind == "invalid":
+                raise InputError.one(
+                    "module.invalid", f"{path} is not a valid module: {_first_line(exc.message)}", location
+                ) from exc
+            if exc.kind == "cancelled":
+                raise InputError.one("compile.cancelled", exc.message, location) from exc
+            raise PolicyDenied.one(f"compile.{exc.kind}", exc.message, location) from exc
+        except WasmtimeError as exc:  # compiled code this engine refuses to load
             raise InputError.one(
                 "module.invalid",
-                f"{path} is not a valid module: {_first_line(str(exc))}",
+                f"{path} cannot be loaded: {_first_line(str(exc))}",
                 _location(job, "/module"),
             ) from exc
         return host, module, source
 
-    def load_module(self, job: JobSpec, root: Path) -> Source:
+    def _compile(self, key: EngineKey, cancel: threading.Event | None, engine: Engine, data: bytes) -> Module:
+        """Compile in a child process under the plan's bounds (:mod:`runner.compiling`); the
+        serialized code it returns is ours, so deserializing it into ``engine`` (made for ``key``)
+        is safe."""
+        bounds = CompileBounds(cpu_ms=self.modules.compile_timeout_ms, memory=self.modules.compile_memory)
+        compiled = compile_bounded(data, fuel=key.fuel, stack=key.stack, bounds=bounds, cancel=cancel)
+        return compiled.module(engine)
+
+    def load_module(self, job: JobSpec, root: Path, *, cancel: threading.Event | None = None) -> Source:
         """Compile or fetch the job's module into the caches: ``compiled``, ``memory`` or ``disk``.
 
-        Bytes read from the module file are checked against ``job.module_sha256`` before they
-        are compiled (rule ``module.digest-changed``); a cached module is keyed by that digest.
+        Checked in order: (1) the file is at most the plan's ``modules.max_size`` (only that much
+        is read); (2) its bytes have ``job.module_sha256`` (rule ``module.digest-changed``); (3) it
+        compiles in a child process within the plan's CPU-time and memory bounds (rules
+        ``compile.timeout``, ``compile.memory``, ``compile.crashed``; ``module.invalid``). A
+        compilation stops early when ``cancel`` is set (``compile.cancelled``).
         """
-        return self._module(job, root)[2]
+        return self._module(job, root, cancel)[2]
 
     def run(
         self,

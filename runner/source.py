@@ -4,7 +4,8 @@ Manifests and policies are security decisions written by people, so the loader r
 feature that makes a file mean something other than what it visibly says: duplicate keys (the last
 one silently wins elsewhere), anchors and aliases (billion laughs; one value, two places), explicit
 tags (``!!python/object``), merge keys, non-string keys, YAML 1.1 scalar guessing (``no`` is a
-string here, never ``False``), multiple documents and absurd nesting.
+string here, never ``False``), multiple documents, absurd nesting, and characters that break lines
+where editors do not or reorder text on screen.
 
 It reads the parser's *event* stream and builds plain Python values itself instead of using
 PyYAML's composer and constructor: each check then sees the exact token (was it quoted? was there
@@ -51,6 +52,13 @@ _BOMS = (
 # Characters YAML forbids in a stream (same set as PyYAML's reader), checked up front so the error
 # names a line and column and is an encoding error, not a parser crash.
 _NON_PRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+# Characters that break a line for YAML but not for editors, diff or grep (NEL, LINE and PARAGRAPH
+# SEPARATOR), or that reorder text on screen (bidirectional controls): with them a reviewer reads
+# another file than the one that runs. Refused anywhere, comments included.
+_LINE_BREAKS = "\x85\u2028\u2029"
+_BIDI_CONTROLS = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+_INVISIBLE = re.compile(f"[{_LINE_BREAKS}{_BIDI_CONTROLS}]")
 
 # YAML 1.2 core schema (https://yaml.org/spec/1.2.2/#1032-tag-resolution), nothing from 1.1.
 _NULLS = frozenset({"", "~", "null", "Null", "NULL"})
@@ -165,7 +173,30 @@ def _decode(raw: bytes, path: str) -> str:
     if bad is not None:
         offset = len(text[: bad.start()].encode("utf-8")) + (len(raw) - len(text.encode("utf-8")))
         raise fail(offset, f"control character U+{ord(bad.group()):04X} is not allowed in YAML")
+    _refuse_invisible(text, path)
     return text
+
+
+def _refuse_invisible(text: str, path: str) -> None:
+    """Every NEL, LINE/PARAGRAPH SEPARATOR and bidi control, at the line and column editors show."""
+    if text.isascii() or not any(char in text for char in _LINE_BREAKS + _BIDI_CONTROLS):
+        return  # fast paths (str search beats the regex 4x): most files hold none
+    problems = []
+    for found in _INVISIBLE.finditer(text):
+        start, char = found.start(), found.group()
+        line = text.count("\n", 0, start) + 1
+        column = start - text.rfind("\n", 0, start)
+        effect = (
+            "breaks the line for YAML but not for editors or grep"
+            if char in _LINE_BREAKS
+            else "reorders the text shown on screen (a bidirectional control)"
+        )
+        message = f"U+{ord(char):04X} {effect}; remove it (or write the escape \\u{ord(char):04x} in quotes)"
+        problems.append(Violation("yaml.invisible-char", message, Location(path, line, column)))
+        if len(problems) >= _MAX_VIOLATIONS:
+            break
+    if problems:
+        raise InputError(violations=tuple(problems))
 
 
 class _Fatal(Exception):
@@ -206,10 +237,15 @@ class _Builder:
         message = exc.problem or exc.context or "invalid YAML"
         if exc.problem and exc.context and exc.context_mark is not None:
             message += f" ({exc.context} at line {exc.context_mark.line + 1})"
+        rule_id = "yaml.syntax"
+        # libyaml (bundled from PyYAML 6.0.4) has a nesting limit of its own, above MAX_DEPTH, that a flow
+        # collection reaches before its events get to our check: still "too deep", not a syntax error.
+        if "nesting" in message.lower() or "depth" in message.lower():
+            rule_id, message = "yaml.depth", f"nested deeper than {MAX_DEPTH} levels"
         location = (
             Location(self.path) if mark is None else Location(self.path, mark.line + 1, mark.column + 1)
         )
-        self.violations.append(Violation("yaml.syntax", message, location))
+        self.violations.append(Violation(rule_id, message, location))
 
     def _report(self, rule_id: str, message: str, mark: Any, pointer: str = "") -> None:
         """Record a problem and go on (up to a cap: a hostile file must not cost more than that)."""

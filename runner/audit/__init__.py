@@ -21,6 +21,7 @@ from runner.audit.record import (
     JOB_STARTED,
     KINDS,
     PLAN_COMPILED,
+    RUN_CONTINUED,
     RUN_DENIED,
     RUN_SEALED,
     RUN_STARTED,
@@ -30,7 +31,14 @@ from runner.audit.record import (
     TOOL_REVOKED,
     TOOL_VERSIONED,
 )
-from runner.audit.verify import RunSummary, VerifyReport, read_records, verify_log
+from runner.audit.verify import (
+    RunSummary,
+    VerifyReport,
+    read_records,
+    verification_line,
+    verified_records,
+    verify_log,
+)
 
 __all__ = [
     "LOG_NAME",
@@ -59,8 +67,11 @@ __all__ = [
     "JOB_FINISHED",
     "RUN_DENIED",
     "RUN_SEALED",
+    "RUN_CONTINUED",
     "RunSummary",
     "VerifyReport",
     "read_records",
+    "verified_records",
+    "verification_line",
     "verify_log",
 ]

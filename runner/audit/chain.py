@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import fcntl
+import hashlib
 import os
 import threading
 import time
@@ -31,6 +32,7 @@ from runner.audit.checkpoint import DEFAULT_KEY_NAME, ORIGIN_PREFIX, Checkpoint,
 from runner.audit.query import tool_changes
 from runner.audit.record import (
     GENESIS,
+    RUN_CONTINUED,
     RUN_SEALED,
     TOOL_REGISTERED,
     LineError,
@@ -41,25 +43,18 @@ from runner.audit.record import (
     format_ts,
     parse_line,
     parse_record,
+    seal_extension,
 )
 from runner.errors import AuditError, Location
+from runner.fileio import fsync_dir
 from runner.signing import PrivateKey
 
-__all__ = ["LOG_NAME", "LOCK_NAME", "AuditLog", "repair_torn_tail"]
+__all__ = ["LOG_NAME", "LOCK_NAME", "AuditLog", "continued_record", "repair_torn_tail"]
 
 LOG_NAME = "audit.jsonl"
 LOCK_NAME = "audit.lock"
 _TAIL_CHUNK = 64 * 1024
 _sync = getattr(os, "fdatasync", os.fsync)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a new directory entry durable (the file's data alone is not enough after a power loss)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _lock(lock_path: Path, timeout_s: float) -> int:
@@ -106,9 +101,12 @@ def _read_tail(path: Path) -> tuple[list[bytes], bytes, int]:
     return lines[-2:], torn, size
 
 
-def _tail_state(path: Path) -> tuple[LineHead | None, bytes]:
-    """Check the end of an existing log; ``AuditError`` if it is torn or its last records are bad."""
-    lines, torn, _ = _read_tail(path)
+def _tail_state(path: Path) -> tuple[LineHead | None, bytes, int]:
+    """Check the end of an existing log; ``AuditError`` if its last records are bad.
+
+    Returns the last record's head, the torn bytes after it (empty unless torn) and the file size.
+    """
+    lines, torn, size = _read_tail(path)
     where = str(path)
     heads: list[LineHead] = []
     for line in lines:
@@ -132,7 +130,32 @@ def _tail_state(path: Path) -> tuple[LineHead | None, bytes]:
             "the first record does not start the chain",
             Location(file=where, line=1, pointer="/prev"),
         )
-    return (heads[-1] if heads else None), torn
+    return (heads[-1] if heads else None), torn, size
+
+
+_TORN = f"{LOG_NAME}.torn-"  # a cut not yet acknowledged by a run (``sandrun audit repair``)
+_CUT = f"{LOG_NAME}.cut-"  # the same side file once a run.continued record named it
+
+
+def _pending_cuts(out_dir: Path) -> list[Path]:
+    return sorted(out_dir.glob(_TORN + "*"))
+
+
+def continued_record(head: LineHead | None, cuts: list[Path]) -> dict[str, Any]:
+    """``run.continued`` data: the record this run appends after (None: the repair emptied the
+    log), and the torn tails ``sandrun audit repair`` cut off, under the names they get once
+    acknowledged (``audit.jsonl.cut-*``), with their size and digest."""
+    return {
+        "after": None if head is None else {"run": head.run, "seq": head.seq, "hash": head.hash},
+        "cut": [
+            {
+                "file": _CUT + side.name[len(_TORN) :],
+                "bytes": side.stat().st_size,
+                "sha256": hashlib.sha256(side.read_bytes()).hexdigest(),
+            }
+            for side in cuts
+        ],
+    }
 
 
 class AuditLog:
@@ -151,6 +174,7 @@ class AuditLog:
         run_id: str,
         origin: str,
         head: LineHead | None,
+        size: int,
         fsync_interval_s: float,
         fsync_every: int,
         clock: Callable[[], int],
@@ -163,6 +187,7 @@ class AuditLog:
         self._seq = 0 if head is None else head.seq + 1
         self._prev = GENESIS if head is None else head.hash
         self._first_seq = self._seq
+        self._end = size  # the file's size after the last whole record: where a failed write is cut
         self._clock = clock
         self._every = max(1, fsync_every)
         self._interval = fsync_interval_s
@@ -189,12 +214,17 @@ class AuditLog:
         lock_timeout_s: float = 30.0,
         origin: str | None = None,
         clock: Callable[[], int] = time.time_ns,
+        continue_unsealed: bool = False,
     ) -> AuditLog:
         """Lock ``out_dir``, check the end of its log and continue the chain from it.
 
         Refuses (``AuditError``) a log whose last line is torn (``audit.torn-line``; see
         :func:`repair_torn_tail`) or whose last records do not verify: it never appends to a broken
-        chain. ``fsync_interval_s=0`` syncs every record before ``append`` returns.
+        chain. A log whose last run has no seal (killed, or cut back after a failed write) is
+        refused too (``audit.unsealed``), and one that ``repair_torn_tail`` cut back
+        (``audit.cut-back``), unless ``continue_unsealed``: the operator looked at it, and the new
+        run's first record, ``run.continued``, says what it continues after and what was cut.
+        ``fsync_interval_s=0`` syncs every record before ``append`` returns.
         """
         check_run_id(run_id)
         origin = origin or ORIGIN_PREFIX + run_id
@@ -207,15 +237,31 @@ class AuditLog:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 if created:
-                    _fsync_dir(out_dir)
-                head, torn = _tail_state(path)
+                    fsync_dir(out_dir)
+                head, torn, size = _tail_state(path)
                 if torn:
                     line = None if head is None else head.seq + 2
                     raise AuditError.one(
                         "audit.torn-line",
-                        "the log ends in an incomplete line (a crash or power loss while writing); "
-                        "`sandrun audit verify` shows it, repair_torn_tail() cuts it off into a side file",
+                        "the log ends in an incomplete line (a crash, power loss or full disk while "
+                        f"writing); `sandrun audit repair {out_dir}` cuts it off into a side file",
                         Location(file=str(path), line=line),
+                    )
+                cuts = _pending_cuts(out_dir)
+                if head is not None and head.kind != RUN_SEALED and not continue_unsealed:
+                    raise AuditError.one(
+                        "audit.unsealed",
+                        f"the log's last run {head.run} has no seal (it was killed, or a write failed "
+                        "and the log was cut back to its last whole record); check it with `sandrun "
+                        "audit verify`, then run with --continue-unsealed to append after it",
+                        Location(file=str(path), line=head.seq + 1),
+                    )
+                if cuts and not continue_unsealed:
+                    raise AuditError.one(
+                        "audit.cut-back",
+                        f"`sandrun audit repair` cut this log back ({cuts[0].name}); check it with "
+                        "`sandrun audit verify`, then run with --continue-unsealed to append after it",
+                        Location(file=str(path), line=None if head is None else head.seq + 1),
                     )
                 if head is not None and head.run == run_id:
                     raise AuditError.one(
@@ -229,24 +275,38 @@ class AuditLog:
         except BaseException:
             os.close(lock_fd)
             raise
-        return cls(
+        log = cls(
             path=path,
             fd=fd,
             lock_fd=lock_fd,
             run_id=run_id,
             origin=origin,
             head=head,
+            size=size,
             fsync_interval_s=fsync_interval_s,
             fsync_every=fsync_every,
             clock=clock,
         )
+        if cuts or (head is not None and head.kind != RUN_SEALED):
+            try:
+                log._append(RUN_CONTINUED, continued_record(head, cuts))
+                for side in cuts:  # acknowledged: the next run is not asked again
+                    os.replace(side, out_dir / (_CUT + side.name[len(_TORN) :]))
+                fsync_dir(out_dir)
+            except BaseException:
+                log.close()
+                raise
+        return log
 
     # -- writing ---------------------------------------------------------------------------------
 
     def append(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:
         """Write one record (flushed to the OS before returning) and return it, hash included."""
-        if kind == RUN_SEALED:
-            raise ValueError("run.sealed records are written by seal()")
+        if kind in (RUN_SEALED, RUN_CONTINUED):
+            raise ValueError(f"{kind} records are written by the log itself")
+        return self._append(kind, data)
+
+    def _append(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:
         with self._mutex:
             record = self._write(kind, data)
             pending = self._written - self._synced
@@ -256,8 +316,12 @@ class AuditLog:
             self._wake.set()
         return record
 
-    def _write(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:
-        """Append one line; the caller holds the mutex. A failed write poisons the log for good."""
+    def _write(self, kind: str, data: dict[str, Any], ts: str | None = None) -> dict[str, Any]:
+        """Append one whole line or nothing; the caller holds the mutex.
+
+        A failed write (a full disk, an I/O error) is cut back to the last whole record, so the log
+        stays a verifiable, unsealed chain, and poisons this log for good: the run ends unsealed.
+        """
         if self._closed or self._sealed:
             state = "sealed" if self._sealed else "closed"
             raise AuditError.one(
@@ -267,7 +331,7 @@ class AuditLog:
             raise AuditError.one("audit.write-failed", self._failure, Location(file=str(self.path)))
         record, line = encode_checked(  # run checked at open, seq, ts and prev are this log's own
             seq=self._seq,
-            ts=format_ts(self._clock()),
+            ts=ts or format_ts(self._clock()),
             kind=check_kind(kind),
             run=self.run_id,
             data=data,
@@ -278,12 +342,21 @@ class AuditLog:
             while view:
                 view = view[os.write(self._fd, view) :]
         except OSError as exc:
-            self._failure = f"writing the audit log failed ({exc.strerror}); its last line may be torn"
+            self._failure = f"writing the audit log failed ({exc.strerror}); " + self._cut_back()
             raise AuditError.one("audit.write-failed", self._failure, Location(file=str(self.path))) from None
+        self._end += len(line)
         self._seq += 1
         self._prev = record["hash"]
         self._written += 1
         return record
+
+    def _cut_back(self) -> str:
+        """Truncate a partly written line away; say where the log now ends."""
+        try:
+            os.ftruncate(self._fd, self._end)
+        except OSError as exc:
+            return f"cutting the partial line back failed too ({exc.strerror}): the last line is torn"
+        return f"the run ends unsealed after seq {self._seq - 1}, every record before it whole"
 
     def _sync(self) -> None:
         """fdatasync if records are pending; a failure is remembered and fails the next append."""
@@ -315,17 +388,20 @@ class AuditLog:
         (the chain head); it is signed when ``signing_key`` is given. Synced before returning.
         """
         with self._mutex:
-            checkpoint = Checkpoint(self.origin, self._seq, self._prev)
+            ts = format_ts(self._clock())
+            run_records = self._seq - self._first_seq
+            extension = seal_extension(self.run_id, ts, run_records)
+            checkpoint = Checkpoint(self.origin, self._seq, self._prev, (extension,))
             if signing_key is not None:
                 checkpoint = sign_checkpoint(checkpoint, signing_key, key_name or DEFAULT_KEY_NAME)
             data = {
                 "size": self._seq,
                 "head": self._prev,
-                "run_records": self._seq - self._first_seq,
+                "run_records": run_records,
                 "checkpoint": checkpoint.text,
                 "signers": [s.name for s in checkpoint.signatures],
             }
-            self._write(RUN_SEALED, data)
+            self._write(RUN_SEALED, data, ts)
             self._sealed = True
         self._sync()
         if self._failure is not None:
@@ -360,6 +436,12 @@ class AuditLog:
         return self._sealed
 
     @property
+    def run_records(self) -> int:
+        """How many records this run has written so far."""
+        with self._mutex:
+            return self._seq - self._first_seq
+
+    @property
     def head(self) -> tuple[int, str]:
         """``(records so far, hash of the last one)``: what a checkpoint made now would sign."""
         with self._mutex:
@@ -388,22 +470,23 @@ def repair_torn_tail(out_dir: Path, *, lock_timeout_s: float = 30.0) -> Path | N
     The explicit, never automatic, repair after a crash or power loss: it takes the writers' lock,
     refuses unless everything before the torn bytes ends in a record that verifies, moves the torn
     bytes to ``audit.jsonl.torn-<UTC time>`` and truncates. Returns the side file, or None if the
-    log was not torn. ``sandrun audit verify`` reports the cut as the next run's continuation.
+    log was not torn. The next run appends only with ``continue_unsealed``; its ``run.continued``
+    record names the side file, which it renames ``audit.jsonl.cut-<UTC time>``.
     """
     path = out_dir / LOG_NAME
     lock_fd = _lock(out_dir / LOCK_NAME, lock_timeout_s)
     try:
-        _, torn = _tail_state(path)
+        _, torn, _ = _tail_state(path)
         if not torn:
             return None
         size = path.stat().st_size
-        side = out_dir / f"{LOG_NAME}.torn-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}"
+        side = out_dir / f"{_TORN}{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}"
         side.write_bytes(torn)
         with open(path, "r+b") as handle:
             handle.truncate(size - len(torn))
             handle.flush()
             os.fsync(handle.fileno())
-        _fsync_dir(out_dir)
+        fsync_dir(out_dir)
         return side
     finally:
         os.close(lock_fd)

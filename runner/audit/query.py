@@ -12,7 +12,7 @@ from typing import Any
 
 from runner.audit.record import JOB_FINISHED, PLAN_COMPILED, TOOL_REGISTERED
 from runner.errors import AuditError, Location
-from runner.results import JobResult
+from runner.results import TRAP_KINDS, JobResult
 
 __all__ = ["last_run", "job_id", "select", "tool_changes", "results_from_log"]
 
@@ -100,12 +100,33 @@ def tool_changes(
     return changes
 
 
+_NUMBERS = ("exit_code", "fuel_used", "memory_peak", "wall_ms")
+_FLAGS = ("stdout_truncated", "stderr_truncated")
+_OPTIONAL_TEXT = ("stdout_sha256", "stderr_sha256", "reason")
+
+
+def _check_types(result: JobResult) -> None:
+    """A row rebuilt from a log holds what a runner writes (renderers rely on it): ``TypeError``."""
+    values = dataclasses.asdict(result)
+    if not all(isinstance(values[k], str) for k in ("manifest", "name", "tool", "module_sha256")):
+        raise TypeError("manifest, name, tool and module_sha256 are strings")
+    if not all(values[k] is None or type(values[k]) is int for k in _NUMBERS):
+        raise TypeError(", ".join(_NUMBERS) + " are integers or null")
+    if not all(type(values[k]) is bool for k in _FLAGS) or not all(
+        values[k] is None or isinstance(values[k], str) for k in _OPTIONAL_TEXT
+    ):
+        raise TypeError("the truncation flags are booleans, digests and reason strings or null")
+    if result.trap is not None and result.trap not in TRAP_KINDS:
+        raise ValueError(f"unknown trap kind {result.trap!r}")
+
+
 def results_from_log(records: Sequence[Mapping[str, Any]], run: str | None = None) -> dict[str, Any]:
     """Rebuild ``report.json`` (DESIGN.md, "Run outputs") for ``run`` (default: the last run).
 
     Reads the run's last ``plan.compiled`` record (``plan_sha256``, ``policy.name``) and its
     ``job.finished`` records (a :class:`~runner.results.JobResult` dict plus ``index``, the job's
-    place in the plan, which orders the jobs). ``ok`` is true when every job passed.
+    place in the plan, which orders the jobs). ``ok`` is true when every job passed; a run whose
+    results do not match its plan's job count is refused (``audit.bad-record``), never ``ok``.
     """
     run = run or last_run(records)
     mine = [r for r in records if r.get("run") == run]
@@ -126,6 +147,7 @@ def results_from_log(records: Sequence[Mapping[str, Any]], run: str | None = Non
             result = JobResult.from_dict(
                 {k: record["data"][k] for k in _RESULT_FIELDS if k in record["data"]}
             )
+            _check_types(result)
         except (TypeError, ValueError) as exc:
             raise AuditError.one(
                 "audit.bad-record",
@@ -133,6 +155,14 @@ def results_from_log(records: Sequence[Mapping[str, Any]], run: str | None = Non
                 Location(file="audit.jsonl", line=record.get("seq", -1) + 1, pointer="/data"),
             ) from None
         jobs.append(result.to_dict())
+    planned = plan.get("jobs")
+    if not isinstance(planned, list) or len(planned) != len(jobs):
+        raise AuditError.one(
+            "audit.bad-record",
+            f"run {run} planned {len(planned) if isinstance(planned, list) else '?'} job(s) but the log "
+            f"holds {len(jobs)} result(s): not the complete results of a run",
+            Location(file="audit.jsonl", line=plans[-1].get("seq", -1) + 1, pointer="/data/jobs"),
+        )
     return {
         "run": run,
         "plan_sha256": plan.get("plan_sha256"),

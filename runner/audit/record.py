@@ -30,7 +30,10 @@ __all__ = [
     "JOB_FINISHED",
     "RUN_DENIED",
     "RUN_SEALED",
+    "RUN_CONTINUED",
     "KINDS",
+    "SEAL_FIELDS",
+    "seal_extension",
     "GENESIS",
     "FIELDS",
     "LineError",
@@ -55,6 +58,7 @@ JOB_STARTED = "job.started"
 JOB_FINISHED = "job.finished"
 RUN_DENIED = "run.denied"
 RUN_SEALED = "run.sealed"
+RUN_CONTINUED = "run.continued"
 KINDS: tuple[str, ...] = (
     RUN_STARTED,
     PLAN_COMPILED,
@@ -67,6 +71,7 @@ KINDS: tuple[str, ...] = (
     JOB_FINISHED,
     RUN_DENIED,
     RUN_SEALED,
+    RUN_CONTINUED,
 )
 
 _KNOWN_KINDS = frozenset(KINDS)
@@ -131,6 +136,20 @@ def format_ts(ns: int) -> str:
 
 
 _ts_second: tuple[int, str] = (-1, "")
+
+
+SEAL_FIELDS = frozenset({"size", "head", "run_records", "checkpoint", "signers"})
+
+
+def seal_extension(run: str, ts: str, run_records: int) -> str:
+    """The checkpoint extension line that binds a seal's own fields to its signature.
+
+    The note's size and root hash cover the records before the seal; this line covers the seal
+    record itself (its run, its time, how many records of the run it closes), so none of them can
+    be edited and rehashed under a valid signature. ``signers`` is checked against the signature
+    lines and ``kind``, ``seq`` and ``prev`` against the note, so every field of a seal is covered.
+    """
+    return f"sandrun-seal run={run} time={ts} records={run_records}"
 
 
 def check_run_id(run: str) -> str:

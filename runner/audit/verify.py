@@ -10,15 +10,20 @@ The walk is a checklist run on each line in order; the first line that fails nam
    already taken, ``audit.inserted``; a record that no longer links to its predecessor,
    ``audit.edited`` (one of the two was rewritten and rehashed);
 3. a record after its run's seal, or of a run that already ended, is ``audit.inserted``;
-4. a seal's checkpoint describes exactly the chain before it (``audit.seal-mismatch``) and, when
-   public keys are given, carries a valid signature by one of them (``audit.bad-seal-signature``,
-   ``audit.unknown-signer``, ``audit.unsigned``);
-5. with ``expect_head``, the published head is in the log (``audit.head-mismatch``,
+4. a seal's checkpoint describes exactly the chain before it, and every other field of the seal
+   (its run, time, record count and signer list) matches what the checkpoint signs
+   (``audit.seal-mismatch``); when public keys are given, a signature line that names one of them
+   must verify (``audit.bad-seal-signature``: damage);
+5. a run that follows an unsealed one opens with a ``run.continued`` record, and that record
+   names the unsealed record right before it (``audit.inserted``);
+6. with ``expect_head``, the published head is in the log (``audit.head-mismatch``,
    ``audit.truncated``).
 
 A log whose last run has no seal verifies as *unsealed*, not as intact and not as damaged: that is
 what a SIGKILL (or a truncation to a record boundary, which only a published head can tell apart)
-leaves.
+leaves. A seal that is whole but signed by none of the given keys (``audit.unknown-signer``: a
+wrong ``--pub``, or a log re-signed by someone else) or not signed (``audit.unsigned``) makes the
+log *untrusted*, not damaged: the walk goes on and still names any damage after it.
 """
 
 from __future__ import annotations
@@ -29,12 +34,30 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runner.audit.checkpoint import Checkpoint, parse_checkpoint, verify_signatures
-from runner.audit.record import GENESIS, RUN_SEALED, LineError, LineHead, parse_line, parse_record
+from runner.audit.record import (
+    GENESIS,
+    RUN_CONTINUED,
+    RUN_SEALED,
+    SEAL_FIELDS,
+    LineError,
+    LineHead,
+    parse_line,
+    parse_record,
+    seal_extension,
+)
 from runner.canonical import canonical_digest
 from runner.errors import EXIT_AUDIT_FAILED, EXIT_OK, AuditError, InputError, Location, Violation
 from runner.signing import PublicKey
 
-__all__ = ["RunSummary", "VerifyReport", "verify_log", "read_records"]
+__all__ = [
+    "RunSummary",
+    "VerifyReport",
+    "verify_log",
+    "read_records",
+    "verified_records",
+    "verification_line",
+    "signatures_clause",
+]
 
 _UNSEALED = "audit.unsealed"
 
@@ -71,7 +94,10 @@ class RunSummary:
 @dataclass(frozen=True)
 class VerifyReport:
     """``ok``: no damage (every complete record verified). ``sealed``: and the last run is sealed.
-    ``problems`` holds the first damage found, or ``audit.unsealed`` for an ok-but-unsealed log."""
+    ``problems`` holds the first damage found, then the first seal not signed by a given key
+    (``untrusted``), or ``audit.unsealed`` for an ok-but-unsealed log. ``signatures_checked``: keys
+    were given; ``seals_verified`` counts the seals whose signature verified under one of them
+    (before the first damage)."""
 
     path: str
     ok: bool
@@ -81,11 +107,15 @@ class VerifyReport:
     problems: list[Violation]
     head: str | None = None
     signatures_checked: bool = False
+    seals_verified: int = 0
+    untrusted: bool = False
 
     @property
-    def status(self) -> Literal["intact", "unsealed", "damaged"]:
+    def status(self) -> Literal["intact", "unsealed", "untrusted", "damaged"]:
         if not self.ok:
             return "damaged"
+        if self.untrusted:
+            return "untrusted"
         return "intact" if self.sealed else "unsealed"
 
     @property
@@ -102,6 +132,7 @@ class VerifyReport:
             "records": self.records,
             "head": self.head,
             "signatures_checked": self.signatures_checked,
+            "seals_verified": self.seals_verified,
             "runs": [r.to_dict() for r in self.runs],
             "problems": [p.to_dict() for p in self.problems],
         }
@@ -168,6 +199,8 @@ class _Walk:
         self.runs: list[_Run] = []
         self.count = 0
         self.prev = GENESIS
+        self.untrusted: list[Violation] = []  # seals signed by none of the keys: not damage
+        self.seals_verified = 0
 
     def at(self, rule: str, message: str, line: int | None, pointer: str = "") -> Violation:
         return Violation(rule, message, Location(file=self.where, line=line, pointer=pointer))
@@ -196,6 +229,12 @@ class _Walk:
                 if run is None or run_id != run.run:
                     if run is not None:
                         ended.add(run.run)
+                        if not run.sealed and kind != RUN_CONTINUED:
+                            message = (
+                                f"run {run_id} appends after the unsealed run {run.run} without a "
+                                "run.continued record (the operator's --continue-unsealed)"
+                            )
+                            return self.at("audit.inserted", message, index + 1, "/kind")
                     if run_id in ended:
                         message = f"a record of run {run_id}, which already ended"
                         return self.at("audit.inserted", message, index + 1, "/run")
@@ -205,6 +244,10 @@ class _Walk:
                     return self.at("audit.inserted", f"a record after the seal of run {run.run}", index + 1)
                 if kind == RUN_SEALED:
                     problem = self.check_seal(line, head, run, index + 1)
+                    if problem is not None:
+                        return problem
+                elif kind == RUN_CONTINUED:
+                    problem = self.check_continued(line, head, run, index)
                     if problem is not None:
                         return problem
                 if index == anchor_index and anchor is not None and digest != anchor.root:
@@ -224,13 +267,15 @@ class _Walk:
     def check_seal(self, line: bytes, head: LineHead, run: _Run, number: int) -> Violation | None:
         pointer = "/data/checkpoint"
         try:
-            data = parse_record(line)["data"]
+            record = parse_record(line)
+            data = record["data"]
             checkpoint = parse_checkpoint(data["checkpoint"])
         except (LineError, ValueError, TypeError, KeyError) as exc:
             return self.at(
                 "audit.seal-mismatch", f"the seal holds no valid checkpoint: {exc}", number, pointer
             )
-        expected = (head.seq, head.prev, head.seq, head.prev, head.seq - run.first_seq)
+        run_records = head.seq - run.first_seq
+        expected = (head.seq, head.prev, head.seq, head.prev, run_records)
         found = (
             checkpoint.size,
             checkpoint.root_hash,
@@ -245,8 +290,25 @@ class _Walk:
                 number,
                 pointer,
             )
-        run.signers = tuple(s.name for s in checkpoint.signatures)
+        # Every other field of the seal is bound to what the checkpoint signs (or says).
+        names = [s.name for s in checkpoint.signatures]
+        if set(data) != SEAL_FIELDS or data["signers"] != names:
+            return self.at(
+                "audit.seal-mismatch",
+                "the seal's fields or signer list differ from its checkpoint",
+                number,
+                "/data",
+            )
+        if checkpoint.extensions != (seal_extension(head.run, record["ts"], run_records),):
+            return self.at(
+                "audit.seal-mismatch",
+                "the seal's run, time or record count differ from what its checkpoint signs",
+                number,
+                pointer,
+            )
+        run.signers = tuple(names)
         run.checkpoint = checkpoint.text
+        run.sealed = True
         if self.keys:
             verdict = verify_signatures(checkpoint, self.keys)
             run.verified = verdict.verified
@@ -258,20 +320,45 @@ class _Walk:
                     number,
                     pointer,
                 )
-            if not verdict.verified:
-                if not checkpoint.signatures:
-                    return self.at(
+            if verdict.verified:
+                self.seals_verified += 1
+            elif not checkpoint.signatures:
+                self.untrusted.append(
+                    self.at(
                         "audit.unsigned", "the seal is not signed, but a signer was expected", number, pointer
                     )
-                return self.at(
-                    "audit.unknown-signer",
-                    "the seal is signed by "
-                    + ", ".join(verdict.unknown)
-                    + ", none of them a given public key",
-                    number,
-                    pointer,
                 )
-        run.sealed = True
+            else:
+                self.untrusted.append(
+                    self.at(
+                        "audit.unknown-signer",
+                        "signed by a different key: the seal's signature ("
+                        + ", ".join(verdict.unknown)
+                        + ") is by none of the --pub keys given (a wrong --pub, or the log was "
+                        "re-signed by another key)",
+                        number,
+                        pointer,
+                    )
+                )
+        return None
+
+    def check_continued(self, line: bytes, head: LineHead, run: _Run, index: int) -> Violation | None:
+        """A ``run.continued`` opens its run, names the record right before it, and follows an
+        unsealed run or names the cut (``audit repair``) it continues after."""
+        before = self.head_at(index - 1)
+        try:
+            data = parse_record(line)["data"]
+        except LineError:
+            data = {}
+        previous = self.runs[-2] if len(self.runs) > 1 else None
+        expected = None if before is None else {"run": before.run, "seq": before.seq, "hash": before.hash}
+        reason = bool(data.get("cut")) or (previous is not None and not previous.sealed)
+        if run.first_seq != head.seq or data.get("after") != expected or not reason:
+            message = (
+                "a run.continued record that does not open its run right after an unsealed run "
+                "(or a cut) and name the record before it"
+            )
+            return self.at("audit.inserted", message, index + 1, "/data/after")
         return None
 
     # -- classifying a broken link --------------------------------------------------------------
@@ -370,9 +457,15 @@ def verify_log(
     ``strict`` also re-encodes every record to check it is exactly canonical JSON (a format check
     for third-party writers; integrity does not depend on it, every byte is hashed either way).
     """
-    where = str(path)
+    return _verify(str(path), _read_lines(path), public_keys, expect_head, strict)
+
+
+def _verify(
+    where: str, lines: list[bytes], public_keys: Sequence[PublicKey], expect_head: str | None, strict: bool
+) -> VerifyReport:
+    """:func:`verify_log` of lines already read (split at LF; the last item is the torn tail)."""
     anchor = None if expect_head is None else _anchor(expect_head)
-    lines = _read_lines(path)
+    lines = lines[:]
     torn = lines.pop()
     walk = _Walk(where, lines, public_keys, strict)
     problem = walk.check(anchor)
@@ -396,6 +489,7 @@ def verify_log(
     runs = [r.summary(end) for r, end in zip(walk.runs, ends, strict=False)]
     sealed = problem is None and bool(runs) and runs[-1].sealed
     problems = [problem] if problem is not None else []
+    problems += walk.untrusted[:1]
     if problem is None and not sealed:
         message = (
             f"unsealed: interrupted after seq {runs[-1].last_seq} (run {runs[-1].run}), or truncated"
@@ -412,6 +506,8 @@ def verify_log(
         problems,
         head=walk.prev if walk.count else None,
         signatures_checked=bool(public_keys),
+        seals_verified=walk.seals_verified,
+        untrusted=bool(walk.untrusted),
     )
 
 
@@ -443,8 +539,11 @@ def _read_lines(path: Path) -> list[bytes]:
 def read_records(path: Path) -> list[dict[str, Any]]:
     """Every record of ``path``, parsed (for queries). A line that is not a record, torn last line
     included, is an ``AuditError``; integrity is :func:`verify_log`'s job, run it first."""
-    where = str(path)
-    lines = _read_lines(path)
+    return _records(str(path), _read_lines(path))
+
+
+def _records(where: str, lines: list[bytes]) -> list[dict[str, Any]]:
+    lines = lines[:]
     if lines.pop():
         raise AuditError.one(
             "audit.torn-line", "the last line is incomplete", Location(file=where, line=len(lines) + 1)
@@ -458,3 +557,37 @@ def read_records(path: Path) -> list[dict[str, Any]]:
                 "audit.edited", str(exc), Location(file=where, line=number, pointer=exc.pointer)
             ) from None
     return records
+
+
+def verified_records(
+    path: Path, *, public_keys: Sequence[PublicKey] = (), expect_head: str | None = None
+) -> tuple[VerifyReport, list[dict[str, Any]]]:
+    """Verify ``path`` first, then read its records: what every reader of a log (``sandrun report``,
+    ``sandrun audit show``) goes through. ``AuditError`` (exit 4) for a damaged log, or one whose
+    seals are not signed by ``public_keys``; an unsealed last run is the caller's to handle."""
+    lines = _read_lines(path)  # once: what was verified is exactly what is read
+    report = _verify(str(path), lines, public_keys, expect_head, strict=False)
+    if not report.ok or report.untrusted:
+        raise AuditError(violations=tuple(p for p in report.problems if p.rule_id != _UNSEALED))
+    return report, _records(str(path), lines)
+
+
+def verification_line(report: VerifyReport, run: RunSummary | None = None) -> str:
+    """One line saying exactly what was verified: the chain, the run's seal, its signatures."""
+    text = f"audit chain {report.status}: {report.records} records verified"
+    if run is not None:
+        text += f"; run {run.run} " + (
+            "sealed" if run.sealed else "UNSEALED (no seal: not verified as complete)"
+        )
+        if run.verified_signers:
+            text += ", seal signed by " + ", ".join(run.verified_signers)
+    return text + signatures_clause(report)
+
+
+def signatures_clause(report: VerifyReport) -> str:
+    """What was verified of the seal signatures, never more than was."""
+    if not report.signatures_checked:
+        return "; seal signatures not checked (no --pub)"
+    if report.ok and report.seals_verified:
+        return f"; {report.seals_verified} seal signature(s) verified"
+    return ""

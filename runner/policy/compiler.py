@@ -3,7 +3,8 @@
 Like an admission controller, it never stops at the first problem: each check adds a denial
 (rule id, message, JSON Pointer, file and line) and compilation goes on, so one run reports all of
 them. Checks run in DESIGN.md's order for each tool, then each job; a job whose tool was denied is
-still checked on its own grants. The compiler never runs WASM and never writes anything.
+still checked on its own grants. The compiler never runs WASM, never writes anything and never
+starts a program (the policy's git commit is read from the repository's files: see ``gitstate``).
 
 Rule ids are stable; ``docs/policy.md`` lists them all.
 """
@@ -15,7 +16,6 @@ import graphlib
 import hashlib
 import logging
 import posixpath
-import subprocess
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -27,6 +27,7 @@ from runner.egress.urls import UrlError
 from runner.errors import InputError, PolicyDenied, SandrunError, Violation
 from runner.hosts import HostPatternError
 from runner.plan import HttpRule, InputFile, JobSpec, Limits, Mount, Network, Plan, PolicyRef, SecretRef, Tool
+from runner.policy.gitstate import policy_commit
 from runner.policy.governance import Grants, score
 from runner.policy.model import LimitValues, Policy, parse_limits, parse_net_limits, secret_key
 from runner.signing import verify_module_digest
@@ -48,6 +49,7 @@ class _Compilation:
     today: dt.date
     violations: list[Violation] = field(default_factory=list)
     inputs: dict[str, str] = field(default_factory=dict)
+    engines: dict[tuple[bool, int], str] = field(default_factory=dict)  # configuration -> first job
 
     def deny(
         self,
@@ -156,6 +158,8 @@ class _ManifestCompiler:
         if not path.is_file():
             self.deny("tool.module.not-file", f"{module_text!r} is not a file", pointer + "/module")
             return None
+        if not self.check_size(path, pointer + "/module"):
+            return None
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         self.state.record_input(path, digest)
         if digest != canonical_digest(spec["sha256"]):
@@ -199,6 +203,19 @@ class _ManifestCompiler:
             signature_verified=bool(signer),
             actions=tuple(spec.get("actions", [])),
         )
+
+    def check_size(self, path: Path, pointer: str) -> bool:
+        """Rule ``modules.max-size``: checked on the file's size, before its bytes are read."""
+        size, cap = path.stat().st_size, self.state.policy.modules.max_size
+        if size > cap:
+            self.deny(
+                "modules.max-size",
+                f"the module is {format_size(size)}, above the policy's modules.max_size {format_size(cap)}",
+                pointer,
+                expected=f"<= {cap}",
+                actual=size,
+            )
+        return size <= cap
 
     def check_signature(self, pointer: str, spec: dict[str, Any], digest: str) -> str | Literal[False] | None:
         """The verified signer's key id; None when unsigned and allowed; False when denied."""
@@ -272,6 +289,8 @@ class _ManifestCompiler:
             self.deny("job.unknown-tool", f"no tool named {tool_name!r} in this manifest", pointer + "/tool")
         tool = self.tools.get(tool_name)
         limits = self.check_limits(pointer, spec.get("limits", {}))
+        if limits is not None:
+            self.check_engines(pointer, spec, limits)
         mounts = self.check_mounts(pointer, spec.get("fs", []))
         stdin = self.check_stdin(pointer, spec.get("stdin"))
         network = self.check_network(pointer, spec.get("network"))
@@ -354,6 +373,30 @@ class _ManifestCompiler:
         if denied:
             return None
         return Limits(**values)  # type: ignore[arg-type]
+
+    def check_engines(self, pointer: str, spec: dict[str, Any], limits: Limits) -> None:
+        """Rule ``modules.max-engines``: each distinct (fuel metering, stack) pair costs an engine,
+        a compilation of each tool using it and a ticker thread; the job that goes over is denied."""
+        engines = self.state.engines
+        config = (limits.fuel is not None, limits.stack)
+        job_id = f"{self.name}/{spec['name']}"
+        if config in engines:
+            return
+        cap = self.state.policy.max_engines
+        if len(engines) < cap:
+            engines[config] = job_id
+            return
+        asked = spec.get("limits", {})
+        where = f"{pointer}/limits/stack" if "stack" in asked else f"{pointer}/limits" if asked else pointer
+        self.deny(
+            "modules.max-engines",
+            f"job {job_id!r} would be engine configuration {len(engines) + 1} (fuel "
+            f"{'on' if config[0] else 'off'}, stack {format_size(config[1])}); the policy's "
+            f"modules.max_engines is {cap}: reuse another job's stack and fuel setting",
+            where,
+            expected=f"<= {cap}",
+            actual=len(engines) + 1,
+        )
 
     def check_mounts(self, pointer: str, entries: list[dict[str, Any]]) -> list[Mount]:
         policy = self.state.policy
@@ -512,31 +555,6 @@ class _ManifestCompiler:
             self.deny("needs.cycle", "needs form a cycle: " + " -> ".join(cycle), f"/jobs/{first}/needs")
 
 
-def _git_commit(path: Path) -> str | None:
-    """HEAD of the git repo holding ``path`` (``+dirty`` when the file differs from it), or None."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(path.parent), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        if head.returncode != 0:
-            return None
-        status = subprocess.run(
-            ["git", "-C", str(path.parent), "status", "--porcelain", "--", path.name],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = head.stdout.strip()
-    return commit + "+dirty" if status.stdout.strip() else commit
-
-
 def compile_plan(
     manifests: list[Document], policy: Policy, root: Path, *, today: dt.date | None = None
 ) -> Plan:
@@ -576,12 +594,13 @@ def compile_plan(
             name=policy.name,
             path=policy_rel,
             sha256=policy.document.sha256,
-            git_commit=_git_commit(policy_path),
+            git_commit=policy_commit(policy_path),
         ),
         inputs=tuple(InputFile(path=p, sha256=d) for p, d in sorted(state.inputs.items())),
         manifests=tuple(state.input_key(Path(d.path).resolve()) for d in manifests),
         tools=tuple(tools),
         jobs=tuple(jobs),
+        modules=policy.modules,
     )
 
 

@@ -19,12 +19,22 @@ from runner.egress.rules import AllowEntry
 from runner.egress.urls import UrlError, parse_url
 from runner.errors import InputError, Violation
 from runner.hosts import HostPattern, HostPatternError, parse_block_entry
-from runner.plan import NetLimits
+from runner.plan import ModuleLimits, NetLimits
 from runner.signing import KeyFileError, PublicKey, parse_public_key, public_key_raw
 from runner.source import Document
 from runner.units import UnitError, parse_duration, parse_size
 
-__all__ = ["TrustedKey", "LimitValues", "Policy", "policy_from_document", "LIMIT_FIELDS"]
+__all__ = [
+    "TrustedKey",
+    "LimitValues",
+    "Policy",
+    "policy_from_document",
+    "LIMIT_FIELDS",
+    "DEFAULT_MAX_ENGINES",
+]
+
+#: Distinct engine configurations (fuel on/off x stack) a plan may use when the policy sets none.
+DEFAULT_MAX_ENGINES = 8
 
 #: Limit field name in YAML -> (attribute in LimitValues, parser).
 LIMIT_FIELDS: dict[str, tuple[str, Callable[[Any], int]]] = {
@@ -73,6 +83,8 @@ class Policy:
     actions_allow: tuple[str, ...]
     actions_deny: tuple[str, ...]
     max_score: float | None
+    modules: ModuleLimits = ModuleLimits()
+    max_engines: int = DEFAULT_MAX_ENGINES
 
     @property
     def path(self) -> str:
@@ -94,6 +106,24 @@ def parse_limits(
                 Violation("limits.invalid", f"{field}: {exc}", document.locate(f"{pointer}/{field}"))
             )
     return LimitValues(**values)
+
+
+def _parse_modules(document: Document, data: dict[str, Any], problems: list[Violation]) -> ModuleLimits:
+    """The policy's ``modules`` section; an absent field keeps :class:`ModuleLimits`' default."""
+    values: dict[str, int] = {}
+    for field, attribute, parser in (
+        ("max_size", "max_size", parse_size),
+        ("compile_timeout", "compile_timeout_ms", parse_duration),
+        ("compile_memory", "compile_memory", parse_size),
+    ):
+        if field in data:
+            try:
+                values[attribute] = parser(data[field])
+            except (UnitError, TypeError, ValueError) as exc:
+                problems.append(
+                    Violation("modules.invalid", f"{field}: {exc}", document.locate(f"/modules/{field}"))
+                )
+    return ModuleLimits(**values)
 
 
 def _resolve_root(root: Path, text: str) -> Path:
@@ -179,6 +209,8 @@ def policy_from_document(document: Document, root: Path) -> Policy:
         document, "/network/limits", network.get("limits", {}), NetLimits(), problems
     )
 
+    modules = _parse_modules(document, data.get("modules", {}), problems)
+
     if problems:
         raise InputError(violations=tuple(problems))
 
@@ -211,6 +243,8 @@ def policy_from_document(document: Document, root: Path) -> Policy:
         actions_allow=tuple(actions.get("allow", [])),
         actions_deny=tuple(actions.get("deny", [])),
         max_score=governance.get("max_score"),
+        modules=modules,
+        max_engines=data.get("modules", {}).get("max_engines", DEFAULT_MAX_ENGINES),
     )
 
 

@@ -80,7 +80,7 @@ def test_compiled_plan_runs_and_a_denied_run_is_logged_but_writes_no_report(tmp_
     plan = tmp_path / "plan.json"
     assert sandrun("compile", *DEMO, "-o", str(plan)).returncode == 0
     out = tmp_path / "out"
-    ran = sandrun("run", str(plan), "--out", str(out))
+    ran = sandrun("run", str(plan), *DEMO[1:], "--out", str(out))
     assert ran.returncode == 0, ran.stderr
     assert (
         json.loads((out / "report.json").read_text())["plan_sha256"]
@@ -111,13 +111,13 @@ def test_a_plan_runs_only_if_its_inputs_still_compile_to_it(tmp_path: Path) -> N
     assert sandrun("compile", *DEMO, "-o", str(plan)).returncode == 0
     original = plan.read_text()
     plan.write_text(original.replace('"expect_exit_code":3', '"expect_exit_code":0'))  # still canonical
-    result = sandrun("run", str(plan), "--out", str(tmp_path / "out"))
+    result = sandrun("run", str(plan), *DEMO[1:], "--out", str(tmp_path / "out"))
     assert result.returncode == 3 and "[plan.mismatch]" in result.stderr
     plan.write_text(original.replace('"fuel":50000000', '"fuel":50000001').replace(" ", ""))
-    result = sandrun("run", str(plan), "--out", str(tmp_path / "out"))
+    result = sandrun("run", str(plan), *DEMO[1:], "--out", str(tmp_path / "out"))
     assert result.returncode == 3 and "[plan.mismatch]" in result.stderr
     plan.write_text("{not json")
-    result = sandrun("run", str(plan), "--out", str(tmp_path / "out"))
+    result = sandrun("run", str(plan), *DEMO[1:], "--out", str(tmp_path / "out"))
     assert result.returncode == 2 and "[plan.invalid]" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -238,7 +238,9 @@ def test_torn_tail_is_reported_then_repaired_explicitly(tmp_path: Path) -> None:
     repaired = sandrun("audit", "repair", str(out))
     assert repaired.returncode == 0 and "torn" in repaired.stdout
     assert sandrun("audit", "verify", str(out)).returncode == 0
-    assert run_demo(out).returncode == 0
+    cut_back = run_demo(out)  # the operator says whether to go on after a cut (docs/audit.md)
+    assert cut_back.returncode == 4 and "[audit.cut-back]" in cut_back.stderr
+    assert sandrun("run", *DEMO, "--out", str(out), "--continue-unsealed").returncode == 0
     assert sandrun("audit", "verify", str(out)).stdout.startswith("intact: ")
 
 

@@ -40,7 +40,11 @@ def _run(folder: Path, run: str, statuses: list[Status]) -> dict[str, Any]:
         log.append("run.started", {})
         log.append(
             "plan.compiled",
-            {"plan_sha256": "cd" * 32, "policy": {"name": "ci", "sha256": "ef" * 32, "git_commit": "0" * 40}},
+            {
+                "plan_sha256": "cd" * 32,
+                "policy": {"name": "ci", "sha256": "ef" * 32, "git_commit": "0" * 40},
+                "jobs": [r.id for r in results],
+            },
         )
         for i in range(len(results)):
             log.append("job.started", {"job": results[i].id, "index": i})
@@ -75,6 +79,45 @@ def test_a_run_without_a_plan_has_no_report(tmp_path: Path) -> None:
     with pytest.raises(AuditError) as caught:
         results_from_log(read_records(tmp_path / "audit.jsonl"))
     assert caught.value.rule_id == "audit.no-plan"
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"trap": "\x1b[2J::error::x"},  # not a trap kind: renderers never see it
+        {"fuel_used": "lots"},
+        {"stdout_truncated": "no"},
+        {"name": ["a"]},
+        {"reason": {"x": 1}},
+    ],
+)
+def test_a_job_row_of_the_wrong_shape_is_refused(tmp_path: Path, edit: dict[str, Any]) -> None:
+    with AuditLog.open(tmp_path, run_id="r1") as log:
+        log.append("plan.compiled", {"plan_sha256": "cd" * 32, "policy": {"name": "ci"}, "jobs": ["m/j"]})
+        row = {**_result(0, "failed").to_dict(), "index": 0}
+        log.append(
+            "job.finished", {**row, **edit} if "memory_peak" not in edit else {**row, "memory_peak": 2}
+        )
+        log.seal(None)
+    with pytest.raises(AuditError) as caught:
+        results_from_log(read_records(tmp_path / "audit.jsonl"))
+    assert caught.value.rule_id == "audit.bad-record"
+
+
+def test_results_that_do_not_match_the_plan_are_not_a_report(tmp_path: Path) -> None:
+    """A run that died after its plan (or a log cut inside a run) is never ``ok: true, jobs: []``."""
+    with AuditLog.open(tmp_path, run_id="r1") as log:
+        log.append(
+            "plan.compiled", {"plan_sha256": "cd" * 32, "policy": {"name": "ci"}, "jobs": ["m/a", "m/b"]}
+        )
+        log.append("job.finished", {**_result(0, "passed").to_dict(), "index": 0})
+        log.seal(None)
+    with pytest.raises(AuditError) as caught:
+        results_from_log(read_records(tmp_path / "audit.jsonl"))
+    assert (
+        caught.value.rule_id == "audit.bad-record"
+        and "planned 2 job(s)" in caught.value.violations[0].message
+    )
 
 
 def test_select_filters_by_job_kind_and_run(tmp_path: Path) -> None:

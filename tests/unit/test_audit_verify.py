@@ -51,8 +51,10 @@ def _job(i: int, status: str = "passed") -> dict[str, Any]:
 
 
 def write_run(out: Path, run: int, key: PrivateKey | None = KEY, *, seal: bool = True) -> str | None:
-    """One realistic run of 10 records (the seal included) through AuditLog."""
-    with AuditLog.open(out, run_id=f"20261121T18000{run}Z-0000000{run}", clock=_clock()) as log:
+    """One realistic run of 10 records (the seal included) through AuditLog (11 after an unsealed
+    run: ``run.continued`` first)."""
+    run_id = f"20261121T18000{run}Z-0000000{run}"
+    with AuditLog.open(out, run_id=run_id, clock=_clock(), continue_unsealed=True) as log:
         log.append("run.started", {"sandrun": "0.1.0", "sources": ["manifests/"]})
         log.append(
             "plan.compiled",
@@ -226,9 +228,10 @@ def test_appending_after_the_final_seal(log_dir: Path) -> None:
     started = _forge(original[-1], "run.started", run="forged-run")
     for key, rule in ((OTHER_KEY, "audit.unknown-signer"), (None, "audit.unsigned")):
         _write(path, original + [started])
-        with AuditLog.open(path.parent, run_id="forged-run-2") as log:
+        with AuditLog.open(path.parent, run_id="forged-run-2", continue_unsealed=True) as log:
             log.seal(key, "ci-runner")
-        assert _problem(path, public_keys=[KEY.public_key()])[:2] == (rule, len(original) + 2)
+        assert _problem(path, public_keys=[KEY.public_key()])[:2] == (rule, len(original) + 3)
+        assert verify_log(path, public_keys=[KEY.public_key()]).status == "untrusted"
 
 
 def _rechain(lines: list[bytes], start: int, edit: dict[str, Any], *, fix_notes: bool) -> list[bytes]:

@@ -61,9 +61,9 @@ def test_plan_records_inputs_policy_and_resolved_jobs() -> None:
 
 def test_key_is_valid_through_its_not_after_day_and_denied_the_day_after() -> None:
     policy = CASES / "_shared" / "policy.yaml"
-    compile_manifests([CASES / "valid" / "manifest.yaml"], policy, root=CASES, today=dt.date(2027, 12, 31))
+    compile_manifests([CASES / "valid" / "manifest.yaml"], policy, root=CASES, today=dt.date(2099, 12, 31))
     with pytest.raises(PolicyDenied) as caught:
-        compile_manifests([CASES / "valid" / "manifest.yaml"], policy, root=CASES, today=dt.date(2028, 1, 1))
+        compile_manifests([CASES / "valid" / "manifest.yaml"], policy, root=CASES, today=dt.date(2100, 1, 1))
     assert {v.rule_id for v in caught.value.violations} == {"signature.expired-key"}
 
 

