@@ -766,7 +766,7 @@ class Runtime:
         self.cache = ModuleCache(self.cache_dir, memory_entries=memory_cache_entries)
         self._protected = (self.cache_dir.resolve(),)
         self._tick_ms = tick_ms
-        self._egress_seam = egress_seam  # where sandrun:http resolves and dials (tests inject one)
+        self.egress_seam = egress_seam  # where sandrun:http resolves and dials (tests inject one)
         self._engines: dict[EngineKey, _EngineHost] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -924,7 +924,7 @@ class Runtime:
         host.register(state)
         _current.job = state
         deadline_s = state.deadline_ns / 1e9
-        net = http_abi.Session(lambda: egress_for(job, self._egress_seam, deadline=deadline_s, cancel=cancel))
+        net = http_abi.Session(lambda: egress_for(job, self.egress_seam, deadline=deadline_s, cancel=cancel))
         try:
             with http_abi.bound(net):
                 ending, peak = _execute(job, store, host.linker, module)
