@@ -123,7 +123,11 @@ class Watchdog:
     """
 
     def __init__(self) -> None:
-        self._pid = os.getpid()
+        self._reset()
+        # A forked child inherits this object but not its thread, and perhaps a held lock.
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
         self._heap: list[tuple[float, int]] = []
         self._armed: dict[int, Callable[[], None]] = {}
         self._cancels: dict[int, threading.Event] = {}  # armed requests that a cancel also cuts
@@ -136,12 +140,6 @@ class Watchdog:
         """Call ``cut`` at ``deadline`` (``time.monotonic``), or soon after ``cancel`` is set (it is
         looked at every ``CANCEL_POLL_S``), unless disarmed first."""
         with self._cond:
-            if self._pid != os.getpid():  # a forked worker inherits the object, not the thread
-                self._pid, self._thread = os.getpid(), None
-                self._heap.clear()
-                self._armed.clear()
-                self._cancels.clear()
-                self._fired.clear()
             token = next(self._ids)
             self._armed[token] = cut
             if cancel is not None:
