@@ -473,11 +473,10 @@ def _poll_oneoff(caller: Caller, in_ptr: int, out_ptr: int, count: int, nevents_
 
 
 class _CallerMemory:
-    """``http_abi.GuestMemory`` over the calling instance's ``memory``, looked up afresh in each
-    host call that touches memory (``close`` does not). Within one call the guest cannot run, so
-    its memory cannot grow or move: base and size are read once per call, and copies go through
-    ``ctypes`` after an explicit bounds check (wasmtime-py's ``read``/``write`` re-read both and
-    clamp silently)."""
+    """``http_abi.GuestMemory`` over the calling instance's ``memory`` (a job has one instance).
+    Within one call the guest cannot run, so its memory cannot grow or move: base and size are
+    read once per call that touches memory, and copies go through ``ctypes`` after an explicit
+    bounds check (wasmtime-py's ``read``/``write`` re-read both and clamp silently)."""
 
     __slots__ = ("_caller", "_base", "_size")
 
@@ -487,7 +486,13 @@ class _CallerMemory:
         self._size = 0
 
     def _look_up(self) -> None:
-        memory = self._caller.get("memory")
+        # The export is found once per job (``Caller.get`` costs ~12 µs); base and size per call.
+        session = http_abi.current()
+        memory = session.host_memory if session is not None else None
+        if memory is None:
+            memory = self._caller.get("memory")
+            if session is not None:
+                session.host_memory = memory
         self._base = 0
         if isinstance(memory, Memory):
             self._size = memory.data_len(self._caller)

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from runner.egress.client import Egress, EgressError, Request, Response
 
-__all__ = ["MODULE", "ERRORS", "GuestMemory", "Session", "FUNCTIONS", "bound"]
+__all__ = ["MODULE", "ERRORS", "GuestMemory", "Session", "FUNCTIONS", "bound", "current"]
 
 MODULE = "sandrun:http"
 
@@ -84,6 +84,7 @@ class Session:
         self._egress: Egress | None = None
         self.handles: dict[int, _Open] = {}
         self.last_error = ""
+        self.host_memory: object = None  # the host adapter's per-job handle on the guest memory
         self._next = 1
 
     @property
@@ -112,6 +113,11 @@ class Session:
 
 
 _current = threading.local()
+
+
+def current() -> Session | None:
+    """The session bound to this thread (the running job's), if any."""
+    return getattr(_current, "session", None)
 
 
 @contextmanager
