@@ -8,6 +8,7 @@ never see half the story.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -28,11 +29,12 @@ from runner.errors import (
 from runner.plan import Plan
 from runner.policy.compiler import compile_plan, denial_error
 from runner.policy.model import Policy, policy_from_document
-from runner.source import Document, load_yaml_file
+from runner.source import MAX_DOCUMENT_BYTES, Document, load_yaml_file
 
 if TYPE_CHECKING:
     from runner.audit import Checkpoint
     from runner.executor import BatchOptions
+    from runner.shard import ShardRequest
     from runner.signing import PrivateKey
 
 __all__ = [
@@ -53,24 +55,99 @@ __all__ = [
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 
 
-def expand_paths(paths: Iterable[Path]) -> list[Path]:
-    """Files as given; folders searched recursively for ``*.yaml``/``*.yml``, in a stable order."""
-    found: list[Path] = []
+def expand_paths(paths: Iterable[Path]) -> list[tuple[Path, bool]]:
+    """``(file, named)`` pairs: files as given (``named``), folders searched recursively for
+    ``*.yaml``/``*.yml``, in a stable order."""
+    found: dict[Path, bool] = {}
     problems: list[Violation] = []
     for path in paths:
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.suffix in MANIFEST_SUFFIXES and p.is_file()))
+            for file in sorted(p for p in path.rglob("*") if p.suffix in MANIFEST_SUFFIXES and p.is_file()):
+                found.setdefault(file, False)
         elif path.is_file():
-            found.append(path)
+            found[path] = True
         else:
             problems.append(Violation("input.missing", "no such file or folder", Location(file=str(path))))
     if problems:
         raise InputError(violations=tuple(problems))
-    if not found:
+    return list(found.items())
+
+
+#: A top-level line saying a file is meant for Sandrun, for files too broken to load.
+_SANDRUN_LINE = re.compile(rb"^(?:kind:[ \t]*[\"']?Manifest\b|apiVersion:[ \t]*[\"']?sandrun/)", re.MULTILINE)
+
+
+def _is_manifest(document: Document) -> bool:
+    """A document found in a folder is checked when it says it is a Sandrun manifest.
+
+    ``kind: Manifest``, or a ``sandrun/`` apiVersion with any kind but ``Policy`` (a misspelt kind
+    is reported, not skipped); anything else there (a CI workflow, the policy) is skipped.
+    """
+    data = document.data
+    if not isinstance(data, dict):
+        return False
+    kind, api = data.get("kind"), data.get("apiVersion")
+    return kind == "Manifest" or (isinstance(api, str) and api.startswith("sandrun/") and kind != "Policy")
+
+
+def _claims_to_be_sandrun(path: Path) -> bool:
+    """Whether a file found in a folder that failed to load says it is meant for Sandrun."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(MAX_DOCUMENT_BYTES)
+    except OSError:
+        return True  # cannot tell: report it
+    return _SANDRUN_LINE.search(head) is not None
+
+
+def load_manifests(
+    paths: Iterable[Path], *, on_skip: Callable[[Path], None] | None = None
+) -> tuple[list[Document], list[Violation]]:
+    """Every manifest that loaded and validated, and the problems of those that did not.
+
+    Files found in a folder that are not Sandrun manifests (``kind`` not ``Manifest``) are skipped
+    and passed to ``on_skip``; files named one by one are always read as manifests.
+    """
+    from runner.schema import validate
+
+    paths = list(paths)
+    documents: list[Document] = []
+    problems: list[Violation] = []
+    skipped = 0
+    for path, named in expand_paths(paths):
+        try:
+            document = load_yaml_file(path)
+        except InputError as exc:
+            if named or _claims_to_be_sandrun(path):
+                problems.extend(exc.violations)
+                continue
+            document = None
+        if document is None or not (named or _is_manifest(document)):
+            skipped += 1
+            if on_skip is not None:
+                on_skip(path)
+            continue
+        found = validate(document, "manifest")
+        problems.extend(found)
+        if not found:
+            documents.append(document)
+    if not documents and not problems:
+        also = f" ({skipped} other YAML file(s) skipped)" if skipped else ""
         raise InputError.one(
-            "input.empty", "no manifests (*.yaml, *.yml) found in " + ", ".join(str(p) for p in paths)
+            "input.empty",
+            "no manifests (*.yaml, *.yml with kind: Manifest) found in "
+            + ", ".join(str(p) for p in paths)
+            + also,
         )
-    return list(dict.fromkeys(found))
+    return documents, problems
+
+
+def resolve_root(root: Path | None) -> Path:
+    """The compile root (default: the current folder), symlinks followed; a loop is invalid input."""
+    try:
+        return (root or Path.cwd()).resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise InputError.one("root.missing", f"the root cannot be resolved: {exc}") from None
 
 
 def _validated(path: Path, kind: str) -> tuple[Document | None, list[Violation]]:
@@ -85,18 +162,6 @@ def _validated(path: Path, kind: str) -> tuple[Document | None, list[Violation]]
     return (None if problems else document), problems
 
 
-def load_manifests(paths: Iterable[Path]) -> tuple[list[Document], list[Violation]]:
-    """Every manifest that loaded and validated, and the problems of those that did not."""
-    documents: list[Document] = []
-    problems: list[Violation] = []
-    for path in expand_paths(paths):
-        document, found = _validated(path, "manifest")
-        problems.extend(found)
-        if document is not None:
-            documents.append(document)
-    return documents, problems
-
-
 def load_policy(path: Path, root: Path) -> Policy:
     document, problems = _validated(path, "policy")
     if document is None:
@@ -105,14 +170,20 @@ def load_policy(path: Path, root: Path) -> Policy:
 
 
 def compile_manifests(
-    paths: Iterable[Path], policy_path: Path, *, root: Path | None = None, today: dt.date | None = None
+    paths: Iterable[Path],
+    policy_path: Path,
+    *,
+    root: Path | None = None,
+    today: dt.date | None = None,
+    on_skip: Callable[[Path], None] | None = None,
 ) -> Plan:
     """Load, validate and compile; raise one error carrying every problem of every file.
 
-    Invalid input (YAML, schema) makes it an :class:`InputError` (exit 2), otherwise policy denials
-    make it a :class:`~runner.errors.PolicyDenied` (exit 3).
+    Invalid input (YAML, schema, missing files...) makes it an :class:`InputError` (exit 2),
+    otherwise policy denials make it a :class:`~runner.errors.PolicyDenied` (exit 3); the rule
+    registry decides which. ``on_skip`` gets each YAML file in a folder that is not a manifest.
     """
-    documents, problems = load_manifests(paths)
+    documents, problems = load_manifests(paths, on_skip=on_skip)
     return compile_documents(documents, policy_path, root=root, today=today, problems=problems)
 
 
@@ -125,7 +196,7 @@ def compile_documents(
     problems: Sequence[Violation] = (),
 ) -> Plan:
     """Compile manifests already loaded; ``problems`` are earlier ones to report together."""
-    root = (root or Path.cwd()).resolve()
+    root = resolve_root(root)
     found = list(problems)
     try:
         policy: Policy | None = load_policy(policy_path, root)
@@ -248,6 +319,7 @@ def run(
     sources: Sequence[str] = (),
     operator_policy: Path | None = None,
     continue_unsealed: bool = False,
+    shard: ShardRequest | None = None,
 ) -> RunOutcome:
     """Make the plan, run it, log every step, write the outputs, seal the log.
 
@@ -257,6 +329,7 @@ def run(
     report of another run; a run that cannot write its log or outputs (a full disk) ends unsealed
     (``audit.write-failed``, exit 4). ``continue_unsealed``: see ``AuditLog.open``.
     ``operator_policy`` is the policy the operator named (``--policy``), recorded with the plan.
+    ``shard`` runs only that shard's jobs, after a ``shard.assigned`` record (docs/shards.md).
     """
     from runner.audit import AuditLog
     from runner.executor import BatchOptions as _BatchOptions
@@ -264,8 +337,9 @@ def run(
     from runner.fileio import write_atomic
     from runner.outputs import LogFolder, remove_outputs, unsealed_on_failure, write_outputs
     from runner.report import build_report
+    from runner.shard import SHARD_ASSIGNED
 
-    root = (root or Path.cwd()).resolve()
+    root = resolve_root(root)
     options = options or _BatchOptions()
     run_id = new_run_id()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -285,6 +359,10 @@ def run(
             raise
         plan_sha256 = plan.sha256  # hashing a big plan costs: once per run
         log.append("plan.compiled", _plan_record(plan, plan_sha256, operator_policy))
+        if shard is not None:
+            assignment = shard.assign(plan, plan_sha256)
+            log.append(SHARD_ASSIGNED, assignment.record())
+            plan = assignment.plan
         tools = _tool_records(plan)
         for record in tools:
             log.append("tool.registered", record)
@@ -334,7 +412,7 @@ def verified_plan(
        changed input or a key that has since expired is refused (``plan.mismatch``, exit 3).
     """
     plan = load_plan(path)
-    base = (root or Path.cwd()).resolve()
+    base = resolve_root(root)
     where = Location(file=str(path), pointer="/policy/path")
     named = (base / plan.policy.path).resolve()
     # (1) the plan's policy is inside the root
@@ -417,6 +495,33 @@ def default_policy_path() -> Path:
     return Path(str(resources.files("runner").joinpath("data/default-policy.yaml")))
 
 
+#: A JSON surrogate pair (after an even number of backslashes): YAML wants ``\\UXXXXXXXX`` instead.
+_SURROGATE_PAIR = re.compile(r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
+
+
+def _json_for_yaml(data: Any) -> bytes:
+    """``data`` as JSON that YAML 1.2 reads back exactly, characters above U+FFFF included.
+
+    JSON writes those as surrogate pairs, which YAML refuses; an argument that is not valid
+    Unicode at all (undecodable bytes on the command line) is refused here, naming itself.
+    """
+    import json
+
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[max(exc.start - 20, 0) : exc.end + 20]
+        raise InputError.one(
+            "input.encoding", f"not valid UTF-8 (undecodable bytes on the command line?): {bad!r}"
+        ) from None
+
+    def join(match: re.Match[str]) -> str:
+        high, low = int(match[2], 16), int(match[3], 16)
+        return f"{match[1]}\\U{0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00):08x}"
+
+    return _SURROGATE_PAIR.sub(join, json.dumps(data, indent=1)).encode("ascii")
+
+
 def exec_manifest(
     module: Path,
     args: Sequence[str],
@@ -433,18 +538,22 @@ def exec_manifest(
     reported exactly as the same mistake in a manifest file would be.
     """
     import hashlib
-    import json
-    import re
 
+    from runner.catalog import PREFIX
     from runner.source import load_yaml_bytes
 
-    try:
-        digest = hashlib.sha256(module.read_bytes()).hexdigest()
-    except OSError as exc:
-        raise InputError.one(
-            "input.read", f"cannot read module: {exc.strerror}", Location(file=str(module))
-        ) from None
-    tool = re.sub(r"[^a-z0-9-]+", "-", module.stem.lower()).strip("-")[:60] or "tool"
+    tool_spec: dict[str, str] = {"module": str(module)}
+    if str(module).startswith(PREFIX):  # the compiler looks the name up; the package pins the digest
+        stem = str(module)[len(PREFIX) :]
+    else:
+        try:
+            tool_spec["sha256"] = hashlib.sha256(module.read_bytes()).hexdigest()
+        except OSError as exc:
+            raise InputError.one(
+                "input.read", f"cannot read module: {exc.strerror}", Location(file=str(module))
+            ) from None
+        stem = module.stem
+    tool = re.sub(r"[^a-z0-9-]+", "-", stem.lower()).strip("-")[:60] or "tool"
     job: dict[str, Any] = {"name": "exec", "tool": tool, "args": list(args)}
     if program_name is not None:
         job["program_name"] = program_name
@@ -460,12 +569,12 @@ def exec_manifest(
         "apiVersion": "sandrun/v1",
         "kind": "Manifest",
         "metadata": {"name": "exec"},
-        "tools": {tool: {"module": str(module), "sha256": digest}},
+        "tools": {tool: tool_spec},
         "jobs": [job],
     }
     from runner.schema import validate
 
-    document = load_yaml_bytes(json.dumps(manifest, indent=1).encode("utf-8"), "(sandrun exec)")
+    document = load_yaml_bytes(_json_for_yaml(manifest), "(sandrun exec)")
     problems = validate(document, "manifest")
     if problems:
         raise InputError(violations=tuple(problems))

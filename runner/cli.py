@@ -9,12 +9,13 @@ and mapped to its documented exit code; no input ever produces a traceback (set
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from runner.errors import (
     Location,
     SandrunError,
     Violation,
+    printable,
 )
 
 __all__ = ["main", "cli"]
@@ -78,14 +80,15 @@ def render_violation(violation: Violation, fmt: str) -> str:
     props = []
     location = violation.location
     if location is not None:
-        props.append(f"file={_github_escape(sanitize_text(location.file), property_value=True)}")
+        props.append(f"file={_github_escape(sanitize_text(printable(location.file)), property_value=True)}")
         if location.line is not None:
             props.append(f"line={location.line}")
         if location.column is not None:
             props.append(f"col={location.column}")
     props.append(f"title={_github_escape(sanitize_text(violation.rule_id), property_value=True)}")
-    pointer = f"{location.pointer}: " if location is not None and location.pointer else ""
-    return f"::error {','.join(props)}::{_github_escape(safe_line(pointer + violation.message))}"
+    pointer = f"{printable(location.pointer)}: " if location is not None and location.pointer else ""
+    message = printable(" ".join(violation.message.split()))  # one line, as in text (a key may hold \f)
+    return f"::error {','.join(props)}::{_github_escape(safe_line(pointer + message))}"
 
 
 def _say(text: str, *, err: bool = False) -> None:
@@ -95,7 +98,27 @@ def _say(text: str, *, err: bool = False) -> None:
     click.echo(safe_line(text), err=err)
 
 
+@contextlib.contextmanager
+def _reader_may_leave() -> Iterator[None]:
+    """Output nobody reads any more (``sandrun check … | head -1``) is dropped quietly.
+
+    The reader closing the pipe is not an error of the command: the rest of its output goes to
+    ``/dev/null`` and it ends with the exit code it was going to have anyway.
+    """
+    try:
+        yield
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def _report_error(error: SandrunError, fmt: str) -> None:
+    with _reader_may_leave():
+        _print_error(error, fmt)
+
+
+def _print_error(error: SandrunError, fmt: str) -> None:
     if fmt == "json":
         click.echo(
             json.dumps(
@@ -132,6 +155,9 @@ class _SandrunGroup(click.Group):
             raise
         except (click.exceptions.Exit, click.Abort):
             raise
+        except BrokenPipeError:  # the reader has all it wanted (`| head -1`): not a failure
+            with _reader_may_leave():
+                raise
         except OSError as exc:  # the machine's side: an unwritable --out, a full disk
             where = f"{exc.filename}: " if exc.filename else ""
             _say(f"sandrun: {where}{exc.strerror or exc}", err=True)
@@ -164,6 +190,22 @@ def cli() -> None:
     """
 
 
+def _compile_noting_skips(paths: tuple[Path, ...], policy: Path, root: Path | None) -> Any:
+    """``api.compile_manifests``, then one line on stderr counting the YAML files it skipped."""
+    from runner.api import compile_manifests
+
+    skipped: list[Path] = []
+    try:
+        return compile_manifests(list(paths), policy, root=root, on_skip=skipped.append)
+    finally:
+        if skipped:
+            click.echo(
+                f"skipped {len(skipped)} YAML file(s) in the folder(s) that are not sandrun manifests "
+                "(kind is not Manifest)",
+                err=True,
+            )
+
+
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @_policy_option
@@ -171,10 +213,8 @@ def cli() -> None:
 @_format_option
 def check(paths: tuple[Path, ...], policy_path: Path, root: Path | None, fmt: str) -> None:
     """Check manifests (files or folders) against a policy; report every problem."""
-    from runner.api import compile_manifests
-
     _Context.fmt = fmt
-    plan = compile_manifests(list(paths), policy_path, root=root)
+    plan = _compile_noting_skips(paths, policy_path, root)
     if fmt == "json":
         click.echo(
             json.dumps(
@@ -207,11 +247,10 @@ def compile_command(
     paths: tuple[Path, ...], policy_path: Path, root: Path | None, output: Path, fmt: str
 ) -> None:
     """Compile manifests and a policy into a plan (canonical JSON)."""
-    from runner.api import compile_manifests
     from runner.fileio import write_atomic
 
     _Context.fmt = fmt
-    plan = compile_manifests(list(paths), policy_path, root=root)
+    plan = _compile_noting_skips(paths, policy_path, root)
     data = plan.to_json() + b"\n"
     if str(output) == "-":
         click.echo(data.decode("utf-8"), nl=False)
@@ -292,11 +331,13 @@ def _start_run(
     progress: bool,
     operator_policy: Path | None = None,
     continue_unsealed: bool = False,
+    shard: Any = None,
 ) -> Any:
     """``api.run`` with the runner's key, a progress display, and Ctrl-C turned into a clean stop.
 
-    The first Ctrl-C sets the batch's cancel event: running jobs are interrupted, results so far
-    are written and the log is sealed (exit 130); a second Ctrl-C stops at once.
+    The first Ctrl-C or SIGTERM (what CI systems and Kubernetes send on cancel) sets the batch's
+    cancel event: running jobs are interrupted, results so far are written and the log is sealed
+    (exit 130); a second one of the same signal stops at once.
     """
     import signal
 
@@ -306,15 +347,17 @@ def _start_run(
     key = _signing_key(signing_key)
     cancel = threading.Event()
     display = make_progress() if progress else None
-    previous = signal.getsignal(signal.SIGINT)
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous: dict[int, Any] = {stop: signal.getsignal(stop) for stop in stops}
 
     def interrupt(signum: int, frame: object) -> None:
         cancel.set()
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signum, previous[signum])
 
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
-        signal.signal(signal.SIGINT, interrupt)
+        for stop in stops:
+            signal.signal(stop, interrupt)
     try:
         return run(
             make_plan,
@@ -328,12 +371,14 @@ def _start_run(
             sources=sources,
             operator_policy=operator_policy,
             continue_unsealed=continue_unsealed,
+            shard=shard,
         )
     finally:
         if display is not None:
             display.close()
         if in_main:
-            signal.signal(signal.SIGINT, previous)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
 
 def _print_run_end(outcome: Any) -> None:
@@ -362,6 +407,20 @@ def _print_run_end(outcome: Any) -> None:
     "-j", "--jobs", type=click.IntRange(min=1), default=None, help="Parallel jobs (default: cores)."
 )
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failed job (default: run everything).")
+@click.option(
+    "--shard",
+    "shard_text",
+    default=None,
+    metavar="I/N|auto[/N]",
+    help="Run only shard I of N (1-based); auto reads CI_NODE_INDEX/CI_NODE_TOTAL or JOB_COMPLETION_INDEX.",
+)
+@click.option(
+    "--durations",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A previous report.json: balance the shards by its wall_ms.",
+)
+@click.option("--dry-run", is_flag=True, help="With --shard: print the assignment, run nothing.")
 @_apply(_run_options)
 def run_command(
     sources: tuple[Path, ...],
@@ -370,6 +429,9 @@ def run_command(
     out_dir: Path,
     jobs: int | None,
     fail_fast: bool,
+    shard_text: str | None,
+    durations: Path | None,
+    dry_run: bool,
     cache_dir: Path | None,
     signing_key: Path | None,
     key_name: str | None,
@@ -380,6 +442,14 @@ def run_command(
     from runner.executor import BatchOptions
 
     make_plan = plan_maker(list(sources), policy_path, root=root)
+    shard = _shard_request(shard_text, durations, dry_run)
+    if dry_run and shard is not None:
+        from runner.shard import describe
+
+        plan = make_plan()
+        assignment = shard.assign(plan, plan.sha256)
+        click.echo(describe(assignment, balanced_by=str(durations or "job count")), nl=False)
+        return
     decided: list[Any] = []  # the policy of the plan that runs, for the summary line
 
     def make_and_note() -> Any:
@@ -399,11 +469,25 @@ def run_command(
         progress=True,
         operator_policy=policy_path,
         continue_unsealed=continue_unsealed,
+        shard=shard,
     )
-    _print_run_end(outcome)
-    policy = decided[0]
-    click.echo(f"policy (--policy): {policy.name} ({policy.path}, sha256 {policy.sha256})", err=True)
+    with _reader_may_leave():
+        _print_run_end(outcome)
+        policy = decided[0]
+        _say(f"policy (--policy): {policy.name} ({policy.path}, sha256 {policy.sha256})", err=True)
     sys.exit(outcome.exit_code)
+
+
+def _shard_request(text: str | None, durations: Path | None, dry_run: bool) -> Any:
+    """``--shard``/``--durations``/``--dry-run`` as a ``ShardRequest``, or None for the whole plan."""
+    if text is None:
+        if durations is not None or dry_run:
+            raise InputError.one("shard.invalid", "--durations and --dry-run go with --shard")
+        return None
+    from runner.shard import ShardRequest, load_durations, parse_shard
+
+    spec = parse_shard(text, os.environ)
+    return ShardRequest(spec, None if durations is None else load_durations(durations))
 
 
 def _parse_map_dir(text: str) -> tuple[str, str, str]:
@@ -557,6 +641,7 @@ def audit_verify(
 ) -> None:
     """Recompute the chain offline; name the first damaged record. Exit 0 intact, 4 otherwise."""
     from runner.audit import verify_log
+    from runner.audit.merge import verify_merged
     from runner.audit.verify import signatures_clause
 
     _Context.fmt = fmt
@@ -564,6 +649,7 @@ def audit_verify(
     report = verify_log(
         _log_path(path), public_keys=keys, expect_head=_anchor_text(expect_head), strict=strict
     )
+    report = verify_merged(report, _log_path(path), keys)
     if fmt == "json":
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -574,6 +660,47 @@ def audit_verify(
             + signatures_clause(report)
         )
     sys.exit(report.exit_code)
+
+
+@audit.command("merge")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=Path, file_okay=False))
+@click.option("--plan", "plan_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option(
+    "--pub", "public_keys", multiple=True, required=True, help="Trusted shard public key (file or base64)."
+)
+@_apply(_signing_options)
+def audit_merge(
+    folders: tuple[Path, ...],
+    plan_path: Path,
+    out_dir: Path,
+    public_keys: tuple[str, ...],
+    signing_key: Path | None,
+    key_name: str | None,
+) -> None:
+    """Merge the shard folders of one plan into one verified log and the whole plan's reports."""
+    from runner.api import load_plan, new_run_id
+    from runner.audit.merge import merge_shards
+    from runner.report import render_markdown
+
+    outcome = merge_shards(
+        list(folders),
+        load_plan(plan_path),
+        out_dir=out_dir,
+        public_keys=[_public_key(text) for text in public_keys],
+        run_id=new_run_id(),
+        signing_key=_signing_key(signing_key),
+        key_name=key_name,
+    )
+    click.echo(render_markdown(outcome.report), nl=False)
+    for index, folder, run in outcome.taken:
+        click.echo(f"shard {index}/{len(outcome.taken)}: run {run} from {folder}", err=True)
+    click.echo(
+        f"merged into {out_dir}/: head {outcome.checkpoint.root_hash} "
+        f"after {outcome.checkpoint.size} records",
+        err=True,
+    )
+    sys.exit(0 if outcome.report["ok"] else 1)
 
 
 def _log_path(path: Path) -> Path:
@@ -727,14 +854,38 @@ def report(
 
 
 @cli.command()
-def catalog() -> None:
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def catalog(fmt: str) -> None:
     """List the built-in tools and the governance effects of grants and gate actions."""
+    from runner.catalog import CATALOG
     from runner.policy.governance import ACTION_EFFECTS, GRANT_EFFECTS
 
-    click.echo("built-in tools (module: builtin:NAME): none in this version")
+    if fmt == "json":
+        tools = [
+            {
+                "name": b.name,
+                "module": b.module,
+                "sha256": b.sha256,
+                "actions": list(b.actions),
+                "effects": dict(b.effects),
+                "doc": b.doc,
+            }
+            for b in CATALOG.values()
+        ]
+        model = {"grants": GRANT_EFFECTS, "actions": ACTION_EFFECTS}
+        click.echo(json.dumps({"builtins": tools, "effects": model}, indent=2))
+        return
+
+    def shown(effects: dict[str, float]) -> str:
+        return ", ".join(f"{axis} +{weight}" for axis, weight in effects.items()) or "-"
+
+    click.echo("built-in tools (module: builtin:NAME; the package pins each digest):")
+    for b in CATALOG.values():
+        click.echo(f"  {b.name:<11} {b.sha256}  {b.doc}")
+        click.echo(f"  {'':<11} actions: {', '.join(b.actions) or '-'}; effects: {shown(dict(b.effects))}")
     click.echo("governance effects (added per grant, clipped to 1 per axis; score = L2 norm):")
     for name, effects in [*GRANT_EFFECTS.items(), *(("action " + k, v) for k, v in ACTION_EFFECTS.items())]:
-        click.echo(f"  {name:<22} " + ", ".join(f"{axis} +{weight}" for axis, weight in effects.items()))
+        click.echo(f"  {name:<22} {shown(effects)}")
 
 
 @cli.group()
@@ -818,4 +969,8 @@ def verify(module: Path, signature: str, public: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (``sandrun`` and ``python -m runner``)."""
-    cli.main(args=argv, prog_name="sandrun")
+    try:
+        cli.main(args=argv, prog_name="sandrun")
+    finally:  # flush here, where a closed pipe is quiet, not at exit (Python prints it, exit 120)
+        with _reader_may_leave():
+            sys.stdout.flush()

@@ -4,13 +4,17 @@ Every problem is a :class:`Violation`: a rule id, a message and a :class:`Locati
 tests assert ``rule_id`` and ``location`` instead of matching message text, and every front end
 (text, JSON, GitHub annotations) renders the same facts. Errors that stop a stage carry all the
 violations found, never only the first; ``cli`` is the only place that turns them into an exit code.
+That exit code comes from the rule registry (:mod:`runner.rules`), not from the exception class:
+the class only lets callers catch a kind of problem.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner.rules import Category, Rule, exit_code_for, lookup
 from runner.textsafe import safe_line
 
 __all__ = [
@@ -26,7 +30,9 @@ __all__ = [
     "InputError",
     "PolicyDenied",
     "AuditError",
+    "error_for",
     "escape_pointer_token",
+    "printable",
 ]
 
 EXIT_OK = 0
@@ -40,6 +46,13 @@ EXIT_INTERRUPTED = 130
 def escape_pointer_token(token: str | int) -> str:
     """Escape one JSON Pointer reference token (RFC 6901)."""
     return str(token).replace("~", "~0").replace("/", "~1")
+
+
+def printable(text: str) -> str:
+    """``text`` with every non-printable character (line breaks, ESC, bidi controls) escaped."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,13 +81,6 @@ class Location:
         return {"file": self.file, "line": self.line, "column": self.column, "pointer": self.pointer}
 
 
-def _visible(text: str) -> str:
-    """``text`` with every non-printable character (controls, line and bidi marks) as its escape."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-
-
 @dataclass(frozen=True, slots=True)
 class Violation:
     """One broken rule: ``rule_id`` is stable and documented; ``message`` is for people."""
@@ -85,20 +91,25 @@ class Violation:
     expected: Any = None
     actual: Any = None
 
-    def render(self) -> str:
-        """``file:line:col: /json/pointer [rule.id] message`` on one line.
+    @property
+    def rule(self) -> Rule:
+        """The registered rule: its category, exit code and documentation."""
+        return lookup(self.rule_id)
 
-        File names, keys in pointers and messages come from input: a line break in a quoted key
-        (``"a\\nb":``) must not split one problem over two lines, nor a CR or a bidirectional
-        control make it read differently, so every invisible character is shown as an escape; the
-        line then goes through :func:`~runner.textsafe.safe_line`, so it cannot start (or contain)
-        a CI workflow command.
+    def render(self) -> str:
+        """``file:line:col: /json/pointer [rule.id] message`` on one line, whatever the input holds.
+
+        A key with a line break (``"a\\nb": 1``) is in the pointer: printed raw it would start a
+        second, forged problem line, nor may a CR or a bidirectional control make it read
+        differently, so every part is shown with control characters escaped (:func:`printable`);
+        the line then goes through :func:`~runner.textsafe.safe_line`, so it cannot start (or
+        contain) a CI workflow command.
         """
-        text = _visible(" ".join(self.message.split()))
+        text = printable(" ".join(self.message.split()))
         if self.location is None:
             return safe_line(f"[{self.rule_id}] {text}")
-        pointer = f" {_visible(self.location.pointer)}" if self.location.pointer else ""
-        return safe_line(f"{_visible(self.location.prefix())}:{pointer} [{self.rule_id}] {text}")
+        pointer = f" {printable(self.location.pointer)}" if self.location.pointer else ""
+        return safe_line(f"{printable(self.location.prefix())}:{pointer} [{self.rule_id}] {text}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -115,7 +126,6 @@ class SandrunError(Exception):
     """The root of every error Sandrun raises on purpose; carries one or more violations."""
 
     violations: tuple[Violation, ...] = field(default_factory=tuple)
-    exit_code: int = EXIT_INVALID_INPUT
 
     def __post_init__(self) -> None:
         if not self.violations:
@@ -137,6 +147,11 @@ class SandrunError(Exception):
         return self.violations[0].rule_id
 
     @property
+    def exit_code(self) -> int:
+        """The exit code of the most pressing rule broken (invalid input before denials)."""
+        return exit_code_for(v.rule_id for v in self.violations)
+
+    @property
     def location(self) -> Location | None:
         return self.violations[0].location
 
@@ -150,20 +165,28 @@ class SandrunError(Exception):
 
 @dataclass(eq=False)
 class InputError(SandrunError):
-    """Input that cannot be read, parsed or validated (exit code 2)."""
-
-    exit_code: int = EXIT_INVALID_INPUT
+    """Input that cannot be read, parsed or validated (rules of the invalid-input category, exit 2)."""
 
 
 @dataclass(eq=False)
 class PolicyDenied(SandrunError):
-    """Valid input that the policy refuses (exit code 3)."""
-
-    exit_code: int = EXIT_POLICY_DENIED
+    """Valid input that the policy refuses (policy-denial rules, exit 3)."""
 
 
 @dataclass(eq=False)
 class AuditError(SandrunError):
-    """An audit log that fails verification (exit code 4)."""
+    """An audit log that fails verification (audit-failure rules, exit 4)."""
 
-    exit_code: int = EXIT_AUDIT_FAILED
+
+_ERROR_CLASSES: dict[Category, type[SandrunError]] = {
+    Category.INVALID_INPUT: InputError,
+    Category.POLICY_DENIAL: PolicyDenied,
+    Category.AUDIT_FAILURE: AuditError,
+}
+
+
+def error_for(violations: Sequence[Violation]) -> SandrunError:
+    """One error for a mix of problems, of the class of the category that takes precedence."""
+    categories = [v.rule.category for v in violations]
+    first = min(categories, key=lambda c: c.precedence) if categories else Category.JOB_FAILURE
+    return _ERROR_CLASSES.get(first, SandrunError)(violations=tuple(violations))

@@ -1,7 +1,9 @@
 """The batch: a plan's jobs on a pool of worker threads, in ``needs`` order, each in its own sandbox.
 
-Wasmtime releases the GIL while WASM runs, so ``jobs`` worker threads really run ``jobs`` guests
-at once. One dispatcher (the calling thread) decides what starts when:
+Each of the ``jobs`` threads runs its jobs through a :class:`~runner.worker.JobRunner`: in its own
+worker process (the default: hard deadline, crash isolation, OS limits) or on the thread itself
+(``isolation="threads"``; Wasmtime releases the GIL while WASM runs, so threads run at once too).
+One dispatcher (the calling thread) decides what starts when:
 
 - a job starts only after every job it ``needs`` finished and passed; otherwise it is ``skipped``
   and the reason names the need;
@@ -36,6 +38,7 @@ from runner.progress import ProgressEvent
 from runner.report import sanitize_text
 from runner.results import JobResult, Outcome, Status
 from runner.sandbox import EngineKey, Runtime, check_mounts, required_thread_stack
+from runner.worker import ISOLATIONS, Isolation, JobRunner, job_runners
 
 __all__ = ["EventSink", "OutputSink", "BatchOptions", "BatchResult", "run_plan", "status_for"]
 
@@ -50,18 +53,26 @@ _MIN_THREAD_STACK = 8 << 20  # the usual Linux default; set explicitly (musl's i
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BatchOptions:
-    """How to run a batch. ``protected_dirs`` are folders no ``rw`` mount may contain (out, cache)."""
+    """How to run a batch. ``protected_dirs`` are folders no ``rw`` mount may contain (out, cache).
+
+    ``isolation``: ``"workers"`` runs each job in a worker process (hard deadline, crash
+    isolation, OS memory and file-size limits: :mod:`runner.worker`); ``"threads"`` runs it on
+    the scheduler thread, for benchmarks and tests only.
+    """
 
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
     fail_fast: bool = False
     passthrough: bool = False
     cache_dir: Path | None = None
     protected_dirs: tuple[Path, ...] = ()
+    isolation: Isolation = "workers"
     egress: Seam | None = None  # sandrun:http's resolver and connector (a test seam; default: the OS)
 
     def __post_init__(self) -> None:
         if not isinstance(self.jobs, int) or self.jobs < 1:
             raise ValueError(f"jobs must be a positive integer, not {self.jobs!r}")
+        if self.isolation not in ISOLATIONS:
+            raise ValueError(f"isolation must be one of {ISOLATIONS}, not {self.isolation!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +101,7 @@ def _result(job: JobSpec, status: Status, reason: str | None, outcome: Outcome |
             "trap": outcome.trap,
             "fuel_used": outcome.fuel_used,
             "memory_peak": outcome.memory_peak,
+            "rss_peak": outcome.rss_peak,
             "wall_ms": outcome.wall_ms,
             "stdout_sha256": outcome.stdout_sha256,
             "stderr_sha256": outcome.stderr_sha256,
@@ -159,6 +171,7 @@ class _Batch:
     on_progress: ProgressSink | None
     on_output: OutputSink | None
     cancel: threading.Event | None
+    runners: Callable[[], JobRunner]
     stop: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)  # nothing pending any more
     sink_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -221,7 +234,7 @@ class _Batch:
 
     # -- one job, on a worker thread
 
-    def run_job(self, index: int) -> tuple[int, JobResult, Outcome | None]:
+    def run_job(self, index: int, runner: JobRunner) -> tuple[int, JobResult, Outcome | None]:
         job = self.plan.jobs[index]
         outcome: Outcome | None = None
         load_error = self.load_errors.get(self._tool_key(job)) if self.load_errors else None
@@ -236,9 +249,7 @@ class _Batch:
                         job, self.root, protected=(*self.options.protected_dirs, self.runtime.cache_dir)
                     )
                 self.started(index, job)
-                outcome = self.runtime.run(
-                    job, self.root, cancel=self.stop, passthrough=self.options.passthrough
-                )
+                outcome = runner.run(index, self.stop)
                 for hop in outcome.net_hops:
                     self.emit("net.request", {"id": job.id, **hop})
                 status, reason = status_for(job, outcome)
@@ -384,12 +395,19 @@ class _Batch:
 
     def work(self) -> None:
         """A worker thread: take the next runnable job, run it, record it, until none is left."""
+        runner = self.runners()
+        try:
+            self._work(runner)
+        finally:
+            runner.close()
+
+    def _work(self, runner: JobRunner) -> None:
         while True:
             with self.cond:
                 index = self.next_job()
             if index is None:
                 return
-            index, result, outcome = self.run_job(index)
+            index, result, outcome = self.run_job(index, runner)
             if outcome is not None and self.on_output is not None:
                 self._call(self.on_output, self.plan.jobs[index], outcome)
             with self.cond:
@@ -470,7 +488,8 @@ def run_plan(
     the error is re-raised.
     """
     with Runtime(cache_dir=options.cache_dir, modules=plan.modules, egress_seam=options.egress) as runtime:
-        batch = _Batch(plan, root, options, runtime, on_event, on_progress, on_output, cancel)
+        runners = job_runners(options.isolation, runtime, plan, root, passthrough=options.passthrough)
+        batch = _Batch(plan, root, options, runtime, on_event, on_progress, on_output, cancel, runners)
         batch.deploy()
         if plan.jobs:
             with _heap_frozen():

@@ -16,7 +16,7 @@ import functools
 import ipaddress
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from encodings import idna
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -31,6 +31,7 @@ __all__ = [
     "parse_host_pattern",
     "matches",
     "covers",
+    "CoverIndex",
     "parse_block_entry",
     "BlockList",
     "runtime_host",
@@ -475,6 +476,53 @@ def _hosts_cover(outer: HostPattern, inner: HostPattern) -> bool:
     if outer.kind == "name":
         return inner.kind == "name" and inner.name == outer.name
     return inner.name.endswith("." + outer.name) or (inner.kind == "suffix" and inner.name == outer.name)
+
+
+class CoverIndex:
+    """``any(covers(outer, inner) for outer in outers)``, without trying every outer pattern.
+
+    The compiler asks this once per allow entry of every job: trying each policy pattern would
+    cost (job entries x policy entries). The outer patterns are indexed by what can cover what:
+    a name is covered only by ``*``, the same name or a suffix it ends with; an address range only
+    by ``*`` or a network containing it. So only those few candidates go through :func:`covers`.
+    """
+
+    def __init__(self, outers: Iterable[HostPattern]) -> None:
+        self._any: list[HostPattern] = []
+        self._names: dict[str, list[HostPattern]] = {}
+        self._suffixes: dict[str, list[HostPattern]] = {}
+        self._networks: dict[IPNetwork, list[HostPattern]] = {}
+        self._prefixes: set[tuple[int, int]] = set()  # (IP version, prefix length) of the networks
+        for outer in outers:
+            if outer.kind == "any":
+                self._any.append(outer)
+            elif outer.kind == "name":
+                self._names.setdefault(outer.name, []).append(outer)
+            elif outer.kind == "suffix":
+                self._suffixes.setdefault(outer.name, []).append(outer)
+            elif outer.network is not None:
+                self._networks.setdefault(outer.network, []).append(outer)
+                self._prefixes.add((outer.network.version, outer.network.prefixlen))
+
+    def _candidates(self, inner: HostPattern) -> Iterator[HostPattern]:
+        yield from self._any
+        if inner.kind in ("name", "suffix"):
+            if inner.kind == "name":
+                yield from self._names.get(inner.name, ())
+            else:
+                yield from self._suffixes.get(inner.name, ())
+            labels = inner.name.split(".")
+            for start in range(1, len(labels)):  # every name strictly above: "b.c", "c" for "a.b.c"
+                yield from self._suffixes.get(".".join(labels[start:]), ())
+        elif inner.network is not None:
+            network = inner.network
+            for version, length in self._prefixes:
+                if version == network.version and length <= network.prefixlen:
+                    yield from self._networks.get(network.supernet(new_prefix=length), ())
+
+    def covers(self, inner: HostPattern) -> bool:
+        """Whether some outer pattern admits everything ``inner`` admits."""
+        return any(covers(outer, inner) for outer in self._candidates(inner))
 
 
 # --- address blocks ------------------------------------------------------------------------------------

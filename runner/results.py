@@ -13,9 +13,9 @@ from typing import Any, Literal
 
 __all__ = ["TRAP_KINDS", "STATUSES", "TrapKind", "Status", "Outcome", "JobResult"]
 
-TrapKind = Literal["out_of_fuel", "timeout", "memory", "stack_overflow", "trap"]
+TrapKind = Literal["out_of_fuel", "timeout", "memory", "stack_overflow", "trap", "crash"]
 Status = Literal["passed", "failed", "denied", "skipped"]
-TRAP_KINDS: tuple[str, ...] = ("out_of_fuel", "timeout", "memory", "stack_overflow", "trap")
+TRAP_KINDS: tuple[str, ...] = ("out_of_fuel", "timeout", "memory", "stack_overflow", "trap", "crash")
 STATUSES: tuple[str, ...] = ("passed", "failed", "denied", "skipped")
 
 
@@ -45,6 +45,7 @@ class Outcome:
     stderr_dropped: int = 0
     invoke_results: tuple[str, ...] | None = None
     net_hops: tuple[dict[str, Any], ...] = ()  # one record per sandrun:http hop (runner.egress)
+    rss_peak: int | None = None  # the worker process's peak resident memory during the job
 
     def __post_init__(self) -> None:
         if (self.exit_code is None) == (self.trap is None):
@@ -82,6 +83,7 @@ class JobResult:
     trap: TrapKind | None = None
     fuel_used: int | None = None
     memory_peak: int | None = None
+    rss_peak: int | None = None
     wall_ms: int | None = None
     stdout_sha256: str | None = None
     stderr_sha256: str | None = None

@@ -64,7 +64,7 @@ from wasmtime import (
     WasmtimeError,
 )
 
-from runner import capi
+from runner import capi, catalog
 from runner.cache import ModuleCache, Source, default_cache_dir
 from runner.canonical import sha256_hex
 from runner.compiling import CompileBounds, CompileFailed, compile_bounded, new_config
@@ -74,8 +74,17 @@ from runner.egress.transport import Seam
 from runner.errors import InputError, Location, PolicyDenied
 from runner.plan import JobSpec, Limits, ModuleLimits
 from runner.results import Outcome, TrapKind
+from runner.wasmfile import not_wasm_reason
 
-__all__ = ["EngineKey", "Runtime", "check_mounts", "required_thread_stack"]
+__all__ = [
+    "EngineKey",
+    "ModuleKey",
+    "Runtime",
+    "module_key",
+    "check_mounts",
+    "required_thread_stack",
+    "table_caps",
+]
 
 _WASM_PAGE = 65536
 _MEMORY_SLACK = 1 << 20
@@ -102,6 +111,14 @@ class EngineKey:
     def tag(self) -> str:
         """A stable text form, part of the module cache key."""
         return f"epoch=1,fuel={int(self.fuel)},stack={self.stack}"
+
+
+ModuleKey = tuple[str, bool, int]  # module sha256, fuel metering, max_wasm_stack
+
+
+def module_key(job: JobSpec) -> ModuleKey:
+    """What tells compiled modules apart: the module's digest and its engine configuration."""
+    return (job.module_sha256, job.limits.fuel is not None, job.limits.stack)
 
 
 def required_thread_stack(limits: Limits) -> int:
@@ -731,13 +748,29 @@ def _apply_memory_rule(ending: _Ending, peak: int, cap: int) -> None:
     ending.exit_code, ending.trap = None, "memory"
 
 
+_MAX_TABLES = 4
+_TABLE_ELEMENT_BYTES = 8  # a funcref or externref slot on the host
+
+
+def table_caps(memory: int) -> tuple[int, int]:
+    """(tables, elements per table) a job with linear-memory cap ``memory`` may have.
+
+    Tables live in host memory that ``memory_size`` does not count; capped so that all of a
+    store's tables together take at most ``memory`` bytes (at least 10,000 elements each, what
+    large C programs need for their function table).
+    """
+    return _MAX_TABLES, max(10_000, memory // (_MAX_TABLES * _TABLE_ELEMENT_BYTES))
+
+
 def _store(engine: Engine, wasi: WasiConfig, limits: Limits) -> Store:
-    """A fresh store for one job: its WASI context and its memory and fuel limits."""
+    """A fresh store for one job: its WASI context and its memory, table and fuel limits."""
     store = Store(engine)
     store.set_wasi(wasi)
+    tables, elements = table_caps(limits.memory)
     store.set_limits(
         memory_size=limits.memory,
-        table_elements=max(10_000, limits.memory // 8),
+        table_elements=elements,
+        tables=tables,
         instances=1,
         memories=1,
     )
@@ -778,7 +811,8 @@ class Runtime:
         # The module the last job ran, found again without the cache's lock and key building (it
         # stays alive even if the LRU evicts it meanwhile). Replaced as a whole tuple, so
         # concurrent workers never see half of it.
-        self._last: tuple[tuple[str, bool, int], _EngineHost, Module] | None = None
+        self._last: tuple[ModuleKey, _EngineHost, Module] | None = None
+        self._adopted: dict[ModuleKey, Module] = {}  # handed over by a parent process (worker.py)
 
     def __enter__(self) -> Runtime:
         return self
@@ -836,6 +870,9 @@ class Runtime:
                     expected=job.module_sha256,
                     actual=sha256_hex(data),
                 )
+            reason = not_wasm_reason(data)  # wasmtime would parse text as WAT: never from a plan
+            if reason is not None:
+                raise InputError.one("module.invalid", f"{path} {reason}", _location(job, "/module"))
             return data
 
         try:
@@ -877,6 +914,19 @@ class Runtime:
         """
         return self._module(job, root, cancel)[2]
 
+    def serialized(self, job: JobSpec, root: Path) -> bytes:
+        """The job's compiled module as bytes another process can :meth:`adopt` (a worker)."""
+        return bytes(self._module(job, root)[1].serialize())
+
+    def adopt(self, key: ModuleKey, data: bytes) -> None:
+        """Take a module compiled by :meth:`serialized` in the parent process.
+
+        Deserializing maps the bytes as machine code unchecked, so ``data`` must come from a
+        trusted process over a private channel (the worker's pipe), never from a file or a guest.
+        """
+        engine = self._engine(EngineKey(fuel=key[1], stack=key[2])).engine
+        self._adopted[key] = Module.deserialize(engine, data)
+
     def run(
         self,
         job: JobSpec,
@@ -891,12 +941,16 @@ class Runtime:
         ``passthrough`` (``sandrun exec``): the guest's stdin is this process's stdin and its
         output is also written to this process's stdout/stderr as it comes.
         """
-        wanted = (job.module_sha256, job.limits.fuel is not None, job.limits.stack)
+        wanted = module_key(job)
         last = self._last
         if last is not None and last[0] == wanted:  # a batch runs one tool many times in a row
             host, module = last[1], last[2]
         else:
-            host, module, _ = self._module(job, root)
+            adopted = self._adopted.get(wanted)
+            if adopted is not None:
+                host, module = self._engine(EngineKey.for_limits(job.limits)), adopted
+            else:
+                host, module, _ = self._module(job, root)
             self._last = (wanted, host, module)
         limits = job.limits
         argv = (job.program_name, *job.args)
@@ -989,10 +1043,14 @@ def _passthrough(wasi: WasiConfig, cap: int) -> tuple[_Tee, _Tee]:
 
 
 def _module_path(job: JobSpec, root: Path) -> Path:
-    if job.module.startswith("builtin:"):
-        raise InputError.one(
-            "module.builtin-unknown", f"no built-in module {job.module!r}", _location(job, "/module")
-        )
+    """The module file; a built-in's is the package's own (its digest is checked when it is read)."""
+    if job.module.startswith(catalog.PREFIX):
+        builtin = catalog.lookup(job.module)
+        if builtin is None:
+            raise InputError.one(
+                "module.builtin-unknown", f"no built-in module {job.module!r}", _location(job, "/module")
+            )
+        return catalog.module_path(builtin)
     return root / job.module
 
 

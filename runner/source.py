@@ -36,6 +36,8 @@ MAX_DOCUMENT_BYTES = 1 << 20
 MAX_DEPTH = 64
 """Deepest collection nesting accepted; real manifests need about 6."""
 
+#: A hex or octal integer larger than this has more decimal digits than Python prints (4300).
+_MAX_INT_BITS = 14_000
 _MAX_VIOLATIONS = 50  # stop collecting after this many: a hostile file must not cost more than that
 
 # libyaml's event parser when PyYAML was built with it (about 20x faster); the pure one otherwise.
@@ -428,10 +430,12 @@ class _Builder:
             except ValueError:  # over Python's int digit limit
                 self._report("yaml.number", "integer with too many digits", event.start_mark, pointer)
                 return None
-        if _INT8.fullmatch(text):
-            return int(text[2:], 8)
-        if _INT16.fullmatch(text):
-            return int(text[2:], 16)
+        if _INT8.fullmatch(text) or _INT16.fullmatch(text):
+            value = int(text[2:], 8 if text[1] == "o" else 16)  # linear: no digit limit in these bases
+            if value.bit_length() > _MAX_INT_BITS:  # Python could not print it (jsonschema would try)
+                self._report("yaml.number", "integer with too many digits", event.start_mark, pointer)
+                return None
+            return value
         if _FLOAT.fullmatch(text):
             number = float(text)
             if math.isfinite(number):

@@ -59,6 +59,7 @@ JOB_FINISHED = "job.finished"
 RUN_DENIED = "run.denied"
 RUN_SEALED = "run.sealed"
 RUN_CONTINUED = "run.continued"
+SHARD_ASSIGNED = "shard.assigned"
 KINDS: tuple[str, ...] = (
     RUN_STARTED,
     PLAN_COMPILED,

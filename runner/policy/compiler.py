@@ -12,32 +12,52 @@ Rule ids are stable; ``docs/policy.md`` lists them all.
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
+import functools
 import graphlib
 import hashlib
 import logging
+import os
 import posixpath
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
+from runner import catalog
 from runner.canonical import canonical_digest
 from runner.egress.rules import AllowEntry, blocked_entirely
 from runner.egress.urls import UrlError
-from runner.errors import InputError, PolicyDenied, SandrunError, Violation
-from runner.hosts import HostPatternError
-from runner.plan import HttpRule, InputFile, JobSpec, Limits, Mount, Network, Plan, PolicyRef, SecretRef, Tool
+from runner.errors import SandrunError, Violation, error_for
+from runner.hosts import CoverIndex, HostPatternError
+from runner.plan import (
+    DEFAULT_DISK,
+    HttpRule,
+    InputFile,
+    JobSpec,
+    Limits,
+    Mount,
+    Network,
+    Plan,
+    PolicyRef,
+    SecretRef,
+    Tool,
+)
 from runner.policy.gitstate import policy_commit
 from runner.policy.governance import Grants, score
 from runner.policy.model import LimitValues, Policy, parse_limits, parse_net_limits, secret_key
 from runner.signing import verify_module_digest
 from runner.source import Document
 from runner.units import format_duration, format_size
+from runner.wasmfile import not_wasm_reason
 
 __all__ = ["BUILTIN_LIMITS", "compile_plan", "denial_error"]
 
 #: Limits used when neither the manifest nor the policy's ``limits.default`` sets one.
-BUILTIN_LIMITS = LimitValues(fuel=None, memory=64 << 20, timeout_ms=30_000, stack=512 << 10, output=1 << 20)
+BUILTIN_LIMITS = LimitValues(
+    fuel=None, memory=64 << 20, timeout_ms=30_000, stack=512 << 10, output=1 << 20, disk=DEFAULT_DISK
+)
 
 
 @dataclass
@@ -64,6 +84,21 @@ class _Compilation:
     ) -> None:
         location = document.locate_key(pointer) if at_key else document.locate(pointer)
         self.violations.append(Violation(rule_id, message, location, expected, actual))
+
+    @functools.cached_property
+    def network_allow(self) -> CoverIndex:
+        """The policy's plain (not narrowed) network.allow entries, indexed once: each job entry
+        is checked against a few."""
+        return CoverIndex(
+            e.pattern for e in self.policy.network_entries if e.methods is None and e.paths is None
+        )
+
+    def covers(self, inner: AllowEntry) -> bool:
+        """Does one policy allow entry admit everything ``inner`` admits (methods and paths too)?"""
+        if self.network_allow.covers(inner.pattern):
+            return True
+        narrowed = (e for e in self.policy.network_entries if e.methods is not None or e.paths is not None)
+        return any(inner.covered_by(outer) for outer in narrowed)
 
     def relative(self, path: Path) -> str:
         """``path`` relative to the root, POSIX separators; the plan stores nothing absolute."""
@@ -92,11 +127,34 @@ def _within(path: Path, roots: tuple[Path, ...]) -> bool:
     return any(path == r or r in path.parents for r in roots)
 
 
+def _root_hint(path: Path, root: Path) -> str:
+    """Run from a subfolder, the root (the current folder) is too narrow: name the flag that fixes it."""
+    common = Path(os.path.commonpath([path, root]))
+    if root != Path.cwd().resolve() or common == Path(common.anchor):
+        return ""
+    return f" (the root is the current folder; run from {common} or pass --root {common})"
+
+
+@functools.lru_cache(maxsize=8)
+def _glob_matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    """Whether a string matches any of the ``fnmatch`` patterns: one regex for all of them, built
+    once per policy, so an action is one match however many patterns the policy lists."""
+    if not patterns:
+        return lambda _text: False
+    match = re.compile("|".join(fnmatch.translate(p) for p in patterns)).match
+    return lambda text: match(text) is not None
+
+
+def _builtin_effects(tool: Tool | None) -> tuple[tuple[str, float], ...]:
+    builtin = catalog.lookup(tool.module) if tool is not None else None
+    return builtin.effects if builtin is not None else ()
+
+
 def _action_allowed(policy: Policy, action: str) -> str | None:
     """None when allowed; otherwise the rule id (deny wins over allow)."""
-    if any(fnmatchcase(action, p) for p in policy.actions_deny):
+    if _glob_matcher(policy.actions_deny)(action):
         return "actions.denied"
-    if not any(fnmatchcase(action, p) for p in policy.actions_allow):
+    if not _glob_matcher(policy.actions_allow)(action):
         return "actions.not-allowed"
     return None
 
@@ -127,9 +185,18 @@ class _ManifestCompiler:
             self.deny(f"{what}.missing", f"{text!r} cannot be resolved: {exc}", pointer)
             return None
         if not self.state.inside_root(path):
+            root = self.state.root
             self.deny(
                 f"{what}.outside-root",
-                f"{text!r} resolves to {path}, outside the root {self.state.root}",
+                f"{text!r} resolves to {path}, outside the root {root}{_root_hint(path, root)}",
+                pointer,
+            )
+            return None
+        if "\\" in self.state.relative(path):
+            self.deny(
+                "path.backslash",
+                f"{text!r} resolves to {self.state.relative(path)!r}: a plan names files with '/' only, "
+                "so a backslash in a file or folder name under the root cannot be carried; rename it",
                 pointer,
             )
             return None
@@ -145,24 +212,18 @@ class _ManifestCompiler:
         policy = self.state.policy
         ok = True
         module_text: str = spec["module"]
-        if module_text.startswith("builtin:"):
-            self.deny(
-                "tool.builtin-unknown",
-                f"no built-in tool named {module_text[8:]!r} (`sandrun catalog` lists them)",
-                pointer + "/module",
-            )
-            return None
-        path = self.resolve(module_text, pointer + "/module", "tool.module")
-        if path is None:
-            return None
-        if not path.is_file():
-            self.deny("tool.module.not-file", f"{module_text!r} is not a file", pointer + "/module")
-            return None
-        if not self.check_size(path, pointer + "/module"):
-            return None
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        self.state.record_input(path, digest)
-        if digest != canonical_digest(spec["sha256"]):
+        builtin = None
+        if module_text.startswith(catalog.PREFIX):
+            builtin = self.builtin_module(module_text, pointer + "/module")
+            if builtin is None:
+                return None
+            module, digest = builtin.module, builtin.sha256
+        else:
+            found = self.module_file(module_text, pointer + "/module")
+            if found is None:
+                return None
+            module, digest = found
+        if spec.get("sha256") is not None and digest != canonical_digest(spec["sha256"]):
             self.deny(
                 "tool.digest",
                 f"module bytes have sha256 {digest}, the manifest says {spec['sha256']}",
@@ -172,23 +233,26 @@ class _ManifestCompiler:
             )
             ok = False
         if digest in policy.revoked:
-            self.deny("tool.revoked", f"module digest {digest} is revoked by the policy", pointer + "/sha256")
+            where = pointer + ("/sha256" if "sha256" in spec else "/module")
+            self.deny("tool.revoked", f"module digest {digest} is revoked by the policy", where)
             ok = False
-        signer = self.check_signature(pointer, spec, digest)
+        signer = self.check_signature(pointer, spec, digest, builtin=builtin is not None)
         if signer is False:
             ok = False
-        for index, action in enumerate(spec.get("actions", [])):
+        # A built-in's own gate actions always count; a manifest may only add to them.
+        listed: list[str] = spec.get("actions", [])
+        actions = tuple(dict.fromkeys([*(builtin.actions if builtin else ()), *listed]))
+        for action in actions:
+            where = f"{pointer}/actions/{listed.index(action)}" if action in listed else pointer + "/module"
             rule = _action_allowed(policy, action)
             if rule == "actions.denied":
-                self.deny(
-                    rule, f"gate action {action!r} is denied by the policy", f"{pointer}/actions/{index}"
-                )
+                self.deny(rule, f"gate action {action!r} is denied by the policy", where)
                 ok = False
             elif rule == "actions.not-allowed":
                 self.deny(
                     rule,
                     f"gate action {action!r} is not in the policy's actions.allow",
-                    f"{pointer}/actions/{index}",
+                    where,
                 )
                 ok = False
         if not ok:
@@ -196,12 +260,12 @@ class _ManifestCompiler:
         return Tool(
             manifest=self.name,
             name=name,
-            module=self.state.relative(path),
+            module=module,
             sha256=digest,
             version=spec.get("version"),
             signer=signer or None,
-            signature_verified=bool(signer),
-            actions=tuple(spec.get("actions", [])),
+            signature_verified=bool(signer) and signer != catalog.SIGNER,
+            actions=actions,
         )
 
     def check_size(self, path: Path, pointer: str) -> bool:
@@ -217,10 +281,63 @@ class _ManifestCompiler:
             )
         return size <= cap
 
-    def check_signature(self, pointer: str, spec: dict[str, Any], digest: str) -> str | Literal[False] | None:
-        """The verified signer's key id; None when unsigned and allowed; False when denied."""
+    def builtin_module(self, text: str, pointer: str) -> catalog.Builtin | None:
+        """The catalog entry ``builtin:NAME`` names, its shipped bytes checked against the pin."""
+        builtin = catalog.lookup(text)
+        if builtin is None:
+            self.deny(
+                "tool.builtin-unknown",
+                f"no built-in tool named {text[len(catalog.PREFIX) :]!r} (`sandrun catalog` lists them)",
+                pointer,
+            )
+            return None
+        try:
+            catalog.check_bytes(builtin)
+        except catalog.CorruptBuiltin as exc:
+            self.deny("tool.builtin-corrupt", str(exc), pointer)
+            return None
+        return builtin
+
+    def module_file(self, text: str, pointer: str) -> tuple[str, str] | None:
+        """A module file's root-relative path and sha256 (the file becomes an input of the plan)."""
+        path = self.resolve(text, pointer, "tool.module")
+        if path is None:
+            return None
+        if not path.is_file():
+            self.deny("tool.module.not-file", f"{text!r} is not a file", pointer)
+            return None
+        module = self.state.relative(path)
+        if module.startswith(catalog.PREFIX):  # the plan would name a built-in with other bytes
+            self.deny(
+                "tool.builtin-shadow",
+                f"{text!r} is at {module!r}, a path the plan cannot tell from a built-in; rename it",
+                pointer,
+            )
+            return None
+        if not self.check_size(path, pointer):
+            return None
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            self.deny("tool.module.unreadable", f"{text!r} cannot be read: {exc.strerror}", pointer)
+            return None
+        digest = hashlib.sha256(data).hexdigest()
+        self.state.record_input(path, digest)
+        reason = not_wasm_reason(data)
+        if reason is not None:
+            self.deny("tool.module.not-wasm", f"{text!r} {reason}", pointer)
+            return None
+        return module, digest
+
+    def check_signature(
+        self, pointer: str, spec: dict[str, Any], digest: str, *, builtin: bool = False
+    ) -> str | Literal[False] | None:
+        """The verified signer's key id (``builtin`` for a built-in without a signature: the package
+        pins its bytes); None when unsigned and allowed; False when denied."""
         policy = self.state.policy
         signature = spec.get("signature")
+        if signature is None and builtin:
+            return catalog.SIGNER
         if signature is None:
             if policy.signatures_required:
                 self.deny(
@@ -300,8 +417,9 @@ class _ManifestCompiler:
             rw_mounts=sum(1 for m in mounts if m.mode == "rw"),
             network=network is not None and bool(network.allow),
             env_vars=len(env),
-            signed=bool(tool and tool.signature_verified),
+            signed=bool(tool and (tool.signature_verified or tool.signer == catalog.SIGNER)),
             actions=tool.actions if tool else (),
+            tool_effects=_builtin_effects(tool),
         )
         job_score = score(grants)
         max_score = self.state.policy.max_score
@@ -349,6 +467,7 @@ class _ManifestCompiler:
             ("timeout", "timeout_ms"),
             ("stack", "stack"),
             ("output", "output"),
+            ("disk", "disk"),
         ):
             cap = getattr(policy.max_limits, attribute)
             value = getattr(asked, attribute)
@@ -467,7 +586,12 @@ class _ManifestCompiler:
                 pointer + "/stdin",
             )
             return None
-        self.state.record_input(path, hashlib.sha256(path.read_bytes()).hexdigest())
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            self.deny("stdin.missing", f"{text!r} cannot be read: {exc.strerror}", pointer + "/stdin")
+            return None
+        self.state.record_input(path, hashlib.sha256(data).hexdigest())
         return self.state.relative(path)
 
     def check_network(self, pointer: str, data: dict[str, Any] | None) -> Network | None:
@@ -483,7 +607,7 @@ class _ManifestCompiler:
             except HostPatternError as exc:
                 self.deny("network.pattern", str(exc), where)
                 continue
-            if not any(inner.covered_by(outer) for outer in policy.network_entries):
+            if not self.state.covers(inner):
                 self.deny(
                     "network.uncovered",
                     f"{_entry_text(entry)} is not covered by the policy's network.allow "
@@ -560,7 +684,7 @@ def compile_plan(
 ) -> Plan:
     """Check every manifest against ``policy``; return the plan or raise with every denial.
 
-    Raises :class:`~runner.errors.PolicyDenied` (exit 3) with all violations found.
+    Raises :func:`~runner.errors.error_for` of every violation found (exit 2 or 3, as the rules say).
     """
     state = _Compilation(
         root=root.resolve(), policy=policy, today=today or dt.datetime.now(dt.timezone.utc).date()
@@ -587,7 +711,7 @@ def compile_plan(
         jobs.extend(compiler.check_jobs())
         tools.extend(t for t in compiler.tools.values() if t is not None)
     if state.violations:
-        raise PolicyDenied(violations=tuple(state.violations))
+        raise error_for(state.violations)
     policy_rel = state.input_key(policy_path)
     return Plan(
         policy=PolicyRef(
@@ -606,9 +730,7 @@ def compile_plan(
 
 def denial_error(violations: list[Violation]) -> SandrunError:
     """The error for a mix of problems: invalid input (exit 2) wins over policy denials (exit 3)."""
-    if any(v.rule_id.split(".")[0] in ("yaml", "schema", "key") for v in violations):
-        return InputError(violations=tuple(violations))
-    return PolicyDenied(violations=tuple(violations))
+    return error_for(violations)
 
 
 _log = logging.getLogger("sandrun.compile")

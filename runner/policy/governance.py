@@ -2,8 +2,9 @@
 
 Each job gets an effect vector over five axes (risk, fairness, privacy, novelty, security), each
 0..1, summed from what it is granted and clipped; its score is the vector's L2 norm (so it lies in
-0..sqrt(5)). The weights below are the whole model: they are printed by ``sandrun catalog`` and
-documented in ``docs/policy.md``, so a policy author can predict a score by hand.
+0..sqrt(5)). The weights below are the whole model, with each built-in tool's own effects from
+``runner.catalog``: they are printed by ``sandrun catalog`` and documented in ``docs/policy.md``
+and ``docs/catalog.md``, so a policy author can predict a score by hand.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class Grants:
     env_vars: int
     signed: bool
     actions: tuple[str, ...]
+    #: The tool's own effects (a built-in's, from the catalog), added as they are.
+    tool_effects: tuple[tuple[str, float], ...] = ()
 
 
 def _add(vector: dict[str, float], effects: dict[str, float], times: int = 1) -> None:
@@ -61,6 +64,7 @@ def effect_vector(grants: Grants) -> dict[str, float]:
         _add(vector, GRANT_EFFECTS["network"])
     if not grants.signed:
         _add(vector, GRANT_EFFECTS["unsigned"])
+    _add(vector, dict(grants.tool_effects))
     for action in grants.actions:
         for pattern, effects in ACTION_EFFECTS.items():
             if fnmatchcase(action, pattern):

@@ -43,6 +43,7 @@ LIMIT_FIELDS: dict[str, tuple[str, Callable[[Any], int]]] = {
     "timeout": ("timeout_ms", parse_duration),
     "stack": ("stack", parse_size),
     "output": ("output", parse_size),
+    "disk": ("disk", parse_size),
 }
 
 
@@ -62,6 +63,7 @@ class LimitValues:
     timeout_ms: int | None = None
     stack: int | None = None
     output: int | None = None
+    disk: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,8 +128,23 @@ def _parse_modules(document: Document, data: dict[str, Any], problems: list[Viol
     return ModuleLimits(**values)
 
 
-def _resolve_root(root: Path, text: str) -> Path:
-    return (root / text).resolve()
+def _resolve_roots(
+    document: Document, root: Path, pointer: str, texts: list[str], problems: list[Violation]
+) -> tuple[Path, ...]:
+    """Each folder relative to the compile root, symlinks followed; a symlink loop is a problem."""
+    resolved: list[Path] = []
+    for index, text in enumerate(texts):
+        try:
+            resolved.append((root / text).resolve())
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+            problems.append(
+                Violation(
+                    "policy.root-invalid",
+                    f"{text!r} cannot be resolved: {exc}",
+                    document.locate(f"{pointer}/{index}"),
+                )
+            )
+    return tuple(resolved)
 
 
 def policy_from_document(document: Document, root: Path) -> Policy:
@@ -211,18 +228,17 @@ def policy_from_document(document: Document, root: Path) -> Policy:
 
     modules = _parse_modules(document, data.get("modules", {}), problems)
 
-    if problems:
-        raise InputError(violations=tuple(problems))
-
     fs = data.get("fs", {})
-    roots = tuple(_resolve_root(root, text) for text in fs.get("roots", []))
+    roots = _resolve_roots(document, root, "/fs/roots", fs.get("roots", []), problems)
     write = fs.get("write", False)
     if write is True:
         write_roots = roots
     elif write is False:
         write_roots = ()
     else:
-        write_roots = tuple(_resolve_root(root, text) for text in write)
+        write_roots = _resolve_roots(document, root, "/fs/write", write, problems)
+    if problems:
+        raise InputError(violations=tuple(problems))
     actions = data.get("actions", {})
     governance = data.get("governance", {})
     return Policy(

@@ -39,6 +39,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from runner.errors import Location, Violation, escape_pointer_token
+from runner.rules import RULES
 from runner.units import parse_duration, parse_size
 
 if TYPE_CHECKING:
@@ -60,16 +61,29 @@ def schema_text(kind: SchemaKind) -> str:
     return resources.files(__name__).joinpath(f"{kind}.schema.json").read_text(encoding="utf-8")
 
 
+#: Stop after this many problems, like the YAML loader: a hostile document must not cost more.
+MAX_PROBLEMS = 50
+
+
 def validate(document: Document, kind: SchemaKind) -> list[Violation]:
-    """Every schema violation of ``document``, one per field and problem, sorted by position."""
+    """Every schema violation of ``document`` (up to :data:`MAX_PROBLEMS`), one per field and
+    problem, sorted by position."""
     if _fast_check(kind)(document.data):
         return []
     found: dict[tuple[str, str], Violation] = {}
+    capped = False
     for error in _validator(kind).iter_errors(document.data):
         for violation in _violations(document, _most_relevant(error)):
             found.setdefault((violation.rule_id, _located(violation).pointer), violation)
+        if len(found) >= MAX_PROBLEMS:
+            capped = True
+            break
     kept = [v for (rule_id, pointer), v in found.items() if not _is_noise(rule_id, pointer, found)]
-    return sorted(kept, key=_position)
+    kept.sort(key=_position)
+    if capped:
+        message = f"more than {MAX_PROBLEMS} schema problems; the rest are not checked (fix these first)"
+        kept.append(Violation("schema.max-problems", message, Location(document.path)))
+    return kept
 
 
 def _is_noise(rule_id: str, pointer: str, found: dict[tuple[str, str], Violation]) -> bool:
@@ -181,6 +195,37 @@ _TYPES: dict[str, Callable[[object], bool]] = {
 }
 
 
+def _identity(value: object) -> object:
+    """A hashable stand-in for a JSON value, equal exactly when jsonschema's ``equal`` says so
+    (``true`` is not ``1``; ``1.0`` is ``1``; mappings ignore key order)."""
+    if isinstance(value, bool):
+        return (bool, value)
+    if isinstance(value, dict):
+        return frozenset((key, _identity(item)) for key, item in value.items())
+    if isinstance(value, list):
+        return tuple(_identity(item) for item in value)
+    return value
+
+
+def _first_duplicate(items: list[Any]) -> tuple[bool, Any]:
+    """``(True, item)`` for the first item listed again, in one pass; ``(False, None)`` if none."""
+    seen: set[object] = set()
+    for item in items:
+        key = _identity(item)
+        if key in seen:
+            return True, item
+        seen.add(key)
+    return False, None
+
+
+def _unique_items(validator: Any, unique: bool, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    """``uniqueItems`` in one pass: jsonschema's own compares every pair when items are mappings."""
+    from jsonschema.exceptions import ValidationError
+
+    if unique and isinstance(instance, list) and _first_duplicate(instance)[0]:
+        yield ValidationError("has non-unique elements")
+
+
 @functools.cache
 def _validator_class() -> Any:
     from jsonschema import Draft202012Validator, TypeChecker, validators
@@ -188,7 +233,9 @@ def _validator_class() -> Any:
     types = TypeChecker(
         {name: (lambda _checker, instance, test=test: test(instance)) for name, test in _TYPES.items()}
     )
-    return validators.extend(Draft202012Validator, type_checker=types)
+    return validators.extend(
+        Draft202012Validator, validators={"uniqueItems": _unique_items}, type_checker=types
+    )
 
 
 @functools.cache
@@ -211,7 +258,18 @@ _DRAFT_07 = "http://json-schema.org/draft-07/schema#"
 #: the fast check looser than jsonschema: a schema using any keyword not listed here is refused.
 _ANNOTATIONS = frozenset({"$schema", "$id", "$comment", "title", "description", "examples", "default"})
 _VALUE_KEYWORDS = frozenset(
-    {"type", "enum", "const", "required", "minItems", "minLength", "uniqueItems", "minimum", "maximum"}
+    {
+        "type",
+        "enum",
+        "const",
+        "required",
+        "minItems",
+        "maxItems",
+        "minLength",
+        "uniqueItems",
+        "minimum",
+        "maximum",
+    }
     | {"pattern", "format", "$ref"}
 )
 _SUBSCHEMA_KEYWORDS = frozenset(
@@ -316,8 +374,12 @@ def _most_relevant(error: ValidationError) -> ValidationError:
 
 
 def _rule_id(keyword: str) -> str:
-    """``minItems`` -> ``schema.min-items``: rule ids are kebab-case like every other."""
-    return "schema." + re.sub(r"(?<=[a-z])(?=[A-Z])", "-", keyword).lower()
+    """``minItems`` -> ``schema.min-items``: rule ids are kebab-case like every other.
+
+    A keyword without a registered rule of its own (none today) is ``schema.invalid``.
+    """
+    rule_id = "schema." + re.sub(r"(?<=[a-z])(?=[A-Z])", "-", keyword).lower()
+    return rule_id if rule_id in RULES else "schema.invalid"
 
 
 def _pointer(tokens: Any) -> str:
@@ -459,8 +521,9 @@ def _message(document: Document, error: ValidationError, pointer: str) -> str:
     if keyword in ("minItems", "minLength", "minProperties"):
         return "must not be empty" if expected == 1 else f"needs at least {expected} {_UNITS[keyword]}"
     if keyword == "uniqueItems":
-        duplicates = [item for index, item in enumerate(value) if item in value[:index]]
-        return f"{_shown(duplicates[0] if duplicates else value)} is listed more than once"
+        return f"{_shown(_first_duplicate(value)[1])} is listed more than once"
+    if keyword == "maxItems":
+        return f"has {len(value)} items; at most {expected} are allowed"
     if keyword in ("pattern", "anyOf", "oneOf"):
         return f"{_shown(value)} is not {_what(schema)}"
     return str(error.message)

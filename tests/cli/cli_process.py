@@ -23,3 +23,29 @@ def sandrun(
         env={**os.environ, "CI": "true", **(env or {})},
         input=input,
     )
+
+
+def workers_of(pid: int) -> list[int]:
+    """Live ``sandrun-worker`` processes descending from ``pid`` (via the forkserver)."""
+    parents: dict[int, int] = {}
+    names: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] != "Z":
+            parents[int(entry)], names[int(entry)] = int(fields[1]), name
+    found = []
+    for child, name in names.items():
+        ancestor = parents.get(child)
+        while ancestor not in (None, 0, 1, pid):
+            ancestor = parents.get(ancestor)
+        if name == "sandrun-worker" and ancestor == pid:
+            found.append(child)
+    return found

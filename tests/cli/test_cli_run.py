@@ -27,7 +27,7 @@ def test_readme_demo_runs_green_and_its_log_verifies_and_rebuilds_the_report(tmp
     out = tmp_path / "out"
     result = run_demo(out)
     assert result.returncode == 0, result.stderr
-    assert "3 of 3 jobs passed" in result.stdout
+    assert "9 of 9 jobs passed" in result.stdout
     assert "Traceback" not in result.stderr
     for name in (
         "audit.jsonl",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from runner.plan import JobSpec, Limits, Mount
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+sys.path.append(str(FIXTURES.parent / "cli"))  # cli_process: the CLI and its worker processes
 
 DEFAULT_LIMITS = {
     "fuel": None,

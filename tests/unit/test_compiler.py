@@ -91,10 +91,10 @@ def test_a_bad_policy_is_reported_with_its_own_file_and_line(tmp_path: Path) -> 
     assert violation.location.pointer == "/limits/max/memory"
 
 
-def test_duplicate_manifest_names_across_files_are_denied(tmp_path: Path) -> None:
+def test_duplicate_manifest_names_across_files_are_invalid_input(tmp_path: Path) -> None:
     root = _copy_cases(tmp_path / "cases")
     shutil.copytree(root / "valid", root / "valid-again")
-    with pytest.raises(PolicyDenied) as caught:
+    with pytest.raises(InputError) as caught:
         compile_manifests(
             [root / "valid" / "manifest.yaml", root / "valid-again" / "manifest.yaml"],
             root / "_shared" / "policy.yaml",

@@ -233,7 +233,7 @@ def test_an_internal_error_is_that_jobs_result_not_an_exception(
 
     monkeypatch.setattr(sandbox.Runtime, "run", flaky)
     plan = plan_of(*(job(tmp_path, wat(EXIT, code=0), n) for n in ("broken", "input", "fine")))
-    rows = by_name(run(tmp_path, plan))
+    rows = by_name(run(tmp_path, plan, isolation="threads"))  # the patch lives in this process only
     assert (rows["broken"].status, rows["broken"].reason) == ("failed", "internal error: RuntimeError: boom")
     assert (rows["input"].status, rows["input"].reason) == ("failed", "[stdin.missing] gone")
     assert rows["fine"].status == "passed"

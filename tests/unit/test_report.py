@@ -112,7 +112,7 @@ def test_build_report_has_designs_shape() -> None:
     assert SAMPLE["ok"] is False
     assert list(SAMPLE["jobs"][0]) == [
         "manifest", "name", "tool", "module_sha256", "status", "exit_code", "trap", "fuel_used",
-        "memory_peak", "wall_ms", "stdout_sha256", "stderr_sha256", "stdout_truncated",
+        "memory_peak", "rss_peak", "wall_ms", "stdout_sha256", "stderr_sha256", "stdout_truncated",
         "stderr_truncated", "reason",
     ]  # fmt: skip
     assert report(result("a", "passed"))["ok"] is True

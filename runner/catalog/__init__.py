@@ -1,0 +1,114 @@
+"""The built-in catalog: small tools shipped inside the package, used as ``module: builtin:NAME``.
+
+Each built-in is its own WebAssembly module, built reproducibly from ``runner/catalog/src/NAME.c``
+(``scripts/build-wasm.sh runner/catalog -Wl,-z,stack-size=262144``; docs/catalog.md). The table
+below is the package's pin: a manifest names a built-in without writing a digest, and the plan
+records the digest from here. The bytes are checked against it when a plan is compiled and again
+before they are compiled to machine code, so a changed ``.wasm`` file is refused, never run.
+
+The table also holds each tool's gate actions (checked against the policy like any tool's) and
+its own effect vector (added to the governance score of every job that uses it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from runner.policy.governance import AXES
+
+__all__ = ["PREFIX", "SIGNER", "Builtin", "CATALOG", "CorruptBuiltin", "check_bytes", "lookup", "module_path"]
+
+PREFIX = "builtin:"
+#: The signer recorded for a built-in tool: its bytes are vouched for by the package's own pin.
+SIGNER = "builtin"
+
+_READ = ("tool.fs.read",)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Builtin:
+    """One built-in tool: its name, the digest of its module, its gate actions and effects."""
+
+    name: str
+    sha256: str
+    actions: tuple[str, ...]
+    effects: tuple[tuple[str, float], ...]
+    doc: str
+
+    def __post_init__(self) -> None:
+        for axis, weight in self.effects:
+            if axis not in AXES or not 0 <= weight <= 1:
+                raise ValueError(f"built-in {self.name}: bad effect {axis}={weight}")
+
+    @property
+    def module(self) -> str:
+        """How manifests, plans and the audit log name it: ``builtin:NAME``."""
+        return PREFIX + self.name
+
+
+def _entry(name: str, sha256: str, actions: tuple[str, ...], doc: str, **effects: float) -> Builtin:
+    return Builtin(name=name, sha256=sha256, actions=actions, effects=tuple(effects.items()), doc=doc)
+
+
+# fmt: off
+#: name -> built-in. The digests are those of the committed .wasm files; tests/unit/test_catalog.py
+#: checks them, and rebuilding with the script reproduces the same bytes.
+CATALOG: dict[str, Builtin] = {b.name: b for b in (
+    _entry("echo", "a4c9e02fbfa79f59b311501fa5bf576d34a48280a409e0d8fceb0376abf71f34", (),
+           "print the arguments (-n: no newline)"),
+    _entry("true", "0251a0c05f642f445d507bb6bfb6c498506faa12f5fcd28fda0ba70b5e4107d6", (),
+           "exit 0"),
+    _entry("false", "07907ac9737e0abc74fa93a6741072abbb900856f667f9affb77a91ac1bd61f7", (),
+           "exit 1"),
+    _entry("cat", "c447866793c000463cc18b8f0c8b508e3c535c7a0c8e422a4e9f9d45fa75420c", _READ,
+           "copy files (or stdin) to stdout", privacy=0.1),
+    _entry("wc", "9619efde8984f18b20eb30adef8ba44e98e731a85ccb888f7c6a9887dc55032c", _READ,
+           "count lines, words and bytes (-l -w -c), as GNU wc prints them"),
+    _entry("sha256sum", "f3f7566f732ce9ecbac0995a36d308866a02064ec6d84150b5162baba46ca4be", _READ,
+           "print or check (-c) SHA-256 digests, as GNU sha256sum"),
+    _entry("json-check", "cacc8231d5b28653dc4026ed42bed7fecfe8755a618c686fbc45ed52d506aa6a", _READ,
+           "validate strict JSON (RFC 8259, no duplicate keys); exit 1 if invalid"),
+    _entry("yaml-check", "b68cb7af784ddfd19ffe791d16cb3cf8afc785842f1741e46916e13ef81585e9", _READ,
+           "validate a strict YAML subset (docs/catalog.md); exit 1 if refused"),
+    _entry("fs-analyze", "76ba4aff9868649fcfebe3538a656ad6e3ef73cc77f4251b6015de5c389894a5", _READ,
+           "counts, sizes, depth and largest files of folders, as JSON", privacy=0.05),
+    _entry("grep", "52e12a4da0a85e6e682575f587e66873629568276ec3db67530e16ea4663fe98", _READ,
+           "pattern gate: exit 0 if a line matches, 1 if none, 2 on trouble", privacy=0.05),
+    _entry("cmp", "48079d1885994be64535490a389e52d71fcfcd10039867295da0f03ed37b0b58", _READ,
+           "compare two files byte by byte; exit 1 if they differ"),
+    _entry("diff", "c2381d902d3dad20cc721a91da69d65ea097c165f52207cf765f6161ba1835bf", _READ,
+           "which files of two paths differ, like diff -qr; exit 1 if any"),
+)}
+# fmt: on
+
+
+class CorruptBuiltin(Exception):
+    """The package's module file does not have the digest the catalog pins."""
+
+
+def lookup(module: str) -> Builtin | None:
+    """The built-in that ``builtin:NAME`` names, or None. Only an exact name of the table matches:
+    the text is never joined into a path, so ``builtin:../x`` can name nothing."""
+    if not module.startswith(PREFIX):
+        return None
+    return CATALOG.get(module[len(PREFIX) :])
+
+
+def module_path(builtin: Builtin) -> Path:
+    """Where the package keeps the module; its bytes must still be checked against ``sha256``."""
+    return Path(str(resources.files(__name__).joinpath(f"{builtin.name}.wasm")))
+
+
+def check_bytes(builtin: Builtin) -> None:
+    """Raise :class:`CorruptBuiltin` unless the shipped module has the pinned digest."""
+    try:
+        digest = hashlib.sha256(module_path(builtin).read_bytes()).hexdigest()
+    except OSError as exc:
+        raise CorruptBuiltin(f"{builtin.module}: cannot read the module: {exc.strerror}") from None
+    if digest != builtin.sha256:
+        raise CorruptBuiltin(
+            f"{builtin.module}: the package's module has sha256 {digest}, not {builtin.sha256}"
+        )

@@ -1,0 +1,2 @@
+/* true: exit 0, ignoring the arguments. */
+int main(void) { return 0; }

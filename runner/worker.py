@@ -1,0 +1,507 @@
+"""Where a job runs: in a worker process (the default) or on the scheduler's own thread.
+
+The batch scheduler (:mod:`runner.executor`) stays in the parent: the plan, ``needs``, mount
+clashes, fail-fast, cancellation and the audit log. Each scheduler thread takes one
+:class:`JobRunner` and runs its jobs through it; two implementations sit behind that seam:
+
+- ``isolation="workers"`` (:class:`_WorkerRunner`): one long-lived worker process per scheduler
+  thread, started from a forkserver that has already imported this module and wasmtime (the
+  parent has threads, so a plain ``fork`` is unsafe). The worker gets the plan's jobs once, each
+  compiled module once (serialized bytes over its private pipe), then only job indices; it answers
+  with the job's :class:`~runner.results.Outcome`. This gives what threads cannot:
+
+  - a hard wall-clock bound: the parent waits for the answer until the job's timeout plus
+    :data:`GRACE_S`; a worker still busy then (a guest blocked in a host call: opening a FIFO,
+    reading a pipe) is killed with SIGKILL and replaced, and the job is ``timeout``;
+  - crash isolation: a worker that dies (an abort, a segfault, the OOM killer) fails only its
+    job, with trap ``crash`` and the signal named; the next job gets a new worker;
+  - an OS-enforced budget per job: ``RLIMIT_DATA`` (the worker's private writable memory may grow
+    by the job's ``memory`` + twice its ``output`` + :data:`DATA_SLACK` while it runs: linear
+    memories, tables, the GC heap, instantiation) and ``RLIMIT_FSIZE`` = ``limits.disk`` with
+    SIGXFSZ ignored, so a write past it fails with EFBIG instead of killing the worker.
+
+- ``isolation="threads"`` (:class:`_ThreadRunner`): :meth:`Runtime.run` on the scheduler thread,
+  for benchmarks and tests. No hard deadline, no crash isolation, no OS budget, no disk limit.
+
+Workers ignore SIGINT and SIGTERM (Ctrl-C reaches the whole process group; the parent decides):
+the parent cancels a job with SIGUSR1, which sets that job's cancel event, and kills the worker
+when the job does not end within :data:`CANCEL_GRACE_S`. A worker exits as soon as the parent's
+end of its pipe closes, also mid-job (the parent died), so no worker outlives its run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import multiprocessing
+import os
+import pickle
+import resource
+import select
+import signal
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, replace
+from multiprocessing.reduction import recv_handle, send_handle
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from runner.egress.transport import Seam
+from runner.errors import InputError, PolicyDenied, SandrunError
+from runner.plan import JobSpec, Limits, Plan
+from runner.results import Outcome
+from runner.sandbox import ModuleKey, Runtime, module_key, required_thread_stack
+
+__all__ = [
+    "Isolation",
+    "ISOLATIONS",
+    "JobRunner",
+    "GRACE_S",
+    "CANCEL_GRACE_S",
+    "ADOPT_TIMEOUT_S",
+    "DATA_SLACK",
+    "job_runners",
+]
+
+Isolation = Literal["workers", "threads"]
+ISOLATIONS: tuple[str, ...] = ("workers", "threads")
+
+GRACE_S = 0.5
+"""How long past its timeout a job's worker may take to answer before it is killed. The worker
+stops a guest in WASM code within ~30 ms of its deadline by itself; only a guest blocked in a host
+call needs the kill."""
+CANCEL_GRACE_S = 1.0
+ADOPT_TIMEOUT_S = 300
+"""How long a worker may take to load a compiled module handed over by the parent."""
+"""How long a cancelled job's worker may take to answer before it is killed."""
+DATA_SLACK = 32 << 20
+"""Private memory a job may make the worker allocate besides its linear memory and output:
+Wasmtime's per-store structures, tables within their caps, the answer being built."""
+
+_POLL_MS = 50  # how often a waiting scheduler thread looks at the cancel event
+_MIN_THREAD_STACK = 8 << 20
+
+
+class JobRunner(Protocol):
+    """Runs jobs of one plan, one at a time; each scheduler thread has its own."""
+
+    def run(self, index: int, cancel: threading.Event) -> Outcome:
+        """Run ``plan.jobs[index]``: whatever the guest does is in the Outcome; raises
+        :class:`SandrunError` for the host's side (a mount that moved, a missing module)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def job_runners(
+    isolation: Isolation, runtime: Runtime, plan: Plan, root: Path, *, passthrough: bool
+) -> Callable[[], JobRunner]:
+    """A factory of :class:`JobRunner` for one batch; ``runtime`` has deployed the plan's modules."""
+    if isolation == "threads":
+        return lambda: _ThreadRunner(runtime, plan, root, passthrough)
+    if isolation == "workers":
+        pool = _Pool(runtime, plan, root, passthrough)
+        return lambda: _WorkerRunner(pool)
+    raise ValueError(f"isolation must be one of {ISOLATIONS}, not {isolation!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class _ThreadRunner:
+    runtime: Runtime
+    plan: Plan
+    root: Path
+    passthrough: bool
+
+    def run(self, index: int, cancel: threading.Event) -> Outcome:
+        job = self.plan.jobs[index]
+        return self.runtime.run(job, self.root, cancel=cancel, passthrough=self.passthrough)
+
+    def close(self) -> None:
+        return None
+
+
+# --- the parent's side ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Setup:
+    """What a worker gets once: the jobs (then only their indices), where to run them."""
+
+    jobs: tuple[JobSpec, ...]
+    root: str
+    cache_dir: str
+    thread_stack: int
+    passthrough: bool
+    egress: Seam | None = None  # sandrun:http's test seam (picklable resolver and connector)
+
+
+class _Pool:
+    """What the workers of one batch share: their setup and each module's compiled bytes."""
+
+    def __init__(self, runtime: Runtime, plan: Plan, root: Path, passthrough: bool) -> None:
+        self.runtime = runtime
+        self.plan = plan
+        self.root = root
+        stack = max((required_thread_stack(job.limits) for job in plan.jobs), default=0)
+        self.setup = _Setup(
+            jobs=plan.jobs,
+            root=str(root),
+            cache_dir=str(runtime.cache_dir),
+            thread_stack=max(stack, _MIN_THREAD_STACK),
+            passthrough=passthrough,
+            egress=runtime.egress_seam,
+        )
+        self._modules: dict[ModuleKey, bytes] = {}
+        self._lock = threading.Lock()
+
+    def module(self, job: JobSpec) -> bytes:
+        """The job's compiled module, serialized once per batch (it was compiled at deploy)."""
+        key = module_key(job)
+        with self._lock:
+            data = self._modules.get(key)
+            if data is None:
+                data = self._modules[key] = self.runtime.serialized(job, self.root)
+            return data
+
+
+@functools.cache
+def _context() -> Any:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])  # imported once, in the server, not per worker
+    return context
+
+
+class _WorkerRunner:
+    """One worker process, started on first use and replaced after it was killed or died."""
+
+    def __init__(self, pool: _Pool) -> None:
+        self.pool = pool
+        self.process: Any = None
+        self.conn: _Channel | None = None
+        self.poller = select.poll()
+        self.modules: set[ModuleKey] = set()
+
+    def _start(self) -> _Channel:
+        context = _context()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        passthrough = self.pool.setup.passthrough
+        process = context.Process(
+            target=_serve, args=(theirs, passthrough), name="sandrun-worker", daemon=True
+        )
+        process.start()
+        theirs.close()
+        parent_end = _Channel(ours)
+        self.process, self.conn = process, parent_end
+        self.poller = select.poll()
+        self.poller.register(parent_end.fileno(), select.POLLIN)
+        self.modules = set()
+        if passthrough:  # sandrun exec: the guest's stdio is the runner's own; before any message,
+            for fd in (0, 1, 2):  # which the worker's buffered reads could otherwise run into
+                _send_stdio(parent_end, fd, process.pid)
+        parent_end.send(self.pool.setup)
+        return parent_end
+
+    def run(self, index: int, cancel: threading.Event) -> Outcome:
+        job = self.pool.plan.jobs[index]
+        key = module_key(job)
+        started = time.monotonic()
+        conn = self.conn or self._start()
+        try:
+            if key not in self.modules:  # once per worker and module, outside the job's time
+                self._hand_over(conn, key, self.pool.module(job))
+                started = time.monotonic()
+            conn.send(("run", index))
+        except (EOFError, OSError):
+            return self._died(job, started)
+        return self._answer(job, conn, started, cancel)
+
+    def _hand_over(self, conn: _Channel, key: ModuleKey, data: bytes) -> None:
+        """Give the worker a compiled module and wait until it has loaded it (a large module takes
+        a while, which must not count against the job's deadline)."""
+        conn.send(("module", key))
+        conn.send_bytes(data)
+        if not self.poller.poll(ADOPT_TIMEOUT_S * 1000):
+            self._stop_worker()
+            raise RuntimeError(f"the worker did not load the module within {ADOPT_TIMEOUT_S} s")
+        problem = conn.recv()
+        if problem is not None:
+            raise RuntimeError(f"the worker could not load the module: {problem}")
+        self.modules.add(key)
+
+    def _answer(self, job: JobSpec, conn: _Channel, started: float, cancel: threading.Event) -> Outcome:
+        """Wait for the worker's answer until the job's deadline plus the grace; else kill it."""
+        deadline = started + job.limits.timeout_ms / 1000 + GRACE_S
+        signalled = False
+        while True:
+            remaining_ms = (deadline - time.monotonic()) * 1000
+            if self.poller.poll(max(0, min(remaining_ms, _POLL_MS))):
+                try:
+                    reply = conn.recv()
+                except (EOFError, OSError):
+                    return self._died(job, started)
+                return _outcome(reply)
+            if cancel.is_set() and not signalled:
+                signalled = True
+                os.kill(self.process.pid, signal.SIGUSR1)
+                deadline = min(deadline, time.monotonic() + CANCEL_GRACE_S)
+            elif time.monotonic() >= deadline:
+                self._stop_worker()
+                message = (
+                    "cancelled (the worker did not stop: killed)"
+                    if cancel.is_set()
+                    else f"exceeded the timeout of {job.limits.timeout_ms} ms "
+                    "(still blocked in a host call: worker killed)"
+                )
+                return _ended(job, started, "timeout", message)
+
+    def _died(self, job: JobSpec, started: float) -> Outcome:
+        """The worker's pipe closed mid-job: it died; name how."""
+        process = self.process
+        process.join(1.0)
+        code = process.exitcode
+        self._stop_worker()
+        if code is not None and code < 0:
+            how = f"worker killed by {signal.Signals(-code).name}"
+        else:
+            how = f"worker exited with status {code}"
+        return _ended(job, started, "crash", how)
+
+    def _stop_worker(self) -> None:
+        if self.process is None:
+            return
+        if self.process.exitcode is None:
+            self.process.kill()
+        self.process.join()
+        self.process.close()
+        if self.conn is not None:
+            self.conn.close()
+        self.process, self.conn = None, None
+
+    def close(self) -> None:
+        """Close the pipe (the worker exits at once) and reap the worker."""
+        if self.process is None:
+            return
+        assert self.conn is not None
+        self.conn.close()
+        self.conn = None
+        self.process.join(2.0)
+        self._stop_worker()
+
+
+def _send_stdio(conn: _Channel, fd: int, pid: int) -> None:
+    """Hand one of the runner's stdio descriptors to the worker; /dev/null when it is closed."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            send_handle(conn, null, pid)
+        finally:
+            os.close(null)
+        return
+    send_handle(conn, fd, pid)
+
+
+def _ended(job: JobSpec, started: float, trap: Literal["timeout", "crash"], message: str) -> Outcome:
+    return Outcome(
+        exit_code=None,
+        trap=trap,
+        trap_message=message,
+        fuel_used=None,
+        memory_peak=0,
+        wall_ms=int((time.monotonic() - started) * 1000),
+        stdout=b"",
+        stderr=b"",
+    )
+
+
+def _outcome(reply: tuple[Any, ...]) -> Outcome:
+    kind = reply[0]
+    if kind == "ok":
+        outcome: Outcome = reply[1]
+        return replace(outcome, rss_peak=reply[2]) if reply[2] is not None else outcome
+    if kind == "refused":
+        error_type = PolicyDenied if reply[1] else InputError
+        raise error_type(violations=reply[2])
+    raise RuntimeError(f"in the worker: {reply[1]}")
+
+
+class _Channel:
+    """Length-prefixed messages over a Unix socket pair: a pickle, or raw bytes (a module).
+
+    ``multiprocessing.connection`` reads each message in two system calls (its length, then its
+    body); here the common small message costs one, which is a measurable part of a tiny job.
+    """
+
+    _LENGTH = struct.Struct("!Q")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buffer = bytearray()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, message: object) -> None:
+        self.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def send_bytes(self, data: bytes) -> None:
+        self.sock.sendall(self._LENGTH.pack(len(data)) + data)
+
+    def recv(self) -> Any:
+        return pickle.loads(self.recv_bytes())
+
+    def recv_bytes(self) -> bytes:
+        """The next message; EOFError when the other end closed."""
+        header = self._LENGTH.size
+        while len(self._buffer) < header or len(self._buffer) < header + self._size():
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                raise EOFError
+            self._buffer += chunk
+        end = header + self._size()
+        data = bytes(self._buffer[header:end])
+        del self._buffer[:end]
+        return data
+
+    def _size(self) -> int:
+        size: int = self._LENGTH.unpack_from(self._buffer)[0]
+        return size
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# --- the worker's side ------------------------------------------------------------------------
+
+_active_cancel: threading.Event | None = None  # the running job's, set by SIGUSR1
+
+
+def _on_cancel(_signum: int, _frame: object) -> None:
+    event = _active_cancel
+    if event is not None:
+        event.set()
+
+
+def _serve(sock: socket.socket, passthrough: bool) -> None:
+    """A worker's main thread: jobs run on a second thread (with the stack WASM needs), so this
+    one is free to take SIGUSR1 at once, and to exit the moment the parent's end closes."""
+    _name_process(b"sandrun-worker")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past RLIMIT_FSIZE fails with EFBIG
+    signal.signal(signal.SIGUSR1, _on_cancel)
+    conn = _Channel(sock)
+    try:
+        if passthrough:
+            for target in (0, 1, 2):
+                fd = recv_handle(conn)
+                os.dup2(fd, target)
+                os.close(fd)
+        setup: _Setup = conn.recv()
+    except (EOFError, OSError):
+        return
+    previous = threading.stack_size(setup.thread_stack)
+    jobs = threading.Thread(target=_job_loop, args=(conn, setup), name="sandrun-worker-jobs", daemon=True)
+    jobs.start()
+    threading.stack_size(previous)
+    watch = select.poll()
+    watch.register(conn.fileno(), select.POLLRDHUP)
+    while jobs.is_alive():
+        if watch.poll(1000):  # the parent closed its end, or died: stop now, even mid-job
+            os._exit(0)
+
+
+def _name_process(name: bytes) -> None:
+    """``sandrun-worker`` in ps/top and /proc/PID/comm (prctl PR_SET_NAME), where libc allows."""
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(15, name, 0, 0, 0)
+
+
+def _job_loop(conn: _Channel, setup: _Setup) -> None:
+    global _active_cancel
+    runtime = Runtime(cache_dir=Path(setup.cache_dir), egress_seam=setup.egress)
+    bounds = _Bounds()
+    root = Path(setup.root)
+    try:
+        while True:
+            message = conn.recv()
+            if message[0] == "module":
+                data = conn.recv_bytes()
+                try:
+                    runtime.adopt(message[1], data)
+                except Exception as error:  # WasmtimeError, MemoryError: that job's failure
+                    conn.send(f"{type(error).__name__}: {error}")
+                else:
+                    conn.send(None)
+                continue
+            job = setup.jobs[message[1]]
+            _active_cancel = cancel = threading.Event()
+            try:
+                with bounds.applied(job.limits):
+                    outcome = runtime.run(job, root, cancel=cancel, passthrough=setup.passthrough)
+                reply: tuple[Any, ...] = ("ok", outcome, bounds.peak)
+            except SandrunError as error:
+                reply = ("refused", isinstance(error, PolicyDenied), tuple(error.violations))
+            except Exception as error:  # a bug of ours, or MemoryError past the budget: this job's
+                reply = ("error", f"{type(error).__name__}: {error}")
+            finally:
+                _active_cancel = None
+            conn.send(reply)
+    except (EOFError, OSError):
+        return
+    finally:
+        runtime.close()
+
+
+class _Bounds:
+    """The OS limits of the job running in this worker, and what it really used.
+
+    ``RLIMIT_DATA`` counts private writable memory only: Wasmtime's reserved-but-inaccessible
+    address space (``PROT_NONE``: the 4 GiB reservation and guard pages of each linear memory)
+    is not counted until pages become accessible, so the bound is the worker's current data size
+    plus the job's budget. Peak resident memory is measured from a reset high-water mark
+    (``/proc/self/clear_refs`` 5, then ``ru_maxrss``). Each step costs about a microsecond.
+    """
+
+    def __init__(self) -> None:
+        self.peak: int | None = None
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._data_hard = resource.getrlimit(resource.RLIMIT_DATA)
+        self._fsize_hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        try:
+            self._statm: int | None = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+            self._clear: int | None = os.open("/proc/self/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:  # no procfs: the budget is then counted from zero, the peak not reported
+            self._statm = self._clear = None
+
+    def _data_now(self) -> int:
+        if self._statm is None:
+            return 0
+        return int(os.pread(self._statm, 256, 0).split()[5]) * self._page
+
+    @contextmanager
+    def applied(self, limits: Limits) -> Iterator[None]:
+        budget = self._data_now() + limits.memory + 2 * limits.output + DATA_SLACK
+        _lower(resource.RLIMIT_DATA, budget, self._data_hard)
+        _lower(resource.RLIMIT_FSIZE, limits.disk, self._fsize_hard)
+        if self._clear is not None:
+            os.write(self._clear, b"5")
+        try:
+            yield
+        finally:
+            self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 if self._clear else None
+            resource.setrlimit(resource.RLIMIT_DATA, self._data_hard)
+            resource.setrlimit(resource.RLIMIT_FSIZE, self._fsize_hard)
+
+
+def _lower(which: int, soft: int, original: tuple[int, int]) -> None:
+    """Set the soft limit to ``soft``, never above the hard limit the worker was started with."""
+    hard = original[1]
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(which, (soft, hard))

@@ -1,0 +1,46 @@
+"""A module file is a WebAssembly binary or nothing: wasmtime never gets to read text as WAT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import make_job
+from wasmtime import wat2wasm
+
+from runner.errors import InputError
+from runner.sandbox import Runtime
+from runner.wasmfile import WASM_HEADER, not_wasm_reason
+
+
+def test_a_binary_module_passes() -> None:
+    assert not_wasm_reason(wat2wasm("(module)")) is None
+
+
+@pytest.mark.parametrize(
+    ("data", "shown"),
+    [
+        (b'(module (func (export "_start")))\n', "b'(module (func (e'..."),
+        (b"\x7fELF\x02\x01\x01\x00", "b'\\x7fELF\\x02\\x01\\x01\\x00'"),
+        (b"\x1b[2J\x1b]0;pwned\x07", "b'\\x1b[2J\\x1b]0;pwned\\x07'"),  # no raw escape reaches a terminal
+        (b"\0asm\x0d\x00\x01\x00", "b'\\x00asm\\r\\x00\\x01\\x00'"),  # a component
+    ],
+)
+def test_anything_else_is_named_by_its_escaped_first_bytes(data: bytes, shown: str) -> None:
+    reason = not_wasm_reason(data)
+    assert reason is not None and shown in reason
+    assert "\x1b" not in reason and "\x07" not in reason
+
+
+def test_text_gets_a_hint_and_empty_is_said() -> None:
+    assert "WAT" in (not_wasm_reason(b"(module)") or "")
+    assert "empty" in (not_wasm_reason(b"") or "")
+    assert not_wasm_reason(WASM_HEADER) is None
+
+
+def test_the_runtime_never_compiles_text_from_a_plan(runtime: Runtime, tmp_path: Path) -> None:
+    job = make_job(tmp_path, b'(module (func (export "_start")))')  # a plan naming a WAT file
+    with pytest.raises(InputError) as caught:
+        runtime.load_module(job, tmp_path)
+    assert caught.value.rule_id == "module.invalid"
+    assert "b'(module" in caught.value.violations[0].message

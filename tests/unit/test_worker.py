@@ -1,0 +1,265 @@
+"""Jobs in worker processes: hard deadline, crash isolation, the OS memory budget, the disk limit.
+
+Hostile guests are inline WAT. Nothing here times anything: bounds are generous upper limits the
+issue itself asks for (a blocked guest under a 1 s timeout must end, here within 10 s).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cli_process import workers_of
+from test_executor import EXIT, Recorder, by_name, job, plan_of, run, wat
+
+from runner.executor import BatchOptions
+from runner.results import Outcome
+from runner.sandbox import table_caps
+from runner.worker import DATA_SLACK
+
+# Opens /data/fifo for reading: blocks in the host's open() until a writer appears (never).
+OPEN_FIFO = """(module
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "fifo")
+  (func (export "_start")
+    (call $exit (call $open (i32.const 3) (i32.const 0) (i32.const 16) (i32.const 4)
+                            (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 8)))))"""
+
+# Sleeps for an hour (poll_oneoff on a relative clock): a job that is busy until killed.
+SLEEP = """(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i64.store (i32.const 24) (i64.const 3600000000000))
+    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"""
+
+# Creates /data/big and appends 64 KiB at a time until a write fails (at most 4 MiB): exits with
+# the WASI errno (22 = EFBIG), or 0 when every write succeeded.
+WRITE_BIG = """(module
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 16) "big")
+  (func (export "_start") (local $err i32) (local $n i32)
+    (local.set $err (call $open (i32.const 3) (i32.const 0) (i32.const 16) (i32.const 3)
+                                (i32.const 9) (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 8)))
+    (if (local.get $err) (then (call $exit (i32.add (i32.const 100) (local.get $err)))))
+    (i32.store (i32.const 32) (i32.const 65536))
+    (i32.store (i32.const 36) (i32.const 65536))
+    (loop $l
+      (local.set $err (call $write (i32.load (i32.const 8)) (i32.const 32) (i32.const 1) (i32.const 40)))
+      (local.set $n (i32.add (local.get $n) (i32.const 1)))
+      (br_if $l (i32.and (i32.eqz (local.get $err)) (i32.lt_u (local.get $n) (i32.const 64)))))
+    (call $exit (local.get $err))))"""
+
+# Fills ~56 MiB of linear memory, then grows four tables to the per-table cap (each 16 MiB of host
+# memory under a 64 MiB limit): exits with how many grows succeeded.
+TABLES_AND_MEMORY = """(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (table $a 0 funcref) (table $b 0 funcref) (table $c 0 funcref) (table $d 0 funcref)
+  (func (export "_start") (local $ok i32) (local $p i32)
+    (drop (memory.grow (i32.const 899)))
+    (loop $l
+      (i32.store (local.get $p) (i32.const 1))
+      (local.set $p (i32.add (local.get $p) (i32.const 4096)))
+      (br_if $l (i32.lt_u (local.get $p) (i32.const 58982400))))
+    (local.set $ok (i32.ne (table.grow $a (ref.null func) (i32.const {n})) (i32.const -1)))
+    (local.set $ok (i32.add (local.get $ok)
+      (i32.ne (table.grow $b (ref.null func) (i32.const {n})) (i32.const -1))))
+    (local.set $ok (i32.add (local.get $ok)
+      (i32.ne (table.grow $c (ref.null func) (i32.const {n})) (i32.const -1))))
+    (local.set $ok (i32.add (local.get $ok)
+      (i32.ne (table.grow $d (ref.null func) (i32.const {n})) (i32.const -1))))
+    (call $exit (local.get $ok))))"""
+
+MANY_TABLES = '(module (memory (export "memory") 1) {tables} (func (export "_start")))'
+MANY_MEMORIES = '(module {memories} (func (export "_start")))'
+
+# The GC proposal: keeps allocating 80 KB arrays and holding on to them (100,000 of them: 8 GB).
+GC_HOARD = """(module
+  (type $arr (array (mut i64)))
+  (type $list (array (mut (ref null $arr))))
+  (memory (export "memory") 1)
+  (func (export "_start") (local $i i32) (local $keep (ref null $list))
+    (local.set $keep (array.new_default $list (i32.const 100000)))
+    (loop $l
+      (array.set $list (local.get $keep) (local.get $i) (array.new_default $arr (i32.const 10000)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const 100000))))))"""
+
+MIB = 1 << 20
+# What a 64 MiB job may make the worker hold: its memory, twice its output, the slack, and the
+# worker's own interpreter and Wasmtime (~30 MiB measured; 64 MiB allowed).
+BUDGET_64 = 64 * MIB + 2 * MIB + DATA_SLACK + 64 * MIB
+
+
+def kill_worker_soon(signum: int, pid: int | None = None) -> threading.Thread:
+    """Kill the (one) worker of ``pid`` with ``signum`` once it is busy with its job."""
+
+    def kill() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            workers = workers_of(pid or os.getpid())
+            if workers:
+                time.sleep(0.3)  # the job is sent right after the worker is up
+                os.kill(workers[0], signum)
+                return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=kill, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Iterator[Path]:
+    (tmp_path / "data").mkdir()
+    os.mkfifo(tmp_path / "data" / "fifo")
+    yield tmp_path / "data" / "fifo"
+
+
+def test_a_guest_blocked_opening_a_fifo_is_killed_at_its_deadline_and_the_run_goes_on(
+    tmp_path: Path, fifo: Path
+) -> None:
+    blocked = job(tmp_path, wat(OPEN_FIFO), "blocked", mounts=(("data", "/data", "ro"),), timeout_ms=1000)
+    after = job(tmp_path, wat(EXIT, code=0), "after", needs=())
+    started = time.monotonic()
+    rows = by_name(run(tmp_path, plan_of(blocked, after), jobs=1))
+    assert time.monotonic() - started < 10  # issue: within 2 s; generous for a loaded machine
+    assert (rows["blocked"].status, rows["blocked"].trap) == ("failed", "timeout")
+    assert "worker killed" in (rows["blocked"].reason or "")
+    assert rows["blocked"].wall_ms < 5000
+    assert rows["after"].status == "passed"
+
+
+def test_cancel_kills_a_worker_whose_guest_ignores_it(tmp_path: Path, fifo: Path) -> None:
+    blocked = job(tmp_path, wat(OPEN_FIFO), "blocked", mounts=(("data", "/data", "ro"),), timeout_ms=600_000)
+    cancel = threading.Event()
+    sink = Recorder(
+        lambda kind, data: threading.Timer(0.5, cancel.set).start() if kind == "job.started" else None
+    )
+    started = time.monotonic()
+    result = run(tmp_path, plan_of(blocked), jobs=1, sink=sink, cancel=cancel)
+    assert time.monotonic() - started < 30
+    assert result.interrupted
+    row = result.results[0]
+    assert (row.status, row.trap) == ("failed", "timeout")
+    assert "cancelled" in (row.reason or "")
+
+
+# SIGKILL is what the OOM killer sends, SIGABRT what a Wasmtime or allocator abort raises. A
+# SIGSEGV sent with kill() is no test: Wasmtime's own handler sees no fault in WASM code and
+# returns, so the worker lives on; a real fault outside WASM code ends it like SIGABRT does.
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGABRT])
+def test_a_worker_killed_mid_job_fails_that_job_only(tmp_path: Path, signum: signal.Signals) -> None:
+    victim = job(tmp_path, wat(SLEEP), "victim", timeout_ms=600_000)
+    again = job(tmp_path, wat(SLEEP), "again", timeout_ms=200)  # the same module, in the new worker
+    others = [job(tmp_path, wat(EXIT, code=0), f"after{i}") for i in range(3)]
+    killer = kill_worker_soon(signum)
+    rows = by_name(run(tmp_path, plan_of(victim, again, *others), jobs=1))
+    killer.join()
+    assert (rows["victim"].status, rows["victim"].trap) == ("failed", "crash")
+    assert rows["victim"].reason == f"trap: crash (worker killed by {signum.name})"
+    assert rows["again"].reason == "trap: timeout (exceeded the timeout of 200 ms)"
+    assert [rows[f"after{i}"].status for i in range(3)] == ["passed"] * 3
+
+
+def test_the_os_budget_binds_where_the_store_caps_alone_would_not(tmp_path: Path) -> None:
+    """Linear memory at its cap plus four tables at theirs: the store's own caps allow it all (the
+    threads run shows it), the worker's RLIMIT_DATA does not."""
+    _, per_table = table_caps(64 * MIB)
+    hoarder = job(tmp_path, wat(TABLES_AND_MEMORY, n=per_table), "hoarder")
+    threads = run(tmp_path, plan_of(hoarder), jobs=1, isolation="threads").results[0]
+    assert threads.exit_code == 4
+    workers = run(tmp_path, plan_of(hoarder), jobs=1).results[0]
+    assert workers.exit_code != 4
+    assert workers.status == "failed"
+    assert workers.rss_peak is not None
+    assert 50 * MIB < workers.rss_peak <= BUDGET_64
+
+
+@pytest.mark.parametrize(
+    "name, module",
+    [
+        ("tables", MANY_TABLES.format(tables=" ".join("(table 1000000 funcref)" for _ in range(90)))),
+        ("memories", MANY_MEMORIES.format(memories=" ".join("(memory 1000)" for _ in range(50)))),
+        ("gc", GC_HOARD),
+    ],
+)
+def test_many_tables_memories_or_a_gc_hoard_stay_within_the_workers_budget(
+    tmp_path: Path, name: str, module: str
+) -> None:
+    hostile = job(tmp_path, wat(module), name)
+    after = job(tmp_path, wat(EXIT, code=0), "after")
+    rows = by_name(run(tmp_path, plan_of(hostile, after), jobs=1))
+    row = rows[name]
+    assert row.status == "failed" and row.trap in ("trap", "memory"), row
+    assert row.rss_peak is not None and row.rss_peak <= BUDGET_64
+    assert rows["after"].status == "passed"
+
+
+def test_a_job_cannot_write_a_file_larger_than_its_disk_limit(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    writer = job(tmp_path, wat(WRITE_BIG), "writer", mounts=(("out", "/data", "rw"),), disk=1 * MIB)
+    after = job(tmp_path, wat(EXIT, code=0), "after")
+    rows = by_name(run(tmp_path, plan_of(writer, after), jobs=1))
+    assert rows["writer"].exit_code == 22  # WASI errno FBIG: the write failed, the worker lives on
+    assert (tmp_path / "out" / "big").stat().st_size == 1 * MIB
+    assert rows["after"].status == "passed"
+
+
+def test_threads_isolation_runs_the_same_jobs_without_a_process(tmp_path: Path) -> None:
+    outputs: dict[str, Outcome] = {}
+    plan = plan_of(job(tmp_path, wat(EXIT, code=3), "three", expect=3))
+    before = set(workers_of(os.getpid()))
+    row = run(tmp_path, plan, outputs=outputs, isolation="threads").results[0]
+    assert (row.status, row.exit_code, row.rss_peak) == ("passed", 3, None)
+    assert set(workers_of(os.getpid())) == before
+
+
+def test_an_unknown_isolation_is_refused() -> None:
+    with pytest.raises(ValueError, match="isolation"):
+        BatchOptions(isolation="none")  # type: ignore[arg-type]
+
+
+def test_no_worker_outlives_its_batch(tmp_path: Path) -> None:
+    plan = plan_of(*(job(tmp_path, wat(EXIT, code=0), f"j{i}") for i in range(4)))
+    rows: Any = run(tmp_path, plan, jobs=2).results
+    assert {r.status for r in rows} == {"passed"}
+    assert all(r.rss_peak for r in rows)
+    assert workers_of(os.getpid()) == []
+
+
+def test_a_module_the_worker_cannot_load_fails_that_job_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runner import worker
+
+    bad, good = wat(EXIT, code=0), wat(EXIT, code=3)
+    real = worker._Pool.module
+    monkeypatch.setattr(
+        worker._Pool,
+        "module",
+        lambda pool, spec: b"not compiled code" if spec.name == "bad" else real(pool, spec),
+    )
+    rows = by_name(
+        run(tmp_path, plan_of(job(tmp_path, bad, "bad"), job(tmp_path, good, "good", expect=3)), jobs=1)
+    )
+    assert rows["bad"].status == "failed"
+    assert (rows["bad"].reason or "").startswith(
+        "internal error: RuntimeError: the worker could not load the module"
+    )
+    assert rows["good"].status == "passed"
