@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from runner import hermetic
+from runner.egress.transport import Seam
 from runner.errors import PolicyDenied, SandrunError
 from runner.plan import JobSpec, Plan
 from runner.progress import ProgressEvent
@@ -66,6 +67,7 @@ class BatchOptions:
     cache_dir: Path | None = None
     protected_dirs: tuple[Path, ...] = ()
     isolation: Isolation = "workers"
+    egress: Seam | None = None  # sandrun:http's resolver and connector (a test seam; default: the OS)
 
     def __post_init__(self) -> None:
         if not isinstance(self.jobs, int) or self.jobs < 1:
@@ -253,6 +255,8 @@ class _Batch:
                 outcome = runner.run(index, self.stop)
                 if before is not None:
                     written = hermetic.outputs(job, self.root, before)
+                for hop in outcome.net_hops:
+                    self.emit("net.request", {"id": job.id, **hop})
                 status, reason = status_for(job, outcome)
                 if status != "passed" and self.stop.is_set():
                     reason = f"{self.stop_reason} ({reason})"
@@ -499,7 +503,7 @@ def run_plan(
     same time. If one raises, the batch stops (running jobs cancelled, pending ones skipped) and
     the error is re-raised.
     """
-    with Runtime(cache_dir=options.cache_dir, modules=plan.modules) as runtime:
+    with Runtime(cache_dir=options.cache_dir, modules=plan.modules, egress_seam=options.egress) as runtime:
         runners = job_runners(options.isolation, runtime, plan, root, passthrough=options.passthrough)
         batch = _Batch(plan, root, options, runtime, on_event, on_progress, on_output, cancel, runners)
         batch.deploy()

@@ -34,6 +34,7 @@ __all__ = [
     "CoverIndex",
     "parse_block_entry",
     "BlockList",
+    "runtime_host",
 ]
 
 IPAddress = Union[IPv4Address, IPv6Address]
@@ -99,7 +100,8 @@ class HostPattern:
     ``scheme`` None means any scheme. ``kind`` says what ``name``/``network`` hold: ``any`` (every host),
     ``name`` (exactly ``name``), ``suffix`` (any name strictly below ``name``), ``network`` (IP literals
     inside ``network``). ``ports`` is an inclusive range, or None for "the usual port of whatever scheme
-    is used" (only with any scheme: a concrete scheme's usual port is resolved at parse time).
+    is used" (only with any scheme: a concrete scheme's usual port is resolved at parse time); the
+    text ``a..b`` excludes ``b`` (Spin's grammar), so it is stored as ``(a, b - 1)``.
     """
 
     text: str
@@ -323,12 +325,14 @@ def _parse_ports(text: str | None, scheme: str | None) -> tuple[int, int] | None
         return _ALL_PORTS
     ranged = _PORT_RANGE.fullmatch(text)
     if ranged:
-        low, high = _port(ranged.group(1)), _port(ranged.group(2))
-        if low > high:
+        # Spin's grammar: a..b is the half-open range [a, b), so b itself is excluded.
+        low, end = _port(ranged.group(1)), _port(ranged.group(2))
+        if low >= end:
             raise _Reason(
-                "port.range", f"port range {text!r} is empty: the first port must not exceed the second"
+                "port.range",
+                f"port range {text!r} is empty: a..b excludes b, so the first port must be below the second",
             )
-        return (low, high)
+        return (low, end - 1)
     if _NUMBER.fullmatch(text):
         port = _port(text)
         return (port, port)
@@ -359,7 +363,7 @@ def _format(
         return text
     if ports == _ALL_PORTS:
         return text + ":*"
-    return text + (f":{ports[0]}" if ports[0] == ports[1] else f":{ports[0]}..{ports[1]}")
+    return text + (f":{ports[0]}" if ports[0] == ports[1] else f":{ports[0]}..{ports[1] + 1}")
 
 
 # --- matching and coverage ---------------------------------------------------------------------------
@@ -389,6 +393,15 @@ def matches(pattern: HostPattern, scheme: str, host: str, port: int | None = Non
     except _Reason:
         return False
     return _host_matches(pattern, target)
+
+
+def runtime_host(host: str) -> IPAddress | str:
+    """A connection's host as an address or a normalised name; :class:`HostPatternError` when the
+    grammar refuses it (shortened or octal IPv4, zone ids, bad labels, IDNA spellings that map)."""
+    try:
+        return _host_target(host)
+    except _Reason as reason:
+        raise HostPatternError(host, reason.code, reason.message) from None
 
 
 def _host_target(host: str) -> IPAddress | str:
@@ -597,7 +610,8 @@ def _embedded_ipv4(address: IPv6Address) -> tuple[IPv4Address, ...]:
     value = int(address)
     found: list[IPv4Address] = []
     # ::a.b.c.d (compatible), ::ffff:a.b.c.d (mapped), ::ffff:0:a.b.c.d (translated), 64:ff9b::a.b.c.d (NAT64)
-    if value >> 32 in (0, 0xFFFF, 0xFFFF_0000, 0x0064_FF9B_0000_0000_0000_0000):
+    # ``::`` and ``::1`` are the unspecified and loopback addresses themselves, not 0.0.0.0/0.0.0.1.
+    if value >> 32 in (0, 0xFFFF, 0xFFFF_0000, 0x0064_FF9B_0000_0000_0000_0000) and value > 1:
         found.append(IPv4Address(value & 0xFFFF_FFFF))
     if address.sixtofour is not None:
         found.append(address.sixtofour)

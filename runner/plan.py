@@ -23,6 +23,9 @@ __all__ = [
     "Mount",
     "Network",
     "Hermetic",
+    "HttpRule",
+    "NetLimits",
+    "SecretRef",
     "Tool",
     "JobSpec",
     "InputFile",
@@ -95,11 +98,48 @@ class Mount:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HttpRule:
+    """An allow entry's object form: a host pattern narrowed to some methods and path prefixes."""
+
+    host: str
+    methods: tuple[str, ...] | None = None
+    paths: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecretRef:
+    """A header the host adds for one origin, its value read from the runner's environment
+    variable ``env`` at run time: the plan holds the name, never the value."""
+
+    origin: str
+    header: str
+    env: str
+    format: str = "{}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NetLimits:
+    """Bounds of ``sandrun:http`` for one job (the defaults are the built-in caps)."""
+
+    timeout_ms: int = 30_000
+    body: int = 16 << 20
+    requests: int = 64
+    handles: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("timeout_ms", "body", "requests", "handles"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value > 0, f"network {name} must be a positive integer")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Network:
     """Outbound network grant: host patterns allowed, and address blocks always refused."""
 
-    allow: tuple[str, ...]
+    allow: tuple[str | HttpRule, ...]
     block: tuple[str, ...]
+    secrets: tuple[SecretRef, ...] = ()
+    limits: NetLimits = NetLimits()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -282,12 +322,29 @@ def _job_from_dict(item: dict[str, Any]) -> JobSpec:
             "args": tuple(item["args"]),
             "env": tuple((str(k), str(v)) for k, v in item["env"]),
             "mounts": tuple(Mount(**m) for m in item["mounts"]),
-            "network": None
-            if network is None
-            else Network(allow=tuple(network["allow"]), block=tuple(network["block"])),
+            "network": None if network is None else _network_from_dict(network),
             "limits": Limits(**item["limits"]),
             "needs": tuple(item["needs"]),
             "actions": tuple(item["actions"]),
             "hermetic": None if item.get("hermetic") is None else Hermetic(**item["hermetic"]),
         }
+    )
+
+
+def _network_from_dict(item: dict[str, Any]) -> Network:
+    def rule(entry: str | dict[str, Any]) -> str | HttpRule:
+        if isinstance(entry, str):
+            return entry
+        methods, paths = entry.get("methods"), entry.get("paths")
+        return HttpRule(
+            host=entry["host"],
+            methods=None if methods is None else tuple(methods),
+            paths=None if paths is None else tuple(paths),
+        )
+
+    return Network(
+        allow=tuple(rule(entry) for entry in item["allow"]),
+        block=tuple(item["block"]),
+        secrets=tuple(SecretRef(**secret) for secret in item.get("secrets", ())),
+        limits=NetLimits(**item.get("limits", {})),
     )

@@ -44,6 +44,7 @@ class Outcome:
     stdout_dropped: int = 0
     stderr_dropped: int = 0
     invoke_results: tuple[str, ...] | None = None
+    net_hops: tuple[dict[str, Any], ...] = ()  # one record per sandrun:http hop (runner.egress)
     rss_peak: int | None = None  # the worker process's peak resident memory during the job
 
     def __post_init__(self) -> None:

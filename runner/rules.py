@@ -180,6 +180,8 @@ _POLICY_DENIAL = {
     "modules.max-size": "the module file is larger than the policy's `modules.max_size`",
     "mount.protected": "(at run time) a `rw` mount overlaps the output folder, the cache or the log",
     "network.uncovered": "a job's network allow entry is not covered by the policy's `network.allow`",
+    "network.secret": "a job names a secret the policy's `network.secrets` does not list",
+    "network.limits": "a `network.limits` value cannot be parsed, or a job's is above the policy's",
     "plan.mismatch": "a plan does not match what its manifests and policy compile to now",
     "plan.policy-mismatch": "a plan was not compiled under the policy the operator names (`--policy`)",
     "plan.policy-outside-root": "a plan names a policy outside the root",

@@ -28,6 +28,7 @@ How each limit is enforced (docs/sandbox.md has the user-facing version):
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import math
 import os
@@ -67,6 +68,9 @@ from runner import capi, catalog
 from runner.cache import ModuleCache, Source, default_cache_dir
 from runner.canonical import sha256_hex
 from runner.compiling import CompileBounds, CompileFailed, compile_bounded, new_config
+from runner.egress import abi as http_abi
+from runner.egress.job import egress_for
+from runner.egress.transport import Seam
 from runner.errors import InputError, Location, PolicyDenied
 from runner.hermetic import VirtualWorld
 from runner.plan import JobSpec, Limits, ModuleLimits
@@ -481,6 +485,64 @@ def _poll_oneoff(caller: Caller, in_ptr: int, out_ptr: int, count: int, nevents_
         return _ERRNO_FAULT
 
 
+# --- sandrun:http ---------------------------------------------------------------------------
+
+
+class _CallerMemory:
+    """``http_abi.GuestMemory`` over the calling instance's ``memory`` (a job has one instance).
+    Within one call the guest cannot run, so its memory cannot grow or move: base and size are
+    read once per call that touches memory, and copies go through ``ctypes`` after an explicit
+    bounds check (wasmtime-py's ``read``/``write`` re-read both and clamp silently)."""
+
+    __slots__ = ("_caller", "_base", "_size")
+
+    def __init__(self, caller: Caller) -> None:
+        self._caller = caller
+        self._base = -1  # not looked up yet
+        self._size = 0
+
+    def _look_up(self) -> None:
+        # The export is found once per job (``Caller.get`` costs ~12 µs); base and size per call.
+        session = http_abi.current()
+        memory = session.host_memory if session is not None else None
+        if memory is None:
+            memory = self._caller.get("memory")
+            if session is not None:
+                session.host_memory = memory
+        self._base = 0
+        if isinstance(memory, Memory):
+            self._size = memory.data_len(self._caller)
+            self._base = ctypes.cast(memory.data_ptr(self._caller), ctypes.c_void_p).value or 0
+
+    def size(self) -> int:
+        if self._base < 0:
+            self._look_up()
+        return self._size
+
+    def _check(self, start: int, length: int) -> None:
+        if not (start >= 0 and start + length <= self.size() and self._base):
+            raise ValueError(f"{length} bytes at {start} lie outside the guest's memory")
+
+    def read(self, start: int, stop: int) -> bytes:
+        self._check(start, stop - start)
+        return ctypes.string_at(self._base + start, stop - start)
+
+    def write(self, data: bytes, start: int) -> None:
+        self._check(start, len(data))
+        ctypes.memmove(self._base + start, data, len(data))
+
+
+def _define_http(linker: Linker) -> None:
+    """Link ``sandrun:http`` (docs/http.md); per-job state is the session bound to the job's thread."""
+    i32 = ValType.i32()
+    for name, arity, function in http_abi.FUNCTIONS:
+
+        def host(caller: Caller, *args: int, _function: Any = function) -> int:
+            return int(_function(_CallerMemory(caller), *args))
+
+        linker.define_func(http_abi.MODULE, name, FuncType([i32] * arity, [i32]), host, access_caller=True)
+
+
 # --- engines ----------------------------------------------------------------------------------
 
 
@@ -501,6 +563,7 @@ class _EngineHost:
             _poll_oneoff,
             access_caller=True,
         )
+        _define_http(self.linker)
         self._hermetic: Linker | None = None
         self.tick_ms = tick_ms
         self._jobs: set[_JobState] = set()
@@ -536,6 +599,7 @@ class _EngineHost:
                 self._hermetic = Linker(self.engine)
                 self._hermetic.define_wasi()
                 define_shadows(self._hermetic, _current_world)
+                _define_http(self._hermetic)  # linked like everywhere; a hermetic job has no grant
             return self._hermetic
 
     def register(self, job: _JobState) -> None:
@@ -743,6 +807,7 @@ class Runtime:
         cache_dir: Path | None = None,
         memory_cache_entries: int = 64,
         tick_ms: int = 10,
+        egress_seam: Seam | None = None,
         modules: ModuleLimits | None = None,
     ) -> None:
         if tick_ms <= 0:
@@ -752,6 +817,7 @@ class Runtime:
         self.cache = ModuleCache(self.cache_dir, memory_entries=memory_cache_entries)
         self._protected = (self.cache_dir.resolve(),)
         self._tick_ms = tick_ms
+        self.egress_seam = egress_seam  # where sandrun:http resolves and dials (tests inject one)
         self._engines: dict[EngineKey, _EngineHost] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -936,8 +1002,11 @@ class Runtime:
         capi.set_epoch_callback(store, _on_epoch_deadline)
         host.register(state)
         _current.job = state
+        deadline_s = state.deadline_ns / 1e9
+        net = http_abi.Session(lambda: egress_for(job, self.egress_seam, deadline=deadline_s, cancel=cancel))
         try:
-            ending, peak = _execute(job, store, host.linker_for(job), module)
+            with http_abi.bound(net):
+                ending, peak = _execute(job, store, host.linker_for(job), module)
         finally:
             _current.job = None
             host.unregister(state)
@@ -966,6 +1035,7 @@ class Runtime:
             stdout_dropped=stdout_dropped,
             stderr_dropped=stderr_dropped,
             invoke_results=ending.results,
+            net_hops=net.hops,
         )
 
     def _grant_files(

@@ -50,6 +50,7 @@ from multiprocessing.reduction import recv_handle, send_handle
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from runner.egress.transport import Seam
 from runner.errors import InputError, PolicyDenied, SandrunError
 from runner.plan import JobSpec, Limits, Plan
 from runner.results import Outcome
@@ -147,6 +148,7 @@ class _Setup:
     cache_dir: str
     thread_stack: int
     passthrough: bool
+    egress: Seam | None = None  # sandrun:http's test seam (picklable resolver and connector)
 
 
 class _Pool:
@@ -163,6 +165,7 @@ class _Pool:
             cache_dir=str(runtime.cache_dir),
             thread_stack=max(stack, _MIN_THREAD_STACK),
             passthrough=passthrough,
+            egress=runtime.egress_seam,
         )
         self._modules: dict[ModuleKey, bytes] = {}
         self._lock = threading.Lock()
@@ -435,7 +438,7 @@ def _name_process(name: bytes) -> None:
 
 def _job_loop(conn: _Channel, setup: _Setup) -> None:
     global _active_cancel
-    runtime = Runtime(cache_dir=Path(setup.cache_dir))
+    runtime = Runtime(cache_dir=Path(setup.cache_dir), egress_seam=setup.egress)
     bounds = _Bounds()
     root = Path(setup.root)
     try:

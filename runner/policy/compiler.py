@@ -16,6 +16,7 @@ import fnmatch
 import functools
 import graphlib
 import hashlib
+import logging
 import os
 import posixpath
 import re
@@ -26,12 +27,15 @@ from typing import Any, Literal
 
 from runner import catalog
 from runner.canonical import canonical_digest
+from runner.egress.rules import AllowEntry, blocked_entirely
+from runner.egress.urls import UrlError
 from runner.errors import SandrunError, Violation, error_for
 from runner.hermetic import settings as hermetic_settings
-from runner.hosts import CoverIndex, HostPatternError, parse_host_pattern
+from runner.hosts import CoverIndex, HostPatternError
 from runner.plan import (
     DEFAULT_DISK,
     Hermetic,
+    HttpRule,
     InputFile,
     JobSpec,
     Limits,
@@ -39,11 +43,12 @@ from runner.plan import (
     Network,
     Plan,
     PolicyRef,
+    SecretRef,
     Tool,
 )
 from runner.policy.gitstate import policy_commit
 from runner.policy.governance import Grants, score
-from runner.policy.model import LimitValues, Policy, parse_limits
+from runner.policy.model import LimitValues, Policy, parse_limits, parse_net_limits, secret_key
 from runner.signing import verify_module_digest
 from runner.source import Document
 from runner.units import format_duration, format_size
@@ -86,8 +91,18 @@ class _Compilation:
 
     @functools.cached_property
     def network_allow(self) -> CoverIndex:
-        """The policy's network.allow, indexed once: each job entry is checked against a few."""
-        return CoverIndex(self.policy.network_allow)
+        """The policy's plain (not narrowed) network.allow entries, indexed once: each job entry
+        is checked against a few."""
+        return CoverIndex(
+            e.pattern for e in self.policy.network_entries if e.methods is None and e.paths is None
+        )
+
+    def covers(self, inner: AllowEntry) -> bool:
+        """Does one policy allow entry admit everything ``inner`` admits (methods and paths too)?"""
+        if self.network_allow.covers(inner.pattern):
+            return True
+        narrowed = (e for e in self.policy.network_entries if e.methods is not None or e.paths is not None)
+        return any(inner.covered_by(outer) for outer in narrowed)
 
     def relative(self, path: Path) -> str:
         """``path`` relative to the root, POSIX separators; the plan stores nothing absolute."""
@@ -666,22 +681,66 @@ class _ManifestCompiler:
         if data is None:
             return None
         policy = self.state.policy
-        for index, text in enumerate(data.get("allow", [])):
+        block = list(dict.fromkeys([*data.get("block", []), *policy.network_block]))
+        allow: list[str | HttpRule] = []
+        for index, entry in enumerate(data.get("allow", [])):
             where = f"{pointer}/network/allow/{index}"
             try:
-                pattern = parse_host_pattern(text)
+                inner = AllowEntry.parse(entry)
             except HostPatternError as exc:
                 self.deny("network.pattern", str(exc), where)
                 continue
-            if not self.state.network_allow.covers(pattern):
+            if not self.state.covers(inner):
                 self.deny(
                     "network.uncovered",
-                    f"{text!r} is not covered by the policy's network.allow "
-                    f"{[p.text for p in policy.network_allow]}",
+                    f"{_entry_text(entry)} is not covered by the policy's network.allow "
+                    f"{[_entry_text(e) for e in policy.document.data.get('network', {}).get('allow', [])]}",
                     where,
                 )
-        block = list(dict.fromkeys([*data.get("block", []), *policy.network_block]))
-        return Network(allow=tuple(data.get("allow", [])), block=tuple(block))
+            blocker = blocked_entirely(inner.pattern, block)
+            if blocker is not None:
+                self.warn(
+                    "network.unreachable",
+                    f"{inner.pattern.text} can never succeed: every address it admits is blocked "
+                    f"by {blocker!r}",
+                    where,
+                )
+            allow.append(entry if isinstance(entry, str) else _http_rule(entry))
+        secrets = []
+        for index, entry in enumerate(data.get("secrets", [])):
+            where = f"{pointer}/network/secrets/{index}"
+            try:
+                key = secret_key(entry)
+            except UrlError as exc:
+                self.deny("network.secret", exc.message, where + "/origin")
+                continue
+            if key not in policy.network_secrets:
+                self.deny(
+                    "network.secret",
+                    f"secret {entry['value_from']['env']} for {entry['header']} on {entry['origin']} is not "
+                    "allowed by the policy's network.secrets",
+                    where,
+                )
+                continue
+            origin = "{}://{}:{}".format(*key[0])
+            secrets.append(
+                SecretRef(origin=origin, header=entry["header"], env=key[2], format=entry.get("format", "{}"))
+            )
+        problems: list[Violation] = []
+        limits = parse_net_limits(
+            self.document,
+            f"{pointer}/network/limits",
+            data.get("limits", {}),
+            policy.network_limits,
+            problems,
+        )
+        for problem in problems:
+            self.state.violations.append(problem)
+        return Network(allow=tuple(allow), block=tuple(block), secrets=tuple(secrets), limits=limits)
+
+    def warn(self, rule_id: str, message: str, pointer: str) -> None:
+        """A finding that denies nothing: logged (stderr in the CLI) as ``file:line:col: /ptr [rule] ...``."""
+        _log.warning("%s", Violation(rule_id, message, self.document.locate(pointer)).render())
 
     def check_needs(self, names: dict[str, int]) -> None:
         graph: dict[str, list[str]] = {}
@@ -755,3 +814,19 @@ def compile_plan(
 def denial_error(violations: list[Violation]) -> SandrunError:
     """The error for a mix of problems: invalid input (exit 2) wins over policy denials (exit 3)."""
     return error_for(violations)
+
+
+_log = logging.getLogger("sandrun.compile")
+
+
+def _entry_text(entry: str | dict[str, Any]) -> str:
+    return repr(entry) if isinstance(entry, str) else f"{entry.get('host')!r} (methods/paths narrowed)"
+
+
+def _http_rule(entry: dict[str, Any]) -> HttpRule:
+    methods, paths = entry.get("methods"), entry.get("paths")
+    return HttpRule(
+        host=entry["host"],
+        methods=None if methods is None else tuple(methods),
+        paths=None if paths is None else tuple(paths),
+    )

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from runner.canonical import canonical_digest
+from runner.egress.rules import AllowEntry
+from runner.egress.urls import UrlError, parse_url
 from runner.errors import InputError, Violation
-from runner.hosts import HostPattern, HostPatternError, parse_block_entry, parse_host_pattern
-from runner.plan import ModuleLimits
+from runner.hosts import HostPattern, HostPatternError, parse_block_entry
+from runner.plan import ModuleLimits, NetLimits
 from runner.signing import KeyFileError, PublicKey, parse_public_key, public_key_raw
 from runner.source import Document
 from runner.units import UnitError, parse_duration, parse_size
@@ -77,6 +79,9 @@ class Policy:
     write_roots: tuple[Path, ...]
     network_allow: tuple[HostPattern, ...]
     network_block: tuple[str, ...]
+    network_entries: tuple[AllowEntry, ...] = ()  # network_allow with their methods and paths
+    network_secrets: frozenset[tuple[tuple[str, str, int], str, str]] = frozenset()  # origin, header, env
+    network_limits: NetLimits = NetLimits()  # defaults and caps of every job's sandrun:http bounds
     actions_allow: tuple[str, ...]
     actions_deny: tuple[str, ...]
     max_score: float | None
@@ -194,10 +199,10 @@ def policy_from_document(document: Document, root: Path) -> Policy:
     max_limits = parse_limits(document, "/limits/max", limits.get("max", {}), problems)
 
     network = data.get("network", {})
-    allow: list[HostPattern] = []
+    entries: list[AllowEntry] = []
     for index, text in enumerate(network.get("allow", [])):
         try:
-            allow.append(parse_host_pattern(text))
+            entries.append(AllowEntry.parse(text))
         except HostPatternError as exc:
             problems.append(
                 Violation("network.pattern", str(exc), document.locate(f"/network/allow/{index}"))
@@ -209,6 +214,18 @@ def policy_from_document(document: Document, root: Path) -> Policy:
             problems.append(
                 Violation("network.pattern", str(exc), document.locate(f"/network/block/{index}"))
             )
+
+    secrets = set()
+    for index, entry in enumerate(network.get("secrets", [])):
+        try:
+            secrets.add(secret_key(entry))
+        except UrlError as exc:
+            where = document.locate(f"/network/secrets/{index}/origin")
+            problems.append(Violation("network.secret", exc.message, where))
+
+    net_limits = parse_net_limits(
+        document, "/network/limits", network.get("limits", {}), NetLimits(), problems
+    )
 
     modules = _parse_modules(document, data.get("modules", {}), problems)
 
@@ -235,8 +252,11 @@ def policy_from_document(document: Document, root: Path) -> Policy:
         max_limits=max_limits,
         roots=roots,
         write_roots=write_roots,
-        network_allow=tuple(allow),
+        network_allow=tuple(entry.pattern for entry in entries),
         network_block=tuple(network.get("block", [])),
+        network_entries=tuple(entries),
+        network_secrets=frozenset(secrets),
+        network_limits=net_limits,
         actions_allow=tuple(actions.get("allow", [])),
         actions_deny=tuple(actions.get("deny", [])),
         max_score=governance.get("max_score"),
@@ -244,3 +264,53 @@ def policy_from_document(document: Document, root: Path) -> Policy:
         max_engines=data.get("modules", {}).get("max_engines", DEFAULT_MAX_ENGINES),
         hermetic_required=bool(data.get("hermetic", {}).get("required", False)),
     )
+
+
+def secret_key(entry: dict[str, Any]) -> tuple[tuple[str, str, int], str, str]:
+    """What must match between a job's secret and the policy's: origin, header (any case), variable.
+
+    Raises :class:`~runner.egress.urls.UrlError` for an origin that is not ``http(s)://host[:port]``.
+    """
+    url = parse_url(entry["origin"])
+    if url.target != "/" or entry["origin"].rstrip("/").count("/") > 2:
+        raise UrlError("url.path", f"an origin is scheme://host[:port], without a path: {entry['origin']!r}")
+    return url.origin, entry["header"].lower(), entry["value_from"]["env"]
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected a whole number, not {value!r}")
+    return value
+
+
+_NET_LIMITS: dict[str, tuple[str, Callable[[object], int]]] = {
+    "timeout": ("timeout_ms", parse_duration),
+    "body": ("body", parse_size),
+    "requests": ("requests", _count),
+    "handles": ("handles", _count),
+}
+
+
+def parse_net_limits(
+    document: Document, pointer: str, data: dict[str, Any], caps: NetLimits, problems: list[Violation]
+) -> NetLimits:
+    """``network.limits`` over ``caps``: each value given must not exceed its cap (rule
+    ``network.limits``); a value not given is the cap itself."""
+    values: dict[str, int] = {}
+    for key, (name, parse) in _NET_LIMITS.items():
+        if key not in data:
+            continue
+        try:
+            value = parse(data[key])
+        except (UnitError, ValueError, TypeError) as exc:
+            problems.append(Violation("network.limits", str(exc), document.locate(f"{pointer}/{key}")))
+            continue
+        cap = getattr(caps, name)
+        if value <= 0 or value > cap:
+            where = document.locate(f"{pointer}/{key}")
+            problems.append(
+                Violation("network.limits", f"{key} must be 1..{cap} ({data[key]!r} given)", where)
+            )
+            continue
+        values[name] = value
+    return replace(caps, **values)

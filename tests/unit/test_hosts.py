@@ -46,8 +46,8 @@ ACCEPTED = [
     ("https://*.Example.ORG.", "https://*.example.org"),
     ("https://*.com", "https://*.com"),
     ("https://example.org:8000..8999", "https://example.org:8000..8999"),
-    ("https://example.org:8443..8443", "https://example.org:8443"),
-    ("https://example.org:1..65535", "https://example.org:*"),
+    ("https://example.org:8443..8444", "https://example.org:8443"),
+    ("https://example.org:1..65535", "https://example.org:1..65535"),
     ("https://localhost", "https://localhost"),
     ("https://_dmarc.example.org", "https://_dmarc.example.org"),
     ("https://xn--bcher-kva.de", "https://xn--bcher-kva.de"),
@@ -169,6 +169,7 @@ REJECTED = [
     ("https://a.com:99999999999999999999", "port.range"),
     ("https://a.com:0..5", "port.range"),
     ("https://a.com:5..3", "port.range"),
+    ("https://a.com:5..5", "port.range"),  # a..b excludes b: empty
     ("https://a.com:1..65536", "port.range"),
     ("https://a.com:80:90", "host.ipv6"),
     ("foo://a.com", "port.default"),
@@ -212,7 +213,7 @@ def test_parsed_fields() -> None:
         "suffix",
         "example.org",
         None,
-        (8000, 8999),
+        (8000, 8998),  # 8000..8999 excludes 8999
     )
     assert p("*://h.example").ports is None  # any scheme on its usual port
     assert p("https://h.example").ports == (443, 443)
@@ -272,7 +273,8 @@ MATCHES = [
     ("*://h.example:443", "http", "h.example", 443, True),
     ("*://h.example:443", "http", "h.example", None, False),
     ("https://h.example:8000..8999", "https", "h.example", 8000, True),
-    ("https://h.example:8000..8999", "https", "h.example", 8999, True),
+    ("https://h.example:8000..8999", "https", "h.example", 8998, True),
+    ("https://h.example:8000..8999", "https", "h.example", 8999, False),  # the end is excluded
     ("https://h.example:8000..8999", "https", "h.example", 9000, False),
     ("https://h.example:8000..8999", "https", "h.example", 7999, False),
     ("https://10.0.0.0/8", "https", "10.255.255.255", None, True),
@@ -319,7 +321,8 @@ COVERS = [
     ("https://api.example.org", "https://API.EXAMPLE.ORG.", True),
     ("https://api.example.org", "https://*.api.example.org", False),
     ("https://api.example.org", "https://api.example.org:443", True),
-    ("https://api.example.org", "https://api.example.org:443..444", False),
+    ("https://api.example.org", "https://api.example.org:443..445", False),
+    ("https://api.example.org", "https://api.example.org:443..444", True),  # only 443
     ("*://*", "https://anything.example", True),
     ("*://*", "*://*", True),
     ("*://*", "redis://h.example", True),
@@ -366,7 +369,8 @@ COVERS = [
     ("*://h", "redis://h", True),
     ("*://h", "foo://h:80", False),
     ("*://h", "*://h:443", False),
-    ("*://h:80..443", "https://h", True),
+    ("*://h:80..444", "https://h", True),
+    ("*://h:80..443", "https://h", False),  # 443 is the excluded end
     ("*://h:80..443", "*://h", False),
     ("redis://h", "redis://h:6379", True),
     ("foo://h:1..100", "foo://h:50", True),
@@ -492,7 +496,9 @@ pattern_ports = st.one_of(
     st.just(""),
     st.just(":*"),
     port_numbers.map(lambda n: f":{n}"),
-    st.tuples(port_numbers, port_numbers).map(lambda t: f":{min(t)}..{max(t)}"),
+    st.tuples(port_numbers, port_numbers)
+    .filter(lambda t: t[0] != t[1])
+    .map(lambda t: f":{min(t)}..{max(t)}"),
 )
 pattern_schemes = st.sampled_from(["*", "http", "https", "ws", "redis", "foo"])
 

@@ -87,7 +87,7 @@ def test_every_schema_keyword_has_a_rule_of_its_own() -> None:
     for kind in ("manifest", "policy"):
         walk(json.loads((PACKAGE / "schema" / f"{kind}.schema.json").read_text(encoding="utf-8")))
     structural = {"$defs", "$id", "$ref", "$schema", "description", "title", "examples", "default"}
-    structural |= {"properties", "items", "if", "then", "propertyNames", "additionalProperties"}
+    structural |= {"properties", "items", "if", "then", "else", "propertyNames", "additionalProperties"}
     for keyword in sorted(keywords - structural):
         assert _rule_id(keyword) != "schema.invalid", keyword
 

@@ -1,0 +1,85 @@
+"""The SSRF table against the egress layer itself: table-driven DNS, every dial recorded and sent
+to a loopback server. Each refusal names its rule; each control must really get a response."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
+
+import pytest
+from netkit import RecordingConnector, TableResolver, http_server
+from ssrf_cases import CASES, DNS, OK, Case
+
+from runner.egress import Egress, EgressError, Grant, Request, Seam
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ThreadingHTTPServer]:
+    with http_server() as running:
+        yield running
+
+
+def _run(case: Case, server: ThreadingHTTPServer) -> tuple[str, Egress, RecordingConnector]:
+    connector = RecordingConnector(server.server_address[1])
+    seam = Seam(resolver=TableResolver(dict(DNS)), connector=connector)
+    egress = Egress(Grant.from_plan(case.allow, case.block), seam=seam)
+    request = Request(url=case.url, method=case.method, redirects=case.redirects, timeout_s=10)
+    try:
+        response = egress.request(request)
+    except EgressError as exc:
+        return exc.rule, egress, connector
+    assert response.status == _status(case), response
+    return OK, egress, connector
+
+
+def _status(case: Case) -> int:
+    """A control gets 200, or the redirect itself when it does not ask to follow it."""
+    return 302 if "/redirect?" in case.url and case.redirects == 0 else 200
+
+
+def test_the_table_is_big_and_has_controls() -> None:
+    assert len(CASES) >= 60
+    assert len({case.id for case in CASES}) == len(CASES)
+    assert sum(case.expect == OK for case in CASES) >= 8
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_ssrf_case(case: Case, server: ThreadingHTTPServer) -> None:
+    verdict, egress, connector = _run(case, server)
+    assert verdict == case.expect
+    # every dial went to an address that was checked and recorded as pinned, never elsewhere
+    pinned = [(hop["pinned"], hop["verdict"]) for hop in egress.hops if hop["pinned"] is not None]
+    assert [address for address, _ in connector.dials] == [address for address, _ in pinned if _ != "denied"]
+    last = egress.hops[-1]
+    if case.expect == OK:
+        assert last["verdict"] == "allowed" and last["status"] == _status(case)
+    else:
+        assert last["verdict"] in ("denied", "failed") and last["rule"] == case.expect
+
+
+def test_rebinding_cannot_switch_the_pinned_address(server: ThreadingHTTPServer) -> None:
+    # The name answers a public address first and loopback afterwards: one lookup per hop, and
+    # the dial goes to the address that lookup returned.
+    connector = RecordingConnector(server.server_address[1])
+    resolver = TableResolver({"rebind.example.org": [["93.184.216.42"], ["127.0.0.1"]]})
+    egress = Egress(Grant.from_plan(["http://*.example.org"], ["private"]), seam=Seam(resolver, connector))
+    egress.request(Request(url="http://rebind.example.org/ok"))
+    assert connector.dials == [("93.184.216.42", 80)]
+    assert resolver.asked == ["rebind.example.org"]
+    with pytest.raises(EgressError) as caught:
+        egress.request(Request(url="http://rebind.example.org/ok"))
+    assert caught.value.rule == "net.blocked"
+    assert connector.dials == [("93.184.216.42", 80)]
+
+
+def test_fail_closed_records_every_answer(server: ThreadingHTTPServer) -> None:
+    connector = RecordingConnector(server.server_address[1])
+    egress = Egress(
+        Grant.from_plan(["http://*.example.org"], ["private"]), seam=Seam(TableResolver(dict(DNS)), connector)
+    )
+    with pytest.raises(EgressError):
+        egress.request(Request(url="http://mixed.example.org/ok"))
+    (hop,) = egress.hops
+    assert hop["addresses"] == ["93.184.216.41", "10.0.0.6"]
+    assert hop["pinned"] is None and hop["rule"] == "net.blocked"
+    assert connector.dials == []
