@@ -117,8 +117,8 @@ class Tool:
     def __post_init__(self) -> None:
         _require(bool(_SHA256.fullmatch(self.sha256)), f"bad sha256 for tool {self.name}")
         _require(
-            self.module.startswith("builtin:") or _is_relative_posix(self.module),
-            f"module path must be relative: {self.module!r}",
+            self.module.startswith("builtin:") or _is_relative_posix(self.module.lstrip("/")),
+            f"module path must be relative, or absolute without '..': {self.module!r}",
         )
 
 

@@ -54,6 +54,7 @@ class _Compilation:
     violations: list[Violation] = field(default_factory=list)
     inputs: dict[str, str] = field(default_factory=dict)
     engines: dict[tuple[bool, int], str] = field(default_factory=dict)  # configuration -> first job
+    named_module: Path | None = None  # ``sandrun exec``'s module: the user's own choice, root or not
 
     def deny(
         self,
@@ -171,6 +172,14 @@ class _ManifestCompiler:
             return None
         return path
 
+    def resolve_module(self, text: str, pointer: str) -> Path | None:
+        """A tool's module: inside the root, unless it is the one a user named on the command line
+        (``sandrun exec``), which may be anywhere; the plan pins its digest either way."""
+        named = self.state.named_module
+        if named is not None and (self.directory / text).resolve() == named:
+            return named
+        return self.resolve(text, pointer, "tool.module")
+
     # -- tools -------------------------------------------------------------------------------
     def check_tools(self) -> None:
         for name, spec in self.data.get("tools", {}).items():
@@ -188,7 +197,7 @@ class _ManifestCompiler:
                 pointer + "/module",
             )
             return None
-        path = self.resolve(module_text, pointer + "/module", "tool.module")
+        path = self.resolve_module(module_text, pointer + "/module")
         if path is None:
             return None
         if not path.is_file():
@@ -245,7 +254,7 @@ class _ManifestCompiler:
         return Tool(
             manifest=self.name,
             name=name,
-            module=self.state.relative(path),
+            module=self.state.input_key(path),
             sha256=digest,
             version=spec.get("version"),
             signer=signer or None,
@@ -406,8 +415,8 @@ class _ManifestCompiler:
                 value = getattr(policy.default_limits, attribute)
             if value is None:
                 value = getattr(BUILTIN_LIMITS, attribute)
-            if value is None and cap is not None:
-                value = cap
+            if value is None and cap is not None and field_name != "fuel":
+                value = cap  # fuel is metered only when a job or the policy's default asks for it
             if value is not None and cap is not None and value > cap:
                 where = f"{pointer}/limits/{field_name}" if field_name in data else f"{pointer}"
                 self.deny(
@@ -567,14 +576,25 @@ class _ManifestCompiler:
 
 
 def compile_plan(
-    manifests: list[Document], policy: Policy, root: Path, *, today: dt.date | None = None
+    manifests: list[Document],
+    policy: Policy,
+    root: Path,
+    *,
+    today: dt.date | None = None,
+    named_module: Path | None = None,
 ) -> Plan:
     """Check every manifest against ``policy``; return the plan or raise with every denial.
+
+    ``named_module`` is a module file the user named on the command line (``sandrun exec``): it
+    may lie outside the root, as ``wasmtime run`` would accept it; mounts and stdin stay checked.
 
     Raises :func:`~runner.errors.error_for` of every violation found (exit 2 or 3, as the rules say).
     """
     state = _Compilation(
-        root=root.resolve(), policy=policy, today=today or dt.datetime.now(dt.timezone.utc).date()
+        root=root.resolve(),
+        policy=policy,
+        today=today or dt.datetime.now(dt.timezone.utc).date(),
+        named_module=None if named_module is None else named_module.resolve(),
     )
     policy_path = Path(policy.path).resolve()
     state.record_input(policy_path, policy.document.sha256)
