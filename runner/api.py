@@ -472,6 +472,7 @@ def _plan_record(plan: Plan, plan_sha256: str, operator_policy: Path | None) -> 
         },
         "inputs": [{"path": i.path, "sha256": i.sha256} for i in plan.inputs],
         "jobs": [job.id for job in plan.jobs],
+        "wasm_features": list(plan.wasm_features),
     }
 
 

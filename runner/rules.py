@@ -101,6 +101,7 @@ _INVALID_INPUT = {
     "policy.key-duplicate": "(in the policy) a trusted key id is listed twice",
     "policy.key-invalid": "(in the policy) a trusted key or its `not_after` cannot be parsed",
     "policy.root-invalid": "(in the policy) an `fs` root folder cannot be resolved (a symlink loop)",
+    "policy.wasm-feature-unsupported": "(in the policy) `wasm_features` keeps a proposal the engine lacks",
     "root.missing": "the root folder cannot be opened",
     "schema.any-of": "a value matches none of the forms its field allows",
     "schema.const": "a value is not the one its field requires",
@@ -173,6 +174,7 @@ _POLICY_DENIAL = {
     "stdin.outside-roots": "the stdin file is outside every `fs.roots` entry of the policy",
     "tool.digest": "the module's bytes do not have the manifest's `sha256`",
     "tool.module.outside-root": "the module file resolves (symlinks followed) outside the root",
+    "tool.module.wasm-feature": "the module needs a WebAssembly proposal the policy denies",
     "tool.revoked": "the module's digest is in `signatures.revoked`",
 }
 

@@ -68,6 +68,7 @@ from runner.cache import ModuleCache, Source, default_cache_dir
 from runner.canonical import sha256_hex
 from runner.compiling import CompileBounds, CompileFailed, compile_bounded, new_config
 from runner.errors import InputError, Location, PolicyDenied
+from runner.features import enabled
 from runner.plan import JobSpec, Limits, ModuleLimits
 from runner.results import Outcome, TrapKind
 from runner.wasmfile import not_wasm_reason
@@ -92,6 +93,9 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _THREAD_STACK_MARGIN = 1 << 20
 
 
+_FEATURES_TAG = ".".join(enabled())  # the engine's proposals: compiled code is valid for these only
+
+
 @dataclass(frozen=True, slots=True)
 class EngineKey:
     """What makes compiled code and engines differ: fuel metering and the WASM stack limit."""
@@ -106,7 +110,7 @@ class EngineKey:
     @property
     def tag(self) -> str:
         """A stable text form, part of the module cache key."""
-        return f"epoch=1,fuel={int(self.fuel)},stack={self.stack}"
+        return f"epoch=1,fuel={int(self.fuel)},stack={self.stack},wasm={_FEATURES_TAG}"
 
 
 ModuleKey = tuple[str, bool, int]  # module sha256, fuel metering, max_wasm_stack

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from runner.canonical import canonical_digest
 from runner.errors import SandrunError, Violation, error_for
+from runner.features import enabled
 from runner.hosts import CoverIndex, HostPatternError, parse_host_pattern
 from runner.plan import DEFAULT_DISK, InputFile, JobSpec, Limits, Mount, Network, Plan, PolicyRef, Tool
 from runner.policy.gitstate import policy_commit
@@ -180,6 +181,35 @@ class _ManifestCompiler:
             return named
         return self.resolve(text, pointer, "tool.module")
 
+    def check_features(self, data: bytes, pointer: str) -> bool:
+        """Rule ``tool.module.wasm-feature``: the module validates with only the proposals the
+        policy leaves on. (A module invalid even with all of the engine's is left to the run.)"""
+        from wasmtime import Config, Engine, Module, WasmtimeError
+
+        from runner.features import ENGINE_FEATURES
+
+        def problem(denied: frozenset[str]) -> str | None:
+            config = Config()
+            for name, on in ENGINE_FEATURES.items():
+                setattr(config, f"wasm_{name}", on and name not in denied)
+            try:
+                Module.validate(Engine(config), data)
+            except WasmtimeError as exc:
+                return str(exc).splitlines()[0]
+            return None
+
+        denied = self.state.policy.denied_features
+        refused = problem(denied)
+        if refused is None or problem(frozenset()) is not None:
+            return True
+        self.deny(
+            "tool.module.wasm-feature",
+            f"the module needs a WebAssembly proposal the policy denies ({', '.join(sorted(denied))}): "
+            f"{refused}",
+            pointer,
+        )
+        return False
+
     # -- tools -------------------------------------------------------------------------------
     def check_tools(self) -> None:
         for name, spec in self.data.get("tools", {}).items():
@@ -220,6 +250,8 @@ class _ManifestCompiler:
         if reason is not None:
             self.deny("tool.module.not-wasm", f"{module_text!r} {reason}", pointer + "/module")
             return None
+        if policy.denied_features and not self.check_features(data, pointer + "/module"):
+            ok = False
         if digest != canonical_digest(spec["sha256"]):
             self.deny(
                 "tool.digest",
@@ -628,6 +660,7 @@ def compile_plan(
             git_commit=policy_commit(policy_path),
         ),
         inputs=tuple(InputFile(path=p, sha256=d) for p, d in sorted(state.inputs.items())),
+        wasm_features=enabled(policy.denied_features),
         manifests=tuple(state.input_key(Path(d.path).resolve()) for d in manifests),
         tools=tuple(tools),
         jobs=tuple(jobs),

@@ -377,7 +377,7 @@ def _generated_check(kind: SchemaKind) -> Callable[..., Any] | None:
     except ImportError:
         return None
     digest = hashlib.sha256(schema_text(kind).encode("utf-8")).hexdigest()
-    if module.SCHEMA_SHA256 != digest or module.VERSION != VERSION:
+    if digest != module.SCHEMA_SHA256 or module.VERSION != VERSION:
         return None
     check: Callable[..., Any] = module.CHECK
     return check
@@ -391,7 +391,7 @@ def _fast_check(kind: SchemaKind) -> Callable[[Any], bool]:
     formats = {name: _format_test(parse) for name, parse in _FORMAT_PARSERS.items()}
     generated = _generated_check(kind)
     if generated is not None:
-        check = functools.partial(generated, custom_formats=formats)
+        check: Callable[..., Any] = functools.partial(generated, custom_formats=formats)
     else:
         check = fastjsonschema.compile(
             _fast_definition(kind),

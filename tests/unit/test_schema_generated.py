@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parents[2] / "runner" / "schema"
 def test_the_committed_check_was_generated_from_the_shipped_schema(kind: str) -> None:
     module = importlib.import_module(f"runner.schema._fast_{kind}")
     digest = hashlib.sha256(schema_text(kind).encode("utf-8")).hexdigest()  # type: ignore[arg-type]
-    assert module.SCHEMA_SHA256 == digest, "schema changed: run `python -m runner.schema`"
+    assert digest == module.SCHEMA_SHA256, "schema changed: run `python -m runner.schema`"
     if module.VERSION == fastjsonschema.VERSION:  # another version generates other (equal) code
         committed = (HERE / f"_fast_{kind}.py").read_text(encoding="utf-8")
         assert committed == fast_check_code(kind), "stale: run `python -m runner.schema`"  # type: ignore[arg-type]
