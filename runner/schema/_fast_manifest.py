@@ -266,6 +266,8 @@ def validate_https___sandrun_dev_schema_v1_manifest_json___defs_duration(data, c
     if isinstance(data, str):
         if not REGEX_PATTERNS['^(?:0|[1-9][0-9]*)(?:\\.[0-9]+)?(?:ms|s|m|h)(?![\\s\\S])'].search(data):
             raise JsonSchemaValueException("" + (name_prefix or "data") + " must match pattern ^(?:0|[1-9][0-9]*)(?:\\.[0-9]+)?(?:ms|s|m|h)(?![\\s\\S])", value=data, name="" + (name_prefix or "data") + "", definition={'type': 'string', 'title': 'Duration', 'description': 'A number with a unit ms, s, m or h and no space, e.g. 500ms, 30s, 1.5m; at most 168h.', 'pattern': '^(?:0|[1-9][0-9]*)(?:\\.[0-9]+)?(?:ms|s|m|h)(?![\\s\\S])', 'format': 'sandrun-duration', 'examples': ['30s', '500ms', '10m']}, rule='pattern')
+        if not custom_formats["sandrun-duration"](data):
+            raise JsonSchemaValueException("" + (name_prefix or "data") + " must be sandrun-duration", value=data, name="" + (name_prefix or "data") + "", definition={'type': 'string', 'title': 'Duration', 'description': 'A number with a unit ms, s, m or h and no space, e.g. 500ms, 30s, 1.5m; at most 168h.', 'pattern': '^(?:0|[1-9][0-9]*)(?:\\.[0-9]+)?(?:ms|s|m|h)(?![\\s\\S])', 'format': 'sandrun-duration', 'examples': ['30s', '500ms', '10m']}, rule='format')
     return data
 
 def validate_https___sandrun_dev_schema_v1_manifest_json___defs_size(data, custom_formats={}, name_prefix=None):
@@ -274,6 +276,8 @@ def validate_https___sandrun_dev_schema_v1_manifest_json___defs_size(data, custo
     if isinstance(data, str):
         if not REGEX_PATTERNS['^(?:0|[1-9][0-9]*)(?:\\.[0-9]+)?(?: ?(?:B|KiB|MiB|GiB|TiB|KB|MB|GB|TB))?(?![\\s\\S])'].search(data):
             raise JsonSchemaValueException("" + (name_prefix or "data") + " must match pattern ^(?:0|[1-9][0-9]*)(?:\\.[0-9]+)?(?: ?(?:B|KiB|MiB|GiB|TiB|KB|MB|GB|TB))?(?![\\s\\S])", value=data, name="" + (name_prefix or "data") + "", definition={'type': ['integer', 'string'], 'title': 'Size', 'description': 'Bytes as an integer, or a number with a unit: B, KiB, MiB, GiB, TiB (1024-based) or KB, MB, GB, TB (1000-based), e.g. 64MiB or 512 KiB; at most 1TiB.', 'minimum': 1, 'maximum': 1099511627776, 'pattern': '^(?:0|[1-9][0-9]*)(?:\\.[0-9]+)?(?: ?(?:B|KiB|MiB|GiB|TiB|KB|MB|GB|TB))?(?![\\s\\S])', 'format': 'sandrun-size', 'examples': ['64MiB', '512KiB', '1GiB']}, rule='pattern')
+        if not custom_formats["sandrun-size"](data):
+            raise JsonSchemaValueException("" + (name_prefix or "data") + " must be sandrun-size", value=data, name="" + (name_prefix or "data") + "", definition={'type': ['integer', 'string'], 'title': 'Size', 'description': 'Bytes as an integer, or a number with a unit: B, KiB, MiB, GiB, TiB (1024-based) or KB, MB, GB, TB (1000-based), e.g. 64MiB or 512 KiB; at most 1TiB.', 'minimum': 1, 'maximum': 1099511627776, 'pattern': '^(?:0|[1-9][0-9]*)(?:\\.[0-9]+)?(?: ?(?:B|KiB|MiB|GiB|TiB|KB|MB|GB|TB))?(?![\\s\\S])', 'format': 'sandrun-size', 'examples': ['64MiB', '512KiB', '1GiB']}, rule='format')
     if isinstance(data, (int, float, Decimal)) and not isinstance(data, bool):
         if data < 1:
             raise JsonSchemaValueException("" + (name_prefix or "data") + " must be bigger than or equal to 1", value=data, name="" + (name_prefix or "data") + "", definition={'type': ['integer', 'string'], 'title': 'Size', 'description': 'Bytes as an integer, or a number with a unit: B, KiB, MiB, GiB, TiB (1024-based) or KB, MB, GB, TB (1000-based), e.g. 64MiB or 512 KiB; at most 1TiB.', 'minimum': 1, 'maximum': 1099511627776, 'pattern': '^(?:0|[1-9][0-9]*)(?:\\.[0-9]+)?(?: ?(?:B|KiB|MiB|GiB|TiB|KB|MB|GB|TB))?(?![\\s\\S])', 'format': 'sandrun-size', 'examples': ['64MiB', '512KiB', '1GiB']}, rule='minimum')
@@ -321,6 +325,8 @@ def validate_https___sandrun_dev_schema_v1_manifest_json___defs_blockentry(data,
     if isinstance(data, str):
         if not REGEX_PATTERNS['^(?:private|loopback|link-local|[0-9A-Fa-f:.]+(?:/[0-9]{1,3})?)(?![\\s\\S])'].search(data):
             raise JsonSchemaValueException("" + (name_prefix or "data") + " must match pattern ^(?:private|loopback|link-local|[0-9A-Fa-f:.]+(?:/[0-9]{1,3})?)(?![\\s\\S])", value=data, name="" + (name_prefix or "data") + "", definition={'type': 'string', 'title': 'Block entry', 'description': 'A CIDR such as 203.0.113.0/24, or private, loopback or link-local.', 'pattern': '^(?:private|loopback|link-local|[0-9A-Fa-f:.]+(?:/[0-9]{1,3})?)(?![\\s\\S])', 'format': 'sandrun-block-entry', 'examples': ['private', 'loopback', 'link-local', '100.64.0.0/10']}, rule='pattern')
+        if not custom_formats["sandrun-block-entry"](data):
+            raise JsonSchemaValueException("" + (name_prefix or "data") + " must be sandrun-block-entry", value=data, name="" + (name_prefix or "data") + "", definition={'type': 'string', 'title': 'Block entry', 'description': 'A CIDR such as 203.0.113.0/24, or private, loopback or link-local.', 'pattern': '^(?:private|loopback|link-local|[0-9A-Fa-f:.]+(?:/[0-9]{1,3})?)(?![\\s\\S])', 'format': 'sandrun-block-entry', 'examples': ['private', 'loopback', 'link-local', '100.64.0.0/10']}, rule='format')
     return data
 
 def validate_https___sandrun_dev_schema_v1_manifest_json___defs_hostpattern(data, custom_formats={}, name_prefix=None):
@@ -329,6 +335,8 @@ def validate_https___sandrun_dev_schema_v1_manifest_json___defs_hostpattern(data
     if isinstance(data, str):
         if not REGEX_PATTERNS['^(?:\\*|[A-Za-z][A-Za-z0-9+.-]*)://[^\\s/?#]+(?:/[0-9]+(?::[^\\s/?#]+)?)?(?![\\s\\S])'].search(data):
             raise JsonSchemaValueException("" + (name_prefix or "data") + " must match pattern ^(?:\\*|[A-Za-z][A-Za-z0-9+.-]*)://[^\\s/?#]+(?:/[0-9]+(?::[^\\s/?#]+)?)?(?![\\s\\S])", value=data, name="" + (name_prefix or "data") + "", definition={'type': 'string', 'title': 'Host pattern', 'description': 'Scheme://host[:port]: scheme a name or *; host a name, IP, CIDR, * or *.suffix; port a number, *, or a range a..b; no path.', 'pattern': '^(?:\\*|[A-Za-z][A-Za-z0-9+.-]*)://[^\\s/?#]+(?:/[0-9]+(?::[^\\s/?#]+)?)?(?![\\s\\S])', 'format': 'sandrun-host-pattern', 'examples': ['https://api.github.com', 'https://*.example.org:8443']}, rule='pattern')
+        if not custom_formats["sandrun-host-pattern"](data):
+            raise JsonSchemaValueException("" + (name_prefix or "data") + " must be sandrun-host-pattern", value=data, name="" + (name_prefix or "data") + "", definition={'type': 'string', 'title': 'Host pattern', 'description': 'Scheme://host[:port]: scheme a name or *; host a name, IP, CIDR, * or *.suffix; port a number, *, or a range a..b; no path.', 'pattern': '^(?:\\*|[A-Za-z][A-Za-z0-9+.-]*)://[^\\s/?#]+(?:/[0-9]+(?::[^\\s/?#]+)?)?(?![\\s\\S])', 'format': 'sandrun-host-pattern', 'examples': ['https://api.github.com', 'https://*.example.org:8443']}, rule='format')
     return data
 
 def validate_https___sandrun_dev_schema_v1_manifest_json___defs_mount(data, custom_formats={}, name_prefix=None):

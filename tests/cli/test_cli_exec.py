@@ -66,7 +66,16 @@ def test_dir_is_spelled_as_wasmtime_spells_it(tmp_path: Path) -> None:
         env=_state(tmp_path),
     )
     assert mapped.returncode == 0 and "in sub" in mapped.stdout, mapped.stderr
-    same = sandrun("exec", "--dir", "sub", "../elsewhere/probe.wasm", "read", "/sub/x.txt", cwd=project)
+    same = sandrun(
+        "exec",
+        "--dir",
+        "sub",
+        "../elsewhere/probe.wasm",
+        "read",
+        "/sub/x.txt",
+        cwd=project,
+        env=_state(tmp_path),
+    )
     assert same.returncode == 0 and "in sub" in same.stdout, same.stderr
 
 
