@@ -211,8 +211,12 @@ def compile_documents(
     root: Path | None = None,
     today: dt.date | None = None,
     problems: Sequence[Violation] = (),
+    named_module: Path | None = None,
 ) -> Plan:
-    """Compile manifests already loaded; ``problems`` are earlier ones to report together."""
+    """Compile manifests already loaded; ``problems`` are earlier ones to report together.
+
+    ``named_module``: the module a user named on the command line, accepted outside the root.
+    """
     root = resolve_root(root)
     found = list(problems)
     try:
@@ -222,7 +226,7 @@ def compile_documents(
         found.extend(exc.violations)
     if policy is not None:
         try:
-            plan = compile_plan(documents, policy, root, today=today)
+            plan = compile_plan(documents, policy, root, today=today, named_module=named_module)
         except SandrunError as exc:
             found.extend(exc.violations)
         else:
@@ -875,3 +879,27 @@ def serve(
         checkpoint = log.seal(signing_key, signing_key_name)
         write_atomic(out_dir / "checkpoint.txt", str(checkpoint).encode("utf-8"))
     return service, checkpoint
+
+
+#: How many ``sandrun exec`` run folders the per-user state folder keeps (the newest).
+EXEC_RUNS_KEPT = 32
+
+
+def exec_out_dir(environ: Mapping[str, str]) -> Path:
+    """A new folder for one ``sandrun exec`` run when no ``--out`` is given, so nothing is left in
+    the current folder: ``$XDG_STATE_HOME/sandrun/exec/<time>-<pid>`` (else ``~/.local/state``),
+    private to the user; only the newest :data:`EXEC_RUNS_KEPT` are kept."""
+    import os
+    import shutil
+    import time
+
+    base = Path(environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "sandrun" / "exec"
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder = (
+        base / f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{time.time_ns() % 10**9:09d}-{os.getpid()}"
+    )
+    folder.mkdir(mode=0o700)
+    runs = sorted(p for p in base.iterdir() if p.is_dir() and not p.is_symlink())
+    for old in runs[:-EXEC_RUNS_KEPT]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import posixpath
 import sys
 import threading
 import traceback
@@ -531,12 +532,47 @@ def _parse_env(text: str) -> tuple[str, str]:
     return name, value
 
 
+def _parse_dir(text: str) -> tuple[str, str, str]:
+    """``--dir HOST[::GUEST][:ro|rw]`` as ``wasmtime run`` spells it; GUEST defaults to HOST made
+    absolute in the guest (``.`` is ``/``), as WASI libc resolves relative paths against it."""
+    if "::" in text:
+        return _parse_map_dir(text)
+    host, mode = text, "ro"
+    if text.endswith((":ro", ":rw")):
+        host, mode = text[:-3], text[-2:]
+    if not host:
+        raise click.BadParameter(f"{text!r}: expected HOST[::GUEST]")
+    return host, posixpath.normpath("/" + host.lstrip("/")), mode
+
+
+def _exec_env(entries: tuple[str, ...]) -> dict[str, str]:
+    """``--env NAME=VALUE``, or ``--env NAME``: the host's value of NAME, as ``wasmtime run`` passes
+    it (a name the host does not have is left out, as there)."""
+    env: dict[str, str] = {}
+    for text in entries:
+        if "=" in text:
+            name, value = _parse_env(text)
+        elif text in os.environ:
+            name, value = text, os.environ[text]
+        else:
+            continue
+        env[name] = value
+    return env
+
+
 EXIT_TRAP = 134
 
 
-@cli.command(name="exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@cli.command(name="exec", context_settings={"allow_interspersed_args": False})
 @click.argument("module", type=click.Path(path_type=Path, dir_okay=False))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option(
+    "--dir",
+    "dirs",
+    multiple=True,
+    metavar="HOST[::GUEST][:ro|rw]",
+    help="Mount a host folder in the guest, as wasmtime spells it (read-only unless :rw).",
+)
 @click.option(
     "--map-dir",
     "map_dirs",
@@ -544,13 +580,21 @@ EXIT_TRAP = 134
     metavar="HOST::GUEST[:ro|rw]",
     help="Mount a host folder in the guest (read-only unless :rw).",
 )
-@click.option("--env", "env", multiple=True, metavar="NAME=VALUE", help="Set a guest environment variable.")
-@click.option("--fuel", type=click.IntRange(min=1), default=None)
+@click.option(
+    "--env",
+    "env",
+    multiple=True,
+    metavar="NAME[=VALUE]",
+    help="Set a guest environment variable; NAME alone passes the host's value.",
+)
+@click.option("--fuel", type=click.IntRange(min=1), default=None, help="Meter fuel (off unless asked).")
 @click.option("--memory", default=None, help="Linear memory cap, e.g. 64MiB.")
 @click.option("--timeout", default=None, help="Wall-clock timeout, e.g. 30s.")
 @click.option("--stack", default=None, help="WASM stack cap, e.g. 512KiB.")
 @click.option("--output", default=None, help="Cap on captured stdout and stderr each, e.g. 1MiB.")
-@click.option("--invoke", default=None, help="Call this export with ARGS instead of _start.")
+@click.option(
+    "--invoke", default=None, help="Call this export with ARGS instead of _start; print its results."
+)
 @click.option("--program-name", default=None, help="argv[0] (default: the module's name).")
 @click.option(
     "--policy",
@@ -559,10 +603,20 @@ EXIT_TRAP = 134
     default=None,
     help="Policy to check against (default: the built-in strict default policy).",
 )
-@_apply(_run_options)
+@_root_option
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder for the run's outputs and audit log (default: a new folder under "
+    "$XDG_STATE_HOME/sandrun/exec/, the newest 32 kept).",
+)
+@_apply([*_cache_option, *_signing_options, _continue_option])
 def exec_command(
     module: Path,
     args: tuple[str, ...],
+    dirs: tuple[str, ...],
     map_dirs: tuple[str, ...],
     env: tuple[str, ...],
     fuel: int | None,
@@ -574,7 +628,7 @@ def exec_command(
     program_name: str | None,
     policy_path: Path | None,
     root: Path | None,
-    out_dir: Path,
+    out_dir: Path | None,
     cache_dir: Path | None,
     signing_key: Path | None,
     key_name: str | None,
@@ -582,10 +636,14 @@ def exec_command(
 ) -> None:
     """Run one module ad hoc, like `wasmtime run`, in the same sandbox and audit.
 
-    The guest's stdin, stdout and stderr pass through (and are captured in the logs); the exit
-    status is the guest's own, or 134 when it trapped (timeout, fuel, memory, stack, trap).
+    The module may be anywhere on disk (the digest is pinned); mounts are checked against the
+    policy. The guest's stdin, stdout and stderr pass through (and are captured in the logs); the
+    exit status is the guest's own, or 134 when it trapped (timeout, fuel, memory, stack, trap).
     """
-    from runner.api import compile_documents, default_policy_path, exec_manifest
+    from runner.worker import start_forkserver
+
+    start_forkserver()  # the worker's interpreter starts while this one checks the job
+    from runner.api import compile_documents, default_policy_path, exec_manifest, exec_out_dir
     from runner.executor import BatchOptions
 
     limits = {
@@ -602,8 +660,8 @@ def exec_command(
     document = exec_manifest(
         module,
         args,
-        mounts=[_parse_map_dir(m) for m in map_dirs],
-        env=dict(_parse_env(e) for e in env),
+        mounts=[*(_parse_dir(d) for d in dirs), *(_parse_map_dir(m) for m in map_dirs)],
+        env=_exec_env(env),
         limits=limits,
         invoke=invoke,
         program_name=program_name,
@@ -611,9 +669,9 @@ def exec_command(
     policy = policy_path or default_policy_path()
     options = BatchOptions(jobs=1, passthrough=True, cache_dir=cache_dir)
     outcome = _start_run(
-        lambda: compile_documents([document], policy, root=root),
+        lambda: compile_documents([document], policy, root=root, named_module=module),
         root=root,
-        out_dir=out_dir,
+        out_dir=out_dir if out_dir is not None else exec_out_dir(os.environ),
         options=options,
         signing_key=signing_key,
         key_name=key_name,
@@ -631,6 +689,8 @@ def exec_command(
     if job["exit_code"] is None:
         _say(f"sandrun exec: {job['status']}: {job['reason']}", err=True)
         sys.exit(1)
+    for value in job["invoke_results"] or ():
+        click.echo(value)  # one line per result, as `wasmtime run --invoke` prints them
     sys.exit(job["exit_code"])
 
 

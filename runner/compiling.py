@@ -39,6 +39,7 @@ from typing import Literal
 
 from wasmtime import Config, Engine, Module, WasmtimeError
 
+from runner.features import ENGINE_FEATURES
 from runner.units import format_duration, format_size
 
 __all__ = ["CompileBounds", "CompileFailed", "Compiled", "compile_bounded", "new_config"]
@@ -62,6 +63,8 @@ def new_config(*, fuel: bool, stack: int) -> Config:
     config.epoch_interruption = True
     config.consume_fuel = fuel
     config.max_wasm_stack = stack
+    for name, on in ENGINE_FEATURES.items():  # explicit: never whatever wasmtime-py defaults to
+        setattr(config, f"wasm_{name}", on)
     return config
 
 

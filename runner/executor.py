@@ -108,6 +108,7 @@ def _result(job: JobSpec, status: Status, reason: str | None, outcome: Outcome |
             "stderr_sha256": outcome.stderr_sha256,
             "stdout_truncated": outcome.stdout_dropped > 0,
             "stderr_truncated": outcome.stderr_dropped > 0,
+            "invoke_results": None if outcome.invoke_results is None else list(outcome.invoke_results),
         }
     return JobResult(
         manifest=job.manifest,
@@ -299,11 +300,10 @@ class _Batch:
         if written is not None:
             data["outputs"] = written
         if outcome is None:
-            data.update(trap_message=None, invoke_results=None, stdout_dropped=0, stderr_dropped=0)
+            data.update(trap_message=None, stdout_dropped=0, stderr_dropped=0)
         else:
-            message, results = outcome.trap_message, outcome.invoke_results
+            message = outcome.trap_message
             data["trap_message"] = None if message is None else message[:_TRAP_MESSAGE_MAX]
-            data["invoke_results"] = None if results is None else list(results)
             data["stdout_dropped"], data["stderr_dropped"] = outcome.stdout_dropped, outcome.stderr_dropped
         self.emit("job.finished", data)
         if self.on_progress is not None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from runner.canonical import canonical_json, sha256_hex
+from runner.features import enabled
 
 __all__ = [
     "PLAN_FORMAT",
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 PLAN_FORMAT = "sandrun-plan/v1"
+ENGINE_WASM_FEATURES = enabled()
 DEFAULT_DISK = 1 << 30  # limits.disk when neither manifest nor policy sets one
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -175,8 +177,8 @@ class Tool:
     def __post_init__(self) -> None:
         _require(bool(_SHA256.fullmatch(self.sha256)), f"bad sha256 for tool {self.name}")
         _require(
-            self.module.startswith("builtin:") or _is_relative_posix(self.module),
-            f"module path must be relative: {self.module!r}",
+            self.module.startswith("builtin:") or _is_relative_posix(self.module.lstrip("/")),
+            f"module path must be relative, or absolute without '..': {self.module!r}",
         )
 
 
@@ -260,6 +262,8 @@ class Plan:
     jobs: tuple[JobSpec, ...]
     manifests: tuple[str, ...] = ()
     modules: ModuleLimits = ModuleLimits()
+    #: The WebAssembly proposals its modules were validated against (runner.features).
+    wasm_features: tuple[str, ...] = ENGINE_WASM_FEATURES
     format: str = PLAN_FORMAT
 
     def __post_init__(self) -> None:
@@ -300,6 +304,7 @@ class Plan:
             jobs=tuple(_job_from_dict(item) for item in data["jobs"]),
             manifests=tuple(data["manifests"]),
             modules=ModuleLimits(**data["modules"]),
+            wasm_features=tuple(data["wasm_features"]),
         )
 
 

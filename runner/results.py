@@ -90,6 +90,7 @@ class JobResult:
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     reason: str | None = None
+    invoke_results: list[str] | None = None  # what an ``invoke`` call returned, as text
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

@@ -112,6 +112,7 @@ _INVALID_INPUT = {
     "policytest.none": "no policy tests (`*.test.yaml`) were found",
     "replay.job-unknown": "`audit replay` names a job the log has no hermetic record of",
     "replay.module-missing": "`audit replay` finds the module neither in the cache nor in `--modules`",
+    "policy.wasm-feature-unsupported": "(in the policy) `wasm_features` keeps a proposal the engine lacks",
     "root.missing": "the root folder cannot be opened",
     "route.duplicate": "two served jobs declare the same `route` (in any manifests of the plan)",
     "route.mount-rw": "a served job (with a `route`) has a `rw` mount: served mounts are read-only",
@@ -198,6 +199,7 @@ _POLICY_DENIAL = {
     "tool.builtin-shadow": "a module file lies at a path the plan cannot tell from `builtin:NAME`",
     "tool.digest": "the module's bytes do not have the manifest's `sha256`",
     "tool.module.outside-root": "the module file resolves (symlinks followed) outside the root",
+    "tool.module.wasm-feature": "the module needs a WebAssembly proposal the policy denies",
     "tool.revoked": "the module's digest is in `signatures.revoked`",
 }
 

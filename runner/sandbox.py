@@ -72,6 +72,7 @@ from runner.egress import abi as http_abi
 from runner.egress.job import egress_for
 from runner.egress.transport import Seam
 from runner.errors import InputError, Location, PolicyDenied
+from runner.features import enabled
 from runner.hermetic import VirtualWorld
 from runner.plan import JobSpec, Limits, ModuleLimits
 from runner.results import Outcome, TrapKind
@@ -98,6 +99,9 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _THREAD_STACK_MARGIN = 1 << 20
 
 
+_FEATURES_TAG = ".".join(enabled())  # the engine's proposals: compiled code is valid for these only
+
+
 @dataclass(frozen=True, slots=True)
 class EngineKey:
     """What makes compiled code and engines differ: fuel metering and the WASM stack limit."""
@@ -112,7 +116,7 @@ class EngineKey:
     @property
     def tag(self) -> str:
         """A stable text form, part of the module cache key."""
-        return f"epoch=1,fuel={int(self.fuel)},stack={self.stack}"
+        return f"epoch=1,fuel={int(self.fuel)},stack={self.stack},wasm={_FEATURES_TAG}"
 
 
 ModuleKey = tuple[str, bool, int]  # module sha256, fuel metering, max_wasm_stack

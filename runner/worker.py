@@ -65,6 +65,7 @@ __all__ = [
     "ADOPT_TIMEOUT_S",
     "DATA_SLACK",
     "job_runners",
+    "start_forkserver",
 ]
 
 Isolation = Literal["workers", "threads"]
@@ -185,6 +186,16 @@ def _context() -> Any:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])  # imported once, in the server, not per worker
     return context
+
+
+def start_forkserver() -> None:
+    """Start the forkserver now rather than at the first job: it is a new interpreter importing this
+    module and wasmtime (~0.3 s), which then overlaps the caller's own work (``sandrun exec``
+    checking its one job). It does not wait for the server; it ends when this process does."""
+    from multiprocessing import forkserver
+
+    _context()
+    forkserver.ensure_running()
 
 
 class _WorkerRunner:

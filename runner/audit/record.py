@@ -320,6 +320,7 @@ def plan_compiled(plan: Plan, plan_sha256: str, operator_policy: str | None) -> 
         "inputs": [{"path": i.path, "sha256": i.sha256} for i in plan.inputs],
         "jobs": [job.id for job in plan.jobs],
         "grants": [job_grant(job, signed=(job.manifest, job.tool) in signed) for job in plan.jobs],
+        "wasm_features": list(plan.wasm_features),
     }
 
 

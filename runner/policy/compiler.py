@@ -30,6 +30,7 @@ from runner.canonical import canonical_digest
 from runner.egress.rules import AllowEntry, blocked_entirely
 from runner.egress.urls import UrlError
 from runner.errors import SandrunError, Violation, error_for
+from runner.features import enabled
 from runner.hermetic import settings as hermetic_settings
 from runner.hosts import CoverIndex, HostPatternError
 from runner.plan import (
@@ -74,6 +75,7 @@ class _Compilation:
     inputs: dict[str, str] = field(default_factory=dict)
     routes: dict[str, str] = field(default_factory=dict)  # route -> "file:line" of the job serving it
     engines: dict[tuple[bool, int], str] = field(default_factory=dict)  # configuration -> first job
+    named_module: Path | None = None  # ``sandrun exec``'s module: the user's own choice, root or not
 
     def deny(
         self,
@@ -206,6 +208,43 @@ class _ManifestCompiler:
             return None
         return path
 
+    def resolve_module(self, text: str, pointer: str) -> Path | None:
+        """A tool's module: inside the root, unless it is the one a user named on the command line
+        (``sandrun exec``), which may be anywhere; the plan pins its digest either way."""
+        named = self.state.named_module
+        if named is not None and (self.directory / text).resolve() == named:
+            return named
+        return self.resolve(text, pointer, "tool.module")
+
+    def check_features(self, data: bytes, pointer: str) -> bool:
+        """Rule ``tool.module.wasm-feature``: the module validates with only the proposals the
+        policy leaves on. (A module invalid even with all of the engine's is left to the run.)"""
+        from wasmtime import Config, Engine, Module, WasmtimeError
+
+        from runner.features import ENGINE_FEATURES
+
+        def problem(denied: frozenset[str]) -> str | None:
+            config = Config()
+            for name, on in ENGINE_FEATURES.items():
+                setattr(config, f"wasm_{name}", on and name not in denied)
+            try:
+                Module.validate(Engine(config), data)
+            except WasmtimeError as exc:
+                return str(exc).splitlines()[0]
+            return None
+
+        denied = self.state.policy.denied_features
+        refused = problem(denied)
+        if refused is None or problem(frozenset()) is not None:
+            return True
+        self.deny(
+            "tool.module.wasm-feature",
+            f"the module needs a WebAssembly proposal the policy denies ({', '.join(sorted(denied))}): "
+            f"{refused}",
+            pointer,
+        )
+        return False
+
     # -- tools -------------------------------------------------------------------------------
     def check_tools(self) -> None:
         for name, spec in self.data.get("tools", {}).items():
@@ -227,6 +266,8 @@ class _ManifestCompiler:
             if found is None:
                 return None
             module, digest, data = found
+        if data is not None and policy.denied_features and not self.check_features(data, pointer + "/module"):
+            ok = False
         if spec.get("sha256") is not None and digest != canonical_digest(spec["sha256"]):
             self.deny(
                 "tool.digest",
@@ -303,14 +344,15 @@ class _ManifestCompiler:
         return builtin
 
     def module_file(self, text: str, pointer: str) -> tuple[str, str, bytes] | None:
-        """A module file's root-relative path, sha256 and bytes (the file becomes an input of the plan)."""
-        path = self.resolve(text, pointer, "tool.module")
+        """A module file's path as the plan names it (:meth:`_Compilation.input_key`), sha256 and
+        bytes (the file becomes an input of the plan)."""
+        path = self.resolve_module(text, pointer)
         if path is None:
             return None
         if not path.is_file():
             self.deny("tool.module.not-file", f"{text!r} is not a file", pointer)
             return None
-        module = self.state.relative(path)
+        module = self.state.input_key(path)
         if module.startswith(catalog.PREFIX):  # the plan would name a built-in with other bytes
             self.deny(
                 "tool.builtin-shadow",
@@ -558,8 +600,8 @@ class _ManifestCompiler:
                 value = getattr(policy.default_limits, attribute)
             if value is None:
                 value = getattr(BUILTIN_LIMITS, attribute)
-            if value is None and cap is not None:
-                value = cap
+            if value is None and cap is not None and field_name != "fuel":
+                value = cap  # fuel is metered only when a job or the policy's default asks for it
             if value is not None and cap is not None and value > cap:
                 where = f"{pointer}/limits/{field_name}" if field_name in data else f"{pointer}"
                 self.deny(
@@ -763,14 +805,25 @@ class _ManifestCompiler:
 
 
 def compile_plan(
-    manifests: list[Document], policy: Policy, root: Path, *, today: dt.date | None = None
+    manifests: list[Document],
+    policy: Policy,
+    root: Path,
+    *,
+    today: dt.date | None = None,
+    named_module: Path | None = None,
 ) -> Plan:
     """Check every manifest against ``policy``; return the plan or raise with every denial.
+
+    ``named_module`` is a module file the user named on the command line (``sandrun exec``): it
+    may lie outside the root, as ``wasmtime run`` would accept it; mounts and stdin stay checked.
 
     Raises :func:`~runner.errors.error_for` of every violation found (exit 2 or 3, as the rules say).
     """
     state = _Compilation(
-        root=root.resolve(), policy=policy, today=today or dt.datetime.now(dt.timezone.utc).date()
+        root=root.resolve(),
+        policy=policy,
+        today=today or dt.datetime.now(dt.timezone.utc).date(),
+        named_module=None if named_module is None else named_module.resolve(),
     )
     policy_path = Path(policy.path).resolve()
     state.record_input(policy_path, policy.document.sha256)
@@ -804,6 +857,7 @@ def compile_plan(
             git_commit=policy_commit(policy_path),
         ),
         inputs=tuple(InputFile(path=p, sha256=d) for p, d in sorted(state.inputs.items())),
+        wasm_features=enabled(policy.denied_features),
         manifests=tuple(state.input_key(Path(d.path).resolve()) for d in manifests),
         tools=tuple(tools),
         jobs=tuple(jobs),

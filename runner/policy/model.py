@@ -88,6 +88,7 @@ class Policy:
     modules: ModuleLimits = ModuleLimits()
     max_engines: int = DEFAULT_MAX_ENGINES
     hermetic_required: bool = False
+    denied_features: frozenset[str] = frozenset()  # WebAssembly proposals modules may not use
 
     @property
     def path(self) -> str:
@@ -228,6 +229,7 @@ def policy_from_document(document: Document, root: Path) -> Policy:
     )
 
     modules = _parse_modules(document, data.get("modules", {}), problems)
+    denied_features = _denied_features(document, data.get("modules", {}), problems)
 
     fs = data.get("fs", {})
     roots = _resolve_roots(document, root, "/fs/roots", fs.get("roots", []), problems)
@@ -263,6 +265,7 @@ def policy_from_document(document: Document, root: Path) -> Policy:
         modules=modules,
         max_engines=data.get("modules", {}).get("max_engines", DEFAULT_MAX_ENGINES),
         hermetic_required=bool(data.get("hermetic", {}).get("required", False)),
+        denied_features=denied_features,
     )
 
 
@@ -314,3 +317,26 @@ def parse_net_limits(
             continue
         values[name] = value
     return replace(caps, **values)
+
+
+def _denied_features(
+    document: Document, modules: dict[str, Any], problems: list[Violation]
+) -> frozenset[str]:
+    """``modules.wasm_features``: ``false`` denies a proposal the engine enables; ``true`` keeps one,
+    and is refused for a proposal the engine does not enable (the policy would promise what it is not)."""
+    from runner.features import ENGINE_FEATURES
+
+    denied = set()
+    for name, allowed in modules.get("wasm_features", {}).items():
+        if not allowed:
+            denied.add(name)
+        elif not ENGINE_FEATURES[name]:
+            problems.append(
+                Violation(
+                    "policy.wasm-feature-unsupported",
+                    f"the engine does not enable the WebAssembly proposal {name!r}; a policy can only deny "
+                    "proposals (docs/sandbox.md lists the enabled ones)",
+                    document.locate(f"/modules/wasm_features/{name}"),
+                )
+            )
+    return frozenset(denied)

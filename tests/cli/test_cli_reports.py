@@ -225,7 +225,9 @@ def test_check_prints_valid_sarif_with_rules_and_regions(project: Path) -> None:
         .replace("tool: moan", "tool: nope\n    fs: [{host: ../data, guest: /d, mode: rw}]")
     )
     result = sandrun("check", "bad", "--policy", "policies/reports.yaml", "--format", "sarif", cwd=project)
-    assert result.returncode == 2, result.stderr  # an unknown tool is invalid input, which wins over the denial
+    assert result.returncode == 2, (
+        result.stderr
+    )  # an unknown tool is invalid input, which wins over the denial
     run = _sarif(result.stdout)["runs"][0]
     rules = [rule["id"] for rule in run["tool"]["driver"]["rules"]]
     assert len(rules) == len(set(rules)) and {"job.unknown-tool", "fs.write-denied"} <= set(rules)

@@ -1,0 +1,143 @@
+"""Benchmark: whole-process start-up of `sandrun exec` and `sandrun check`, against bare baselines.
+
+- ``sandrun exec hello.wasm`` (a tiny WASI module printing one line; default policy, worker
+  process, audit record in a private state folder) vs a bare wasmtime-py script running the same
+  module (engine, WASI, instantiate, ``_start``): target 1.3x or better.
+- ``sandrun check manifest.yaml --policy policy.yaml`` (one manifest) vs a bare Python process
+  doing ``yaml.safe_load`` of that manifest: target 2x or better.
+
+Each command is a new process, as a user or CI step runs it; rounds interleave the commands so a
+machine's load affects both sides alike, and the ratios of medians measured in the same run are
+what to compare (not the absolute times). Both sides run with compiled bytecode, as after ``pip
+install`` (``PYTHONDONTWRITEBYTECODE`` is dropped; the ``.pyc`` files go to a temporary
+``PYTHONPYCACHEPREFIX``, written by a warm-up round).
+
+Run: ``python bench/bench_startup.py [--rounds 15]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import wasmtime
+
+HELLO = """
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 8) "hello\\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 8))
+    (i32.store (i32.const 4) (i32.const 6))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 20)))))
+"""
+
+BARE_RUN = """
+import sys, wasmtime
+engine = wasmtime.Engine()
+store = wasmtime.Store(engine)
+linker = wasmtime.Linker(engine)
+linker.define_wasi()
+wasi = wasmtime.WasiConfig()
+wasi.inherit_stdout()
+wasi.inherit_stderr()
+wasi.argv = ["hello"]
+store.set_wasi(wasi)
+module = wasmtime.Module.from_file(engine, sys.argv[1])
+linker.instantiate(store, module).exports(store)["_start"](store)
+"""
+
+BARE_LOAD = "import sys, yaml; yaml.safe_load(open(sys.argv[1], 'rb'))"
+
+POLICY = """\
+apiVersion: sandrun/v1
+kind: Policy
+metadata: {name: bench}
+limits:
+  default: {memory: 16MiB, timeout: 5s, stack: 512KiB, output: 64KiB}
+fs: {roots: [.], write: [./out]}
+actions: {allow: ["tool.fs.*"]}
+"""
+
+MANIFEST = """\
+apiVersion: sandrun/v1
+kind: Manifest
+metadata:
+  name: startup
+  description: one tool, two jobs
+tools:
+  hello:
+    module: hello.wasm
+    sha256: {digest}
+jobs:
+  - name: greet
+    tool: hello
+    args: ["--name", "world"]
+    env: {{LANG: C}}
+    limits: {{memory: 8MiB, timeout: 2s}}
+  - name: again
+    tool: hello
+    needs: [greet]
+"""
+
+TARGETS = {"exec": 1.3, "check": 2.0}
+
+
+def _seconds(command: list[str], cwd: Path, env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, check=False)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.decode()}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    rounds = parser.parse_args().rounds
+    python = sys.executable
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        module = wasmtime.wat2wasm(HELLO)
+        (folder / "hello.wasm").write_bytes(module)
+        (folder / "bare_run.py").write_text(BARE_RUN)
+        (folder / "policy.yaml").write_text(POLICY)
+        (folder / "manifest.yaml").write_text(MANIFEST.format(digest=hashlib.sha256(module).hexdigest()))
+        env = {
+            **{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+            "PYTHONPYCACHEPREFIX": str(folder / "pycache"),
+            "XDG_STATE_HOME": str(folder / "state"),
+            "XDG_CACHE_HOME": str(folder / "cache"),
+        }
+        commands = {
+            "exec": [python, "-m", "runner", "exec", "hello.wasm"],
+            "bare run": [python, "bare_run.py", "hello.wasm"],
+            "check": [python, "-m", "runner", "check", "manifest.yaml", "--policy", "policy.yaml"],
+            "bare load": [python, "-c", BARE_LOAD, "manifest.yaml"],
+        }
+        for command in commands.values():  # warm: .pyc files, the compiled-module cache
+            _seconds(command, folder, env)
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(rounds):
+            for name, command in commands.items():
+                times[name].append(_seconds(command, folder, env))
+    median = {name: statistics.median(values) for name, values in times.items()}
+    for name, value in median.items():
+        print(f"{name:>10}: {value * 1000:7.1f} ms (median of {rounds})")
+    for name, baseline in (("exec", "bare run"), ("check", "bare load")):
+        ratio = median[name] / median[baseline]
+        verdict = "ok" if ratio <= TARGETS[name] else "above target"
+        print(f"{name} / {baseline}: {ratio:.2f}x (target {TARGETS[name]}x or better: {verdict})")
+
+
+if __name__ == "__main__":
+    main()
