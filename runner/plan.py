@@ -18,6 +18,7 @@ from runner.features import enabled
 
 __all__ = [
     "PLAN_FORMAT",
+    "plain",
     "DEFAULT_DISK",
     "Limits",
     "ModuleLimits",
@@ -278,7 +279,7 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         """``dataclasses.asdict(self)``, three times faster: every run hashes its whole plan, and a
         shard hashes the whole plan to run a part of it (bench/bench_shard.py)."""
-        return _plain(self)
+        return plain(self)
 
     def to_json(self) -> bytes:
         return canonical_json(self.to_dict())
@@ -308,14 +309,14 @@ class Plan:
         )
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """What ``asdict`` makes of a plan's values (frozen dataclasses of scalars and tuples), without
     its deep copies: the scalars are immutable, so they are shared."""
     fields = getattr(value, "__dataclass_fields__", None)
     if fields is not None:
-        return {name: _plain(getattr(value, name)) for name in fields}
+        return {name: plain(getattr(value, name)) for name in fields}
     if type(value) is tuple:
-        return tuple(_plain(item) for item in value)
+        return tuple(plain(item) for item in value)
     return value
 
 

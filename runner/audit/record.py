@@ -278,6 +278,7 @@ def job_grant(job: JobSpec, *, signed: bool) -> dict[str, Any]:
     """What a job was granted, for ``plan.compiled``: its governance score, the effect vector the
     score is the norm of (docs/policy.md, "Governance score") and its network grant. ``signed``:
     its tool's signature verified under a trusted key."""
+    from runner.plan import plain
     from runner.policy.governance import Grants, effect_vector
 
     grants = Grants(
@@ -293,7 +294,9 @@ def job_grant(job: JobSpec, *, signed: bool) -> dict[str, Any]:
         "id": job.id,
         "score": job.score,
         "effects": {axis: _decimal(weight) for axis, weight in effect_vector(grants).items()},
-        "network": None if network is None else {"allow": list(network.allow), "block": list(network.block)},
+        # the whole grant as the plan holds it: allow entries (strings or {host, methods, paths}),
+        # blocks, secrets by name and origin (never a value: the plan has none), bounds
+        "network": None if network is None else json.loads(canonical_json(plain(network))),
     }
 
 
