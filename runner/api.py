@@ -33,7 +33,7 @@ from runner.policy.model import Policy, policy_from_document
 from runner.source import MAX_DOCUMENT_BYTES, Document, load_yaml_file
 
 if TYPE_CHECKING:
-    from runner.audit import Checkpoint, VerifyReport
+    from runner.audit import AuditLog, Checkpoint, VerifyReport
     from runner.executor import BatchOptions
     from runner.report import JobPlace
     from runner.shard import ShardRequest
@@ -303,6 +303,29 @@ def _denial_records(error: SandrunError) -> list[tuple[str, dict[str, Any]]]:
     return records
 
 
+def _seal_denied(
+    log: AuditLog, error: SandrunError, out_dir: Path, signing_key: PrivateKey | None, key_name: str | None
+) -> None:
+    """Log a refused run (its denial records), seal it and publish its checkpoint like any run."""
+    from runner.fileio import write_atomic
+
+    for kind, data in _denial_records(error):
+        log.append(kind, data)
+    denied = log.seal(signing_key, key_name)
+    write_atomic(out_dir / "checkpoint.txt", str(denied).encode("utf-8"))
+
+
+def _log_tools(log: AuditLog, plan: Plan) -> None:
+    """``tool.registered`` for every tool of the plan, then ``tool.versioned`` for those that changed."""
+    from runner.audit import record
+
+    tools = [record.tool_registered(tool) for tool in plan.tools]
+    for data in tools:
+        log.append(record.TOOL_REGISTERED, data)
+    for data in log.versioned_tools(tools):
+        log.append(record.TOOL_VERSIONED, data)
+
+
 def run(
     make_plan: Callable[[], Plan],
     *,
@@ -349,10 +372,7 @@ def run(
         try:
             plan = make_plan()
         except SandrunError as error:
-            for kind, data in _denial_records(error):
-                log.append(kind, data)
-            denied = log.seal(signing_key, signing_key_name)
-            write_atomic(out_dir / "checkpoint.txt", str(denied).encode("utf-8"))
+            _seal_denied(log, error, out_dir, signing_key, signing_key_name)
             raise
         plan_sha256 = plan.sha256  # hashing a big plan costs: once per run
         log.append(
@@ -365,11 +385,7 @@ def run(
             assignment = shard.assign(plan, plan_sha256)
             log.append(SHARD_ASSIGNED, assignment.record())
             plan = assignment.plan
-        tools = [record.tool_registered(tool) for tool in plan.tools]
-        for data in tools:
-            log.append(record.TOOL_REGISTERED, data)
-        for data in log.versioned_tools(tools):
-            log.append(record.TOOL_VERSIONED, data)
+        _log_tools(log, plan)
         protected = tuple(p.resolve() for p in (out_dir, *options.protected_dirs))
         with LogFolder(out_dir) as logs:
             batch = run_plan(
@@ -854,27 +870,20 @@ def serve(
         unsealed_on_failure(log, out_dir),
     ):
         remove_outputs(out_dir)  # the reports there describe an earlier run; this one writes none
-        log.append("run.started", {"sandrun": __version__, "sources": list(sources), "mode": "serve"})
+        log.append(record.RUN_STARTED, {**record.run_started(__version__, sources), "mode": "serve"})
         log.append(
             record.PLAN_COMPILED,
             record.plan_compiled(
                 plan, plan.sha256, None if operator_policy is None else str(operator_policy)
             ),
         )
-        tools = [record.tool_registered(tool) for tool in plan.tools]
-        for data in tools:
-            log.append(record.TOOL_REGISTERED, data)
-        for data in log.versioned_tools(tools):
-            log.append(record.TOOL_VERSIONED, data)
+        _log_tools(log, plan)
         try:
             service = serving.serve(
                 plan, root=root, log=log, options=options, on_ready=on_ready or (lambda service: None)
             )
         except SandrunError as error:  # nothing served (a port in use, a module that fails): refused
-            for kind, data in _denial_records(error):
-                log.append(kind, data)
-            denied = log.seal(signing_key, signing_key_name)
-            write_atomic(out_dir / "checkpoint.txt", str(denied).encode("utf-8"))
+            _seal_denied(log, error, out_dir, signing_key, signing_key_name)
             raise
         checkpoint = log.seal(signing_key, signing_key_name)
         write_atomic(out_dir / "checkpoint.txt", str(checkpoint).encode("utf-8"))
