@@ -397,7 +397,7 @@ def _print_run_end(outcome: Any) -> None:
     checkpoint = outcome.checkpoint
     _say(f"outputs: {outcome.out_dir}/ (report.json, junit.xml, summary.md, logs/, audit.jsonl)", err=True)
     _say(
-        f"audit head: {checkpoint.root_hash} after {checkpoint.size} records; publish "
+        f"audit head: {checkpoint.chain_head} after {checkpoint.size} records; publish "
         f"{outcome.out_dir}/checkpoint.txt outside the log to anchor it",
         err=True,
     )
@@ -778,7 +778,7 @@ def serve_command(
         continue_unsealed=continue_unsealed,
     )
     click.echo(
-        f"served {service.app.served} requests; audit head: {checkpoint.root_hash} after "
+        f"served {service.app.served} requests; audit head: {checkpoint.chain_head} after "
         f"{checkpoint.size} records ({out_dir}/audit.jsonl, sealed)",
         err=True,
     )
@@ -860,7 +860,7 @@ def audit_merge(
     for index, folder, run in outcome.taken:
         click.echo(f"shard {index}/{len(outcome.taken)}: run {run} from {folder}", err=True)
     click.echo(
-        f"merged into {out_dir}/: head {outcome.checkpoint.root_hash} "
+        f"merged into {out_dir}/: head {outcome.checkpoint.chain_head} "
         f"after {outcome.checkpoint.size} records",
         err=True,
     )
@@ -1001,36 +1001,24 @@ def audit_prove(
     public_keys: tuple[str, ...],
     expect_head: str | None,
 ) -> None:
-    """Print an RFC 6962 inclusion or consistency proof over the verified log's records (JSON)."""
-    from runner.audit.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
-    from runner.canonical import canonical_json
+    """Print an RFC 6962 inclusion or consistency proof against the log's latest signed checkpoint
+    (JSON, the checkpoint included), after verifying the log."""
+    from runner.audit.proofs import log_tree
 
     if (record is None) == (old_checkpoint is None):
         raise InputError.one("input.flags", "give exactly one of --record N and --consistency OLD_CHECKPOINT")
     _, records = _verified(path, public_keys, expect_head)
-    leaves = [leaf_hash(canonical_json(r)) for r in records]
-    tree = MerkleTree(leaves)
-    head = tree.root
+    tree = log_tree(records, Location(str(path)))
     if record is not None:
-        if not 0 <= record < len(leaves):
-            raise InputError.one("audit.no-record", f"no record {record}: the log holds {len(leaves)}")
-        proof = tree.inclusion_proof(record)
-        proved = verify_inclusion(leaves[record], record, len(leaves), proof, head)
-        result = {"leaf_index": record, "leaf_hash": leaves[record].hex()}
+        result = tree.inclusion(record)
     else:
-        old_size = _old_checkpoint_size(Path(str(old_checkpoint)), records, public_keys)
-        proof = tree.consistency_proof(old_size)
-        old_root = MerkleTree(leaves[:old_size]).root
-        proved = verify_consistency(old_size, len(leaves), old_root, head, proof)
-        result = {"old_size": old_size, "old_root": old_root.hex()}
-    if not proved:  # fail closed: never print a proof that does not verify
-        raise RuntimeError("the generated Merkle proof does not verify")
-    result |= {"tree_size": len(leaves), "root": head.hex(), "proof": [p.hex() for p in proof]}
+        where = Location(str(old_checkpoint))
+        result = tree.consistency(_old_checkpoint(Path(str(old_checkpoint)), public_keys), where)
     click.echo(json.dumps(result, indent=2))
 
 
-def _old_checkpoint_size(path: Path, records: list[dict[str, Any]], public_keys: tuple[str, ...]) -> int:
-    """The size of an earlier checkpoint of *this* log: its head must be the hash of its last record."""
+def _old_checkpoint(path: Path, public_keys: tuple[str, ...]) -> Any:
+    """An earlier checkpoint, read, and with ``--pub`` one of its signatures verified."""
     from runner.audit import parse_checkpoint
     from runner.audit.checkpoint import verify_signatures
 
@@ -1041,12 +1029,39 @@ def _old_checkpoint_size(path: Path, records: list[dict[str, Any]], public_keys:
         raise InputError.one("audit.checkpoint", f"not a checkpoint: {exc}", where) from None
     if public_keys and not verify_signatures(checkpoint, [_public_key(k) for k in public_keys]).verified:
         raise AuditError.one("audit.checkpoint-signature", "no signature of the checkpoint verifies", where)
-    size = checkpoint.size
-    if not 0 < size <= len(records) or records[size - 1]["hash"] != checkpoint.root_hash:
+    return checkpoint
+
+
+@audit.command("export")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--tiles",
+    "tiles_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Write the C2SP tlog-tiles layout (checkpoint, tile/..., tile/entries/...) into this folder.",
+)
+@_apply(_verify_options)
+def audit_export(path: Path, tiles_dir: Path, public_keys: tuple[str, ...], expect_head: str | None) -> None:
+    """Export the verified log, up to its latest checkpoint, as static tlog tiles any tlog client
+    can serve and check; exporting again into the same folder after more runs only adds files."""
+    from runner.audit.proofs import log_tree
+    from runner.audit.tiles import export_tiles
+
+    _, records = _verified(path, public_keys, expect_head)
+    tree = log_tree(records, Location(str(path)))
+    if tree.checkpoint.merkle_root is None:
         raise AuditError.one(
-            "audit.not-a-prefix", f"the checkpoint's {size} records are not the start of this log", where
+            "audit.legacy-checkpoint",
+            "the latest seal's checkpoint signs only the chain head (a log sealed before checkpoints "
+            "signed the Merkle root): run once more, then export",
+            Location(str(path)),
         )
-    return size
+    done = export_tiles(tiles_dir, tree.entries, tree.checkpoint)
+    _say(
+        f"exported {done.size} records as tlog tiles into {tiles_dir}/: {done.written} files written, "
+        f"{done.kept} already there"
+    )
 
 
 @audit.command("repair")

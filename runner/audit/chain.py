@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any
 
 from runner.audit.checkpoint import DEFAULT_KEY_NAME, ORIGIN_PREFIX, Checkpoint, sign_checkpoint
+from runner.audit.merkle import CompactRange, leaf_hash
 from runner.audit.query import tool_changes
 from runner.audit.record import (
     GENESIS,
@@ -133,6 +134,26 @@ def _tail_state(path: Path) -> tuple[LineHead | None, bytes, int]:
     return (heads[-1] if heads else None), torn, size
 
 
+def _tree_of(path: Path, size: int) -> CompactRange:
+    """The Merkle tree (compact) of the log's first ``size`` bytes, whole lines: one leaf each.
+
+    One pass of reading and hashing when a run opens the log, so its seal can sign the root of
+    every record before it; the chain is not re-verified here (``sandrun audit verify`` does that).
+    """
+    tree = CompactRange()
+    rest = b""
+    with open(path, "rb") as handle:
+        while size > 0:
+            chunk = handle.read(min(size, 1 << 20))
+            if not chunk:
+                break
+            size -= len(chunk)
+            *lines, rest = (rest + chunk).split(b"\n")
+            for line in lines:
+                tree.append(leaf_hash(line))
+    return tree
+
+
 _TORN = f"{LOG_NAME}.torn-"  # a cut not yet acknowledged by a run (``sandrun audit repair``)
 _CUT = f"{LOG_NAME}.cut-"  # the same side file once a run.continued record named it
 
@@ -175,6 +196,7 @@ class AuditLog:
         origin: str,
         head: LineHead | None,
         size: int,
+        tree: CompactRange,
         fsync_interval_s: float,
         fsync_every: int,
         clock: Callable[[], int],
@@ -187,6 +209,7 @@ class AuditLog:
         self._seq = 0 if head is None else head.seq + 1
         self._prev = GENESIS if head is None else head.hash
         self._first_seq = self._seq
+        self._tree = tree  # the Merkle tree of every record so far
         self._end = size  # the file's size after the last whole record: where a failed write is cut
         self._clock = clock
         self._every = max(1, fsync_every)
@@ -269,6 +292,7 @@ class AuditLog:
                         f"run id {run_id} already wrote to this log",
                         Location(file=str(path), line=head.seq + 1, pointer="/run"),
                     )
+                tree = _tree_of(path, size)
             except BaseException:
                 os.close(fd)
                 raise
@@ -283,6 +307,7 @@ class AuditLog:
             origin=origin,
             head=head,
             size=size,
+            tree=tree,
             fsync_interval_s=fsync_interval_s,
             fsync_every=fsync_every,
             clock=clock,
@@ -345,6 +370,7 @@ class AuditLog:
             self._failure = f"writing the audit log failed ({exc.strerror}); " + self._cut_back()
             raise AuditError.one("audit.write-failed", self._failure, Location(file=str(self.path))) from None
         self._end += len(line)
+        self._tree.append(leaf_hash(line[:-1]))
         self._seq += 1
         self._prev = record["hash"]
         self._written += 1
@@ -384,14 +410,16 @@ class AuditLog:
     def seal(self, signing_key: PrivateKey | None, key_name: str | None = None) -> Checkpoint:
         """End the run: a ``run.sealed`` record holding the checkpoint over every record before it.
 
-        The checkpoint's tree size is the seal's ``seq`` and its root hash is the seal's ``prev``
-        (the chain head); it is signed when ``signing_key`` is given. Synced before returning.
+        The checkpoint's tree size is the seal's ``seq``, its root hash the Merkle root of those
+        records and its chain-head line the seal's ``prev``; it is signed when ``signing_key`` is
+        given. Synced before returning.
         """
         with self._mutex:
             ts = format_ts(self._clock())
             run_records = self._seq - self._first_seq
             extension = seal_extension(self.run_id, ts, run_records)
-            checkpoint = Checkpoint(self.origin, self._seq, self._prev, (extension,))
+            merkle_root = self._tree.root.hex()
+            checkpoint = Checkpoint.of_tree(self.origin, self._seq, merkle_root, self._prev, (extension,))
             if signing_key is not None:
                 checkpoint = sign_checkpoint(checkpoint, signing_key, key_name or DEFAULT_KEY_NAME)
             data = {

@@ -18,6 +18,8 @@ import hashlib
 from collections.abc import Sequence
 
 __all__ = [
+    "EMPTY_ROOT",
+    "CompactRange",
     "MerkleTree",
     "leaf_hash",
     "node_hash",
@@ -35,6 +37,45 @@ def leaf_hash(data: bytes) -> bytes:
 
 def node_hash(left: bytes, right: bytes) -> bytes:
     return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+EMPTY_ROOT = hashlib.sha256(b"").digest()
+
+
+class CompactRange:
+    """The root of a growing tree from O(log n) state: what a log's writer and a single pass of
+    its verifier keep instead of every leaf.
+
+    ``nodes`` are the heads of the perfect subtrees the leaves so far split into (largest first,
+    one per set bit of ``size``); appending merges equal-sized heads like a binary counter, and the
+    root folds them smallest first, which is RFC 6962's split at the largest power of two.
+    """
+
+    __slots__ = ("size", "nodes")
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.nodes: list[bytes] = []
+
+    def append(self, leaf: bytes) -> None:
+        """Add leaf hash ``leaf`` as leaf number ``size``."""
+        node, carry = leaf, self.size
+        nodes = self.nodes
+        while carry & 1:
+            node = node_hash(nodes.pop(), node)
+            carry >>= 1
+        nodes.append(node)
+        self.size += 1
+
+    @property
+    def root(self) -> bytes:
+        """MTH of the leaves appended so far."""
+        if not self.nodes:
+            return EMPTY_ROOT
+        head = self.nodes[-1]
+        for node in reversed(self.nodes[:-1]):
+            head = node_hash(node, head)
+        return head
 
 
 def _split(n: int) -> int:
@@ -63,7 +104,7 @@ class MerkleTree:
     @property
     def root(self) -> bytes:
         """MTH(D[n]); the empty tree's head is SHA-256 of nothing."""
-        return self.levels[-1][0] if self.size else hashlib.sha256(b"").digest()
+        return self.levels[-1][0] if self.size else EMPTY_ROOT
 
     def _head(self, start: int, end: int) -> bytes:
         """MTH(D[start:end]) for a subtree of the RFC's recursion (aligned, as described above)."""

@@ -10,14 +10,15 @@ The walk is a checklist run on each line in order; the first line that fails nam
    already taken, ``audit.inserted``; a record that no longer links to its predecessor,
    ``audit.edited`` (one of the two was rewritten and rehashed);
 3. a record after its run's seal, or of a run that already ended, is ``audit.inserted``;
-4. a seal's checkpoint describes exactly the chain before it, and every other field of the seal
-   (its run, time, record count and signer list) matches what the checkpoint signs
-   (``audit.seal-mismatch``); when public keys are given, a signature line that names one of them
-   must verify (``audit.bad-seal-signature``: damage);
+4. a seal's checkpoint describes exactly the chain before it (size, chain head, and the RFC 6962
+   Merkle root of those records; a log whose seals once signed a root never drops it), and every
+   other field of the seal (its run, time, record count and signer list) matches what the
+   checkpoint signs (``audit.seal-mismatch``); when public keys are given, a signature line that
+   names one of them must verify (``audit.bad-seal-signature``: damage);
 5. a run that follows an unsealed one opens with a ``run.continued`` record, and that record
    names the unsealed record right before it (``audit.inserted``);
-6. with ``expect_head``, the published head is in the log (``audit.head-mismatch``,
-   ``audit.truncated``).
+6. with ``expect_head``, the published head is in the log, and a published Merkle root is that of
+   the log's first ``size`` records (``audit.head-mismatch``, ``audit.truncated``).
 
 A log whose last run has no seal verifies as *unsealed*, not as intact and not as damaged: that is
 what a SIGKILL (or a truncation to a record boundary, which only a published head can tell apart)
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runner.audit.checkpoint import Checkpoint, parse_checkpoint, verify_signatures
+from runner.audit.merkle import CompactRange, leaf_hash
 from runner.audit.record import (
     GENESIS,
     RUN_CONTINUED,
@@ -185,7 +187,7 @@ def _anchor(text: str) -> _Anchor:
             f"not a head hash (64 hex) nor a checkpoint note: {exc}",
             Location(file="--expect-head"),
         ) from None
-    return _Anchor(note.root_hash, note.size, note)
+    return _Anchor(note.chain_head, note.size, note)
 
 
 class _Walk:
@@ -201,6 +203,8 @@ class _Walk:
         self.prev = GENESIS
         self.untrusted: list[Violation] = []  # seals signed by none of the keys: not damage
         self.seals_verified = 0
+        self.tree = CompactRange()  # the Merkle tree of the records verified so far
+        self.merkle_sealed = False  # a seal has signed a Merkle root: later seals must too
 
     def at(self, rule: str, message: str, line: int | None, pointer: str = "") -> Violation:
         return Violation(rule, message, Location(file=self.where, line=line, pointer=pointer))
@@ -210,6 +214,7 @@ class _Walk:
         ended: set[str] = set()
         anchor_index = -1 if anchor is None or anchor.size is None else anchor.size - 1
         strict = self.strict
+        add_leaf = self.tree.append
         prev = GENESIS
         run: _Run | None = None
         index = 0
@@ -256,6 +261,11 @@ class _Walk:
                         "the log was rewritten"
                     )
                     return self.at("audit.head-mismatch", message, index + 1, "/hash")
+                add_leaf(leaf_hash(line))
+                if index == anchor_index and anchor is not None and anchor.note is not None:
+                    problem = self.check_anchor_root(anchor.note, index + 1)
+                    if problem is not None:
+                        return problem
                 prev = digest
             else:
                 index = len(self.lines)
@@ -263,6 +273,27 @@ class _Walk:
         finally:
             self.count = index  # records verified before the first damage
             self.prev = prev
+
+    def check_merkle_root(self, checkpoint: Checkpoint, number: int, pointer: str) -> Violation | None:
+        """The seal's Merkle root is that of the records before it; once one seal of the log
+        signed a root, every later one does (a chain-head-only seal is an old log's, never new)."""
+        if checkpoint.merkle_root is None:
+            if not self.merkle_sealed:
+                return None
+            message = "the seal signs no Merkle root, but an earlier seal of this log did"
+            return self.at("audit.seal-mismatch", message, number, pointer)
+        self.merkle_sealed = True
+        if checkpoint.merkle_root == self.tree.root.hex():
+            return None
+        message = f"the seal's Merkle root is not the root of the {self.tree.size} records before it"
+        return self.at("audit.seal-mismatch", message, number, pointer)
+
+    def check_anchor_root(self, note: Checkpoint, number: int) -> Violation | None:
+        """A published checkpoint with a Merkle root: the root of the log's first ``size`` records."""
+        if note.merkle_root is None or note.merkle_root == self.tree.root.hex():
+            return None
+        message = f"the published checkpoint's Merkle root is not that of the log's first {note.size} records"
+        return self.at("audit.head-mismatch", message, number, "/hash")
 
     def check_seal(self, line: bytes, head: LineHead, run: _Run, number: int) -> Violation | None:
         pointer = "/data/checkpoint"
@@ -278,7 +309,7 @@ class _Walk:
         expected = (head.seq, head.prev, head.seq, head.prev, run_records)
         found = (
             checkpoint.size,
-            checkpoint.root_hash,
+            checkpoint.chain_head,
             data.get("size"),
             data.get("head"),
             data.get("run_records"),
@@ -299,13 +330,16 @@ class _Walk:
                 number,
                 "/data",
             )
-        if checkpoint.extensions != (seal_extension(head.run, record["ts"], run_records),):
+        if checkpoint.own_extensions != (seal_extension(head.run, record["ts"], run_records),):
             return self.at(
                 "audit.seal-mismatch",
                 "the seal's run, time or record count differ from what its checkpoint signs",
                 number,
                 pointer,
             )
+        problem = self.check_merkle_root(checkpoint, number, pointer)
+        if problem is not None:
+            return problem
         run.signers = tuple(names)
         run.checkpoint = checkpoint.text
         run.sealed = True

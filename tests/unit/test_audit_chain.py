@@ -64,7 +64,7 @@ def test_the_chain_continues_across_runs_in_the_same_folder(tmp_path: Path) -> N
     assert report.status == "intact" and [r.run for r in report.runs] == ["r1", "r2", "r3"]
 
 
-def test_seal_checkpoint_signs_the_head_and_size(tmp_path: Path) -> None:
+def test_seal_checkpoint_signs_the_merkle_root_head_and_size(tmp_path: Path) -> None:
     key = generate_keypair()
     with AuditLog.open(tmp_path, run_id="r1", origin="example.org/ci/audit") as log:
         last = log.append("run.started", {})
@@ -72,11 +72,13 @@ def test_seal_checkpoint_signs_the_head_and_size(tmp_path: Path) -> None:
         with pytest.raises(AuditError) as caught:
             log.append("job.started", {})
         assert caught.value.rule_id == "audit.closed"
-    assert (checkpoint.origin, checkpoint.size, checkpoint.root_hash) == (
+    assert (checkpoint.origin, checkpoint.size, checkpoint.chain_head) == (
         "example.org/ci/audit",
         1,
         last["hash"],
     )
+    line = (tmp_path / "audit.jsonl").read_bytes().split(b"\n")[0]
+    assert checkpoint.root_hash == checkpoint.merkle_root == hashlib.sha256(b"\x00" + line).hexdigest()
     assert str(checkpoint).startswith("example.org/ci/audit\n1\n") and "\n\n\u2014 ci " in str(checkpoint)
     seal = read_records(tmp_path / "audit.jsonl")[-1]
     assert seal["kind"] == "run.sealed" and seal["data"]["checkpoint"] == str(checkpoint)

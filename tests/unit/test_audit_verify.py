@@ -14,6 +14,7 @@ import pytest
 
 from runner.audit import AuditLog, verify_log
 from runner.audit.checkpoint import parse_checkpoint
+from runner.audit.merkle import leaf_hash, root
 from runner.audit.record import encode_record, parse_line
 from runner.errors import EXIT_AUDIT_FAILED, EXIT_OK, InputError
 from runner.signing import PrivateKey, generate_keypair
@@ -245,12 +246,14 @@ def _rechain(lines: list[bytes], start: int, edit: dict[str, Any], *, fix_notes:
             data.update(edit)
         if record["kind"] == "run.sealed":
             data["head"] = prev
-            if fix_notes:
+            if fix_notes:  # the chain head and the Merkle root of the rewritten records before it
                 note = parse_checkpoint(data["checkpoint"])
                 body = note.body().splitlines()
-                old_root = body[2]
-                data["checkpoint"] = data["checkpoint"].replace(
-                    old_root, base64.b64encode(bytes.fromhex(prev)).decode()
+                merkle = root([leaf_hash(line) for line in out])
+                data["checkpoint"] = (
+                    data["checkpoint"]
+                    .replace(body[2], base64.b64encode(merkle).decode())
+                    .replace(note.chain_head, prev)
                 )
         _, line = encode_record(
             seq=record["seq"], ts=record["ts"], kind=record["kind"], run=record["run"], data=data, prev=prev
@@ -293,7 +296,7 @@ def test_expect_head_accepts_the_note_or_a_hash_and_detects_truncation(log_dir: 
     assert note is not None
     assert verify_log(path, expect_head=note, public_keys=[KEY.public_key()]).status == "intact"
     assert verify_log(path, expect_head=report.runs[0].checkpoint).status == "intact"  # an older anchor
-    assert verify_log(path, expect_head=parse_checkpoint(note).root_hash).status == "intact"
+    assert verify_log(path, expect_head=parse_checkpoint(note).chain_head).status == "intact"
     assert _problem(path, expect_head="ab" * 32)[0] == "audit.head-mismatch"
     original = _lines(path)
     _write(path, original[:-5])  # cut to a record boundary: looks merely unsealed without the anchor
