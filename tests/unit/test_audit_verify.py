@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from runner.audit import AuditLog, verify_log
-from runner.audit.checkpoint import parse_checkpoint
+from runner.audit.checkpoint import Checkpoint, parse_checkpoint, sign_checkpoint
 from runner.audit.merkle import leaf_hash, root
 from runner.audit.record import encode_record, parse_line
 from runner.errors import EXIT_AUDIT_FAILED, EXIT_OK, InputError
@@ -355,3 +355,92 @@ def test_strict_mode_rejects_a_well_hashed_but_non_canonical_line(tmp_path: Path
     (tmp_path / "audit.jsonl").write_bytes(line + b"\n")
     assert verify_log(tmp_path / "audit.jsonl").ok  # integrity holds: every byte is hashed
     assert _problem(tmp_path / "audit.jsonl", strict=True)[:2] == ("audit.edited", 1)
+
+
+def _legacy(lines: list[bytes], runs: int) -> list[bytes]:
+    """What Sandrun wrote before checkpoints signed the Merkle root: the first ``runs`` seals'
+    checkpoints with the chain head as their hash line and no chain-head line, signed by KEY."""
+    out: list[bytes] = []
+    prev = "0" * 64
+    seals = 0
+    for line in lines:
+        record = json.loads(line)
+        if record["kind"] == "run.sealed" and seals < runs:
+            seals += 1
+            note = parse_checkpoint(record["data"]["checkpoint"])
+            old = Checkpoint(note.origin, note.size, prev, note.own_extensions)
+            signed = sign_checkpoint(old, KEY, note.signatures[0].name)
+            record["data"] |= {"checkpoint": signed.text, "head": prev}
+        _, encoded = encode_record(
+            seq=record["seq"],
+            ts=record["ts"],
+            kind=record["kind"],
+            run=record["run"],
+            data=record["data"],
+            prev=prev,
+        )
+        out.append(encoded[:-1])
+        prev = parse_line(encoded[:-1]).hash
+    return out
+
+
+def test_an_old_log_whose_checkpoints_sign_the_chain_head_still_verifies(log_dir: Path) -> None:
+    path = log_dir / "audit.jsonl"
+    _write(path, _legacy(_lines(path), RUNS))
+    report = verify_log(path, public_keys=[KEY.public_key()])
+    assert report.status == "intact" and report.seals_verified == RUNS
+    note = parse_checkpoint(report.runs[-1].checkpoint or "")
+    assert note.merkle_root is None and note.chain_head == note.root_hash
+    assert verify_log(path, expect_head=report.runs[-1].checkpoint).status == "intact"
+    write_run(log_dir, RUNS)  # the next run of today's Sandrun signs the root over old and new
+    report = verify_log(path, public_keys=[KEY.public_key()])
+    note = parse_checkpoint(report.runs[-1].checkpoint or "")
+    assert (
+        report.status == "intact"
+        and note.merkle_root == root([leaf_hash(x) for x in _lines(path)[:-1]]).hex()
+    )
+
+
+def test_a_seal_without_a_root_after_one_with_is_refused(log_dir: Path) -> None:
+    path = log_dir / "audit.jsonl"
+    lines = _lines(path)
+    # the key holder re-signs the last seal the old way: a downgrade a verifier must not accept
+    seals = [i for i, line in enumerate(lines) if b'"kind":"run.sealed"' in line]
+    last = json.loads(lines[seals[-1]])
+    note = parse_checkpoint(last["data"]["checkpoint"])
+    legacy = Checkpoint(note.origin, note.size, note.chain_head, note.own_extensions)
+    old = sign_checkpoint(legacy, KEY, note.signatures[0].name)
+    last["data"]["checkpoint"] = old.text
+    _, encoded = encode_record(
+        seq=last["seq"],
+        ts=last["ts"],
+        kind=last["kind"],
+        run=last["run"],
+        data=last["data"],
+        prev=last["prev"],
+    )
+    _write(path, lines[: seals[-1]] + [encoded[:-1]])
+    assert _problem(path)[:2] == ("audit.seal-mismatch", seals[-1] + 1)
+
+
+def test_a_seal_or_published_checkpoint_with_a_wrong_root_is_refused(log_dir: Path) -> None:
+    path = log_dir / "audit.jsonl"
+    lines = _lines(path)
+    seals = [i for i, line in enumerate(lines) if b'"kind":"run.sealed"' in line]
+    last = json.loads(lines[seals[-1]])
+    note = parse_checkpoint(last["data"]["checkpoint"])
+    wrong = Checkpoint.of_tree(note.origin, note.size, "00" * 32, note.chain_head, note.own_extensions)
+    last["data"]["checkpoint"] = sign_checkpoint(wrong, KEY, note.signatures[0].name).text
+    _, encoded = encode_record(
+        seq=last["seq"],
+        ts=last["ts"],
+        kind=last["kind"],
+        run=last["run"],
+        data=last["data"],
+        prev=last["prev"],
+    )
+    _write(path, lines[: seals[-1]] + [encoded[:-1]])
+    assert _problem(path)[:2] == ("audit.seal-mismatch", seals[-1] + 1)
+    _write(path, lines)
+    published = sign_checkpoint(wrong, KEY).text  # the right chain head, a root of another tree
+    assert _problem(path, expect_head=published)[:2] == ("audit.head-mismatch", seals[-1])
