@@ -35,6 +35,7 @@ from runner.audit.record import (
     GENESIS,
     RUN_CONTINUED,
     RUN_SEALED,
+    SEAL_TREE,
     TOOL_REGISTERED,
     LineError,
     LineHead,
@@ -134,12 +135,30 @@ def _tail_state(path: Path) -> tuple[LineHead | None, bytes, int]:
     return (heads[-1] if heads else None), torn, size
 
 
-def _tree_of(path: Path, size: int) -> CompactRange:
-    """The Merkle tree (compact) of the log's first ``size`` bytes, whole lines: one leaf each.
+def _resume_tree(path: Path, size: int, head: LineHead | None) -> CompactRange:
+    """The Merkle tree (compact) of every record of the log, so this run's seal can sign its root.
 
-    One pass of reading and hashing when a run opens the log, so its seal can sign the root of
-    every record before it; the chain is not re-verified here (``sandrun audit verify`` does that).
+    A log whose last record is a seal that holds the tree's heads resumes from them and the seal's
+    own line, reading nothing more; any other log (an old one, or one continued after an unsealed
+    run) is read once, :func:`_tree_of`. The heads are not trusted more than the tail's chain:
+    ``sandrun audit verify`` checks them against the records, and so every root signed from them.
     """
+    if head is not None and head.kind == RUN_SEALED:
+        lines, _, _ = _read_tail(path)
+        try:
+            stored = parse_record(lines[-1])["data"].get(SEAL_TREE)
+            if isinstance(stored, list) and all(isinstance(h, str) for h in stored):
+                tree = CompactRange(head.seq, [bytes.fromhex(h) for h in stored])
+                tree.append(leaf_hash(lines[-1]))
+                return tree
+        except (LineError, ValueError):
+            pass  # not a tree this seal can resume from: read the log
+    return _tree_of(path, size)
+
+
+def _tree_of(path: Path, size: int) -> CompactRange:
+    """The Merkle tree (compact) of the log's first ``size`` bytes, whole lines: one leaf each;
+    one pass of reading and hashing."""
     tree = CompactRange()
     rest = b""
     with open(path, "rb") as handle:
@@ -292,7 +311,7 @@ class AuditLog:
                         f"run id {run_id} already wrote to this log",
                         Location(file=str(path), line=head.seq + 1, pointer="/run"),
                     )
-                tree = _tree_of(path, size)
+                tree = _resume_tree(path, size, head)
             except BaseException:
                 os.close(fd)
                 raise
@@ -428,6 +447,7 @@ class AuditLog:
                 "run_records": run_records,
                 "checkpoint": checkpoint.text,
                 "signers": [s.name for s in checkpoint.signatures],
+                SEAL_TREE: [node.hex() for node in self._tree.nodes],
             }
             self._write(RUN_SEALED, data, ts)
             self._sealed = True

@@ -53,9 +53,13 @@ class CompactRange:
 
     __slots__ = ("size", "nodes")
 
-    def __init__(self) -> None:
-        self.size = 0
-        self.nodes: list[bytes] = []
+    def __init__(self, size: int = 0, nodes: Sequence[bytes] = ()) -> None:
+        """The empty tree, or one resumed from its ``size`` and ``nodes`` (``ValueError`` unless
+        there is one 32-byte node per set bit of ``size``)."""
+        if size < 0 or len(nodes) != size.bit_count() or any(len(n) != 32 for n in nodes):
+            raise ValueError(f"a tree of {size} leaves has {size.bit_count()} subtree heads of 32 bytes")
+        self.size = size
+        self.nodes: list[bytes] = list(nodes)
 
     def append(self, leaf: bytes) -> None:
         """Add leaf hash ``leaf`` as leaf number ``size``."""

@@ -41,6 +41,7 @@ __all__ = [
     "RUN_CONTINUED",
     "KINDS",
     "SEAL_FIELDS",
+    "SEAL_TREE",
     "seal_extension",
     "GENESIS",
     "FIELDS",
@@ -167,6 +168,9 @@ _ts_second: tuple[int, str] = (-1, "")
 
 
 SEAL_FIELDS = frozenset({"size", "head", "run_records", "checkpoint", "signers"})
+# A seal whose checkpoint signs a Merkle root also holds the tree's subtree heads (hex, largest
+# first), so the next run resumes the tree from the log's last record instead of re-reading it.
+SEAL_TREE = "tree"
 
 
 def seal_extension(run: str, ts: str, run_records: int) -> str:

@@ -41,6 +41,7 @@ from runner.audit.record import (
     RUN_CONTINUED,
     RUN_SEALED,
     SEAL_FIELDS,
+    SEAL_TREE,
     LineError,
     LineHead,
     parse_line,
@@ -274,18 +275,21 @@ class _Walk:
             self.count = index  # records verified before the first damage
             self.prev = prev
 
-    def check_merkle_root(self, checkpoint: Checkpoint, number: int, pointer: str) -> Violation | None:
-        """The seal's Merkle root is that of the records before it; once one seal of the log
-        signed a root, every later one does (a chain-head-only seal is an old log's, never new)."""
+    def check_merkle_root(
+        self, checkpoint: Checkpoint, stored: Any, number: int, pointer: str
+    ) -> Violation | None:
+        """The seal's Merkle root, and the subtree heads it stores (``stored``), are those of the
+        records before it; once one seal of the log signed a root, every later one does (a
+        chain-head-only seal is an old log's, never a new one's)."""
         if checkpoint.merkle_root is None:
             if not self.merkle_sealed:
                 return None
             message = "the seal signs no Merkle root, but an earlier seal of this log did"
             return self.at("audit.seal-mismatch", message, number, pointer)
         self.merkle_sealed = True
-        if checkpoint.merkle_root == self.tree.root.hex():
+        if checkpoint.merkle_root == self.tree.root.hex() and stored == [n.hex() for n in self.tree.nodes]:
             return None
-        message = f"the seal's Merkle root is not the root of the {self.tree.size} records before it"
+        message = f"the seal's Merkle root or tree is not that of the {self.tree.size} records before it"
         return self.at("audit.seal-mismatch", message, number, pointer)
 
     def check_anchor_root(self, note: Checkpoint, number: int) -> Violation | None:
@@ -323,7 +327,8 @@ class _Walk:
             )
         # Every other field of the seal is bound to what the checkpoint signs (or says).
         names = [s.name for s in checkpoint.signatures]
-        if set(data) != SEAL_FIELDS or data["signers"] != names:
+        fields = SEAL_FIELDS if checkpoint.merkle_root is None else SEAL_FIELDS | {SEAL_TREE}
+        if set(data) != fields or data["signers"] != names:
             return self.at(
                 "audit.seal-mismatch",
                 "the seal's fields or signer list differ from its checkpoint",
@@ -337,7 +342,7 @@ class _Walk:
                 number,
                 pointer,
             )
-        problem = self.check_merkle_root(checkpoint, number, pointer)
+        problem = self.check_merkle_root(checkpoint, data.get(SEAL_TREE), number, pointer)
         if problem is not None:
             return problem
         run.signers = tuple(names)

@@ -421,3 +421,67 @@ def test_encode_record_refuses_fields_it_would_have_to_escape(field: str, value:
 )
 def test_format_ts_is_rfc3339_utc_milliseconds(ms: int, text: str) -> None:
     assert format_ts(ms * 1_000_000 + 999_999) == text  # sub-millisecond digits are cut, not rounded
+
+
+def _mth(lines: list[bytes]) -> bytes:
+    """RFC 6962 MTH written out here, over the lines as leaves."""
+    if not lines:
+        return hashlib.sha256(b"").digest()
+    if len(lines) == 1:
+        return hashlib.sha256(b"\x00" + lines[0]).digest()
+    k = 1 << ((len(lines) - 1).bit_length() - 1)
+    return hashlib.sha256(b"\x01" + _mth(lines[:k]) + _mth(lines[k:])).digest()
+
+
+def test_each_run_resumes_the_tree_from_the_last_seal_and_signs_the_right_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_scan(path: Path, size: int) -> None:
+        raise AssertionError("a log ending in a seal is not re-read")
+
+    for run in range(5):
+        with AuditLog.open(tmp_path, run_id=f"r{run}") as log:
+            for i in range(run * 3):
+                log.append("job.started", {"i": i})
+            checkpoint = log.seal(None)
+        lines = (tmp_path / "audit.jsonl").read_bytes().splitlines()
+        assert checkpoint.merkle_root == _mth(lines[:-1]).hex()
+        monkeypatch.setattr(chain_module, "_tree_of", no_scan)
+    assert verify_log(tmp_path / "audit.jsonl").status == "intact"
+
+
+def test_after_an_unsealed_run_the_log_is_read_to_resume_the_tree(tmp_path: Path) -> None:
+    with AuditLog.open(tmp_path, run_id="r1") as log:
+        log.append("run.started", {})
+        log.seal(None)
+    with AuditLog.open(tmp_path, run_id="r2") as log:
+        log.append("run.started", {})  # killed before its seal
+    with AuditLog.open(tmp_path, run_id="r3", continue_unsealed=True) as log:
+        checkpoint = log.seal(None)
+    lines = (tmp_path / "audit.jsonl").read_bytes().splitlines()
+    assert checkpoint.merkle_root == _mth(lines[:-1]).hex()
+    assert verify_log(tmp_path / "audit.jsonl").status == "intact"
+
+
+def test_a_seal_whose_stored_tree_was_edited_is_refused(tmp_path: Path) -> None:
+    with AuditLog.open(tmp_path, run_id="r1") as log:
+        for i in range(5):
+            log.append("job.started", {"i": i})
+        log.seal(None)
+    path = tmp_path / "audit.jsonl"
+    lines = path.read_bytes().splitlines()
+    seal = read_records(path)[-1]
+    seal["data"]["tree"][0] = "00" * 32  # rehashed: the chain alone cannot tell
+    _, line = encode_record(
+        seq=seal["seq"],
+        ts=seal["ts"],
+        kind=seal["kind"],
+        run=seal["run"],
+        data=seal["data"],
+        prev=seal["prev"],
+    )
+    path.write_bytes(b"".join(x + b"\n" for x in lines[:-1]) + line)
+    report = verify_log(path)
+    assert report.problems[0].rule_id == "audit.seal-mismatch" and report.problems[0].location.line == len(
+        lines
+    )

@@ -14,7 +14,7 @@ import pytest
 
 from runner.audit import AuditLog, verify_log
 from runner.audit.checkpoint import Checkpoint, parse_checkpoint, sign_checkpoint
-from runner.audit.merkle import leaf_hash, root
+from runner.audit.merkle import CompactRange, leaf_hash, root
 from runner.audit.record import encode_record, parse_line
 from runner.errors import EXIT_AUDIT_FAILED, EXIT_OK, InputError
 from runner.signing import PrivateKey, generate_keypair
@@ -249,7 +249,11 @@ def _rechain(lines: list[bytes], start: int, edit: dict[str, Any], *, fix_notes:
             if fix_notes:  # the chain head and the Merkle root of the rewritten records before it
                 note = parse_checkpoint(data["checkpoint"])
                 body = note.body().splitlines()
-                merkle = root([leaf_hash(line) for line in out])
+                tree = CompactRange()
+                for line in out:
+                    tree.append(leaf_hash(line))
+                merkle = tree.root
+                data["tree"] = [node.hex() for node in tree.nodes]
                 data["checkpoint"] = (
                     data["checkpoint"]
                     .replace(body[2], base64.b64encode(merkle).decode())
@@ -371,6 +375,7 @@ def _legacy(lines: list[bytes], runs: int) -> list[bytes]:
             old = Checkpoint(note.origin, note.size, prev, note.own_extensions)
             signed = sign_checkpoint(old, KEY, note.signatures[0].name)
             record["data"] |= {"checkpoint": signed.text, "head": prev}
+            del record["data"]["tree"]
         _, encoded = encode_record(
             seq=record["seq"],
             ts=record["ts"],
