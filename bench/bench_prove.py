@@ -118,8 +118,8 @@ def main() -> None:
         start = time.perf_counter()
         assert _tree_of(log, log.stat().st_size).root == tree.root
         scan = time.perf_counter() - start
-    print(f"re-reading a log without a resumable seal: {scan / args.records / sha:.1f}x the baseline per record "
-          f"({scan:.2f} s for {args.records:,})")  # fmt: skip
+    print(f"re-reading a log without a resumable seal: {scan / args.records / sha:.1f}x the baseline "
+          f"per record ({scan:.2f} s for {args.records:,})")  # fmt: skip
 
     rounds = 20
     start = time.perf_counter()
