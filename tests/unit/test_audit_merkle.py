@@ -132,3 +132,21 @@ def test_impossible_requests_are_refused() -> None:
         consistency_proof(LEAVES[:3], 0)
     assert root([]) == hashlib.sha256(b"").digest()
     assert not verify_consistency(4, 3, root(LEAVES[:4]), root(LEAVES[:3]), [])
+
+
+def test_compact_range_root_and_resume_match_the_rfc_definition() -> None:
+    from runner.audit.merkle import CompactRange
+
+    data = [b"record %d" % i for i in range(300)]
+    grown = CompactRange()
+    assert grown.root == _h()
+    for n in range(1, 301):
+        grown.append(leaf_hash(data[n - 1]))
+        assert grown.root == _mth(data[:n])
+        resumed = CompactRange(grown.size, grown.nodes)  # what a seal stores, read back
+        resumed.append(leaf_hash(b"next"))
+        assert resumed.root == _mth(data[:n] + [b"next"])
+    with pytest.raises(ValueError):
+        CompactRange(5, grown.nodes[:1])  # 5 leaves are two subtrees
+    with pytest.raises(ValueError):
+        CompactRange(1, [b"short"])

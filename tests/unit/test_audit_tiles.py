@@ -226,3 +226,11 @@ def test_a_record_too_long_for_a_uint16_prefix_or_a_wrong_checkpoint_is_refused(
     with pytest.raises(InputError):
         export_tiles(tmp_path / "t", _records(3), _checkpoint(_records(4)))
     assert not (tmp_path / "t").exists()
+
+
+def test_tile_index_paths_follow_the_spec_example() -> None:
+    from runner.audit.tiles import index_path
+
+    for index in (0, 7, 999, 1000, 1234067, 10**9 + 5):
+        assert index_path(index) == _n(index)
+    assert index_path(1234067) == "x001/x234/067" and index_path(5) == "005"
