@@ -29,13 +29,14 @@ log *untrusted*, not damaged: the walk goes on and still names any damage after 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from runner.audit.checkpoint import Checkpoint, parse_checkpoint, verify_signatures
-from runner.audit.merkle import CompactRange, leaf_hash
+from runner.audit.merkle import CompactRange
 from runner.audit.record import (
     GENESIS,
     RUN_CONTINUED,
@@ -216,6 +217,7 @@ class _Walk:
         anchor_index = -1 if anchor is None or anchor.size is None else anchor.size - 1
         strict = self.strict
         add_leaf = self.tree.append
+        sha256 = hashlib.sha256
         prev = GENESIS
         run: _Run | None = None
         index = 0
@@ -262,7 +264,7 @@ class _Walk:
                         "the log was rewritten"
                     )
                     return self.at("audit.head-mismatch", message, index + 1, "/hash")
-                add_leaf(leaf_hash(line))
+                add_leaf(sha256(b"\x00" + line).digest())  # leaf_hash, inlined
                 if index == anchor_index and anchor is not None and anchor.note is not None:
                     problem = self.check_anchor_root(anchor.note, index + 1)
                     if problem is not None:
