@@ -337,6 +337,7 @@ def tool_registered(tool: Tool) -> dict[str, Any]:
         "signer": tool.signer,
         "signature_verified": tool.signature_verified,
         "actions": list(tool.actions),
+        "kind": tool.kind,
     }
 
 
@@ -408,6 +409,7 @@ def job_started(job: JobSpec, index: int) -> dict[str, Any]:
         "id": job.id,
         "index": index,
         "module_sha256": job.module_sha256,
+        "kind": job.kind,
         "limits": _flat(job.limits),
         "mounts": [_flat(m) for m in job.mounts],
         "fs_scope": job.fs_scope,
