@@ -67,7 +67,6 @@ _INVALID_INPUT = {
     "attest.no-key": "`attest` or `attest verify` has no key to sign or verify with",
     "audit.checkpoint": "an old checkpoint (`audit prove --consistency`) cannot be read or parsed",
     "audit.no-record": "`audit prove --record N` names no record of the log",
-    "component.hermetic": "a hermetic job whose tool is a component (WASI p2 clocks cannot be made virtual)",
     "component.invoke": "a job sets `invoke` but its tool is a component (it runs `wasi:cli/run`)",
     "fs.guest-duplicate": "two mounts of a job share a guest path",
     "fs.guest-invalid": "a guest path is not absolute or has `..`",

@@ -573,6 +573,7 @@ class _EngineHost:
         _define_http(self.linker)
         self._hermetic: Linker | None = None
         self._components: wasm_component.Linker | None = None
+        self._hermetic_components: dict[tuple[str, ...], wasm_component.Linker] = {}
         self.tick_ms = tick_ms
         self._jobs: set[_JobState] = set()
         self._lock = threading.Lock()
@@ -610,12 +611,22 @@ class _EngineHost:
                 _define_http(self._hermetic)  # linked like everywhere; a hermetic job has no grant
             return self._hermetic
 
-    def component_linker(self) -> wasm_component.Linker:
-        """The linker of component jobs (WASI preview 2: :mod:`runner.component`), made on first use."""
+    def component_linker(self, job: JobSpec, component: wasm_component.Component) -> wasm_component.Linker:
+        """The linker of component jobs (WASI preview 2: :mod:`runner.component`), made on first
+        use; for a hermetic job, one whose clocks and random are virtual at the versions this
+        component imports (one per distinct set: a linker is never changed once in use)."""
+        if job.hermetic is None:
+            with self._lock:
+                if self._components is None:
+                    self._components = components.new_linker(self.engine)
+                return self._components
+        interfaces = components.virtual_imports(component, self.engine)
         with self._lock:
-            if self._components is None:
-                self._components = components.new_linker(self.engine)
-            return self._components
+            linker = self._hermetic_components.get(interfaces)
+            if linker is None:
+                linker = components.hermetic_linker(self.engine, interfaces, _current_world)
+                self._hermetic_components[interfaces] = linker
+            return linker
 
     def register(self, job: _JobState) -> None:
         with self._lock:
@@ -1050,7 +1061,7 @@ class Runtime:
                 if isinstance(module, Module):
                     ending, peak = _execute(job, store, host.linker_for(job), module)
                 else:
-                    ending, peak = _execute_component(store, host.component_linker(), module)
+                    ending, peak = _execute_component(store, host.component_linker(job, module), module)
         finally:
             _current.job = None
             host.unregister(state)

@@ -7,11 +7,11 @@
 # same bytes (the sha256 of each is printed). The built files are committed: tests need no npm.
 # Needs: node and npm (npm ci fetches the pinned jco into tests/fixtures/components/node_modules).
 #
-#   scripts/build-components.sh            # probe
+#   scripts/build-components.sh            # probe and timely
 #   scripts/build-components.sh probe      # the names to adapt
 set -eu
 here=tests/fixtures/components
-names=${*:-probe}
+names=${*:-probe timely}
 (cd "$here" && npm ci --no-audit --no-fund --silent)
 for name in $names; do
     "$here/node_modules/.bin/jco" new "tests/fixtures/$name.wasm" --wasi-command -o "$here/$name.wasm"

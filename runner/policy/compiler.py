@@ -546,24 +546,14 @@ class _ManifestCompiler:
         )
 
     def check_component(self, pointer: str, spec: dict[str, Any]) -> None:
-        """What a component job cannot ask for yet (docs/components.md): rules ``component.invoke``
-        (typed calls of a component's exports are not wired to jobs) and ``component.hermetic``
-        (its clocks and random come from Wasmtime's WASI preview 2, which Sandrun cannot make
-        virtual yet: a hermetic record could not be replayed)."""
-        job_id = f"{self.name}/{spec['name']}"
+        """Rule ``component.invoke``: typed calls of a component's exports are not wired to jobs
+        yet; a component job runs its ``wasi:cli/run`` (docs/components.md)."""
         if spec.get("invoke") is not None:
             self.deny(
                 "component.invoke",
-                f"job {job_id!r} sets invoke, but its tool is a component: components run their "
-                "wasi:cli/run export only (docs/components.md)",
+                f"job {self.name + '/' + spec['name']!r} sets invoke, but its tool is a component: "
+                "components run their wasi:cli/run export only (docs/components.md)",
                 pointer + "/invoke",
-            )
-        if spec.get("hermetic", False) is not False:
-            self.deny(
-                "component.hermetic",
-                f"job {job_id!r} is hermetic, but its tool is a component: WASI preview 2 clocks and "
-                "random cannot be made virtual yet (docs/components.md)",
-                pointer + "/hermetic",
             )
 
     def check_hermetic(self, pointer: str, spec: dict[str, Any], network: Network | None) -> Hermetic | None:
