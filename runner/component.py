@@ -97,7 +97,7 @@ def _datetime(ns: int) -> Record:
 
 def _random_bytes(world: VirtualWorld, count: int) -> bytes:
     if count > _MAX_RANDOM:
-        raise ValueError(f"a random call asked for {count} bytes (at most {_MAX_RANDOM})")
+        raise WasmtimeError(f"a random call asked for {count} bytes (at most {_MAX_RANDOM})")
     return world.random_bytes(count)
 
 
@@ -159,11 +159,20 @@ def virtual_imports(component: Component, engine: Engine) -> tuple[str, ...]:
 
 
 def _virtual(function: Callable[..., Any], world_of: WorldOf) -> Callable[..., Any]:
+    """A host function over the job's world. It raises only ``WasmtimeError`` (the guest traps
+    with its text): wasmtime-py passes any other exception through a module global, which is racy
+    when several threads run guests."""
+
     def host(_store: object, *args: Any) -> Any:
         world = world_of()
         if world is None:  # only hermetic jobs use this linker: a bug of ours, stop the guest
-            raise RuntimeError("a hermetic component ran without its virtual world")
-        return function(world, *args)
+            raise WasmtimeError("a hermetic component ran without its virtual world")
+        try:
+            return function(world, *args)
+        except WasmtimeError:
+            raise
+        except Exception as exc:
+            raise WasmtimeError(f"sandrun: {type(exc).__name__}: {exc}") from None
 
     return host
 
