@@ -5,6 +5,8 @@ on/off and ``max_wasm_stack``), one shared ``Linker`` per engine, one epoch tick
 and the compiled-module cache (:mod:`runner.cache`). :meth:`Runtime.run` builds the job's WASI
 preview-1 context from the plan alone (argv, env, stdin, mounts: nothing is inherited from the host),
 applies the limits and turns whatever the guest does into an :class:`~runner.results.Outcome`.
+A component (``job.kind == "component"``, WASI preview 2) gets the same context, limits and
+ticker; :mod:`runner.component` links and starts it (docs/components.md).
 
 How each limit is enforced (docs/sandbox.md has the user-facing version):
 
