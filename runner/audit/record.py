@@ -409,7 +409,6 @@ def job_started(job: JobSpec, index: int) -> dict[str, Any]:
         "id": job.id,
         "index": index,
         "module_sha256": job.module_sha256,
-        "kind": job.kind,
         "limits": _flat(job.limits),
         "mounts": [_flat(m) for m in job.mounts],
         "fs_scope": job.fs_scope,
