@@ -6,7 +6,7 @@ prints, for a tiny module (``fixtures/hello.wasm``) and the bytecode interpreter
 (``fixtures/interp.wasm``), the best of several rounds of:
 
 - in-process: ``wasmtime.Module(engine, data)`` with the engine configuration Sandrun uses;
-- bounded: ``compile_bounded(...)`` then ``Compiled.module(engine)`` (the whole round trip);
+- bounded: ``compile_bounded(...)`` then ``Compiled.load(engine)`` (the whole round trip);
 
 and the ratio bounded / in-process. The first bounded compile of a process also starts the
 forkserver (it imports Wasmtime once); that one-off cost is printed separately.
@@ -50,7 +50,7 @@ def main() -> None:
     engine = wasmtime.Engine(new_config(fuel=FUEL, stack=STACK))
 
     def bounded(data: bytes) -> wasmtime.Module:
-        return compile_bounded(data, fuel=FUEL, stack=STACK, bounds=BOUNDS).module(engine)
+        return compile_bounded(data, fuel=FUEL, stack=STACK, bounds=BOUNDS).load(engine)
 
     started = time.perf_counter()
     bounded((FIXTURES / "hello.wasm").read_bytes())

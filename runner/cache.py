@@ -1,7 +1,9 @@
 """Compiled-module cache: in memory (LRU) and on disk, so a second run does not recompile.
 
 Entries are keyed by (module sha256, engine configuration, wasmtime version, machine): Wasmtime's
-compiled code is only valid for the engine configuration and version that produced it.
+compiled code is only valid for the engine configuration and version that produced it. Components
+(WASI preview 2) are cached the same way, with the word ``component`` in their key: their
+serialized code loads only as a ``Component``.
 
 Loading compiled code (``Module.deserialize_file``) is *unsafe* on untrusted bytes: Wasmtime maps
 them as machine code without validating them. That is why the disk cache
@@ -45,14 +47,17 @@ from pathlib import Path
 from typing import Literal
 
 from wasmtime import Engine, Module, WasmtimeError
+from wasmtime.component import Component
 
 from runner.cache_secret import CacheSecret, CacheSecretError, default_secret_path, load_secret
 from runner.fileio import write_atomic
 from runner.units import UnitError, parse_size
+from runner.wasmfile import WasmKind
 
 __all__ = [
     "CACHE_FORMAT",
     "MAX_BYTES_ENV",
+    "Code",
     "Source",
     "ModuleCache",
     "default_cache_dir",
@@ -69,6 +74,8 @@ _MAX_SIDECAR = 4096
 _BLOCK = 1 << 20
 _PROC_FD = Path("/proc/self/fd")
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Compiled code as Wasmtime holds it: a core module or a component.
+Code = Module | Component
 
 
 def default_cache_dir() -> Path:
@@ -113,7 +120,7 @@ class ModuleCache:
         secret_path: Path | None = None,
         max_disk_bytes: int | None = None,
     ) -> None:
-        self._memory: OrderedDict[str, Module] = OrderedDict()
+        self._memory: OrderedDict[str, Code] = OrderedDict()
         self._memory_entries = max(0, memory_entries)
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
@@ -130,11 +137,13 @@ class ModuleCache:
             except (CacheSecretError, ValueError) as exc:
                 self.disk_problem = str(exc)
 
-    def key(self, digest: str, engine_tag: str) -> str:
-        """The full cache key of a module compiled for one engine configuration."""
+    def key(self, digest: str, engine_tag: str, kind: WasmKind = "module") -> str:
+        """The full cache key of a module (or component) compiled for one engine configuration."""
+        if kind == "component":
+            return f"{digest}|component|{engine_tag}|{self._runtime}"
         return f"{digest}|{engine_tag}|{self._runtime}"
 
-    def cached(self, key: str) -> Module | None:
+    def cached(self, key: str) -> Code | None:
         """The module if it is in memory (marks it recently used); never touches the disk."""
         with self._lock:
             module = self._memory.get(key)
@@ -147,9 +156,11 @@ class ModuleCache:
         engine: Engine,
         key: str,
         fetch: Callable[[], bytes],
-        compile: Callable[[Engine, bytes], Module] = Module,
-    ) -> tuple[Module, Source]:
+        compile: Callable[[Engine, bytes], Code] = Module,
+        kind: WasmKind = "module",
+    ) -> tuple[Code, Source]:
         """The module for ``key``: from memory, else from disk, else ``compile(engine, fetch())``.
+        ``kind`` says how a disk entry is loaded (the key of a component says ``component``).
 
         One compilation per key at a time: concurrent callers wait for the first one.
         ``fetch`` reads and verifies the WebAssembly bytes; its errors and ``compile``'s propagate.
@@ -161,7 +172,7 @@ class ModuleCache:
             module = self.cached(key)
             if module is not None:
                 return module, "memory"
-            module, present = self._read_disk(engine, key)
+            module, present = self._read_disk(engine, key, kind)
             source: Source = "disk"
             if module is None:
                 module = compile(engine, fetch())
@@ -170,7 +181,7 @@ class ModuleCache:
             self._remember(key, module)
             return module, source
 
-    def _remember(self, key: str, module: Module) -> None:
+    def _remember(self, key: str, module: Code) -> None:
         with self._lock:
             self._memory[key] = module
             self._memory.move_to_end(key)
@@ -182,7 +193,7 @@ class ModuleCache:
         name = hashlib.sha256(key.encode()).hexdigest()
         return self.directory / f"{name}.cwasm", self.directory / f"{name}.json"
 
-    def _read_disk(self, engine: Engine, key: str) -> tuple[Module | None, bool]:
+    def _read_disk(self, engine: Engine, key: str, kind: WasmKind) -> tuple[Code | None, bool]:
         """The authenticated entry for ``key`` or None, and whether any entry was there at all.
 
         Checks, in order: (1) the sidecar is a private file naming this format, key and secret;
@@ -210,7 +221,8 @@ class ModuleCache:
             if not hmac.compare_digest(mac, str(meta["mac"])) or os.fstat(fd).st_size != info.st_size:
                 return None, True
             source = _PROC_FD / str(fd) if _PROC_FD.is_dir() else artifact
-            module = Module.deserialize_file(engine, str(source))  # (4)
+            loader = Component.deserialize_file if kind == "component" else Module.deserialize_file
+            module = loader(engine, str(source))  # (4)
             os.utime(fd)  # recently used: the disk LRU evicts by modification time
             return module, True
         except (OSError, WasmtimeError):
@@ -218,7 +230,7 @@ class ModuleCache:
         finally:
             os.close(fd)
 
-    def _write_disk(self, key: str, module: Module) -> None:
+    def _write_disk(self, key: str, module: Code) -> None:
         """Store ``module`` best effort: a cache that cannot be written only costs time."""
         if self.disk_problem is not None or self._secret is None:
             return

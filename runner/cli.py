@@ -220,6 +220,7 @@ def check(paths: tuple[Path, ...], policy_path: Path, root: Path | None, fmt: st
     """Check manifests (files or folders) against a policy; report every problem."""
     _set_format(fmt)
     plan = _compile_noting_skips(paths, policy_path, root)
+    components = sum(1 for tool in plan.tools if tool.kind == "component")
     if fmt == "sarif":
         from runner.sarif import render_sarif
 
@@ -227,14 +228,22 @@ def check(paths: tuple[Path, ...], policy_path: Path, root: Path | None, fmt: st
     elif fmt == "json":
         click.echo(
             json.dumps(
-                {"ok": True, "plan_sha256": plan.sha256, "jobs": len(plan.jobs), "tools": len(plan.tools)},
+                {
+                    "ok": True,
+                    "plan_sha256": plan.sha256,
+                    "jobs": len(plan.jobs),
+                    "tools": len(plan.tools),
+                    "components": components,
+                },
                 indent=2,
             )
         )
     else:
         manifests = len({job.manifest for job in plan.jobs})
         _say(
-            f"ok: {manifests} manifest(s), {len(plan.tools)} tool(s), {len(plan.jobs)} job(s) "
+            f"ok: {manifests} manifest(s), {len(plan.tools)} tool(s)"
+            + (f" ({components} component(s))" if components else "")
+            + f", {len(plan.jobs)} job(s) "
             f"allowed by policy {plan.policy.name!r}; plan sha256 {plan.sha256}"
         )
 

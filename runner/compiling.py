@@ -14,8 +14,9 @@ whole process). So :func:`compile_bounded` never compiles in the calling process
    address space);
 3. the parent sends the module bytes over a pipe and waits at most the wall-clock deadline
    (:attr:`CompileBounds.wall_s`), then kills the child;
-4. the child answers with the bytes ``Module.serialize()`` produced, or Wasmtime's reason for
-   refusing the module; the parent never unpickles anything the child sends.
+4. the child answers with the bytes ``Module.serialize()`` (``Component.serialize()`` for a
+   component) produced, or Wasmtime's reason for refusing the module; the parent never unpickles
+   anything the child sends.
 
 **Invariant**: :class:`Compiled` holds serialized machine code. Deserializing maps it as code
 without validation, so it is safe only for bytes *our own* compile child produced from bytes
@@ -38,9 +39,11 @@ from multiprocessing.connection import Connection, wait
 from typing import Literal
 
 from wasmtime import Config, Engine, Module, WasmtimeError
+from wasmtime.component import Component
 
 from runner.features import ENGINE_FEATURES
 from runner.units import format_duration, format_size
+from runner.wasmfile import WasmKind
 
 __all__ = ["CompileBounds", "CompileFailed", "Compiled", "compile_bounded", "new_config"]
 
@@ -103,11 +106,14 @@ class CompileFailed(Exception):
 @dataclass(frozen=True, slots=True)
 class Compiled:
     """Serialized code from our own compile child (see the module's invariant); load it with
-    :meth:`module` into an engine made from the same :func:`new_config`."""
+    :meth:`load` into an engine made from the same :func:`new_config`."""
 
     data: bytes
+    kind: WasmKind = "module"
 
-    def module(self, engine: Engine) -> Module:
+    def load(self, engine: Engine) -> Module | Component:
+        if self.kind == "component":
+            return Component.deserialize(engine, self.data)
         return Module.deserialize(engine, self.data)
 
 
@@ -132,8 +138,10 @@ def compile_bounded(
     stack: int,
     bounds: CompileBounds,
     cancel: threading.Event | None = None,
+    kind: WasmKind = "module",
 ) -> Compiled:
-    """Compile ``data`` for the engine ``new_config(fuel=, stack=)`` in a bounded child process.
+    """Compile ``data`` (a core module or a component, as ``kind`` says) for the engine
+    ``new_config(fuel=, stack=)`` in a bounded child process.
 
     Raises :class:`CompileFailed`: ``invalid`` (Wasmtime refused the bytes), ``timeout`` (CPU
     time or wall clock), ``memory``, ``crashed`` (any other death, the signal named), or
@@ -147,7 +155,7 @@ def compile_bounded(
         raise CompileFailed("crashed", f"cannot start a compiler process: {exc}") from exc
     child = context.Process(
         target=_child,
-        args=(theirs, errors_out, fuel, stack, bounds.cpu_seconds, bounds.memory),
+        args=(theirs, errors_out, fuel, stack, bounds.cpu_seconds, bounds.memory, kind),
         name="sandrun-compile",
         daemon=True,
     )
@@ -171,7 +179,7 @@ def compile_bounded(
         for connection in (ours, theirs, errors_in, errors_out):
             connection.close()
     if reply is not None and reply[:1] == _OK:
-        return Compiled(reply[1:])
+        return Compiled(reply[1:], kind)
     if reply is not None and reply[:1] == _INVALID:
         raise CompileFailed("invalid", reply[1:].decode("utf-8", "replace"))
     raise _failure(child.exitcode, bytes(waiter.stderr), bounds, stopped=waiter.stopped)
@@ -259,7 +267,9 @@ def _lower_limit(which: int, value: int) -> None:
     resource.setrlimit(which, (value, value))
 
 
-def _child(channel: Connection, errors: Connection, fuel: bool, stack: int, cpu_s: int, memory: int) -> None:
+def _child(
+    channel: Connection, errors: Connection, fuel: bool, stack: int, cpu_s: int, memory: int, kind: WasmKind
+) -> None:
     """Runs in the compile child: limit ourselves first, then read, compile and answer."""
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)  # the forkserver handed down the runner's stdin and stdout: not ours to use
@@ -275,7 +285,9 @@ def _child(channel: Connection, errors: Connection, fuel: bool, stack: int, cpu_
     try:
         data = channel.recv_bytes()
         try:
-            serialized = Module(Engine(new_config(fuel=fuel, stack=stack)), data).serialize()
+            engine = Engine(new_config(fuel=fuel, stack=stack))
+            code = Component(engine, data) if kind == "component" else Module(engine, data)
+            serialized = code.serialize()
         except WasmtimeError as exc:
             channel.send_bytes(_INVALID + str(exc).encode("utf-8", "replace")[:_STDERR_KEEP])
             return

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from runner.canonical import canonical_json, sha256_hex
 from runner.features import enabled
+from runner.wasmfile import WasmKind
 
 __all__ = [
     "PLAN_FORMAT",
@@ -39,6 +40,7 @@ PLAN_FORMAT = "sandrun-plan/v1"
 ENGINE_WASM_FEATURES = enabled()
 DEFAULT_DISK = 1 << 30  # limits.disk when neither manifest nor policy sets one
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_KINDS = ("module", "component")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -174,9 +176,11 @@ class Tool:
     signer: str | None
     signature_verified: bool
     actions: tuple[str, ...]
+    kind: WasmKind = "module"  # by the binary's header: a core module or a component (WASI p2)
 
     def __post_init__(self) -> None:
         _require(bool(_SHA256.fullmatch(self.sha256)), f"bad sha256 for tool {self.name}")
+        _require(self.kind in _KINDS, f"tool kind must be module or component: {self.kind!r}")
         _require(
             self.module.startswith("builtin:") or _is_relative_posix(self.module.lstrip("/")),
             f"module path must be relative, or absolute without '..': {self.module!r}",
@@ -207,9 +211,13 @@ class JobSpec:
     score: str
     hermetic: Hermetic | None = None
     route: str | None = None  # the HTTP path prefix ``sandrun serve`` answers with this job
+    kind: WasmKind = "module"  # its tool's: how the executor loads and starts it (docs/components.md)
 
     def __post_init__(self) -> None:
         _require(self.id == f"{self.manifest}/{self.name}", f"job id must be manifest/name: {self.id}")
+        _require(self.kind in _KINDS, f"job kind must be module or component: {self.kind!r}")
+        # the compiler refuses it (rule component.invoke): a component runs wasi:cli/run
+        _require(self.kind == "module" or self.invoke is None, f"component job {self.id} cannot invoke")
         _require(self.route is None or self.route.startswith("/"), f"route must be absolute: {self.route!r}")
         _require(bool(_SHA256.fullmatch(self.module_sha256)), f"bad module sha256 for job {self.id}")
         _require(self.stdin is None or _is_relative_posix(self.stdin), "stdin path must be relative")

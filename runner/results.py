@@ -37,7 +37,7 @@ class Outcome:
     trap: TrapKind | None
     trap_message: str | None
     fuel_used: int | None
-    memory_peak: int
+    memory_peak: int | None  # None: not measured (a component's memory is out of the API's reach)
     wall_ms: int
     stdout: bytes
     stderr: bytes

@@ -5,6 +5,8 @@ on/off and ``max_wasm_stack``), one shared ``Linker`` per engine, one epoch tick
 and the compiled-module cache (:mod:`runner.cache`). :meth:`Runtime.run` builds the job's WASI
 preview-1 context from the plan alone (argv, env, stdin, mounts: nothing is inherited from the host),
 applies the limits and turns whatever the guest does into an :class:`~runner.results.Outcome`.
+A component (``job.kind == "component"``, WASI preview 2) gets the same context, limits and
+ticker; :mod:`runner.component` links and starts it (docs/components.md).
 
 How each limit is enforced (docs/sandbox.md has the user-facing version):
 
@@ -63,9 +65,11 @@ from wasmtime import (
     WasiConfig,
     WasmtimeError,
 )
+from wasmtime import component as wasm_component
 
 from runner import capi, catalog
-from runner.cache import ModuleCache, Source, default_cache_dir
+from runner import component as components
+from runner.cache import Code, ModuleCache, Source, default_cache_dir
 from runner.canonical import sha256_hex
 from runner.compiling import CompileBounds, CompileFailed, compile_bounded, new_config
 from runner.egress import abi as http_abi
@@ -77,7 +81,7 @@ from runner.hermetic import VirtualWorld
 from runner.plan import JobSpec, Limits, ModuleLimits
 from runner.results import Outcome, TrapKind
 from runner.virtual_wasi import define_shadows, events, subscriptions
-from runner.wasmfile import not_wasm_reason
+from runner.wasmfile import WasmKind, not_wasm_reason, wasm_kind
 
 __all__ = [
     "EngineKey",
@@ -119,12 +123,13 @@ class EngineKey:
         return f"epoch=1,fuel={int(self.fuel)},stack={self.stack},wasm={_FEATURES_TAG}"
 
 
-ModuleKey = tuple[str, bool, int]  # module sha256, fuel metering, max_wasm_stack
+ModuleKey = tuple[str, bool, int, WasmKind]  # module sha256, fuel metering, max_wasm_stack, kind
 
 
 def module_key(job: JobSpec) -> ModuleKey:
-    """What tells compiled modules apart: the module's digest and its engine configuration."""
-    return (job.module_sha256, job.limits.fuel is not None, job.limits.stack)
+    """What tells compiled modules apart: the module's digest, its engine configuration and
+    whether it is a core module or a component (they load differently)."""
+    return (job.module_sha256, job.limits.fuel is not None, job.limits.stack, job.kind)
 
 
 def required_thread_stack(limits: Limits) -> int:
@@ -569,6 +574,8 @@ class _EngineHost:
         )
         _define_http(self.linker)
         self._hermetic: Linker | None = None
+        self._components: wasm_component.Linker | None = None
+        self._hermetic_components: dict[tuple[str, ...], wasm_component.Linker] = {}
         self.tick_ms = tick_ms
         self._jobs: set[_JobState] = set()
         self._lock = threading.Lock()
@@ -605,6 +612,23 @@ class _EngineHost:
                 define_shadows(self._hermetic, _current_world)
                 _define_http(self._hermetic)  # linked like everywhere; a hermetic job has no grant
             return self._hermetic
+
+    def component_linker(self, job: JobSpec, component: wasm_component.Component) -> wasm_component.Linker:
+        """The linker of component jobs (WASI preview 2: :mod:`runner.component`), made on first
+        use; for a hermetic job, one whose clocks and random are virtual at the versions this
+        component imports (one per distinct set: a linker is never changed once in use)."""
+        if job.hermetic is None:
+            with self._lock:
+                if self._components is None:
+                    self._components = components.new_linker(self.engine)
+                return self._components
+        interfaces = components.virtual_imports(component, self.engine)
+        with self._lock:
+            linker = self._hermetic_components.get(interfaces)
+            if linker is None:
+                linker = components.hermetic_linker(self.engine, interfaces, _current_world)
+                self._hermetic_components[interfaces] = linker
+            return linker
 
     def register(self, job: _JobState) -> None:
         with self._lock:
@@ -744,6 +768,19 @@ def _execute(job: JobSpec, store: Store, linker: Linker, module: Module) -> tupl
     return ending, capi.memory_size(store, instance) or 0
 
 
+def _execute_component(
+    store: Store, linker: wasm_component.Linker, component: wasm_component.Component
+) -> tuple[_Ending, None]:
+    """A component's run (:mod:`runner.component`) as an :class:`_Ending`. Its linear memory is
+    inside the component, out of the API's reach: no peak is measured (None), so a refused grow
+    shows as the guest's own failure, not as ``memory``."""
+    ended = components.run(store, linker, component)
+    message = None if ended.text is None else _first_line(ended.text)
+    if ended.instantiating and ended.trap == "trap":
+        message = f"cannot instantiate: {message}"
+    return _Ending(exit_code=ended.exit_code, trap=ended.trap, message=message), None
+
+
 def _initial_memory(module: Module) -> int:
     """The largest initial linear memory the module declares or imports, in bytes."""
     types = [item.type for item in module.imports] + [item.type for item in module.exports]
@@ -779,7 +816,12 @@ def table_caps(memory: int) -> tuple[int, int]:
     return _MAX_TABLES, max(10_000, memory // (_MAX_TABLES * _TABLE_ELEMENT_BYTES))
 
 
-def _store(engine: Engine, wasi: WasiConfig, limits: Limits) -> Store:
+#: Core instances a component's store may hold: the adapter-built command has 4 (the program, the
+#: WASI adapter and two shims); composed components have a few more. Still one linear memory.
+_COMPONENT_INSTANCES = 16
+
+
+def _store(engine: Engine, wasi: WasiConfig, limits: Limits, kind: WasmKind = "module") -> Store:
     """A fresh store for one job: its WASI context and its memory, table and fuel limits."""
     store = Store(engine)
     store.set_wasi(wasi)
@@ -788,7 +830,7 @@ def _store(engine: Engine, wasi: WasiConfig, limits: Limits) -> Store:
         memory_size=limits.memory,
         table_elements=elements,
         tables=tables,
-        instances=1,
+        instances=_COMPONENT_INSTANCES if kind == "component" else 1,
         memories=1,
     )
     if limits.fuel is not None:
@@ -828,8 +870,8 @@ class Runtime:
         # The module the last job ran, found again without the cache's lock and key building (it
         # stays alive even if the LRU evicts it meanwhile). Replaced as a whole tuple, so
         # concurrent workers never see half of it.
-        self._last: tuple[ModuleKey, _EngineHost, Module] | None = None
-        self._adopted: dict[ModuleKey, Module] = {}  # handed over by a parent process (worker.py)
+        self._last: tuple[ModuleKey, _EngineHost, Code] | None = None
+        self._adopted: dict[ModuleKey, Code] = {}  # handed over by a parent process (worker.py)
 
     def __enter__(self) -> Runtime:
         return self
@@ -858,9 +900,9 @@ class Runtime:
 
     def _module(
         self, job: JobSpec, root: Path, cancel: threading.Event | None = None
-    ) -> tuple[_EngineHost, Module, Source]:
+    ) -> tuple[_EngineHost, Code, Source]:
         host = self._engine(EngineKey.for_limits(job.limits))
-        key = self.cache.key(job.module_sha256, host.key.tag)
+        key = self.cache.key(job.module_sha256, host.key.tag, job.kind)
         module = self.cache.cached(key)
         if module is not None:
             return host, module, "memory"
@@ -888,13 +930,15 @@ class Runtime:
                     actual=sha256_hex(data),
                 )
             reason = not_wasm_reason(data)  # wasmtime would parse text as WAT: never from a plan
+            if reason is None and wasm_kind(data) != job.kind:
+                reason = f"is a {wasm_kind(data)}, but the plan says {job.kind}"
             if reason is not None:
                 raise InputError.one("module.invalid", f"{path} {reason}", _location(job, "/module"))
             return data
 
         try:
-            compile_for_key = partial(self._compile, host.key, cancel)
-            module, source = self.cache.load(host.engine, key, fetch, compile_for_key)
+            compile_for_key = partial(self._compile, host.key, job.kind, cancel)
+            module, source = self.cache.load(host.engine, key, fetch, compile_for_key, kind=job.kind)
         except CompileFailed as exc:
             location = _location(job, "/module")
             if exc.kind == "invalid":
@@ -912,13 +956,17 @@ class Runtime:
             ) from exc
         return host, module, source
 
-    def _compile(self, key: EngineKey, cancel: threading.Event | None, engine: Engine, data: bytes) -> Module:
+    def _compile(
+        self, key: EngineKey, kind: WasmKind, cancel: threading.Event | None, engine: Engine, data: bytes
+    ) -> Code:
         """Compile in a child process under the plan's bounds (:mod:`runner.compiling`); the
         serialized code it returns is ours, so deserializing it into ``engine`` (made for ``key``)
         is safe."""
         bounds = CompileBounds(cpu_ms=self.modules.compile_timeout_ms, memory=self.modules.compile_memory)
-        compiled = compile_bounded(data, fuel=key.fuel, stack=key.stack, bounds=bounds, cancel=cancel)
-        return compiled.module(engine)
+        compiled = compile_bounded(
+            data, fuel=key.fuel, stack=key.stack, bounds=bounds, cancel=cancel, kind=kind
+        )
+        return compiled.load(engine)
 
     def load_module(self, job: JobSpec, root: Path, *, cancel: threading.Event | None = None) -> Source:
         """Compile or fetch the job's module into the caches: ``compiled``, ``memory`` or ``disk``.
@@ -942,7 +990,8 @@ class Runtime:
         trusted process over a private channel (the worker's pipe), never from a file or a guest.
         """
         engine = self._engine(EngineKey(fuel=key[1], stack=key[2])).engine
-        self._adopted[key] = Module.deserialize(engine, data)
+        loader = wasm_component.Component.deserialize if key[3] == "component" else Module.deserialize
+        self._adopted[key] = loader(engine, data)
 
     def run(
         self,
@@ -990,9 +1039,9 @@ class Runtime:
                     wasi.stdin_file = _bytes_file(stdin_data, stack)
                 if job.mounts or stdin_file:
                     self._grant_files(job, root, wasi, stack, stdin=stdin_file)
-                store = _store(host.engine, wasi, limits)
+                store = _store(host.engine, wasi, limits, job.kind)
         else:
-            store = _store(host.engine, wasi, limits)
+            store = _store(host.engine, wasi, limits, job.kind)
         started = time.monotonic_ns()
         state = _JobState(
             deadline_ns=started + limits.timeout_ms * 1_000_000,
@@ -1009,8 +1058,12 @@ class Runtime:
         deadline_s = state.deadline_ns / 1e9
         net = http_abi.Session(lambda: egress_for(job, self.egress_seam, deadline=deadline_s, cancel=cancel))
         try:
+            peak: int | None
             with http_abi.bound(net):
-                ending, peak = _execute(job, store, host.linker_for(job), module)
+                if isinstance(module, Module):
+                    ending, peak = _execute(job, store, host.linker_for(job), module)
+                else:
+                    ending, peak = _execute_component(store, host.component_linker(job, module), module)
         finally:
             _current.job = None
             host.unregister(state)
@@ -1023,7 +1076,8 @@ class Runtime:
             ending = _Ending(
                 trap="timeout", message=reason or f"exceeded the timeout of {limits.timeout_ms} ms"
             )
-        _apply_memory_rule(ending, peak, limits.memory)
+        if peak is not None:
+            _apply_memory_rule(ending, peak, limits.memory)
         fuel_used = None if limits.fuel is None else limits.fuel - store.get_fuel()
         del state, store  # closes Wasmtime's descriptors before the memfds are read
         (stdout, stdout_dropped), (stderr, stderr_dropped) = (o.result() for o in outputs)

@@ -341,6 +341,7 @@ def tool_registered(tool: Tool) -> dict[str, Any]:
         "signer": tool.signer,
         "signature_verified": tool.signature_verified,
         "actions": list(tool.actions),
+        "kind": tool.kind,
     }
 
 

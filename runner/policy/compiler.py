@@ -53,7 +53,7 @@ from runner.policy.model import LimitValues, Policy, parse_limits, parse_net_lim
 from runner.signing import verify_module_digest
 from runner.source import Document
 from runner.units import format_duration, format_size
-from runner.wasmfile import not_wasm_reason
+from runner.wasmfile import WasmKind, core_modules, not_wasm_reason, wasm_kind
 from runner.wasmsig import WasmSignatureError, embedded_signers, has_signature_section
 
 __all__ = ["BUILTIN_LIMITS", "compile_plan", "denial_error"]
@@ -218,17 +218,28 @@ class _ManifestCompiler:
 
     def check_features(self, data: bytes, pointer: str) -> bool:
         """Rule ``tool.module.wasm-feature``: the module validates with only the proposals the
-        policy leaves on. (A module invalid even with all of the engine's is left to the run.)"""
+        policy leaves on; for a component, each core module it embeds does. (A module invalid even
+        with all of the engine's is left to the run.)"""
         from wasmtime import Config, Engine, Module, WasmtimeError
 
         from runner.features import ENGINE_FEATURES
 
+        malformed: str | None = None
+        try:
+            modules = list(core_modules(data)) if wasm_kind(data) == "component" else [data]
+        except ValueError as exc:
+            modules, malformed = [], str(exc)
+
         def problem(denied: frozenset[str]) -> str | None:
+            if malformed is not None:
+                return malformed
             config = Config()
             for name, on in ENGINE_FEATURES.items():
                 setattr(config, f"wasm_{name}", on and name not in denied)
+            engine = Engine(config)
             try:
-                Module.validate(Engine(config), data)
+                for module in modules:
+                    Module.validate(engine, module)
             except WasmtimeError as exc:
                 return str(exc).splitlines()[0]
             return None
@@ -261,11 +272,13 @@ class _ManifestCompiler:
             if builtin is None:
                 return None
             module, digest, data = builtin.module, builtin.sha256, None
+            kind: WasmKind = "module"  # the catalog ships core modules
         else:
             found = self.module_file(module_text, pointer + "/module")
             if found is None:
                 return None
             module, digest, data = found
+            kind = wasm_kind(data) or "module"  # module_file refused anything that is neither
         if data is not None and policy.denied_features and not self.check_features(data, pointer + "/module"):
             ok = False
         if spec.get("sha256") is not None and digest != canonical_digest(spec["sha256"]):
@@ -311,6 +324,7 @@ class _ManifestCompiler:
             signer=signer or None,
             signature_verified=bool(signer) and signer != catalog.SIGNER,
             actions=actions,
+            kind=kind,
         )
 
     def check_size(self, path: Path, pointer: str) -> bool:
@@ -483,6 +497,8 @@ class _ManifestCompiler:
         network = self.check_network(pointer, spec.get("network"))
         hermetic = self.check_hermetic(pointer, spec, network)
         route = self.check_route(pointer, spec)
+        if tool is not None and tool.kind == "component":
+            self.check_component(pointer, spec)
         env = tuple(sorted((str(k), str(v)) for k, v in spec.get("env", {}).items()))
         grants = Grants(
             ro_mounts=sum(1 for m in mounts if m.mode == "ro"),
@@ -526,7 +542,19 @@ class _ManifestCompiler:
             score=f"{job_score:.4f}",
             hermetic=hermetic,
             route=route,
+            kind=tool.kind,
         )
+
+    def check_component(self, pointer: str, spec: dict[str, Any]) -> None:
+        """Rule ``component.invoke``: typed calls of a component's exports are not wired to jobs
+        yet; a component job runs its ``wasi:cli/run`` (docs/components.md)."""
+        if spec.get("invoke") is not None:
+            self.deny(
+                "component.invoke",
+                f"job {self.name + '/' + spec['name']!r} sets invoke, but its tool is a component: "
+                "components run their wasi:cli/run export only (docs/components.md)",
+                pointer + "/invoke",
+            )
 
     def check_hermetic(self, pointer: str, spec: dict[str, Any], network: Network | None) -> Hermetic | None:
         """Rules ``hermetic.required`` (the policy wants every job hermetic), ``hermetic.network``

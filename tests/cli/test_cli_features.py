@@ -78,3 +78,18 @@ def test_a_policy_cannot_turn_on_a_proposal_the_engine_does_not_enable(tmp_path:
         "exec", "--out", str(tmp_path / "out"), "--policy", "policy.yaml", "plain.wasm", cwd=tmp_path
     )
     assert unknown.returncode == 2 and "warp_drive" in unknown.stderr
+
+
+def test_a_component_is_held_to_the_proposals_of_every_core_module_it_embeds(tmp_path: Path) -> None:
+    # the proposal hides in a core module of a nested component: each one is validated
+    nested = f"(component (component {_THROWS.replace('(module', '(core module', 1)}))"
+    (tmp_path / "nested.wasm").write_bytes(wasmtime.wat2wasm(nested))
+    out = str(tmp_path / "out")
+    _policy(tmp_path, "{exceptions: false}")
+    refused = sandrun("exec", "--out", out, "--policy", "policy.yaml", "nested.wasm", cwd=tmp_path)
+    assert refused.returncode == 3, refused.stderr
+    assert "[tool.module.wasm-feature]" in refused.stderr and "exceptions" in refused.stderr
+    _policy(tmp_path, "{gc: false}")
+    allowed = sandrun("exec", "--out", out, "--policy", "policy.yaml", "nested.wasm", cwd=tmp_path)
+    assert "[tool.module.wasm-feature]" not in allowed.stderr  # checked, then run: it has no wasi:cli/run
+    assert allowed.returncode == 134 and "exports no wasi:cli/run" in allowed.stderr, allowed.stderr

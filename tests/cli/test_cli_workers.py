@@ -67,6 +67,15 @@ def wait_for_started(root: Path, count: int) -> None:
     raise AssertionError("the jobs never started")
 
 
+def kill_the_worker(proc: subprocess.Popen[str], root: Path) -> None:
+    """SIGKILL the worker of a ``--jobs 1`` run once its first job has started."""
+    wait_for_started(root, 1)
+    deadline = time.monotonic() + 30
+    while not workers_of(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(workers_of(proc.pid)[0], signal.SIGKILL)
+
+
 def jobs_by_name(root: Path) -> dict[str, dict[str, object]]:
     report = json.loads((root / "out" / "report.json").read_text())
     return {job["name"]: job for job in report["jobs"]}
@@ -93,11 +102,7 @@ def test_a_worker_killed_mid_job_fails_that_job_only_and_the_log_verifies_sealed
         "  - {name: victim, tool: sleep, limits: {timeout: 5m}}\n  - {name: after, tool: ok}\n",
     )
     proc = start_run(tmp_path, "--jobs", "1")
-    wait_for_started(tmp_path, 1)
-    deadline = time.monotonic() + 30
-    while not workers_of(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(workers_of(proc.pid)[0], signal.SIGKILL)
+    kill_the_worker(proc, tmp_path)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1, stderr
     rows = jobs_by_name(tmp_path)

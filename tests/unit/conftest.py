@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from runner.plan import JobSpec, Limits, Mount
+from runner.wasmfile import wasm_kind
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 sys.path.append(str(FIXTURES.parent / "cli"))  # cli_process: the CLI and its worker processes
@@ -60,12 +61,19 @@ def make_job(
         expect_exit_code=0,
         actions=(),
         score="0",
+        kind=wasm_kind(wasm) or "module",
     )
 
 
 @pytest.fixture(scope="session")
 def probe_wasm() -> bytes:
     return (FIXTURES / "probe.wasm").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def probe_component() -> bytes:
+    """The same probe as a WASI preview-2 component (scripts/build-components.sh)."""
+    return (FIXTURES / "components" / "probe.wasm").read_bytes()
 
 
 @pytest.fixture

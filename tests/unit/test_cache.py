@@ -454,3 +454,16 @@ def test_secret_inside_the_cache_folder_is_refused(cache_dir: Path, probe_wasm: 
     cache = ModuleCache(cache_dir, secret_path=cache_dir / "keys" / "cache.key")
     assert cache.disk_problem is not None and "inside the cache folder" in cache.disk_problem
     assert not (cache_dir / "keys").exists()
+
+
+def test_a_component_is_cached_under_its_own_key_and_checked_like_a_module(
+    tmp_path: Path, cache_dir: Path, probe_component: bytes
+) -> None:
+    job = make_job(tmp_path, probe_component)
+    assert job.kind == "component"
+    assert fresh_load(cache_dir, job, tmp_path) == "compiled"
+    assert fresh_load(cache_dir, job, tmp_path) == "disk"  # deserialized as a Component
+    artifact, sidecar = entries(cache_dir)
+    assert json.loads(sidecar.read_text())["key"].startswith(job.module_sha256 + "|component|")
+    damage_flip(artifact, sidecar)
+    assert fresh_load(cache_dir, job, tmp_path) == "recompiled"

@@ -27,10 +27,10 @@ def test_compiled_code_loads_only_into_an_engine_of_the_same_configuration() -> 
     store = wasmtime.Store(engine)
     store.set_fuel(1000)
     store.set_epoch_deadline(1)
-    answer = wasmtime.Instance(store, compiled.module(engine), []).exports(store)["answer"]
+    answer = wasmtime.Instance(store, compiled.load(engine), []).exports(store)["answer"]
     assert isinstance(answer, wasmtime.Func) and answer(store) == 42
     with pytest.raises(wasmtime.WasmtimeError):  # serialized code is tied to the engine config
-        compiled.module(wasmtime.Engine(new_config(fuel=False, stack=1 << 20)))
+        compiled.load(wasmtime.Engine(new_config(fuel=False, stack=1 << 20)))
 
 
 def test_bytes_wasmtime_refuses_are_invalid_with_its_reason() -> None:

@@ -10,11 +10,32 @@ from wasmtime import wat2wasm
 
 from runner.errors import InputError
 from runner.sandbox import Runtime
-from runner.wasmfile import WASM_HEADER, not_wasm_reason
+from runner.wasmfile import WASM_HEADER, core_modules, not_wasm_reason, wasm_kind
+
+COMPONENT = """(component
+  (core module $a (memory 1))
+  (component $inner (core module $b (func)))
+  (core instance (instantiate $a)))"""
 
 
 def test_a_binary_module_passes() -> None:
     assert not_wasm_reason(wat2wasm("(module)")) is None
+
+
+def test_the_header_layer_tells_a_component_from_a_module() -> None:
+    module, component = wat2wasm("(module)"), wat2wasm(COMPONENT)
+    assert component[4:8] == b"\x0d\x00\x01\x00"
+    assert (wasm_kind(module), wasm_kind(component)) == ("module", "component")
+    assert not_wasm_reason(component) is None
+    assert wasm_kind(b"\0asm\x0d\x00\x00\x00") is None  # layer 0 of another version: neither
+
+
+def test_core_modules_finds_every_embedded_module_nested_ones_too() -> None:
+    found = list(core_modules(wat2wasm(COMPONENT)))
+    assert [wasm_kind(m) for m in found] == ["module", "module"]
+    assert [b"\x05" in m for m in found] == [True, False]  # $a has a memory section, $b none
+    with pytest.raises(ValueError, match="runs past the end"):
+        list(core_modules(wat2wasm(COMPONENT)[:-3]))
 
 
 @pytest.mark.parametrize(
@@ -23,7 +44,7 @@ def test_a_binary_module_passes() -> None:
         (b'(module (func (export "_start")))\n', "b'(module (func (e'..."),
         (b"\x7fELF\x02\x01\x01\x00", "b'\\x7fELF\\x02\\x01\\x01\\x00'"),
         (b"\x1b[2J\x1b]0;pwned\x07", "b'\\x1b[2J\\x1b]0;pwned\\x07'"),  # no raw escape reaches a terminal
-        (b"\0asm\x0d\x00\x01\x00", "b'\\x00asm\\r\\x00\\x01\\x00'"),  # a component
+        (b"\0asm\x02\x00\x00\x00", "b'\\x00asm\\x02\\x00\\x00\\x00'"),  # a future version
     ],
 )
 def test_anything_else_is_named_by_its_escaped_first_bytes(data: bytes, shown: str) -> None:
