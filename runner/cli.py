@@ -683,6 +683,10 @@ def exec_command(
     job = outcome.report["jobs"][0]
     if outcome.interrupted:
         sys.exit(EXIT_INTERRUPTED)
+    refused = job["invoke"] if job["invoke"] is not None and "rule" in job["invoke"] else None
+    if refused is not None:  # the call was refused before any guest code ran: invalid input
+        where = Location(file="(sandrun exec)", pointer="/jobs/0/invoke")
+        raise InputError.one(refused["rule"], refused["error"], where)
     if job["trap"] is not None:
         _say(f"sandrun exec: {job['reason']}", err=True)
         sys.exit(EXIT_TRAP)
@@ -690,7 +694,7 @@ def exec_command(
         _say(f"sandrun exec: {job['status']}: {job['reason']}", err=True)
         sys.exit(1)
     for value in job["invoke_results"] or ():
-        click.echo(value)  # one line per result, as `wasmtime run --invoke` prints them
+        click.echo(value)  # as `wasmtime run --invoke` prints them (docs/invoke.md)
     sys.exit(job["exit_code"])
 
 
