@@ -92,12 +92,13 @@ def _parse_call(text: str) -> wave.Call:
 
 
 def _results(
-    export: str, values: Sequence[Any], types: Sequence[WaveType], lines: tuple[str, ...]
+    export: str, values: Sequence[Any], types: Sequence[WaveType], lines: tuple[str, ...] | None
 ) -> InvokeResult:
+    """``lines`` None: printed as one WAVE line (a component, as ``wasmtime run --invoke`` does)."""
     rendered = [wave.render(v, t) for v, t in zip(values, types, strict=True)]
     text = rendered[0] if len(rendered) == 1 else "(" + ", ".join(rendered) + ")"
     json = tuple(wave.to_json(v, t) for v, t in zip(values, types, strict=True))
-    return InvokeResult(export=export, lines=lines if lines else (text,), wave=text, json=json)
+    return InvokeResult(export=export, lines=(text,) if lines is None else lines, wave=text, json=json)
 
 
 # --- core modules ------------------------------------------------------------------------------
@@ -352,5 +353,5 @@ def invoke_component(store: wasmtime.Store, instance: wc.Instance, text: str) ->
     value = func(store, *lowered)
     func.post_return(store)
     if result_type is None or result_wave is None:
-        return _results(call.name, [], [], ())
-    return _results(call.name, [_lift(value, result_type)], [result_wave], ())
+        return _results(call.name, [], [], None)
+    return _results(call.name, [_lift(value, result_type)], [result_wave], None)

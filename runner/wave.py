@@ -262,7 +262,8 @@ class _Parser:
                 self.pos += 4
                 return Node("number", start, text="-inf")
             match = _NUMBER.match(self.text, self.pos)
-            if match is None or self._label_continues(match.end()) or self.peek_at(match.end()) in ".eE":
+            after = self.peek_at(match.end()) if match else ""
+            if match is None or self._label_continues(match.end()) or (after and after in ".eE"):
                 raise self.fail(f"malformed number at column {start + 1}")
             if len(match.group()) > _MAX_NUMBER:
                 raise WaveError("invoke.out-of-range", "a number with more than 400 characters", start)
@@ -284,7 +285,7 @@ class _Parser:
 
     def _label_continues(self, pos: int) -> bool:
         char = self.peek_at(pos)
-        return char.isascii() and (char.isalnum() or char in "-_")
+        return bool(char) and char.isascii() and (char.isalnum() or char in "-_")
 
     def label(self) -> tuple[str, bool]:
         match = _LABEL.match(self.text, self.pos)
@@ -621,9 +622,8 @@ def _render_case(value: Case, cases: dict[str, WaveType | None], *, keyword_pref
 def to_json(value: Any, ty: WaveType) -> Any:
     """``value`` (of ``ty``) as a JSON value, per the mapping in docs/invoke.md."""
     match ty:
-        case Prim("f32" | "f64" as name):
-            text = render_float(value, 32 if name == "f32" else 64)
-            return float(text) if math.isfinite(value) else text  # an f32 as its shortest digits
+        case Prim("f32" | "f64" as name):  # a string: JSON has no nan/inf, canonical JSON no floats
+            return render_float(value, 32 if name == "f32" else 64)
         case Prim(_):
             return value
         case ListT(element):

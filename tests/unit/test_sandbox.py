@@ -199,7 +199,7 @@ def test_a_wave_call_is_checked_before_any_guest_code_runs(
 
 def test_invoke_results_are_kept_as_wave_and_json(runtime: Runtime, tmp_path: Path) -> None:
     outcome = runtime.run(make_job(tmp_path, CALC, invoke="half(0.1, nan)"), tmp_path)
-    assert outcome.invoke == {"export": "half", "wave": "(0.05, nan)", "json": [0.05, "nan"]}
+    assert outcome.invoke == {"export": "half", "wave": "(0.05, nan)", "json": ["0.05", "nan"]}
     single = runtime.run(make_job(tmp_path, CALC, invoke="add", args=("2", "40")), tmp_path)
     assert single.invoke == {"export": "add", "wave": "42", "json": [42]}
 
