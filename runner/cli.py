@@ -686,7 +686,7 @@ def exec_command(
     refused = job["invoke"] if job["invoke"] is not None and "rule" in job["invoke"] else None
     if refused is not None:  # the call was refused before any guest code ran: invalid input
         where = Location(file="(sandrun exec)", pointer="/jobs/0/invoke")
-        raise InputError.one(refused["rule"], refused["error"], where)
+        raise SandrunError.one(refused["rule"], refused["error"], where)
     if job["trap"] is not None:
         _say(f"sandrun exec: {job['reason']}", err=True)
         sys.exit(EXIT_TRAP)

@@ -30,6 +30,7 @@ __all__ = ["InvokeError", "InvokeResult", "invoke_component", "invoke_core", "in
 
 
 Setup = Callable[[], None]
+MAX_RESULT_TEXT = 64 * 1024  # characters of WAVE text a call's results may take
 
 
 class InvokeError(Exception):
@@ -97,6 +98,11 @@ def _results(
     """``lines`` None: printed as one WAVE line (a component, as ``wasmtime run --invoke`` does)."""
     rendered = [wave.render(v, t) for v, t in zip(values, types, strict=True)]
     text = rendered[0] if len(rendered) == 1 else "(" + ", ".join(rendered) + ")"
+    if len(text) > MAX_RESULT_TEXT:  # the report and the log keep results whole, so they are capped
+        raise InvokeError(
+            "invoke.result-size",
+            f"{export!r} returned {len(text)} characters of WAVE text, more than {MAX_RESULT_TEXT}",
+        )
     json = tuple(wave.to_json(v, t) for v, t in zip(values, types, strict=True))
     return InvokeResult(export=export, lines=(text,) if lines is None else lines, wave=text, json=json)
 
@@ -217,25 +223,31 @@ _COMPONENT_PRIMS: dict[type, str] = {
 }
 
 
-def wave_type(ty: wc.ValType) -> WaveType:
-    """The WAVE type of a wasmtime-py component value type; resources and async types are refused."""
+def wave_type(ty: wc.ValType, depth: int = 0) -> WaveType:
+    """The WAVE type of a wasmtime-py component value type; resources and async types are refused,
+    and so are types nested deeper than WAVE text may nest (rendering recurses on the type)."""
+    if depth > wave.MAX_DEPTH:
+        raise InvokeError("invoke.type", f"the export's types nest deeper than {wave.MAX_DEPTH} levels")
+    inner = depth + 1
     if type(ty) in _COMPONENT_PRIMS:
         return wave.Prim(_COMPONENT_PRIMS[type(ty)])
     if isinstance(ty, wc.ListType):
-        return wave.ListT(wave_type(ty.element))
+        return wave.ListT(wave_type(ty.element, inner))
     if isinstance(ty, wc.TupleType):
-        return wave.TupleT(tuple(wave_type(t) for t in ty.elements))
+        return wave.TupleT(tuple(wave_type(t, inner) for t in ty.elements))
     if isinstance(ty, wc.RecordType):
-        return wave.RecordT(tuple((n, wave_type(t)) for n, t in ty.fields))
+        return wave.RecordT(tuple((n, wave_type(t, inner)) for n, t in ty.fields))
     if isinstance(ty, wc.VariantType):
-        return wave.VariantT(tuple((n, None if t is None else wave_type(t)) for n, t in ty.cases))
+        return wave.VariantT(tuple((n, None if t is None else wave_type(t, inner)) for n, t in ty.cases))
     if isinstance(ty, wc.EnumType):
         return wave.EnumT(tuple(ty.names))
     if isinstance(ty, wc.OptionType):
-        return wave.OptionT(wave_type(ty.payload))
+        return wave.OptionT(wave_type(ty.payload, inner))
     if isinstance(ty, wc.ResultType):
         ok, err = ty.ok, ty.err
-        return wave.ResultT(None if ok is None else wave_type(ok), None if err is None else wave_type(err))
+        return wave.ResultT(
+            None if ok is None else wave_type(ok, inner), None if err is None else wave_type(err, inner)
+        )
     if isinstance(ty, wc.FlagsType):
         return wave.FlagsT(tuple(ty.names))
     raise InvokeError(
