@@ -42,6 +42,10 @@ class InvokeError(Exception):
         self.rule_id = rule_id
         self.message = message
 
+    def record(self) -> dict[str, Any]:
+        """The ``invoke`` field of ``report.json`` and ``job.finished`` for a refused call."""
+        return {"rule": self.rule_id, "error": self.message}
+
 
 @dataclass(frozen=True, slots=True)
 class InvokeResult:
@@ -53,6 +57,10 @@ class InvokeResult:
     lines: tuple[str, ...]
     wave: str
     json: tuple[Any, ...]
+
+    def record(self) -> dict[str, Any]:
+        """The ``invoke`` field of ``report.json`` and ``job.finished`` (docs/invoke.md)."""
+        return {"export": self.export, "wave": self.wave, "json": list(self.json)}
 
 
 def is_call(invoke: str) -> bool:

@@ -683,11 +683,8 @@ def _invoke_record(ending: _Ending) -> dict[str, Any] | None:
     """What ``report.json`` and the log keep of an ``invoke``: the results (WAVE and JSON), or the
     rule that refused the call."""
     if ending.invoked is not None:
-        done = ending.invoked
-        return {"export": done.export, "wave": done.wave, "json": list(done.json)}
-    if ending.refused is not None:
-        return {"rule": ending.refused.rule_id, "error": ending.refused.message}
-    return None
+        return ending.invoked.record()
+    return None if ending.refused is None else ending.refused.record()
 
 
 _NO_START = "the module exports no _start function (set invoke to call another export)"
