@@ -593,7 +593,9 @@ EXIT_TRAP = 134
 @click.option("--stack", default=None, help="WASM stack cap, e.g. 512KiB.")
 @click.option("--output", default=None, help="Cap on captured stdout and stderr each, e.g. 1MiB.")
 @click.option(
-    "--invoke", default=None, help="Call this export with ARGS instead of _start; print its results."
+    "--invoke",
+    default=None,
+    help="Call an export instead of _start (NAME with ARGS, or a WAVE call: 'add(1, 2)'); print results.",
 )
 @click.option("--program-name", default=None, help="argv[0] (default: the module's name).")
 @click.option(
