@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 import wasmtime
 import wasmtime.component as wc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from runner.invoke import InvokeError, invoke_component, invoke_core
 
@@ -230,3 +232,16 @@ def test_core_refusals(core: tuple[wasmtime.Store, wasmtime.Instance], call: str
     with pytest.raises(InvokeError) as caught:
         invoke_core(*core, call)
     assert caught.value.rule_id == rule
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(-(2**70), 2**70))
+def test_an_integer_is_passed_exactly_or_refused(
+    core: tuple[wasmtime.Store, wasmtime.Instance], n: int
+) -> None:
+    try:
+        result = invoke_core(*core, f"add({n}, 0)")
+    except InvokeError as exc:
+        assert exc.rule_id == "invoke.out-of-range" and not -(2**31) <= n < 2**31
+    else:
+        assert result.json == (n,)  # never a truncated value
