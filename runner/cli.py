@@ -602,7 +602,9 @@ EXIT_TRAP = 134
 @click.option("--stack", default=None, help="WASM stack cap, e.g. 512KiB.")
 @click.option("--output", default=None, help="Cap on captured stdout and stderr each, e.g. 1MiB.")
 @click.option(
-    "--invoke", default=None, help="Call this export with ARGS instead of _start; print its results."
+    "--invoke",
+    default=None,
+    help="Call an export instead of _start (NAME with ARGS, or a WAVE call: 'add(1, 2)'); print results.",
 )
 @click.option("--program-name", default=None, help="argv[0] (default: the module's name).")
 @click.option(
@@ -692,6 +694,10 @@ def exec_command(
     job = outcome.report["jobs"][0]
     if outcome.interrupted:
         sys.exit(EXIT_INTERRUPTED)
+    refused = job["invoke"] if job["invoke"] is not None and "rule" in job["invoke"] else None
+    if refused is not None:  # the call was refused before any guest code ran: invalid input
+        where = Location(file="(sandrun exec)", pointer="/jobs/0/invoke")
+        raise SandrunError.one(refused["rule"], refused["error"], where)
     if job["trap"] is not None:
         _say(f"sandrun exec: {job['reason']}", err=True)
         sys.exit(EXIT_TRAP)
@@ -699,7 +705,7 @@ def exec_command(
         _say(f"sandrun exec: {job['status']}: {job['reason']}", err=True)
         sys.exit(1)
     for value in job["invoke_results"] or ():
-        click.echo(value)  # one line per result, as `wasmtime run --invoke` prints them
+        click.echo(value)  # as `wasmtime run --invoke` prints them (docs/invoke.md)
     sys.exit(job["exit_code"])
 
 

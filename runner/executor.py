@@ -86,6 +86,9 @@ class BatchResult:
 
 def status_for(job: JobSpec, outcome: Outcome) -> tuple[Status, str | None]:
     """``passed`` when the job met ``expect`` (its exit code, no trap); else ``failed`` and why."""
+    rule = (outcome.invoke or {}).get("rule")
+    if rule is not None and outcome.trap_message:  # bad input, not a guest trap (docs/invoke.md)
+        return "failed", f"invoke refused: [{rule}] {sanitize_text(outcome.trap_message, limit=200)}"
     if outcome.trap is not None:
         detail = f" ({sanitize_text(outcome.trap_message, limit=200)})" if outcome.trap_message else ""
         return "failed", f"trap: {outcome.trap}{detail}"
@@ -109,6 +112,7 @@ def _result(job: JobSpec, status: Status, reason: str | None, outcome: Outcome |
             "stdout_truncated": outcome.stdout_dropped > 0,
             "stderr_truncated": outcome.stderr_dropped > 0,
             "invoke_results": None if outcome.invoke_results is None else list(outcome.invoke_results),
+            "invoke": outcome.invoke,
         }
     return JobResult(
         manifest=job.manifest,

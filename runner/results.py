@@ -44,6 +44,7 @@ class Outcome:
     stdout_dropped: int = 0
     stderr_dropped: int = 0
     invoke_results: tuple[str, ...] | None = None
+    invoke: dict[str, Any] | None = None  # results as WAVE and JSON, or the rule that refused the call
     net_hops: tuple[dict[str, Any], ...] = ()  # one record per sandrun:http hop (runner.egress)
     rss_peak: int | None = None  # the worker process's peak resident memory during the job
 
@@ -91,6 +92,7 @@ class JobResult:
     stderr_truncated: bool = False
     reason: str | None = None
     invoke_results: list[str] | None = None  # what an ``invoke`` call returned, as text
+    invoke: dict[str, Any] | None = None  # {export, wave, json} or {rule, error} (docs/invoke.md)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

@@ -88,6 +88,11 @@ _INVALID_INPUT = {
     "input.run": "`report --run` names a run the log does not hold",
     "input.signing-key": "the runner's signing key cannot be read or parsed",
     "input.tiles-dir": "the `export --tiles` folder is a file, neither empty nor an export, or has a symlink",
+    "invoke.arity": "an `invoke` call gives more or fewer arguments than the export takes",
+    "invoke.export": "the module or component exports no function named by `invoke`",
+    "invoke.malformed": "a job's `invoke` call expression is not valid WAVE text",
+    "invoke.out-of-range": "an `invoke` argument does not fit its parameter's type (Wasmtime truncates)",
+    "invoke.type": "an `invoke` argument is not of the parameter's type, or the type cannot be passed",
     "job.duplicate-name": "two jobs of a manifest share a name",
     "job.unknown-tool": "a job names a tool its manifest does not declare",
     "key.duplicate-material": "the same key material is trusted under two ids",
@@ -254,8 +259,9 @@ _JOB_FAILURE: dict[str, str] = {
     "compile.crashed": "(at deploy) the compile process died (the signal is named)",
     "compile.memory": "(at deploy) compiling the module needed more than `modules.compile_memory`",
     "compile.timeout": "(at deploy) compiling the module took longer than `modules.compile_timeout`",
-    "policytest.failed": "a policy test case did not get the outcome it expects (`sandrun test`)",
     "hermetic.tree-too-large": "a hermetic job's mount holds too many files or bytes to digest",
+    "invoke.result-size": "an `invoke` export returned more than 64 KiB of WAVE text (results are not kept)",
+    "policytest.failed": "a policy test case did not get the outcome it expects (`sandrun test`)",
 }
 
 

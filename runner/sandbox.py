@@ -32,20 +32,19 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import math
 import os
 import stat
 import struct
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from wasmtime import (
     Caller,
@@ -82,6 +81,9 @@ from runner.plan import JobSpec, Limits, ModuleLimits
 from runner.results import Outcome, TrapKind
 from runner.virtual_wasi import define_shadows, events, subscriptions
 from runner.wasmfile import WasmKind, not_wasm_reason, wasm_kind
+
+if TYPE_CHECKING:
+    from runner.invoke import InvokeError, InvokeResult
 
 __all__ = [
     "EngineKey",
@@ -654,11 +656,8 @@ class _Ending:
     exit_code: int | None = None
     trap: TrapKind | None = None
     message: str | None = None
-    results: tuple[str, ...] | None = None
-
-
-class _BadInvoke(Exception):
-    """The job's ``invoke`` cannot be called as planned (an Outcome, not an error of Sandrun)."""
+    invoked: InvokeResult | None = None
+    refused: InvokeError | None = None
 
 
 def _first_line(text: str) -> str:
@@ -682,61 +681,34 @@ def _from_trap(exc: Trap | WasmtimeError) -> _Ending:
     return _Ending(trap=kind, message=_first_line(exc.message if isinstance(exc, Trap) else str(exc)))
 
 
-_INT_RANGES = {"i32": 32, "i64": 64}
-_F32_MAX = 3.4028234663852886e38
-
-
-def _convert_arg(kind: str, text: str, index: int) -> int | float:
-    """One ``invoke`` argument from its manifest string, range-checked (Wasmtime truncates)."""
-    try:
-        if kind in _INT_RANGES:
-            bits = _INT_RANGES[kind]
-            value = int(text, 0) if text.strip().lower().lstrip("+-").startswith("0x") else int(text)
-            if not -(1 << (bits - 1)) <= value < (1 << bits):
-                raise _BadInvoke(f"argument {index} ({text!r}) does not fit {kind}")
-            return value - (1 << bits) if value >= 1 << (bits - 1) else value
-        if kind in ("f32", "f64"):
-            number = float(text)
-            if kind == "f32" and math.isfinite(number) and abs(number) > _F32_MAX:
-                raise _BadInvoke(f"argument {index} ({text!r}) does not fit f32")
-            return number
-    except ValueError as exc:
-        raise _BadInvoke(f"argument {index} ({text!r}) is not a valid {kind}") from exc
-    raise _BadInvoke(f"parameter {index} has type {kind}, which invoke cannot pass")
-
-
-def _result_text(value: object) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def _entry(job: JobSpec, store: Store, exports: Mapping[str, object]) -> tuple[Func, list[int | float]]:
-    """The export ``invoke`` names and its typed arguments."""
-    assert job.invoke is not None
-    func = exports.get(job.invoke)
-    if not isinstance(func, Func):
-        raise _BadInvoke(f"the module exports no function named {job.invoke!r}")
-    params = [str(p) for p in func.type(store).params]
-    if len(params) != len(job.args):
-        raise _BadInvoke(f"{job.invoke!r} takes {len(params)} argument(s), the job gives {len(job.args)}")
-    return func, [
-        _convert_arg(kind, text, i) for i, (kind, text) in enumerate(zip(params, job.args, strict=True))
-    ]
-
-
 def _invoke(job: JobSpec, store: Store, instance: Instance) -> _Ending:
-    """Call the export ``invoke`` names (after ``_initialize``, as a WASI reactor needs) and keep
-    its results as text."""
-    exports = instance.exports(store)
+    """Call the export ``invoke`` names (after ``_initialize``, as a WASI reactor needs): a WAVE
+    call expression, or an export name whose arguments are the job's ``args`` (runner.invoke)."""
+    from runner.invoke import InvokeError, invoke_core, invoke_core_args, is_call  # invoke jobs only
+
+    assert job.invoke is not None
+    initialize = instance.exports(store).get("_initialize")
+
+    def setup() -> None:  # runs once the arguments are checked, before the call
+        if isinstance(initialize, Func):
+            initialize(store)
+
     try:
-        func, args = _entry(job, store, exports)
-    except _BadInvoke as exc:
-        return _Ending(trap="trap", message=str(exc))
-    initialize = exports.get("_initialize")
-    if isinstance(initialize, Func):
-        initialize(store)
-    value = func(store, *args)
-    values = [] if value is None else value if isinstance(value, list) else [value]
-    return _Ending(exit_code=0, results=tuple(_result_text(v) for v in values))
+        if is_call(job.invoke):
+            invoked = invoke_core(store, instance, job.invoke, setup=setup)
+        else:
+            invoked = invoke_core_args(store, instance, job.invoke, job.args, setup=setup)
+    except InvokeError as exc:
+        return _Ending(trap="trap", message=exc.message, refused=exc)
+    return _Ending(exit_code=0, invoked=invoked)
+
+
+def _invoke_record(ending: _Ending) -> dict[str, Any] | None:
+    """What ``report.json`` and the log keep of an ``invoke``: the results (WAVE and JSON), or the
+    rule that refused the call."""
+    if ending.invoked is not None:
+        return ending.invoked.record()
+    return None if ending.refused is None else ending.refused.record()
 
 
 _NO_START = "the module exports no _start function (set invoke to call another export)"
@@ -1092,7 +1064,8 @@ class Runtime:
             stderr=stderr,
             stdout_dropped=stdout_dropped,
             stderr_dropped=stderr_dropped,
-            invoke_results=ending.results,
+            invoke_results=None if ending.invoked is None else ending.invoked.lines,
+            invoke=_invoke_record(ending),
             net_hops=net.hops,
         )
 

@@ -499,6 +499,7 @@ class _ManifestCompiler:
         route = self.check_route(pointer, spec)
         if tool is not None and tool.kind == "component":
             self.check_component(pointer, spec)
+        self.check_invoke(pointer, spec)
         env = tuple(sorted((str(k), str(v)) for k, v in spec.get("env", {}).items()))
         grants = Grants(
             ro_mounts=sum(1 for m in mounts if m.mode == "ro"),
@@ -580,6 +581,19 @@ class _ManifestCompiler:
         except ValueError as exc:
             self.deny("hermetic.epoch", str(exc), pointer + "/hermetic")
             return None
+
+    def check_invoke(self, pointer: str, spec: dict[str, Any]) -> None:
+        """A WAVE call expression (``add(1, 2)``) must parse; its arguments are checked against the
+        export's type only at run time, where the module is loaded (docs/invoke.md)."""
+        invoke = spec.get("invoke")
+        if invoke is None or "(" not in invoke:
+            return
+        from runner.wave import WaveError, parse_call  # only for jobs that use the call form
+
+        try:
+            parse_call(invoke)
+        except WaveError as exc:
+            self.deny(exc.rule_id, f"invoke: {exc.message}", pointer + "/invoke")
 
     def check_route(self, pointer: str, spec: dict[str, Any]) -> str | None:
         """A served job (``route``): its route is unique across every manifest, its mounts are

@@ -117,7 +117,7 @@ def test_build_report_has_designs_shape() -> None:
     assert list(SAMPLE["jobs"][0]) == [
         "manifest", "name", "tool", "module_sha256", "status", "exit_code", "trap", "fuel_used",
         "memory_peak", "rss_peak", "wall_ms", "stdout_sha256", "stderr_sha256", "stdout_truncated",
-        "stderr_truncated", "reason", "invoke_results",
+        "stderr_truncated", "reason", "invoke_results", "invoke",
     ]  # fmt: skip
     assert report(result("a", "passed"))["ok"] is True
     assert report()["ok"] is True  # nothing to fail

@@ -136,7 +136,12 @@ def test_a_refused_grow_far_from_the_cap_keeps_the_guests_answer(runtime: Runtim
         ("add", ("4294967295", "1"), ("0",)),
         ("add", ("-2147483648", "0x10"), ("-2147483632",)),
         ("wide", ("9223372036854775806",), ("9223372036854775807",)),
-        ("half", ("3", "1e300"), ("1.5", "5e+299")),
+        ("half", ("3", "1e300"), ("1.5", "5" + "0" * 299)),  # Rust's Display, as wasmtime prints
+        ("half(3, -0.2)", (), ("1.5", "-0.1")),
+        ("half(nan, inf)", ("argv-only",), ("NaN", "inf")),
+        ("add(-2147483648, 2147483647)", (), ("-1",)),
+        ("wide(9223372036854775806)", (), ("9223372036854775807",)),
+        ("ready()", (), ("1",)),
         ("ready", (), ("1",)),
         ("grow", ("1",), ("1",)),
     ],
@@ -167,6 +172,36 @@ def test_bad_invoke_is_an_outcome(
 ) -> None:
     outcome = runtime.run(make_job(tmp_path, CALC, invoke=invoke, args=args), tmp_path)
     assert (outcome.trap, outcome.trap_message, outcome.invoke_results) == ("trap", message, None)
+
+
+@pytest.mark.parametrize(
+    ("invoke", "rule", "message"),
+    [
+        ("add(1, 1099511627776)", "invoke.out-of-range", "argument 1: 1099511627776 does not fit s32"),
+        ("add(1, 4294967295)", "invoke.out-of-range", "argument 1: 4294967295 does not fit s32"),
+        ("add(1)", "invoke.arity", "'add' takes 2 argument(s), the call gives 1"),
+        ("add(1, 2, 3)", "invoke.arity", "'add' takes 2 argument(s), the call gives 3"),
+        ("add(1, 2.5)", "invoke.type", "argument 1: expected s32, found 2.5"),
+        ('add(1, "2")', "invoke.type", "argument 1: expected s32, found a string"),
+        ("half(1e39, 0)", "invoke.out-of-range", "argument 0: 1e39 does not fit f32"),
+        ("add(1 2)", "invoke.malformed", "invoke: expected ',' or ')' at column 7"),
+        ("nope()", "invoke.export", "the module exports no function named 'nope'"),
+    ],
+)
+def test_a_wave_call_is_checked_before_any_guest_code_runs(
+    runtime: Runtime, tmp_path: Path, invoke: str, rule: str, message: str
+) -> None:
+    outcome = runtime.run(make_job(tmp_path, CALC, invoke=invoke), tmp_path)
+    assert outcome.trap == "trap" and outcome.invoke_results is None
+    assert outcome.trap_message is not None and outcome.trap_message.startswith(message)
+    assert outcome.invoke == {"rule": rule, "error": outcome.trap_message}
+
+
+def test_invoke_results_are_kept_as_wave_and_json(runtime: Runtime, tmp_path: Path) -> None:
+    outcome = runtime.run(make_job(tmp_path, CALC, invoke="half(0.1, nan)"), tmp_path)
+    assert outcome.invoke == {"export": "half", "wave": "(0.05, nan)", "json": ["0.05", "nan"]}
+    single = runtime.run(make_job(tmp_path, CALC, invoke="add", args=("2", "40")), tmp_path)
+    assert single.invoke == {"export": "add", "wave": "42", "json": [42]}
 
 
 def test_invoke_that_traps(runtime: Runtime, tmp_path: Path) -> None:
