@@ -84,7 +84,6 @@ class Session:
         self._egress: Egress | None = None
         self.handles: dict[int, _Open] = {}
         self.last_error = ""
-        self.host_memory: object = None  # the host adapter's per-job handle on the guest memory
         self._next = 1
 
     @property
@@ -138,35 +137,46 @@ def _span(memory: GuestMemory, pointer: int, length: int) -> tuple[int, int]:
     return start, start + length
 
 
-def _parse_request(raw: bytes, body: bytes) -> Request:
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        keys = [k for k, _ in items]
-        if len(set(keys)) != len(keys):
-            raise ValueError("duplicate key")
-        return dict(items)
+class _Object(list[tuple[str, Any]]):
+    """A JSON object as its (key, value) pairs in order, so duplicate keys stay visible."""
 
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_Object)
+
+
+def _members(value: object, what: str) -> dict[str, Any]:
+    if not isinstance(value, _Object):
+        raise _Fault("invalid", f"[net.request] {what} must be a JSON object")
+    members = dict(value)
+    if len(members) != len(value):
+        raise _Fault("invalid", f"[net.request] duplicate key in {what}")
+    return members
+
+
+def _parse_request(raw: bytes, body: bytes) -> Request:
     try:
-        data = json.loads(raw.decode("utf-8"), object_pairs_hook=pairs)
+        data = _DECODER.decode(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise _Fault("invalid", f"[net.request] the request is not strict JSON: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+    request = _members(data, "the request")
+    if not isinstance(request.get("url"), str):
         raise _Fault("invalid", '[net.request] expected an object with "url"')
-    unknown = set(data) - _REQUEST_KEYS
-    if unknown:
-        raise _Fault("invalid", f"[net.request] unknown keys {sorted(unknown)}")
-    method, headers = data.get("method", "GET"), data.get("headers", {})
-    redirects, timeout = data.get("redirects", 0), data.get("timeout_ms")
-    if not isinstance(method, str) or not isinstance(headers, dict):
-        raise _Fault("invalid", "[net.request] method is a string and headers an object")
+    if not request.keys() <= _REQUEST_KEYS:
+        raise _Fault("invalid", f"[net.request] unknown keys {sorted(request.keys() - _REQUEST_KEYS)}")
+    method = request.get("method", "GET")
+    headers = _members(request.get("headers", _Object()), "headers")
+    redirects, timeout = request.get("redirects", 0), request.get("timeout_ms")
+    if not isinstance(method, str):
+        raise _Fault("invalid", "[net.request] method is a string")
     if not all(isinstance(v, str) for v in headers.values()):
         raise _Fault("invalid", "[net.request] header values are strings")
     for name, value in (("redirects", redirects), ("timeout_ms", timeout)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        if value is not None and (type(value) is not int or value < 0):
             raise _Fault("invalid", f"[net.request] {name} is a non-negative integer")
-    if timeout is not None and timeout == 0:
+    if timeout == 0:
         raise _Fault("invalid", "[net.request] timeout_ms must be positive")
     return Request(
-        url=data["url"],
+        url=request["url"],
         method=method,
         headers=tuple(headers.items()),
         body=body,

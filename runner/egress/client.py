@@ -27,7 +27,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
@@ -72,6 +72,10 @@ class Bounds:
     max_requests: int = 64
     max_handles: int = 8
     max_redirects: int = 5
+    #: How long a name's checked answers are reused within the job (0: look up on every hop).
+    #: Sound because the dial goes to a checked answer either way; a rebinding server gains
+    #: nothing from a cached answer, it only loses its second chance to answer differently.
+    dns_cache_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +167,12 @@ class Egress:
         # longest first, so a formatted value is replaced before the bare secret inside it
         self._names = {value: s.name for s in self.secrets for value in s.redactions()}
         self._redact = tuple(sorted(self._names, key=len, reverse=True))
+        # Per-job memos of pure answers (the grant never changes within a job). Each holds at most
+        # one entry per hop, and hops are capped by max_requests, so none grows without bound.
+        self._urls: dict[str, Url] = {}
+        self._admitted: dict[tuple[Url, str], tuple[str, str] | None] = {}
+        self._verdicts: dict[IPv4Address | IPv6Address, tuple[str, str] | None] = {}
+        self._lookups: dict[tuple[str, int], tuple[float, list[IPv4Address | IPv6Address]]] = {}
 
     # -- the request, hop by hop
 
@@ -188,7 +198,7 @@ class Egress:
         )
         deadline = started + timeout if self.deadline is None else min(started + timeout, self.deadline)
         try:
-            url = parse_url(request.url)
+            url = self._parse(request.url)
         except UrlError as exc:
             raise self._refuse(request.url, method, "invalid", exc.code, exc.message) from None
         first_origin = url.origin
@@ -201,7 +211,7 @@ class Egress:
             if response.status not in _REDIRECTS or location is None or hop == request.redirects:
                 return response
             try:
-                url = parse_url(urljoin(url.text, location.strip()))
+                url = self._parse(urljoin(url.text, location.strip()))
             except UrlError as exc:
                 raise self._refuse(location, method, "denied", exc.code, f"redirect: {exc.message}") from None
             if response.status == 303 or (response.status in (301, 302) and method == "POST"):
@@ -233,12 +243,12 @@ class Egress:
         self._log(record)
         try:
             # (2) the grant
-            self.grant.admit(url, method)
+            self._admit(url, method)
             # (3) resolve, and judge every answer
             addresses = self._resolve(url, deadline)
             record["addresses"] = [str(a) for a in addresses]
             for address in addresses:
-                self.grant.address_verdict(address)
+                self._judge(address)
             # (4)-(5) pinned dial, exchange
             pinned = addresses[0]
             record["pinned"] = str(pinned)
@@ -261,9 +271,30 @@ class Egress:
         )
         return response
 
+    def _parse(self, text: str) -> Url:
+        url = self._urls.get(text)
+        if url is None:
+            url = self._urls[text] = parse_url(text)
+        return url
+
+    def _admit(self, url: Url, method: str) -> None:
+        _memoised(self._admitted, (url, method), lambda: self.grant.admit(url, method))
+
+    def _judge(self, address: IPv4Address | IPv6Address) -> None:
+        _memoised(self._verdicts, address, lambda: self.grant.address_verdict(address))
+
     def _resolve(self, url: Url, deadline: float) -> list[IPv4Address | IPv6Address]:
         if url.address is not None:
             return [url.address]
+        cached = self._lookups.get((url.host, url.port))
+        if cached is not None and time.monotonic() < cached[0]:
+            return cached[1]
+        addresses = self._look_up(url, deadline)
+        if self.bounds.dns_cache_s > 0:
+            self._lookups[(url.host, url.port)] = (time.monotonic() + self.bounds.dns_cache_s, addresses)
+        return addresses
+
+    def _look_up(self, url: Url, deadline: float) -> list[IPv4Address | IPv6Address]:
         try:
             answers = resolve_within(
                 self.seam.resolver, url.host, url.port, deadline - time.monotonic(), self.cancel
@@ -412,6 +443,19 @@ def _read_capped(response: http.client.HTTPResponse, cap: int) -> bytes:
         if size > cap:
             raise EgressError("too-large", "net.body", f"the response body exceeds the cap of {cap} bytes")
         parts.append(chunk)
+
+
+def _memoised(table: dict[Any, tuple[str, str] | None], key: Any, check: Callable[[], None]) -> None:
+    """Run a grant check (pure: the grant is fixed for the job) once per key; replay its refusal."""
+    if key not in table:
+        try:
+            check()
+            table[key] = None
+        except Denied as exc:
+            table[key] = (exc.rule, exc.message)
+    refusal = table[key]
+    if refusal is not None:
+        raise Denied(*refusal)
 
 
 def _check_headers(request: Request, method: str, refuse: Any) -> tuple[tuple[str, str], ...]:

@@ -175,3 +175,59 @@ def test_an_exception_in_a_host_function_is_raised_not_turned_into_a_trap(engine
     # nothing left behind: the next trap is that trap, not the old exception
     with pytest.raises(Trap):
         capi.call_start(store, capi.instantiate(store, Linker(engine), _module(engine, UNREACHABLE)))
+
+
+HOST_I32 = """
+(module
+  (import "host" "f" (func $f (param i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (global $got (mut i32) (i32.const 0))
+  (func (export "_start") (global.set $got (call $f (i32.const -1) (i32.const 42))))
+  (func (export "got") (result i32) (global.get $got)))
+"""
+
+
+def test_a_host_function_gets_raw_i32s_and_the_callers_memory(engine: Engine) -> None:
+    seen: list[tuple[int, int, tuple[int, int]]] = []
+
+    def function(caller: object, a: int, b: int) -> int:
+        seen.append((a, b, capi.caller_memory(caller)))
+        return -5
+
+    linker = Linker(engine)
+    capi.define_host_function(linker, "host", "f", 2, function)
+    store = Store(engine)
+    instance = capi.instantiate(store, linker, _module(engine, HOST_I32))
+    assert capi.call_start(store, instance) == 0
+    ((a, b, (base, size)),) = seen
+    assert (a, b) == (-1, 42)  # signed, as an i32 arrives; callers mask to u32 themselves
+    assert base != 0 and size == 2 * 65536
+    assert capi.as_instance(instance).exports(store)["got"](store) == -5
+
+
+def test_caller_memory_without_a_memory_export_is_empty(engine: Engine) -> None:
+    seen: list[tuple[int, int]] = []
+
+    def function(caller: object, a: int, b: int) -> int:
+        seen.append(capi.caller_memory(caller))
+        return 0
+
+    linker = Linker(engine)
+    capi.define_host_function(linker, "host", "f", 2, function)
+    wat = '(module (import "host" "f" (func $f (param i32 i32) (result i32))) (func (export "_start") (drop (call $f (i32.const 0) (i32.const 0)))))'
+    store = Store(engine)
+    capi.call_start(store, capi.instantiate(store, linker, _module(engine, wat)))
+    assert seen == [(0, 0)]
+
+
+def test_an_exception_in_a_raw_host_function_is_raised_not_turned_into_a_trap(engine: Engine) -> None:
+    def function(caller: object, a: int, b: int) -> int:
+        raise _HostStop
+
+    linker = Linker(engine)
+    capi.define_host_function(linker, "host", "f", 2, function)
+    store = Store(engine)
+    with pytest.raises(_HostStop):
+        capi.call_start(store, capi.instantiate(store, linker, _module(engine, HOST_I32)))
+    with pytest.raises(Trap):  # nothing left behind for the next call
+        capi.call_start(store, capi.instantiate(store, Linker(engine), _module(engine, UNREACHABLE)))
