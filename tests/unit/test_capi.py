@@ -214,7 +214,10 @@ def test_caller_memory_without_a_memory_export_is_empty(engine: Engine) -> None:
 
     linker = Linker(engine)
     capi.define_host_function(linker, "host", "f", 2, function)
-    wat = '(module (import "host" "f" (func $f (param i32 i32) (result i32))) (func (export "_start") (drop (call $f (i32.const 0) (i32.const 0)))))'
+    wat = (
+        '(module (import "host" "f" (func $f (param i32 i32) (result i32)))'
+        ' (func (export "_start") (drop (call $f (i32.const 0) (i32.const 0)))))'
+    )
     store = Store(engine)
     capi.call_start(store, capi.instantiate(store, linker, _module(engine, wat)))
     assert seen == [(0, 0)]
