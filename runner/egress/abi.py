@@ -22,9 +22,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from runner.egress.client import Egress, EgressError, Request, Response
+from runner.egress.client import Bounds, Egress, EgressError, Request, Response
 
-__all__ = ["MODULE", "ERRORS", "GuestMemory", "Session", "FUNCTIONS", "bound", "current"]
+__all__ = [
+    "MODULE",
+    "ERRORS",
+    "GuestMemory",
+    "Session",
+    "FUNCTIONS",
+    "bound",
+    "current",
+    "parse_request",
+    "check_body",
+]
 
 MODULE = "sandrun:http"
 
@@ -144,37 +154,51 @@ class _Object(list[tuple[str, Any]]):
 _DECODER = json.JSONDecoder(object_pairs_hook=_Object)
 
 
+def _invalid(message: str) -> EgressError:
+    return EgressError("invalid", "net.request", message)
+
+
+def check_body(length: int, bounds: Bounds) -> None:
+    """Refuse a request body over the job's cap before it is copied out of the guest."""
+    if length > bounds.max_body:
+        raise EgressError("too-large", "net.body", f"the request body exceeds {bounds.max_body} bytes")
+
+
 def _members(value: object, what: str) -> dict[str, Any]:
     if not isinstance(value, _Object):
-        raise _Fault("invalid", f"[net.request] {what} must be a JSON object")
+        raise _invalid(f"{what} must be a JSON object")
     members = dict(value)
     if len(members) != len(value):
-        raise _Fault("invalid", f"[net.request] duplicate key in {what}")
+        raise _invalid(f"duplicate key in {what}")
     return members
 
 
-def _parse_request(raw: bytes, body: bytes) -> Request:
+def parse_request(raw: bytes, body: bytes) -> Request:
+    """The guest's strict request JSON (UTF-8, no duplicate or unknown keys) and body, as a
+    :class:`Request`; :class:`EgressError` (``invalid``, rule ``net.request``) when it is not."""
+    if len(raw) > _MAX_JSON:
+        raise _invalid(f"the request JSON is longer than {_MAX_JSON} bytes")
     try:
         data = _DECODER.decode(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise _Fault("invalid", f"[net.request] the request is not strict JSON: {exc}") from None
+        raise _invalid(f"the request is not strict JSON: {exc}") from None
     request = _members(data, "the request")
     if not isinstance(request.get("url"), str):
-        raise _Fault("invalid", '[net.request] expected an object with "url"')
+        raise _invalid('expected an object with "url"')
     if not request.keys() <= _REQUEST_KEYS:
-        raise _Fault("invalid", f"[net.request] unknown keys {sorted(request.keys() - _REQUEST_KEYS)}")
+        raise _invalid(f"unknown keys {sorted(request.keys() - _REQUEST_KEYS)}")
     method = request.get("method", "GET")
     headers = _members(request.get("headers", _Object()), "headers")
     redirects, timeout = request.get("redirects", 0), request.get("timeout_ms")
     if not isinstance(method, str):
-        raise _Fault("invalid", "[net.request] method is a string")
+        raise _invalid("method is a string")
     if not all(isinstance(v, str) for v in headers.values()):
-        raise _Fault("invalid", "[net.request] header values are strings")
+        raise _invalid("header values are strings")
     for name, value in (("redirects", redirects), ("timeout_ms", timeout)):
         if value is not None and (type(value) is not int or value < 0):
-            raise _Fault("invalid", f"[net.request] {name} is a non-negative integer")
+            raise _invalid(f"{name} is a non-negative integer")
     if timeout == 0:
-        raise _Fault("invalid", "[net.request] timeout_ms must be positive")
+        raise _invalid("timeout_ms must be positive")
     return Request(
         url=request["url"],
         method=method,
@@ -217,12 +241,9 @@ def request(
     out_ptr: int,
 ) -> int:
     """Perform a request; write (status, headers length, body length) at ``out``; return a handle."""
-    if json_len & _U32 > _MAX_JSON:
-        raise _Fault("invalid", f"[net.request] the request JSON is longer than {_MAX_JSON} bytes")
-    if body_len & _U32 > session.egress.bounds.max_body:
-        raise _Fault(
-            "too-large", f"[net.body] the request body exceeds {session.egress.bounds.max_body} bytes"
-        )
+    if json_len & _U32 > _MAX_JSON:  # refused before it is copied out of the guest
+        raise _invalid(f"the request JSON is longer than {_MAX_JSON} bytes")
+    check_body(body_len & _U32, session.egress.bounds)
     json_span, body_span, out_span = (
         _span(memory, json_ptr, json_len),
         _span(memory, body_ptr, body_len),
@@ -230,7 +251,7 @@ def request(
     )
     raw = memory.read(*json_span)
     body = memory.read(*body_span) if body_len & _U32 else b""
-    response = session.egress.request(_parse_request(raw, body))
+    response = session.egress.request(parse_request(raw, body))
     handle = session.open(response)
     opened = session.handles[handle]
     # a memory only grows, so the span checked before the request still fits
