@@ -249,8 +249,9 @@ _JOB_FAILURE: dict[str, str] = {
     "compile.crashed": "(at deploy) the compile process died (the signal is named)",
     "compile.memory": "(at deploy) compiling the module needed more than `modules.compile_memory`",
     "compile.timeout": "(at deploy) compiling the module took longer than `modules.compile_timeout`",
-    "policytest.failed": "a policy test case did not get the outcome it expects (`sandrun test`)",
     "hermetic.tree-too-large": "a hermetic job's mount holds too many files or bytes to digest",
+    "net.component-import": "a component imports `sandrun:http/client` with a type unlike the WIT file's",
+    "policytest.failed": "a policy test case did not get the outcome it expects (`sandrun test`)",
 }
 
 

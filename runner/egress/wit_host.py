@@ -39,7 +39,15 @@ from wasmtime.component import (
 from runner.egress import abi
 from runner.egress.client import EgressError, Response
 
-__all__ = ["INTERFACE", "ERROR_KINDS", "BODY_MAX", "SIGNATURE", "define_client", "import_problem"]
+__all__ = [
+    "INTERFACE",
+    "ERROR_KINDS",
+    "BODY_MAX",
+    "SIGNATURE",
+    "IMPORT_RULE",
+    "define_client",
+    "import_problem",
+]
 
 #: The import name a component uses: ``(import "sandrun:http/client" (instance ...))``.
 INTERFACE = "sandrun:http/client"
@@ -50,6 +58,10 @@ ERROR_KINDS = ("invalid", "denied", "dns", "connect", "tls", "timeout", "too-lar
 #: The largest response body a component receives (a larger one is ``err(too-large)``): each byte
 #: is a 32-byte value in Wasmtime's C API on its way into the guest.
 BODY_MAX = 1 << 20
+
+#: The rule id (runner/rules.py, a job failure) of a component whose import :func:`import_problem`
+#: refuses.
+IMPORT_RULE = "net.component-import"
 
 #: ``request``'s type as :func:`_render` spells it, from ``wit/sandrun-http.wit``.
 SIGNATURE = (
