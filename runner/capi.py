@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -64,11 +65,11 @@ def interrupt_error(message: bytes) -> int:
     return ctypes.cast(ffi._wasmtime_error_new(message), ctypes.c_void_p).value or 0
 
 
-def _prototype(name: str, *argtypes: Any) -> Any:
-    """The C function ``name`` declared to take ``char *`` arrays as they are built here (the
-    bindings declare ``char **`` of another ctypes type, which would need a cast per call)."""
+def _prototype(name: str, *argtypes: Any, restype: Any = ctypes.c_bool) -> Any:
+    """The C function ``name`` declared with the types the calls here pass (the bindings declare
+    ``char **`` of another ctypes type, or typed pointers that cost an object per call)."""
     function = dll[name]  # a new function object: the bindings' own declaration is left alone
-    function.argtypes, function.restype = argtypes, ctypes.c_bool
+    function.argtypes, function.restype = argtypes, restype
     return function
 
 
@@ -174,25 +175,40 @@ def memory_size(store: Store, instance: Any) -> int | None:
 
 
 #: A host function over ``i32`` values: ``function(caller, *args) -> int``; ``caller`` is the raw
-#: ``wasmtime_caller_t`` pointer, for :func:`caller_memory`.
+#: ``wasmtime_caller_t`` address, for :func:`caller_memory`.
 HostFunction = Callable[..., int]
-_NO_DATA_FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)()
+_VOID = ctypes.c_void_p
+_RawCallback = ctypes.CFUNCTYPE(ctypes.c_size_t, _VOID, _VOID, _VOID, ctypes.c_size_t)
+_define_unchecked = _prototype(
+    "wasmtime_linker_define_func_unchecked",
+    *(_VOID, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t, _VOID, _RawCallback),
+    *(_VOID, _VOID),
+    restype=_VOID,
+)
+_export_get = _prototype("wasmtime_caller_export_get", _VOID, ctypes.c_char_p, ctypes.c_size_t, _VOID)
+_caller_context = _prototype("wasmtime_caller_context", _VOID, restype=_VOID)
+_memory_data = _prototype("wasmtime_memory_data", _VOID, _VOID, restype=_VOID)
+_memory_data_size = _prototype("wasmtime_memory_data_size", _VOID, _VOID, restype=ctypes.c_size_t)
+_RAW_SIZE = ctypes.sizeof(ffi.wasmtime_val_raw_t)  # one argument slot; an i32 is its first 4 bytes
 _CALLBACKS: list[Any] = []  # C callbacks must outlive every linker that holds them
 
 
 def define_host_function(linker: Linker, module: str, name: str, arity: int, function: HostFunction) -> None:
     """Define ``module.name`` as ``(i32 x arity) -> i32`` calling ``function``, without
     wasmtime-py's generic trampoline (about 9 µs a call: a ``Caller``, a ``Val`` per argument and
-    a ``ValType`` per comparison) through Wasmtime's unchecked callback (about 1 µs).
+    a ``ValType`` per comparison) through Wasmtime's unchecked callback (about 1 µs): the
+    arguments are read from their slots in one copy, the result written into the first.
 
     Like the trampoline, an exception escaping ``function`` (Ctrl-C in a host call) becomes a trap
     and is kept where :func:`call_start` re-raises it; a plain ``Exception`` should not escape
     (host functions return error codes)."""
+    slots = struct.Struct("=" + "i12x" * arity)  # native order, as the union holds it
 
-    @ffi.wasmtime_func_unchecked_callback_t
-    def callback(_env: Any, caller: Any, values: Any, _count: int) -> int:
+    @_RawCallback
+    def callback(_env: Any, caller: int, values: int, _count: int) -> int:
         try:
-            values[0].i32 = function(caller, *[values[i].i32 for i in range(arity)])
+            result = function(caller, *slots.unpack(ctypes.string_at(values, _RAW_SIZE * arity)))
+            ctypes.c_int32.from_address(values).value = result
         except BaseException as exc:
             wasmtime._func.LAST_EXCEPTION = exc  # type: ignore[assignment]  # as its trampoline does
             message = b"python exception"
@@ -202,28 +218,29 @@ def define_host_function(linker: Linker, module: str, name: str, arity: int, fun
     _CALLBACKS.append(callback)
     i32 = ValType.i32()
     kind = FuncType([i32] * arity, [i32])
-    error = ffi._wasmtime_linker_define_func_unchecked(
+    module_name, field_name = module.encode(), name.encode()
+    error = _define_unchecked(
         linker.ptr(),
-        module.encode(),
-        len(module.encode()),
-        name.encode(),
-        len(name.encode()),
+        module_name,
+        len(module_name),
+        field_name,
+        len(field_name),
         kind.ptr(),
         callback,
         None,
-        _NO_DATA_FINALIZER,
+        None,
     )
     if error:
-        raise WasmtimeError._from_ptr(error)
+        raise WasmtimeError._from_ptr(ctypes.cast(error, ctypes.POINTER(ffi.wasmtime_error_t)))
 
 
-def caller_memory(caller: Any) -> tuple[int, int]:
+def caller_memory(caller: int) -> tuple[int, int]:
     """Address and size in bytes of the calling instance's ``memory`` export, (0, 0) without one.
     Valid only during this host call: a later ``memory.grow`` may move the memory."""
     item = ffi.wasmtime_extern_t()
-    if not ffi._wasmtime_caller_export_get(caller, b"memory", 6, _byref(item)) or item.kind != _EXTERN_MEMORY:
+    if not _export_get(caller, b"memory", 6, _byref(item)) or item.kind != _EXTERN_MEMORY:
         return 0, 0
-    context = ffi._wasmtime_caller_context(caller)
-    size = int(ffi._wasmtime_memory_data_size(context, _byref(item.of.memory)))
-    base = ctypes.cast(ffi._wasmtime_memory_data(context, _byref(item.of.memory)), ctypes.c_void_p).value
-    return (base or 0, size) if base else (0, 0)
+    context = _caller_context(caller)
+    memory = _byref(item.of.memory)
+    base = _memory_data(context, memory)
+    return (base, int(_memory_data_size(context, memory))) if base else (0, 0)

@@ -60,6 +60,7 @@ _HOST_HEADERS = frozenset(
 _CREDENTIALS = frozenset({"authorization", "cookie", "proxy-authorization"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 65536
+_Answer = tuple[str, IPv4Address | IPv6Address]  # an address and its text, as recorded and dialled
 _RECORD_URL_MAX = 2048  # a refused URL is recorded before it is parsed (and length-checked)
 
 
@@ -170,9 +171,9 @@ class Egress:
         # Per-job memos of pure answers (the grant never changes within a job). Each holds at most
         # one entry per hop, and hops are capped by max_requests, so none grows without bound.
         self._urls: dict[str, Url] = {}
-        self._admitted: dict[tuple[Url, str], tuple[str, str] | None] = {}
-        self._verdicts: dict[IPv4Address | IPv6Address, tuple[str, str] | None] = {}
-        self._lookups: dict[tuple[str, int], tuple[float, list[IPv4Address | IPv6Address]]] = {}
+        self._admitted: dict[tuple[str, str, int, str, str], tuple[str, str] | None] = {}
+        self._verdicts: dict[str, tuple[str, str] | None] = {}
+        self._lookups: dict[tuple[str, int], tuple[float, list[_Answer]]] = {}
 
     # -- the request, hop by hop
 
@@ -245,13 +246,13 @@ class Egress:
             # (2) the grant
             self._admit(url, method)
             # (3) resolve, and judge every answer
-            addresses = self._resolve(url, deadline)
-            record["addresses"] = [str(a) for a in addresses]
-            for address in addresses:
-                self._judge(address)
+            answers = self._resolve(url, deadline)
+            record["addresses"] = [text for text, _ in answers]
+            for text, address in answers:
+                self._judge(text, address)
             # (4)-(5) pinned dial, exchange
-            pinned = addresses[0]
-            record["pinned"] = str(pinned)
+            pinned = answers[0][0]
+            record["pinned"] = pinned
             sent = self._with_secrets(url, headers)
             record["secrets"] = [s.name for s in sent]
             response = self._exchange(url, pinned, method, headers, sent, body, deadline)
@@ -278,14 +279,16 @@ class Egress:
         return url
 
     def _admit(self, url: Url, method: str) -> None:
-        _memoised(self._admitted, (url, method), lambda: self.grant.admit(url, method))
+        key = (url.scheme, url.host, url.port, url.path, method)  # all that Grant.admit reads
+        _memoised(self._admitted, key, lambda: self.grant.admit(url, method))
 
-    def _judge(self, address: IPv4Address | IPv6Address) -> None:
-        _memoised(self._verdicts, address, lambda: self.grant.address_verdict(address))
+    def _judge(self, text: str, address: IPv4Address | IPv6Address) -> None:
+        _memoised(self._verdicts, text, lambda: self.grant.address_verdict(address))
 
-    def _resolve(self, url: Url, deadline: float) -> list[IPv4Address | IPv6Address]:
+    def _resolve(self, url: Url, deadline: float) -> list[_Answer]:
+        """The name's addresses (each with its text), or the literal address itself."""
         if url.address is not None:
-            return [url.address]
+            return [(url.host, url.address)]
         cached = self._lookups.get((url.host, url.port))
         if cached is not None and time.monotonic() < cached[0]:
             return cached[1]
@@ -294,7 +297,7 @@ class Egress:
             self._lookups[(url.host, url.port)] = (time.monotonic() + self.bounds.dns_cache_s, addresses)
         return addresses
 
-    def _look_up(self, url: Url, deadline: float) -> list[IPv4Address | IPv6Address]:
+    def _look_up(self, url: Url, deadline: float) -> list[_Answer]:
         try:
             answers = resolve_within(
                 self.seam.resolver, url.host, url.port, deadline - time.monotonic(), self.cancel
@@ -303,7 +306,7 @@ class Egress:
             if exc.timed_out:
                 raise self._ended() from None
             raise EgressError("dns", "net.dns", str(exc)) from None
-        addresses: list[IPv4Address | IPv6Address] = []
+        addresses: list[_Answer] = []
         for text in answers:
             try:
                 address = ip_address(text.partition("%")[0])
@@ -311,7 +314,7 @@ class Egress:
                 raise EgressError(
                     "dns", "net.dns", f"the resolver answered {text!r}, not an address"
                 ) from None
-            addresses.append(address)
+            addresses.append((str(address), address))
         return addresses
 
     def _with_secrets(self, url: Url, headers: tuple[tuple[str, str], ...]) -> list[Secret]:
@@ -337,7 +340,7 @@ class Egress:
     def _exchange(
         self,
         url: Url,
-        address: IPv4Address | IPv6Address,
+        address: str,
         method: str,
         headers: tuple[tuple[str, str], ...],
         secrets: list[Secret],
@@ -348,7 +351,7 @@ class Egress:
         if remaining <= 0:
             raise self._ended()
         try:
-            sock = self.seam.connector.connect(str(address), url.port, remaining)
+            sock = self.seam.connector.connect(address, url.port, remaining)
         except OSError as exc:
             raise EgressError(
                 "connect", "net.connect", f"cannot connect to {address} port {url.port}: {exc}"
