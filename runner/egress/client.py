@@ -208,8 +208,10 @@ class Egress:
             if url.origin != first_origin:
                 headers = tuple((k, v) for k, v in headers if k.lower() not in _CREDENTIALS)
             response = self._hop(url, method, headers, body, deadline)
+            if response.status not in _REDIRECTS or hop == request.redirects:
+                return response
             location = dict((k.lower(), v) for k, v in response.headers).get("location")
-            if response.status not in _REDIRECTS or location is None or hop == request.redirects:
+            if location is None:
                 return response
             try:
                 url = self._parse(urljoin(url.text, location.strip()))
