@@ -25,6 +25,7 @@ import http.client
 import re
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -60,6 +61,7 @@ _HOST_HEADERS = frozenset(
 _CREDENTIALS = frozenset({"authorization", "cookie", "proxy-authorization"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 65536
+_BACKSTOP_S = 1.0  # the kernel's socket timeouts fire this long after the watchdog's deadline
 _Answer = tuple[str, IPv4Address | IPv6Address]  # an address and its text, as recorded and dialled
 _RECORD_URL_MAX = 2048  # a refused URL is recorded before it is parsed (and length-checked)
 
@@ -364,7 +366,7 @@ class Egress:
         )
         fired = False
         try:
-            sock.settimeout(max(remaining, 0.001))
+            _blocking_with_backstop(sock, remaining)
             if url.scheme == "https":
                 holder[0] = sock = self._tls(sock, url)
             sock.sendall(_head(url, method, headers, secrets, body) + body)
@@ -416,6 +418,18 @@ class Egress:
             body = body.replace(value, mark.encode())
             headers = [(k, v.replace(value.decode("latin-1"), mark)) for k, v in headers]
         return Response(status=response.status, headers=tuple(headers), body=body)
+
+
+def _blocking_with_backstop(sock: socket.socket, remaining: float) -> None:
+    """Put the connected socket in blocking mode: the watchdog bounds the request by shutting the
+    socket down, and Python's timeout mode would add a ``poll`` to every send and receive. The
+    kernel's own send and receive timeouts stay as a backstop, a little after the watchdog's turn
+    (so an ending is classified as the watchdog's ``net.timeout``)."""
+    sock.settimeout(None)
+    seconds = remaining + _BACKSTOP_S
+    timeval = struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
 
 def _head(
