@@ -39,7 +39,8 @@ __all__ = [
     "memory_size",
     "HostFunction",
     "define_host_function",
-    "caller_memory",
+    "memory_export",
+    "memory_span",
 ]
 
 EpochCallback = Callable[[object, object, Any, Any], int]
@@ -175,7 +176,7 @@ def memory_size(store: Store, instance: Any) -> int | None:
 
 
 #: A host function over ``i32`` values: ``function(caller, *args) -> int``; ``caller`` is the raw
-#: ``wasmtime_caller_t`` address, for :func:`caller_memory`.
+#: ``wasmtime_caller_t`` address, for :func:`memory_export` and :func:`memory_span`.
 HostFunction = Callable[..., int]
 _VOID = ctypes.c_void_p
 _RawCallback = ctypes.CFUNCTYPE(ctypes.c_size_t, _VOID, _VOID, _VOID, ctypes.c_size_t)
@@ -234,13 +235,18 @@ def define_host_function(linker: Linker, module: str, name: str, arity: int, fun
         raise WasmtimeError._from_ptr(ctypes.cast(error, ctypes.POINTER(ffi.wasmtime_error_t)))
 
 
-def caller_memory(caller: int) -> tuple[int, int]:
-    """Address and size in bytes of the calling instance's ``memory`` export, (0, 0) without one.
-    Valid only during this host call: a later ``memory.grow`` may move the memory."""
+def memory_export(caller: int) -> Any | None:
+    """The calling instance's ``memory`` export (a ``wasmtime_memory_t``), None without one. It names
+    that memory for the life of its store, so a host may keep it for the instance's later calls."""
     item = ffi.wasmtime_extern_t()
     if not _export_get(caller, b"memory", 6, _byref(item)) or item.kind != _EXTERN_MEMORY:
-        return 0, 0
+        return None
+    return item.of.memory
+
+
+def memory_span(caller: int, memory: Any) -> tuple[int, int]:
+    """Address and size in bytes of ``memory`` (the caller's store's) now; valid only during this
+    host call: a later ``memory.grow`` may move it."""
     context = _caller_context(caller)
-    memory = _byref(item.of.memory)
-    base = _memory_data(context, memory)
-    return (base, int(_memory_data_size(context, memory))) if base else (0, 0)
+    base = _memory_data(context, _byref(memory))
+    return (base, int(_memory_data_size(context, _byref(memory)))) if base else (0, 0)

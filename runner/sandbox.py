@@ -507,7 +507,14 @@ class _CallerMemory:
 
     def size(self) -> int:
         if self._base < 0:
-            self._base, self._size = capi.caller_memory(self._caller)
+            # The export is found once per job (the session's; a job has one store and instance).
+            session = http_abi.current()
+            memory = None if session is None else session.host_memory
+            if memory is None:
+                memory = capi.memory_export(self._caller)
+                if session is not None:
+                    session.host_memory = memory
+            self._base, self._size = (0, 0) if memory is None else capi.memory_span(self._caller, memory)
         return self._size
 
     def _check(self, start: int, length: int) -> None:

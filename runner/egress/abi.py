@@ -94,6 +94,7 @@ class Session:
         self._egress: Egress | None = None
         self.handles: dict[int, _Open] = {}
         self.last_error = ""
+        self.host_memory: object = None  # the host adapter's handle on the job's guest memory
         self._next = 1
 
     @property
