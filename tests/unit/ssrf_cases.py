@@ -30,6 +30,7 @@ DNS: dict[str, Any] = {
     "zero.example.org": ["0.0.0.0"],
     "cgnat.example.org": ["100.64.0.1"],
     "rebind.example.org": [["93.184.216.42"], ["127.0.0.1"]],
+    "rebind2.example.org": [["93.184.216.43"], ["127.0.0.1"]],
     "garbage.example.org": ["not-an-address"],
     "empty.example.org": [],
 }
@@ -154,6 +155,14 @@ CASES: tuple[Case, ...] = (
         _redirect("http://rebind.example.org/redirect?to=http://rebind.example.org/ok"),
         OK,
         NAMES,
+        redirects=2,
+    ),
+    # another port is another cached entry, so this name is looked up twice: the second answer
+    # (loopback) is judged on its own and refused
+    Case(
+        "redirect-rebind-second-lookup",
+        _redirect("http://rebind2.example.org/redirect?to=http://rebind2.example.org:8080/ok"),
+        "net.blocked",
         redirects=2,
     ),
     Case("redirect-too-many", "http://example.org/ok", "net.redirects", NAMES, redirects=6),
