@@ -3,10 +3,13 @@
 
 The guest is ``tests/fixtures/httpget.wasm`` (C, three host calls per request). Its per-request
 cost is the slope between a job making 1 request and a job making N, so the job's own start-up
-is not counted. The server is a minimal socket loop (fixed reply, ``Connection: close``) so that it
-does not hide the client's cost. Prints both medians, their ratio (target: within 1.5x) and the
-host calls per request, counted by wrapping the host functions. A busy machine makes single rounds
-noisy, so the ratio of the best rounds is printed too.
+is not counted. Neither side reuses connections (a fair comparison: the egress layer does not pool
+them). The server is a minimal socket loop (fixed reply, ``Connection: close``) so that it does not
+hide the client's cost. Prints both medians, their ratio (target: within 1.5x) and the host calls
+per request, counted by wrapping the host functions. A busy machine makes single rounds noisy, so
+the ratio of the best rounds is printed too, and the ratio of the CPU time the client's own thread
+spends per request (the guest runs on the calling thread; the server's thread is not counted),
+which other processes disturb least.
 
 Run: ``python bench/bench_http.py [--requests 60] [--rounds 5]``
 """
@@ -53,15 +56,15 @@ def serve(listener: socket.socket) -> None:
             conn.sendall(REPLY)
 
 
-def plain(port: int, count: int) -> float:
-    """Seconds per request with ``http.client``."""
-    started = time.perf_counter()
+def plain(port: int, count: int) -> tuple[float, float]:
+    """Seconds per request with ``http.client``: wall clock, and this thread's CPU time."""
+    started, cpu = time.perf_counter(), time.thread_time()
     for _ in range(count):
         connection = http.client.HTTPConnection("127.0.0.1", port)
         connection.request("GET", "/ok")
         assert connection.getresponse().read() == b"hello"
         connection.close()
-    return (time.perf_counter() - started) / count
+    return (time.perf_counter() - started) / count, (time.thread_time() - cpu) / count
 
 
 def job(root: Path, port: int, count: int) -> JobSpec:
@@ -121,18 +124,21 @@ def main() -> None:
         root = Path(tmp)
         one, many = job(root, port, 1), job(root, port, options.requests)
         runtime.run(one, root)  # compile and warm up
-        guest_times, plain_times = [], []
+        guest_times, plain_times, guest_cpu, plain_cpu = [], [], [], []
         for _ in range(options.rounds):
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.thread_time()
             runtime.run(one, root)
-            single = time.perf_counter() - started
+            single, single_cpu = time.perf_counter() - started, time.thread_time() - cpu
             calls.clear()
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.thread_time()
             outcome = runtime.run(many, root)
-            total = time.perf_counter() - started
+            total, total_cpu = time.perf_counter() - started, time.thread_time() - cpu
             assert outcome.exit_code == 0, outcome.stdout[-300:]
             guest_times.append((total - single) / (options.requests - 1))
-            plain_times.append(plain(port, options.requests))
+            guest_cpu.append((total_cpu - single_cpu) / (options.requests - 1))
+            wall, thread_cpu = plain(port, options.requests)
+            plain_times.append(wall)
+            plain_cpu.append(thread_cpu)
     listener.close()
     guest, baseline = statistics.median(guest_times), statistics.median(plain_times)
     per_request = sum(calls.values()) / options.requests
@@ -141,6 +147,8 @@ def main() -> None:
     print(f"ratio guest/plain      : {guest / baseline:8.2f}x (target <= 1.5x)")
     # the best round of each is less disturbed by other processes on a busy machine
     print(f"ratio of best rounds   : {min(guest_times) / min(plain_times):8.2f}x")
+    cpu_ratio = statistics.median(guest_cpu) / statistics.median(plain_cpu)
+    print(f"client-thread CPU ratio: {cpu_ratio:8.2f}x")
     print(f"host calls per request : {per_request:8.2f} ({dict(calls)})")
 
 

@@ -261,6 +261,7 @@ _JOB_FAILURE: dict[str, str] = {
     "compile.timeout": "(at deploy) compiling the module took longer than `modules.compile_timeout`",
     "hermetic.tree-too-large": "a hermetic job's mount holds too many files or bytes to digest",
     "invoke.result-size": "an `invoke` export returned more than 64 KiB of WAVE text (results are not kept)",
+    "net.component-import": "a component imports `sandrun:http/client` with a type unlike the WIT file's",
     "policytest.failed": "a policy test case did not get the outcome it expects (`sandrun test`)",
 }
 

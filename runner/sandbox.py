@@ -503,31 +503,25 @@ class _CallerMemory:
     """``http_abi.GuestMemory`` over the calling instance's ``memory`` (a job has one instance).
     Within one call the guest cannot run, so its memory cannot grow or move: base and size are
     read once per call that touches memory, and copies go through ``ctypes`` after an explicit
-    bounds check (wasmtime-py's ``read``/``write`` re-read both and clamp silently)."""
+    bounds check."""
 
     __slots__ = ("_caller", "_base", "_size")
 
-    def __init__(self, caller: Caller) -> None:
-        self._caller = caller
+    def __init__(self, caller: Any) -> None:
+        self._caller = caller  # the raw ``wasmtime_caller_t`` of this call
         self._base = -1  # not looked up yet
         self._size = 0
 
-    def _look_up(self) -> None:
-        # The export is found once per job (``Caller.get`` costs ~12 µs); base and size per call.
-        session = http_abi.current()
-        memory = session.host_memory if session is not None else None
-        if memory is None:
-            memory = self._caller.get("memory")
-            if session is not None:
-                session.host_memory = memory
-        self._base = 0
-        if isinstance(memory, Memory):
-            self._size = memory.data_len(self._caller)
-            self._base = ctypes.cast(memory.data_ptr(self._caller), ctypes.c_void_p).value or 0
-
     def size(self) -> int:
         if self._base < 0:
-            self._look_up()
+            # The export is found once per job (the session's; a job has one store and instance).
+            session = http_abi.current()
+            memory = None if session is None else session.host_memory
+            if memory is None:
+                memory = capi.memory_export(self._caller)
+                if session is not None:
+                    session.host_memory = memory
+            self._base, self._size = (0, 0) if memory is None else capi.memory_span(self._caller, memory)
         return self._size
 
     def _check(self, start: int, length: int) -> None:
@@ -544,14 +538,14 @@ class _CallerMemory:
 
 
 def _define_http(linker: Linker) -> None:
-    """Link ``sandrun:http`` (docs/http.md); per-job state is the session bound to the job's thread."""
-    i32 = ValType.i32()
+    """Link ``sandrun:http`` (docs/http.md); per-job state is the session bound to the job's thread.
+    The functions take and return ``i32`` only, so they skip wasmtime-py's generic trampoline."""
     for name, arity, function in http_abi.FUNCTIONS:
 
-        def host(caller: Caller, *args: int, _function: Any = function) -> int:
+        def host(caller: Any, *args: int, _function: Any = function) -> int:
             return int(_function(_CallerMemory(caller), *args))
 
-        linker.define_func(http_abi.MODULE, name, FuncType([i32] * arity, [i32]), host, access_caller=True)
+        capi.define_host_function(linker, http_abi.MODULE, name, arity, host)
 
 
 # --- engines ----------------------------------------------------------------------------------

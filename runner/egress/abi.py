@@ -22,9 +22,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from runner.egress.client import Egress, EgressError, Request, Response
+from runner.egress.client import Bounds, Egress, EgressError, Request, Response
 
-__all__ = ["MODULE", "ERRORS", "GuestMemory", "Session", "FUNCTIONS", "bound", "current"]
+__all__ = [
+    "MODULE",
+    "ERRORS",
+    "GuestMemory",
+    "Session",
+    "FUNCTIONS",
+    "bound",
+    "current",
+    "parse_request",
+    "check_body",
+]
 
 MODULE = "sandrun:http"
 
@@ -84,7 +94,7 @@ class Session:
         self._egress: Egress | None = None
         self.handles: dict[int, _Open] = {}
         self.last_error = ""
-        self.host_memory: object = None  # the host adapter's per-job handle on the guest memory
+        self.host_memory: object = None  # the host adapter's handle on the job's guest memory
         self._next = 1
 
     @property
@@ -138,35 +148,60 @@ def _span(memory: GuestMemory, pointer: int, length: int) -> tuple[int, int]:
     return start, start + length
 
 
-def _parse_request(raw: bytes, body: bytes) -> Request:
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        keys = [k for k, _ in items]
-        if len(set(keys)) != len(keys):
-            raise ValueError("duplicate key")
-        return dict(items)
+class _Object(list[tuple[str, Any]]):
+    """A JSON object as its (key, value) pairs in order, so duplicate keys stay visible."""
 
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_Object)
+
+
+def _invalid(message: str) -> EgressError:
+    return EgressError("invalid", "net.request", message)
+
+
+def check_body(length: int, bounds: Bounds) -> None:
+    """Refuse a request body over the job's cap before it is copied out of the guest."""
+    if length > bounds.max_body:
+        raise EgressError("too-large", "net.body", f"the request body exceeds {bounds.max_body} bytes")
+
+
+def _members(value: object, what: str) -> dict[str, Any]:
+    if not isinstance(value, _Object):
+        raise _invalid(f"{what} must be a JSON object")
+    members = dict(value)
+    if len(members) != len(value):
+        raise _invalid(f"duplicate key in {what}")
+    return members
+
+
+def parse_request(raw: bytes, body: bytes) -> Request:
+    """The guest's strict request JSON (UTF-8, no duplicate or unknown keys) and body, as a
+    :class:`Request`; :class:`EgressError` (``invalid``, rule ``net.request``) when it is not."""
+    if len(raw) > _MAX_JSON:
+        raise _invalid(f"the request JSON is longer than {_MAX_JSON} bytes")
     try:
-        data = json.loads(raw.decode("utf-8"), object_pairs_hook=pairs)
+        data = _DECODER.decode(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise _Fault("invalid", f"[net.request] the request is not strict JSON: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("url"), str):
-        raise _Fault("invalid", '[net.request] expected an object with "url"')
-    unknown = set(data) - _REQUEST_KEYS
-    if unknown:
-        raise _Fault("invalid", f"[net.request] unknown keys {sorted(unknown)}")
-    method, headers = data.get("method", "GET"), data.get("headers", {})
-    redirects, timeout = data.get("redirects", 0), data.get("timeout_ms")
-    if not isinstance(method, str) or not isinstance(headers, dict):
-        raise _Fault("invalid", "[net.request] method is a string and headers an object")
+        raise _invalid(f"the request is not strict JSON: {exc}") from None
+    request = _members(data, "the request")
+    if not isinstance(request.get("url"), str):
+        raise _invalid('expected an object with "url"')
+    if not request.keys() <= _REQUEST_KEYS:
+        raise _invalid(f"unknown keys {sorted(request.keys() - _REQUEST_KEYS)}")
+    method = request.get("method", "GET")
+    headers = _members(request.get("headers", _Object()), "headers")
+    redirects, timeout = request.get("redirects", 0), request.get("timeout_ms")
+    if not isinstance(method, str):
+        raise _invalid("method is a string")
     if not all(isinstance(v, str) for v in headers.values()):
-        raise _Fault("invalid", "[net.request] header values are strings")
+        raise _invalid("header values are strings")
     for name, value in (("redirects", redirects), ("timeout_ms", timeout)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            raise _Fault("invalid", f"[net.request] {name} is a non-negative integer")
-    if timeout is not None and timeout == 0:
-        raise _Fault("invalid", "[net.request] timeout_ms must be positive")
+        if value is not None and (type(value) is not int or value < 0):
+            raise _invalid(f"{name} is a non-negative integer")
+    if timeout == 0:
+        raise _invalid("timeout_ms must be positive")
     return Request(
-        url=data["url"],
+        url=request["url"],
         method=method,
         headers=tuple(headers.items()),
         body=body,
@@ -207,12 +242,9 @@ def request(
     out_ptr: int,
 ) -> int:
     """Perform a request; write (status, headers length, body length) at ``out``; return a handle."""
-    if json_len & _U32 > _MAX_JSON:
-        raise _Fault("invalid", f"[net.request] the request JSON is longer than {_MAX_JSON} bytes")
-    if body_len & _U32 > session.egress.bounds.max_body:
-        raise _Fault(
-            "too-large", f"[net.body] the request body exceeds {session.egress.bounds.max_body} bytes"
-        )
+    if json_len & _U32 > _MAX_JSON:  # refused before it is copied out of the guest
+        raise _invalid(f"the request JSON is longer than {_MAX_JSON} bytes")
+    check_body(body_len & _U32, session.egress.bounds)
     json_span, body_span, out_span = (
         _span(memory, json_ptr, json_len),
         _span(memory, body_ptr, body_len),
@@ -220,7 +252,7 @@ def request(
     )
     raw = memory.read(*json_span)
     body = memory.read(*body_span) if body_len & _U32 else b""
-    response = session.egress.request(_parse_request(raw, body))
+    response = session.egress.request(parse_request(raw, body))
     handle = session.open(response)
     opened = session.handles[handle]
     # a memory only grows, so the span checked before the request still fits

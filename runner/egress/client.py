@@ -25,9 +25,10 @@ import http.client
 import re
 import socket
 import ssl
+import struct
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
@@ -60,6 +61,8 @@ _HOST_HEADERS = frozenset(
 _CREDENTIALS = frozenset({"authorization", "cookie", "proxy-authorization"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 65536
+_BACKSTOP_S = 1.0  # the kernel's socket timeouts fire this long after the watchdog's deadline
+_Answer = tuple[str, IPv4Address | IPv6Address]  # an address and its text, as recorded and dialled
 _RECORD_URL_MAX = 2048  # a refused URL is recorded before it is parsed (and length-checked)
 
 
@@ -72,6 +75,10 @@ class Bounds:
     max_requests: int = 64
     max_handles: int = 8
     max_redirects: int = 5
+    #: How long a name's checked answers are reused within the job (0: look up on every hop).
+    #: Sound because the dial goes to a checked answer either way; a rebinding server gains
+    #: nothing from a cached answer, it only loses its second chance to answer differently.
+    dns_cache_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +170,12 @@ class Egress:
         # longest first, so a formatted value is replaced before the bare secret inside it
         self._names = {value: s.name for s in self.secrets for value in s.redactions()}
         self._redact = tuple(sorted(self._names, key=len, reverse=True))
+        # Per-job memos of pure answers (the grant never changes within a job). Each holds at most
+        # one entry per hop, and hops are capped by max_requests, so none grows without bound.
+        self._urls: dict[str, Url] = {}
+        self._admitted: dict[tuple[str, str, int, str, str], tuple[str, str] | None] = {}
+        self._verdicts: dict[str, tuple[str, str] | None] = {}
+        self._lookups: dict[tuple[str, int], tuple[float, list[_Answer]]] = {}
 
     # -- the request, hop by hop
 
@@ -188,7 +201,7 @@ class Egress:
         )
         deadline = started + timeout if self.deadline is None else min(started + timeout, self.deadline)
         try:
-            url = parse_url(request.url)
+            url = self._parse(request.url)
         except UrlError as exc:
             raise self._refuse(request.url, method, "invalid", exc.code, exc.message) from None
         first_origin = url.origin
@@ -197,11 +210,13 @@ class Egress:
             if url.origin != first_origin:
                 headers = tuple((k, v) for k, v in headers if k.lower() not in _CREDENTIALS)
             response = self._hop(url, method, headers, body, deadline)
+            if response.status not in _REDIRECTS or hop == request.redirects:
+                return response
             location = dict((k.lower(), v) for k, v in response.headers).get("location")
-            if response.status not in _REDIRECTS or location is None or hop == request.redirects:
+            if location is None:
                 return response
             try:
-                url = parse_url(urljoin(url.text, location.strip()))
+                url = self._parse(urljoin(url.text, location.strip()))
             except UrlError as exc:
                 raise self._refuse(location, method, "denied", exc.code, f"redirect: {exc.message}") from None
             if response.status == 303 or (response.status in (301, 302) and method == "POST"):
@@ -233,15 +248,15 @@ class Egress:
         self._log(record)
         try:
             # (2) the grant
-            self.grant.admit(url, method)
+            self._admit(url, method)
             # (3) resolve, and judge every answer
-            addresses = self._resolve(url, deadline)
-            record["addresses"] = [str(a) for a in addresses]
-            for address in addresses:
-                self.grant.address_verdict(address)
+            answers = self._resolve(url, deadline)
+            record["addresses"] = [text for text, _ in answers]
+            for text, address in answers:
+                self._judge(text, address)
             # (4)-(5) pinned dial, exchange
-            pinned = addresses[0]
-            record["pinned"] = str(pinned)
+            pinned = answers[0][0]
+            record["pinned"] = pinned
             sent = self._with_secrets(url, headers)
             record["secrets"] = [s.name for s in sent]
             response = self._exchange(url, pinned, method, headers, sent, body, deadline)
@@ -261,9 +276,32 @@ class Egress:
         )
         return response
 
-    def _resolve(self, url: Url, deadline: float) -> list[IPv4Address | IPv6Address]:
+    def _parse(self, text: str) -> Url:
+        url = self._urls.get(text)
+        if url is None:
+            url = self._urls[text] = parse_url(text)
+        return url
+
+    def _admit(self, url: Url, method: str) -> None:
+        key = (url.scheme, url.host, url.port, url.path, method)  # all that Grant.admit reads
+        _memoised(self._admitted, key, lambda: self.grant.admit(url, method))
+
+    def _judge(self, text: str, address: IPv4Address | IPv6Address) -> None:
+        _memoised(self._verdicts, text, lambda: self.grant.address_verdict(address))
+
+    def _resolve(self, url: Url, deadline: float) -> list[_Answer]:
+        """The name's addresses (each with its text), or the literal address itself."""
         if url.address is not None:
-            return [url.address]
+            return [(url.host, url.address)]
+        cached = self._lookups.get((url.host, url.port))
+        if cached is not None and time.monotonic() < cached[0]:
+            return cached[1]
+        addresses = self._look_up(url, deadline)
+        if self.bounds.dns_cache_s > 0:
+            self._lookups[(url.host, url.port)] = (time.monotonic() + self.bounds.dns_cache_s, addresses)
+        return addresses
+
+    def _look_up(self, url: Url, deadline: float) -> list[_Answer]:
         try:
             answers = resolve_within(
                 self.seam.resolver, url.host, url.port, deadline - time.monotonic(), self.cancel
@@ -272,7 +310,7 @@ class Egress:
             if exc.timed_out:
                 raise self._ended() from None
             raise EgressError("dns", "net.dns", str(exc)) from None
-        addresses: list[IPv4Address | IPv6Address] = []
+        addresses: list[_Answer] = []
         for text in answers:
             try:
                 address = ip_address(text.partition("%")[0])
@@ -280,7 +318,7 @@ class Egress:
                 raise EgressError(
                     "dns", "net.dns", f"the resolver answered {text!r}, not an address"
                 ) from None
-            addresses.append(address)
+            addresses.append((str(address), address))
         return addresses
 
     def _with_secrets(self, url: Url, headers: tuple[tuple[str, str], ...]) -> list[Secret]:
@@ -306,7 +344,7 @@ class Egress:
     def _exchange(
         self,
         url: Url,
-        address: IPv4Address | IPv6Address,
+        address: str,
         method: str,
         headers: tuple[tuple[str, str], ...],
         secrets: list[Secret],
@@ -317,7 +355,7 @@ class Egress:
         if remaining <= 0:
             raise self._ended()
         try:
-            sock = self.seam.connector.connect(str(address), url.port, remaining)
+            sock = self.seam.connector.connect(address, url.port, remaining)
         except OSError as exc:
             raise EgressError(
                 "connect", "net.connect", f"cannot connect to {address} port {url.port}: {exc}"
@@ -328,7 +366,7 @@ class Egress:
         )
         fired = False
         try:
-            sock.settimeout(max(remaining, 0.001))
+            _blocking_with_backstop(sock, remaining)
             if url.scheme == "https":
                 holder[0] = sock = self._tls(sock, url)
             sock.sendall(_head(url, method, headers, secrets, body) + body)
@@ -382,6 +420,18 @@ class Egress:
         return Response(status=response.status, headers=tuple(headers), body=body)
 
 
+def _blocking_with_backstop(sock: socket.socket, remaining: float) -> None:
+    """Put the connected socket in blocking mode: the watchdog bounds the request by shutting the
+    socket down, and Python's timeout mode would add a ``poll`` to every send and receive. The
+    kernel's own send and receive timeouts stay as a backstop, a little after the watchdog's turn
+    (so an ending is classified as the watchdog's ``net.timeout``)."""
+    sock.settimeout(None)
+    seconds = remaining + _BACKSTOP_S
+    timeval = struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
 def _head(
     url: Url, method: str, headers: tuple[tuple[str, str], ...], secrets: list[Secret], body: bytes
 ) -> bytes:
@@ -412,6 +462,19 @@ def _read_capped(response: http.client.HTTPResponse, cap: int) -> bytes:
         if size > cap:
             raise EgressError("too-large", "net.body", f"the response body exceeds the cap of {cap} bytes")
         parts.append(chunk)
+
+
+def _memoised(table: dict[Any, tuple[str, str] | None], key: Any, check: Callable[[], None]) -> None:
+    """Run a grant check (pure: the grant is fixed for the job) once per key; replay its refusal."""
+    if key not in table:
+        try:
+            check()
+            table[key] = None
+        except Denied as exc:
+            table[key] = (exc.rule, exc.message)
+    refusal = table[key]
+    if refusal is not None:
+        raise Denied(*refusal)
 
 
 def _check_headers(request: Request, method: str, refuse: Any) -> tuple[tuple[str, str], ...]:

@@ -60,10 +60,17 @@ class SystemResolver:
 
 
 class SystemConnector:
-    """A plain TCP connection to the address (``create_connection`` of a literal does no lookup)."""
+    """A plain TCP connection to the address, a literal: no lookup, so no resolver is consulted."""
 
     def connect(self, address: str, port: int, timeout: float) -> socket.socket:
-        return socket.create_connection((address, port), timeout=timeout)
+        sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect((address, port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
 
 @dataclass(frozen=True, slots=True)

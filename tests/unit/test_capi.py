@@ -175,3 +175,90 @@ def test_an_exception_in_a_host_function_is_raised_not_turned_into_a_trap(engine
     # nothing left behind: the next trap is that trap, not the old exception
     with pytest.raises(Trap):
         capi.call_start(store, capi.instantiate(store, Linker(engine), _module(engine, UNREACHABLE)))
+
+
+HOST_I32 = """
+(module
+  (import "host" "f" (func $f (param i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (global $got (mut i32) (i32.const 0))
+  (func (export "_start") (global.set $got (call $f (i32.const -1) (i32.const 42))))
+  (func (export "got") (result i32) (global.get $got)))
+"""
+
+
+def test_a_host_function_gets_raw_i32s_and_the_callers_memory(engine: Engine) -> None:
+    seen: list[tuple[int, int, tuple[int, int]]] = []
+
+    def function(caller: int, a: int, b: int) -> int:
+        memory = capi.memory_export(caller)
+        seen.append((a, b, capi.memory_span(caller, memory)))
+        return -5
+
+    linker = Linker(engine)
+    capi.define_host_function(linker, "host", "f", 2, function)
+    store = Store(engine)
+    instance = capi.instantiate(store, linker, _module(engine, HOST_I32))
+    assert capi.call_start(store, instance) == 0
+    ((a, b, (base, size)),) = seen
+    assert (a, b) == (-1, 42)  # signed, as an i32 arrives; callers mask to u32 themselves
+    assert base != 0 and size == 2 * 65536
+    assert capi.as_instance(instance).exports(store)["got"](store) == -5
+
+
+def test_no_memory_export_is_none(engine: Engine) -> None:
+    seen: list[object] = []
+
+    def function(caller: int, a: int, b: int) -> int:
+        seen.append(capi.memory_export(caller))
+        return 0
+
+    linker = Linker(engine)
+    capi.define_host_function(linker, "host", "f", 2, function)
+    wat = (
+        '(module (import "host" "f" (func $f (param i32 i32) (result i32)))'
+        ' (func (export "_start") (drop (call $f (i32.const 0) (i32.const 0)))))'
+    )
+    store = Store(engine)
+    capi.call_start(store, capi.instantiate(store, linker, _module(engine, wat)))
+    assert seen == [None]
+
+
+def test_an_exception_in_a_raw_host_function_is_raised_not_turned_into_a_trap(engine: Engine) -> None:
+    def function(caller: object, a: int, b: int) -> int:
+        raise _HostStop
+
+    linker = Linker(engine)
+    capi.define_host_function(linker, "host", "f", 2, function)
+    store = Store(engine)
+    with pytest.raises(_HostStop):
+        capi.call_start(store, capi.instantiate(store, linker, _module(engine, HOST_I32)))
+    with pytest.raises(Trap):  # nothing left behind for the next call
+        capi.call_start(store, capi.instantiate(store, Linker(engine), _module(engine, UNREACHABLE)))
+
+
+def test_a_kept_memory_export_follows_growth(engine: Engine) -> None:
+    # the sandbox keeps the export for a job's later calls; the span is read afresh at each call
+    wat = """
+    (module
+      (import "host" "f" (func $f (param i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "_start")
+        (drop (call $f (i32.const 0) (i32.const 0)))
+        (drop (memory.grow (i32.const 2)))
+        (drop (call $f (i32.const 0) (i32.const 0)))))
+    """
+    kept: list[object] = []
+    sizes: list[int] = []
+
+    def function(caller: int, a: int, b: int) -> int:
+        if not kept:
+            kept.append(capi.memory_export(caller))
+        sizes.append(capi.memory_span(caller, kept[0])[1])
+        return 0
+
+    linker = Linker(engine)
+    capi.define_host_function(linker, "host", "f", 2, function)
+    store = Store(engine)
+    capi.call_start(store, capi.instantiate(store, linker, _module(engine, wat)))
+    assert sizes == [65536, 3 * 65536]

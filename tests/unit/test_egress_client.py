@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ import pytest
 from netkit import LOOPBACK, RecordingConnector, TableResolver, http_server, make_test_ca
 
 from runner.egress import Bounds, Egress, EgressError, Grant, Request, Seam, Secret, parse_url
+from runner.egress.client import _BACKSTOP_S, _blocking_with_backstop
 from runner.egress.transport import SystemConnector
 
 LOCAL = (f"http://{LOOPBACK}:*",)
@@ -303,3 +306,33 @@ def test_a_guest_looping_on_refused_requests_cannot_flood_the_log(server: Thread
         rules.append(caught.value.rule)
     assert rules[:5] == ["url.host"] * 5 and set(rules[5:]) == {"net.requests"}
     assert [hop["rule"] for hop in egress.hops] == ["url.host"] * 5 + ["net.requests"]
+
+
+def test_a_connected_socket_blocks_with_the_kernel_timeouts_as_a_backstop() -> None:
+    # The watchdog bounds a request; the kernel's send/receive timeouts back it up a little later.
+    left, right = socket.socketpair()
+    with left, right:
+        left.settimeout(5)
+        _blocking_with_backstop(left, 2.5)
+        assert left.gettimeout() is None
+        for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+            seconds, micros = struct.unpack("ll", left.getsockopt(socket.SOL_SOCKET, option, 16))
+            assert seconds + micros / 1e6 == pytest.approx(2.5 + _BACKSTOP_S, abs=0.01)
+
+
+def test_the_backstop_ends_a_read_the_watchdog_missed() -> None:
+    left, right = socket.socketpair()
+    ended: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            left.recv(1)
+        except OSError as exc:  # EAGAIN once the backstop passes, instead of blocking for ever
+            ended.append(exc)
+
+    with left, right:
+        _blocking_with_backstop(left, 0.0)  # as if the watchdog had not cut the request off
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(timeout=10)  # the backstop is 1 s; 10 s is a generous bound on a busy machine
+        assert not reader.is_alive() and len(ended) == 1

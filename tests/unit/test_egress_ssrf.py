@@ -3,6 +3,7 @@ to a loopback server. Each refusal names its rule; each control must really get 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 
@@ -10,7 +11,7 @@ import pytest
 from netkit import RecordingConnector, TableResolver, http_server
 from ssrf_cases import CASES, DNS, OK, Case
 
-from runner.egress import Egress, EgressError, Grant, Request, Seam
+from runner.egress import Bounds, Egress, EgressError, Grant, Request, Seam
 
 
 @pytest.fixture(scope="module")
@@ -58,18 +59,49 @@ def test_ssrf_case(case: Case, server: ThreadingHTTPServer) -> None:
 
 
 def test_rebinding_cannot_switch_the_pinned_address(server: ThreadingHTTPServer) -> None:
-    # The name answers a public address first and loopback afterwards: one lookup per hop, and
-    # the dial goes to the address that lookup returned.
+    # The name answers a public address first and loopback afterwards. Within the job's DNS cache
+    # the checked first answer is reused: one lookup, every dial to that address.
     connector = RecordingConnector(server.server_address[1])
     resolver = TableResolver({"rebind.example.org": [["93.184.216.42"], ["127.0.0.1"]]})
     egress = Egress(Grant.from_plan(["http://*.example.org"], ["private"]), seam=Seam(resolver, connector))
-    egress.request(Request(url="http://rebind.example.org/ok"))
-    assert connector.dials == [("93.184.216.42", 80)]
+    for _ in range(3):
+        egress.request(Request(url="http://rebind.example.org/ok"))
+    assert connector.dials == [("93.184.216.42", 80)] * 3
     assert resolver.asked == ["rebind.example.org"]
+    assert [hop["pinned"] for hop in egress.hops] == ["93.184.216.42"] * 3
+
+
+@pytest.mark.parametrize("cache_s", [0, 0.05])
+def test_rebinding_after_the_cache_is_judged_anew(server: ThreadingHTTPServer, cache_s: float) -> None:
+    # Without the cache, or once it expires, each hop looks up again, and the dial goes to the
+    # address that lookup returned, after it was judged: the loopback answer is refused.
+    connector = RecordingConnector(server.server_address[1])
+    resolver = TableResolver({"rebind.example.org": [["93.184.216.42"], ["127.0.0.1"]]})
+    egress = Egress(
+        Grant.from_plan(["http://*.example.org"], ["private"]),
+        seam=Seam(resolver, connector),
+        bounds=Bounds(dns_cache_s=cache_s),
+    )
+    egress.request(Request(url="http://rebind.example.org/ok"))
+    time.sleep(cache_s * 4)  # past the cache's expiry (a lower bound on time, never an upper one)
     with pytest.raises(EgressError) as caught:
         egress.request(Request(url="http://rebind.example.org/ok"))
     assert caught.value.rule == "net.blocked"
+    assert resolver.asked == ["rebind.example.org"] * 2
     assert connector.dials == [("93.184.216.42", 80)]
+
+
+def test_a_refused_answer_stays_refused_from_the_cache(server: ThreadingHTTPServer) -> None:
+    # A name with one blocked answer among its answers is refused on every hop, cached or not.
+    connector = RecordingConnector(server.server_address[1])
+    resolver = TableResolver({"mixed.example.org": ["93.184.216.41", "10.0.0.6"]})
+    egress = Egress(Grant.from_plan(["http://*.example.org"], ["private"]), seam=Seam(resolver, connector))
+    for _ in range(2):
+        with pytest.raises(EgressError) as caught:
+            egress.request(Request(url="http://mixed.example.org/ok"))
+        assert caught.value.rule == "net.blocked"
+    assert connector.dials == []
+    assert resolver.asked == ["mixed.example.org"]
 
 
 def test_fail_closed_records_every_answer(server: ThreadingHTTPServer) -> None:
