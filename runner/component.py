@@ -8,10 +8,11 @@ table and stack limits, in the same worker processes. What differs, and lives he
 - **linking**: one ``component.Linker`` per engine with Wasmtime's WASI preview 2
   (``add_wasip2``). That also links ``wasi:sockets``, which the job's network grant cannot
   enforce, so a component that imports ``wasi:sockets/*`` or ``wasi:http/*`` is failed before it is
-  instantiated (:func:`unlinked_import`); ``sandrun:http`` is not linked for components at all, so
-  instantiating one that imports it fails naming the import.
+  instantiated (:func:`unlinked_import`). The network goes through ``sandrun:http/client``
+  (:mod:`runner.egress.wit_host`), linked like the core ABI, its import type checked first.
 - **the entry**: the ``run`` function of the ``wasi:cli/run`` export, found by Wasmtime's
-  semver-compatible lookup (``wasi:cli/run@0.2.0`` finds ``@0.2.12``).
+  semver-compatible lookup (``wasi:cli/run@0.2.0`` finds ``@0.2.12``); or, for a job that sets
+  ``invoke``, the typed export its WAVE call names (:mod:`runner.invoke`).
 - **the ending**: a component's trap reaches Python as a ``WasmtimeError`` whose text names the
   trap (no trap code), so it is classified by that text; ``exit(n)`` arrives as ``ExitTrap``, and
   through the preview-1 adapter any non-zero ``n`` arrives as 1.
@@ -29,13 +30,16 @@ import threading
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wasmtime import Engine, ExitTrap, Store, Trap, WasmtimeError
 from wasmtime.component import Component, ExportIndex, Linker, Record
 
 from runner.hermetic import VirtualWorld
 from runner.results import TrapKind
+
+if TYPE_CHECKING:
+    from runner.invoke import InvokeError, InvokeResult
 
 __all__ = [
     "RUN_EXPORT",
@@ -65,18 +69,25 @@ _MEMORY_TEXT = "exceeds memory limits"  # an initial memory above the job's cap
 @dataclass(frozen=True, slots=True)
 class Ended:
     """How a component's run ended: an exit code, or a trap kind and Wasmtime's text.
-    ``instantiating`` says the component never started (a missing import, a limit)."""
+    ``instantiating`` says the component never started (a missing import, a limit); ``invoked``
+    and ``refused`` are an ``invoke`` call's results or the rule that refused its arguments."""
 
     exit_code: int | None = None
     trap: TrapKind | None = None
     text: str | None = None
     instantiating: bool = False
+    invoked: InvokeResult | None = None
+    refused: InvokeError | None = None
 
 
 def new_linker(engine: Engine) -> Linker:
-    """The linker every component job of ``engine`` shares: WASI preview 2 and nothing else."""
+    """The linker every component job of ``engine`` shares: WASI preview 2 and
+    ``sandrun:http/client`` bound to the calling thread's job (its grant decides every request)."""
+    from runner.egress import wit_host  # component jobs only: the egress layer imports ssl
+
     linker = Linker(engine)
     linker.add_wasip2()
+    wit_host.define_client(linker)
     return linker
 
 
@@ -208,18 +219,41 @@ def _classify(exc: Trap | WasmtimeError) -> Ended:
     return Ended(trap="trap", text=text)
 
 
-def run(store: Store, linker: Linker, component: Component) -> Ended:
-    """Instantiate ``component`` in ``store`` and call its ``wasi:cli/run``; every way the guest
-    can end becomes an :class:`Ended`."""
-    engine = linker.engine
+def _import_refusal(component: Component, engine: Engine) -> str | None:
+    """Why ``component`` cannot be given what it imports, or None."""
     refused = unlinked_import(component, engine)
     if refused is not None:
-        return Ended(
-            trap="trap",
-            text=f"the component imports {refused}, which Sandrun does not link "
-            "(no wasi:sockets or wasi:http for components: docs/components.md)",
-            instantiating=True,
+        return (
+            f"the component imports {refused}, which Sandrun does not link "
+            "(no wasi:sockets or wasi:http for components: docs/components.md)"
         )
+    from runner.egress import wit_host
+
+    if wit_host.INTERFACE not in _imports(component, engine):
+        return None  # reading the import's type costs more than a tiny job: only when imported
+    problem = wit_host.import_problem(component, engine)
+    return None if problem is None else f"[{wit_host.IMPORT_RULE}] {problem}"
+
+
+def _invoke(store: Store, instance: Any, text: str) -> Ended:
+    """Call the typed export the WAVE call ``text`` names (docs/invoke.md)."""
+    from runner.invoke import InvokeError, invoke_component  # invoke jobs only
+
+    try:
+        return Ended(exit_code=0, invoked=invoke_component(store, instance, text))
+    except InvokeError as exc:
+        return Ended(trap="trap", text=exc.message, refused=exc)
+    except (Trap, WasmtimeError) as exc:
+        return _classify(exc)
+
+
+def run(store: Store, linker: Linker, component: Component, invoke: str | None = None) -> Ended:
+    """Instantiate ``component`` in ``store`` and call its ``wasi:cli/run``, or the export the WAVE
+    call ``invoke`` names; every way the guest can end becomes an :class:`Ended`."""
+    engine = linker.engine
+    refusal = _import_refusal(component, engine)
+    if refusal is not None:
+        return Ended(trap="trap", text=refusal, instantiating=True)
     try:
         instance = linker.instantiate(store, component)
     except (Trap, WasmtimeError) as exc:
@@ -227,6 +261,8 @@ def run(store: Store, linker: Linker, component: Component) -> Ended:
         first = (str(exc).strip().splitlines() or ["instantiation failed"])[0]
         kind: TrapKind = "memory" if _MEMORY_TEXT in first else "trap"
         return Ended(trap=kind, text=first, instantiating=True)
+    if invoke is not None:
+        return _invoke(store, instance, invoke)
     entry = _facts(component, engine).entry
     func = None if entry is None else instance.get_func(store, entry)
     if func is None:

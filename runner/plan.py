@@ -216,8 +216,11 @@ class JobSpec:
     def __post_init__(self) -> None:
         _require(self.id == f"{self.manifest}/{self.name}", f"job id must be manifest/name: {self.id}")
         _require(self.kind in _KINDS, f"job kind must be module or component: {self.kind!r}")
-        # the compiler refuses it (rule component.invoke): a component runs wasi:cli/run
-        _require(self.kind == "module" or self.invoke is None, f"component job {self.id} cannot invoke")
+        # the compiler refuses the export-name form for components (rule component.invoke)
+        _require(
+            self.kind == "module" or self.invoke is None or "(" in self.invoke,
+            f"component job {self.id} invokes by name: a component needs a WAVE call expression",
+        )
         _require(self.route is None or self.route.startswith("/"), f"route must be absolute: {self.route!r}")
         _require(bool(_SHA256.fullmatch(self.module_sha256)), f"bad module sha256 for job {self.id}")
         _require(self.stdin is None or _is_relative_posix(self.stdin), "stdin path must be relative")

@@ -68,7 +68,7 @@ _INVALID_INPUT = {
     "audit.checkpoint": "an old checkpoint (`audit prove --consistency`) cannot be read or parsed",
     "audit.no-record": "`audit prove --record N` names no record of the log",
     "audit.tiles-entry": "a record is too long for a tlog-tiles entry (65535 bytes)",
-    "component.invoke": "a job sets `invoke` but its tool is a component (it runs `wasi:cli/run`)",
+    "component.invoke": "a component job's `invoke` names an export; components take a WAVE call `f(1, 2)`",
     "fs.guest-duplicate": "two mounts of a job share a guest path",
     "fs.guest-invalid": "a guest path is not absolute or has `..`",
     "fs.guest-nested": "one guest path of a job is inside another",

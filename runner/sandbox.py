@@ -735,16 +735,18 @@ def _execute(job: JobSpec, store: Store, linker: Linker, module: Module) -> tupl
 
 
 def _execute_component(
-    store: Store, linker: wasm_component.Linker, component: wasm_component.Component
+    job: JobSpec, store: Store, linker: wasm_component.Linker, component: wasm_component.Component
 ) -> tuple[_Ending, None]:
     """A component's run (:mod:`runner.component`) as an :class:`_Ending`. Its linear memory is
     inside the component, out of the API's reach: no peak is measured (None), so a refused grow
     shows as the guest's own failure, not as ``memory``."""
-    ended = components.run(store, linker, component)
+    ended = components.run(store, linker, component, job.invoke)
     message = None if ended.text is None else _first_line(ended.text)
     if ended.instantiating and ended.trap == "trap":
         message = f"cannot instantiate: {message}"
-    return _Ending(exit_code=ended.exit_code, trap=ended.trap, message=message), None
+    ending = _Ending(exit_code=ended.exit_code, trap=ended.trap, message=message)
+    ending.invoked, ending.refused = ended.invoked, ended.refused
+    return ending, None
 
 
 def _initial_memory(module: Module) -> int:
@@ -1029,7 +1031,7 @@ class Runtime:
                 if isinstance(module, Module):
                     ending, peak = _execute(job, store, host.linker_for(job), module)
                 else:
-                    ending, peak = _execute_component(store, host.component_linker(job, module), module)
+                    ending, peak = _execute_component(job, store, host.component_linker(job, module), module)
         finally:
             _current.job = None
             host.unregister(state)

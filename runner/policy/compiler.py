@@ -547,13 +547,14 @@ class _ManifestCompiler:
         )
 
     def check_component(self, pointer: str, spec: dict[str, Any]) -> None:
-        """Rule ``component.invoke``: typed calls of a component's exports are not wired to jobs
-        yet; a component job runs its ``wasi:cli/run`` (docs/components.md)."""
-        if spec.get("invoke") is not None:
+        """Rule ``component.invoke``: a component's exports are typed, so its ``invoke`` is a WAVE
+        call expression (``add(1, 2)``), not an export name with string ``args`` (docs/invoke.md)."""
+        invoke = spec.get("invoke")
+        if invoke is not None and "(" not in invoke:
             self.deny(
                 "component.invoke",
-                f"job {self.name + '/' + spec['name']!r} sets invoke, but its tool is a component: "
-                "components run their wasi:cli/run export only (docs/components.md)",
+                f"job {self.name + '/' + spec['name']!r} invokes {invoke!r} on a component: a component's "
+                f"invoke is a WAVE call expression such as {invoke + '(...)'!r} (docs/invoke.md)",
                 pointer + "/invoke",
             )
 

@@ -177,11 +177,38 @@ def test_a_component_without_wasi_cli_run_fails_with_a_clear_reason(tmp_path: Pa
     assert "exports no wasi:cli/run" in str(jobs_by_name(tmp_path)["adder"]["reason"])
 
 
-def test_invoke_is_refused_for_components(tmp_path: Path) -> None:
-    project(tmp_path, "  - {name: j, tool: comp, invoke: add}\n")
+def test_a_component_invokes_by_a_wave_call_not_by_an_export_name(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        "  - {name: j, tool: adder, invoke: add, args: ['1', '2']}\n",
+        tools={"adder": wasmtime.wat2wasm(ADDER)},
+    )
     checked = sandrun("check", "m.yaml", "--policy", "policy.yaml", cwd=tmp_path)
     assert checked.returncode == 2, checked.stdout + checked.stderr
     assert "/jobs/0/invoke [component.invoke]" in checked.stderr
+
+
+def test_a_component_job_invokes_a_typed_export_and_reports_its_results(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        "  - {name: sum, tool: adder, invoke: 'add(40, 2)'}\n"
+        "  - {name: wide, tool: adder, invoke: 'add(1, 4294967296)'}\n",
+        tools={"adder": wasmtime.wat2wasm(ADDER)},
+    )
+    ran = run(tmp_path)
+    assert ran.returncode == 1, ran.stderr  # the out-of-range call fails its job, before any guest code
+    rows = jobs_by_name(tmp_path)
+    assert rows["sum"]["invoke"] == {"export": "add", "wave": "42", "json": [42]}
+    assert rows["wide"]["invoke"]["rule"] == "invoke.out-of-range", rows["wide"]
+    verified(tmp_path)
+
+
+def test_a_mistyped_sandrun_http_import_fails_its_job_naming_the_rule(tmp_path: Path) -> None:
+    project(tmp_path, "  - {name: net, tool: net}\n", tools={"net": importing("sandrun:http/client")})
+    ran = run(tmp_path)
+    assert ran.returncode == 1, ran.stderr
+    assert "[net.component-import]" in str(jobs_by_name(tmp_path)["net"]["reason"])
+    verified(tmp_path)
 
 
 def test_a_hermetic_component_reads_virtual_clocks_and_random_and_replays(tmp_path: Path) -> None:
@@ -223,6 +250,16 @@ def test_exec_runs_a_component_like_a_module(tmp_path: Path) -> None:
     assert failed.returncode == 1  # the preview-1 adapter's collapse of exit(7)
     fuel = sandrun("exec", "--fuel", "100000", "probe.wasm", "spin", cwd=tmp_path, env=env)
     assert fuel.returncode == 134 and "out_of_fuel" in fuel.stderr
+
+
+def test_exec_invokes_a_component_export_as_wasmtime_prints_it(tmp_path: Path) -> None:
+    (tmp_path / "adder.wasm").write_bytes(wasmtime.wat2wasm(ADDER))
+    env = {"XDG_STATE_HOME": str(tmp_path / "state")}
+    ran = sandrun("exec", "--invoke", "add(1, 2)", "adder.wasm", cwd=tmp_path, env=env)
+    assert (ran.returncode, ran.stdout) == (0, "3\n"), ran.stderr
+    wide = sandrun("exec", "--invoke", "add(1, 4294967296)", "adder.wasm", cwd=tmp_path, env=env)
+    assert wide.returncode == 2 and "[invoke.out-of-range]" in wide.stderr, wide.stderr
+    assert len(wide.stderr.strip().splitlines()) == 1
 
 
 def test_the_kind_is_part_of_the_plan_an_edited_one_is_refused(tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ egress layer's rule ids, recorded like the core ABI's hops; nothing traps."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,9 +16,11 @@ from typing import Any
 
 import pytest
 from netkit import http_server
+from nettree import HTTPGET, write_tree
 from wasmtime import Engine, Store, WasmtimeError, wat2wasm
 from wasmtime.component import Component, Linker
 
+from runner.api import compile_manifests, run
 from runner.egress import Bounds, Egress, Grant, Secret, abi, wit_host
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -333,3 +337,43 @@ def test_a_mistyped_import_traps_instead_of_being_misread(
     with pytest.raises(WasmtimeError, match="imported with another type"):
         guest.call("run", f'{{"url": "http://127.0.0.1:{port}/ok"}}', [1, 2, 3])
     assert len(server.seen) == before and session.hops == ()  # type: ignore[attr-defined]
+
+
+# -- a component job through the compiler and the executor (worker processes): the job's grant
+# decides, the hops are in the job's log, the result is the typed invoke's
+
+
+def _component_job(root: Path, url: str, allow: list[str] | None) -> dict[str, Any]:
+    """Run one job of the guest component calling ``run`` with a GET of ``url`` under the grant
+    ``allow`` (None: no network grant); its report row and the ``net.request`` records."""
+    request = json.dumps({"url": url}).replace("\\", "\\\\").replace('"', '\\"')
+    manifest, policy = write_tree(
+        root,
+        policy_network={"allow": ["http://127.0.0.1:*"]},
+        jobs=[
+            {"name": "get", "invoke": f'run("{request}", [])'}
+            | ({} if allow is None else {"network": {"allow": allow}})
+        ],
+    )
+    wasm = wat2wasm(GUEST)
+    (root / "httpget.wasm").write_bytes(wasm)
+    text = manifest.read_text().replace(
+        hashlib.sha256(HTTPGET.read_bytes()).hexdigest(), hashlib.sha256(wasm).hexdigest()
+    )
+    manifest.write_text(text)
+    outcome = run(lambda: compile_manifests([manifest], policy, root=root), root=root, out_dir=root / "out")
+    (row,) = outcome.report["jobs"]
+    records = [json.loads(line) for line in (root / "out" / "audit.jsonl").read_text().splitlines()]
+    return {"row": row, "hops": [r["data"] for r in records if r["kind"] == "net.request"]}
+
+
+def test_a_component_job_reaches_loopback_only_under_its_grant(
+    tmp_path: Path, server: ThreadingHTTPServer
+) -> None:
+    url = f"http://127.0.0.1:{server.server_address[1]}/ok"
+    allowed = _component_job(tmp_path / "yes", url, ["http://127.0.0.1:*"])
+    assert allowed["row"]["invoke"]["json"] == [200], allowed["row"]
+    assert [hop["verdict"] for hop in allowed["hops"]] == ["allowed"]
+    refused = _component_job(tmp_path / "no", url, None)
+    assert refused["row"]["invoke"]["json"] == [1000 + wit_host.ERROR_KINDS.index("denied")], refused["row"]
+    assert refused["hops"] and all(hop["verdict"] != "allowed" for hop in refused["hops"])
