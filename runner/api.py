@@ -526,6 +526,7 @@ def exec_manifest(
     limits: Mapping[str, Any] | None = None,
     invoke: str | None = None,
     program_name: str | None = None,
+    work_dir: str | None = None,
 ) -> Document:
     """The one-job manifest ``sandrun exec`` runs, built from its flags and checked like any other.
 
@@ -554,6 +555,8 @@ def exec_manifest(
         job["program_name"] = program_name
     if invoke is not None:
         job["invoke"] = invoke
+    if work_dir is not None:
+        job["work_dir"] = work_dir
     if env:
         job["env"] = dict(env)
     if mounts:

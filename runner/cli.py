@@ -597,6 +597,12 @@ EXIT_TRAP = 134
 )
 @click.option("--program-name", default=None, help="argv[0] (default: the module's name).")
 @click.option(
+    "--work-dir",
+    default=None,
+    metavar="GUEST",
+    help="Guest folder relative paths resolve in; inside a --dir mount (docs/exec.md).",
+)
+@click.option(
     "--policy",
     "policy_path",
     type=click.Path(path_type=Path),
@@ -626,6 +632,7 @@ def exec_command(
     output: str | None,
     invoke: str | None,
     program_name: str | None,
+    work_dir: str | None,
     policy_path: Path | None,
     root: Path | None,
     out_dir: Path | None,
@@ -665,6 +672,7 @@ def exec_command(
         limits=limits,
         invoke=invoke,
         program_name=program_name,
+        work_dir=work_dir,
     )
     policy = policy_path or default_policy_path()
     options = BatchOptions(jobs=1, passthrough=True, cache_dir=cache_dir)

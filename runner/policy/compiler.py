@@ -46,6 +46,7 @@ from runner.plan import (
     PolicyRef,
     SecretRef,
     Tool,
+    work_dir_mount,
 )
 from runner.policy.gitstate import policy_commit
 from runner.policy.governance import Grants, score
@@ -479,6 +480,7 @@ class _ManifestCompiler:
         if limits is not None:
             self.check_engines(pointer, spec, limits)
         mounts = self.check_mounts(pointer, spec.get("fs", []))
+        work_dir = self.check_work_dir(pointer, spec.get("work_dir"), mounts)
         stdin = self.check_stdin(pointer, spec.get("stdin"))
         network = self.check_network(pointer, spec.get("network"))
         hermetic = self.check_hermetic(pointer, spec, network)
@@ -526,6 +528,7 @@ class _ManifestCompiler:
             score=f"{job_score:.4f}",
             hermetic=hermetic,
             route=route,
+            work_dir=work_dir,
         )
 
     def check_hermetic(self, pointer: str, spec: dict[str, Any], network: Network | None) -> Hermetic | None:
@@ -694,6 +697,48 @@ class _ManifestCompiler:
                 continue
             mounts.append(Mount(host=self.state.relative(path), guest=guest, mode=mode))
         return mounts
+
+    def check_work_dir(self, pointer: str, text: str | None, mounts: list[Mount]) -> str | None:
+        """Rules ``fs.work-dir-outside-mounts``, ``fs.work-dir-root-mount`` and ``fs.work-dir-missing``:
+        ``work_dir`` is a folder inside one of the job's mounts, reached without a symlink (the run
+        opens it the same way, below the mount's descriptor: docs/exec.md)."""
+        if text is None:
+            return None
+        where = pointer + "/work_dir"
+        found = work_dir_mount(tuple(mounts), text)
+        if found is None:
+            guests = ", ".join(repr(m.guest) for m in mounts) or "none"
+            self.deny(
+                "fs.work-dir-outside-mounts",
+                f"work_dir {text!r} is not a plain absolute path inside a mount of the job "
+                f"(mounts: {guests})",
+                where,
+            )
+            return None
+        mount, below = found
+        path = posixpath.join(mount.guest, below) if below else mount.guest
+        if path != "/" and any(m.guest == "/" for m in mounts):
+            self.deny(
+                "fs.work-dir-root-mount",
+                f"work_dir {text!r} cannot be honoured next to a mount at guest '/': WASI libc resolves "
+                "relative paths and '/' through the same preopen name, so one would hide the other",
+                where,
+            )
+            return None
+        folder = self.state.root / mount.host / below
+        try:
+            real = folder.resolve(strict=True)
+        except (OSError, RuntimeError):
+            real = None
+        if real is None or real != Path(os.path.normpath(folder)) or not real.is_dir():
+            self.deny(
+                "fs.work-dir-missing",
+                f"work_dir {text!r} is not a folder inside its mount {mount.guest!r} "
+                "(missing, a file, or it leads through a symlink)",
+                where,
+            )
+            return None
+        return path
 
     def check_stdin(self, pointer: str, text: str | None) -> str | None:
         if text is None:
