@@ -357,7 +357,6 @@ def run(
     from runner.fileio import write_atomic
     from runner.outputs import LogFolder, remove_outputs, unsealed_on_failure, write_outputs
     from runner.report import build_report
-    from runner.shard import SHARD_ASSIGNED
 
     root = resolve_root(root)
     options = options or _BatchOptions()
@@ -382,6 +381,8 @@ def run(
             ),
         )
         if shard is not None:
+            from runner.shard import SHARD_ASSIGNED
+
             assignment = shard.assign(plan, plan_sha256)
             log.append(SHARD_ASSIGNED, assignment.record())
             plan = assignment.plan

@@ -647,11 +647,11 @@ def exec_command(
     policy. The guest's stdin, stdout and stderr pass through (and are captured in the logs); the
     exit status is the guest's own, or 134 when it trapped (timeout, fuel, memory, stack, trap).
     """
-    from runner.worker import start_forkserver
-
-    start_forkserver()  # the worker's interpreter starts while this one checks the job
     from runner.api import compile_documents, default_policy_path, exec_manifest, exec_out_dir
     from runner.executor import BatchOptions
+    from runner.worker import fork_spare_worker
+
+    fork_spare_worker(passthrough=True)  # its one worker, forked while this process has one thread
 
     limits = {
         k: v

@@ -16,7 +16,6 @@ import fnmatch
 import functools
 import graphlib
 import hashlib
-import logging
 import os
 import posixpath
 import re
@@ -51,7 +50,6 @@ from runner.plan import (
 from runner.policy.gitstate import policy_commit
 from runner.policy.governance import Grants, score
 from runner.policy.model import LimitValues, Policy, parse_limits, parse_net_limits, secret_key
-from runner.signing import verify_module_digest
 from runner.source import Document
 from runner.units import format_duration, format_size
 from runner.wasmfile import not_wasm_reason
@@ -417,6 +415,8 @@ class _ManifestCompiler:
                 actual=self.state.today.isoformat(),
             )
             return False
+        from runner.signing import verify_module_digest  # cryptography: only for a signed tool
+
         if not verify_module_digest(key.public_key, digest, signature["sig"]):
             self.deny(
                 "signature.invalid",
@@ -827,7 +827,11 @@ class _ManifestCompiler:
 
     def warn(self, rule_id: str, message: str, pointer: str) -> None:
         """A finding that denies nothing: logged (stderr in the CLI) as ``file:line:col: /ptr [rule] ...``."""
-        _log.warning("%s", Violation(rule_id, message, self.document.locate(pointer)).render())
+        import logging  # only for a warning: most compiles have none, and every start would pay
+
+        logging.getLogger("sandrun.compile").warning(
+            "%s", Violation(rule_id, message, self.document.locate(pointer)).render()
+        )
 
     def check_needs(self, names: dict[str, int]) -> None:
         graph: dict[str, list[str]] = {}
@@ -913,9 +917,6 @@ def compile_plan(
 def denial_error(violations: list[Violation]) -> SandrunError:
     """The error for a mix of problems: invalid input (exit 2) wins over policy denials (exit 3)."""
     return error_for(violations)
-
-
-_log = logging.getLogger("sandrun.compile")
 
 
 def _entry_text(entry: str | dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.canonical import canonical_digest
 from runner.egress.rules import AllowEntry
@@ -20,9 +20,11 @@ from runner.egress.urls import UrlError, parse_url
 from runner.errors import InputError, Violation
 from runner.hosts import HostPattern, HostPatternError, parse_block_entry
 from runner.plan import ModuleLimits, NetLimits
-from runner.signing import KeyFileError, PublicKey, parse_public_key, public_key_raw
 from runner.source import Document
 from runner.units import UnitError, parse_duration, parse_size
+
+if TYPE_CHECKING:
+    from runner.signing import PublicKey
 
 __all__ = [
     "TrustedKey",
@@ -154,6 +156,8 @@ def policy_from_document(document: Document, root: Path) -> Policy:
     data = document.data
     problems: list[Violation] = []
     signatures = data.get("signatures", {})
+    if signatures.get("trusted_keys"):  # cryptography is imported only for a policy with keys
+        from runner.signing import KeyFileError, parse_public_key, public_key_raw
     keys: dict[str, TrustedKey] = {}
     ids_by_material: dict[bytes, str] = {}
     for index, entry in enumerate(signatures.get("trusted_keys", [])):
