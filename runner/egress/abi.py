@@ -20,9 +20,10 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from runner.egress.client import Egress, EgressError, Request, Response
+if TYPE_CHECKING:  # the client (http.client, ssl) is imported when a guest first calls out
+    from runner.egress.client import Egress, Request, Response
 
 __all__ = ["MODULE", "ERRORS", "GuestMemory", "Session", "FUNCTIONS", "bound", "current"]
 
@@ -165,6 +166,8 @@ def _parse_request(raw: bytes, body: bytes) -> Request:
             raise _Fault("invalid", f"[net.request] {name} is a non-negative integer")
     if timeout is not None and timeout == 0:
         raise _Fault("invalid", "[net.request] timeout_ms must be positive")
+    from runner.egress.client import Request
+
     return Request(
         url=data["url"],
         method=method,
@@ -186,9 +189,11 @@ def _guarded(function: Callable[..., int]) -> Callable[..., int]:
             return function(session, memory, *args)
         except _Fault as fault:
             return session.fail(fault.kind, str(fault))
-        except EgressError as exc:
-            return session.fail(exc.kind, f"[{exc.rule}] {exc.message}")
         except Exception as exc:  # a bug of ours must not trap the guest or unwind into wasmtime
+            from runner.egress.client import EgressError
+
+            if isinstance(exc, EgressError):
+                return session.fail(exc.kind, f"[{exc.rule}] {exc.message}")
             return session.fail("protocol", f"[net.internal] {type(exc).__name__}: {exc}")
 
     host.__name__ = function.__name__

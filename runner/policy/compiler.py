@@ -22,16 +22,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from runner import catalog
 from runner.canonical import canonical_digest
-from runner.egress.rules import AllowEntry, blocked_entirely
-from runner.egress.urls import UrlError
 from runner.errors import SandrunError, Violation, error_for
 from runner.features import enabled
-from runner.hermetic import settings as hermetic_settings
-from runner.hosts import CoverIndex, HostPatternError
 from runner.plan import (
     DEFAULT_DISK,
     Hermetic,
@@ -54,6 +50,10 @@ from runner.source import Document
 from runner.units import format_duration, format_size
 from runner.wasmfile import not_wasm_reason
 from runner.wasmsig import WasmSignatureError, embedded_signers, has_signature_section
+
+if TYPE_CHECKING:  # network and hermetic helpers are imported by the checks that use them
+    from runner.egress.rules import AllowEntry
+    from runner.hosts import CoverIndex
 
 __all__ = ["BUILTIN_LIMITS", "compile_plan", "denial_error"]
 
@@ -94,6 +94,8 @@ class _Compilation:
     def network_allow(self) -> CoverIndex:
         """The policy's plain (not narrowed) network.allow entries, indexed once: each job entry
         is checked against a few."""
+        from runner.hosts import CoverIndex
+
         return CoverIndex(
             e.pattern for e in self.policy.network_entries if e.methods is None and e.paths is None
         )
@@ -550,6 +552,8 @@ class _ManifestCompiler:
                 f"hermetic job {job_id!r} asks for network; a hermetic job has none",
                 pointer + "/network",
             )
+        from runner.hermetic import settings as hermetic_settings
+
         try:
             return hermetic_settings(job_id, asked)
         except ValueError as exc:
@@ -767,6 +771,10 @@ class _ManifestCompiler:
     def check_network(self, pointer: str, data: dict[str, Any] | None) -> Network | None:
         if data is None:
             return None
+        from runner.egress.rules import AllowEntry, blocked_entirely
+        from runner.egress.urls import UrlError
+        from runner.hosts import HostPatternError
+
         policy = self.state.policy
         block = list(dict.fromkeys([*data.get("block", []), *policy.network_block]))
         allow: list[str | HttpRule] = []
