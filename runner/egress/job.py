@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from runner.egress.rules import Grant
 from runner.egress.transport import Seam
 from runner.plan import JobSpec
 
@@ -32,6 +31,7 @@ def egress_for(
     Called when the guest first calls out: the client (http.client, ssl) is imported only then.
     """
     from runner.egress.client import Bounds, Egress, Secret
+    from runner.egress.rules import Grant
 
     network = job.network
     if network is None:
