@@ -649,9 +649,10 @@ def exec_command(
     """
     from runner.api import compile_documents, default_policy_path, exec_manifest, exec_out_dir
     from runner.executor import BatchOptions
-    from runner.worker import fork_spare_worker
+    from runner.worker import drop_spare_worker, fork_spare_worker
 
     fork_spare_worker(passthrough=True)  # its one worker, forked while this process has one thread
+    click.get_current_context().call_on_close(drop_spare_worker)  # a refused job leaves none
 
     limits = {
         k: v

@@ -67,6 +67,7 @@ __all__ = [
     "DATA_SLACK",
     "job_runners",
     "fork_spare_worker",
+    "drop_spare_worker",
 ]
 
 Isolation = Literal["workers", "threads"]
@@ -218,7 +219,7 @@ def fork_spare_worker(*, passthrough: bool) -> bool:
     process.start()
     theirs.close()
     _spare = (process, ours, passthrough)
-    atexit.register(_drop_spare)  # runs before multiprocessing's own exit handler joins it
+    atexit.register(drop_spare_worker)  # runs before multiprocessing's own exit handler joins it
     return True
 
 
@@ -231,8 +232,9 @@ def _take_spare(passthrough: bool) -> tuple[Any, socket.socket] | None:
     return process, ours
 
 
-def _drop_spare() -> None:
-    """At exit, a spare no job took (the job was refused): closing its end ends it."""
+def drop_spare_worker() -> None:
+    """End the spare no job took (the job was refused): closing its end ends it. The CLI calls it
+    when ``exec`` ends, and at exit; a no-op when there is none."""
     spare = _take_spare(True) or _take_spare(False)
     if spare is not None:
         process, ours = spare

@@ -127,6 +127,7 @@ def test_a_refused_exec_leaves_no_worker_behind(tmp_path: Path) -> None:
 
 
 def test_no_worker_is_forked_from_a_process_with_threads() -> None:
+    before = worker._spare
     stop = threading.Event()
     thread = threading.Thread(target=stop.wait)
     thread.start()
@@ -135,4 +136,33 @@ def test_no_worker_is_forked_from_a_process_with_threads() -> None:
     finally:
         stop.set()
         thread.join()
-    assert worker._spare is None
+    assert worker._spare is before
+
+
+_IN_PROCESS = """
+import multiprocessing
+from runner import worker
+from runner.cli import main
+
+try:
+    main(["exec", "--dir", "/", "sleep.wasm"])
+except SystemExit as ended:
+    print("exit", ended.code)
+print("spare", worker._spare, "children", multiprocessing.active_children())
+"""
+
+
+def test_an_exec_in_process_leaves_no_spare_worker(tmp_path: Path) -> None:
+    """A library caller runs ``exec`` in its own, long-lived process: the spare ends with the
+    command (here the job is refused, so no job takes it), not only when the process exits."""
+    (tmp_path / "sleep.wasm").write_bytes(wasmtime.wat2wasm(SLEEP))
+    ran = subprocess.run(
+        [sys.executable, "-c", _IN_PROCESS],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")},
+    )
+    assert ran.stdout.splitlines() == ["exit 3", "spare None children []"], ran.stdout + ran.stderr
