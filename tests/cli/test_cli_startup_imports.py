@@ -92,3 +92,21 @@ def test_exec_imports_no_crypto_jsonschema_or_forkserver(tmp_path: Path) -> None
     modules = _imported(tmp_path, "exec", "hello.wasm")
     assert "wasmtime" in modules and "runner.worker" in modules
     assert not (NEVER | {"runner.shard"}) & modules
+
+
+_FROZEN_AT_EXIT = """
+import atexit, gc, sys
+atexit.register(lambda: print("frozen", gc.get_freeze_count() > 0))  # registered first: runs last
+from runner.cli import main
+try:
+    main(["schema", "manifest"])
+except SystemExit:
+    pass
+"""
+
+
+def test_the_heap_is_frozen_at_exit_so_the_final_collection_skips_it() -> None:
+    ran = subprocess.run(
+        [sys.executable, "-c", _FROZEN_AT_EXIT], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert ran.stdout.splitlines()[-1] == "frozen True", ran.stdout[-500:] + ran.stderr
