@@ -33,6 +33,7 @@ makes loading a large module slower than mapping the serialized file directly.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -42,10 +43,10 @@ import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from importlib.metadata import version
 from pathlib import Path
 from typing import Literal
 
+import wasmtime
 from wasmtime import Engine, Module, WasmtimeError
 from wasmtime.component import Component
 
@@ -62,6 +63,7 @@ __all__ = [
     "ModuleCache",
     "default_cache_dir",
     "check_private_dir",
+    "wasmtime_version",
 ]
 
 CACHE_FORMAT = "sandrun-module-cache/v2"
@@ -124,7 +126,7 @@ class ModuleCache:
         self._memory_entries = max(0, memory_entries)
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
-        self._runtime = f"wasmtime-{version('wasmtime')}/{platform.machine()}"
+        self._runtime = f"wasmtime-{wasmtime_version()}/{platform.machine()}"
         self.directory = directory
         self.disk_problem = "no cache folder" if directory is None else check_private_dir(directory)
         self.max_disk_bytes = _DEFAULT_MAX_BYTES if max_disk_bytes is None else max_disk_bytes
@@ -271,6 +273,19 @@ class ModuleCache:
             artifact.with_suffix(".json").unlink(missing_ok=True)
             artifact.unlink(missing_ok=True)
             total -= size
+
+
+@functools.cache
+def wasmtime_version() -> str:
+    """wasmtime-py's version (part of every key), read from the one ``wasmtime-VERSION.dist-info``
+    folder beside the imported package, as a wheel installs it: importing ``importlib.metadata``
+    would cost ~25 ms of every start. Any other layout asks ``importlib.metadata``."""
+    found = list(Path(wasmtime.__file__).parent.parent.glob("wasmtime-*.dist-info"))
+    if len(found) == 1:
+        return found[0].name.removeprefix("wasmtime-").removesuffix(".dist-info")
+    from importlib.metadata import version
+
+    return version("wasmtime")
 
 
 def _outside(secret_path: Path, directory: Path) -> Path:

@@ -283,6 +283,8 @@ class _Batch:
             "mounts": [_flat(m) for m in job.mounts],
             "fs_scope": job.fs_scope,
         }
+        if job.work_dir is not None:
+            record["work_dir"] = job.work_dir
         if before is not None:  # a hermetic job: what a replay needs (docs/hermetic.md)
             record["hermetic"] = hermetic.inputs_record(job, self.root, before)
         self.emit("job.started", record)

@@ -24,6 +24,7 @@ __all__ = [
     "Limits",
     "ModuleLimits",
     "Mount",
+    "work_dir_mount",
     "Network",
     "Hermetic",
     "HttpRule",
@@ -100,6 +101,22 @@ class Mount:
         _require(_is_relative_posix(self.host), f"mount host path must be relative: {self.host!r}")
         _require(self.guest.startswith("/"), f"guest path must be absolute: {self.guest!r}")
         _require(self.mode in ("ro", "rw"), f"mount mode must be ro or rw: {self.mode!r}")
+
+
+def work_dir_mount(mounts: tuple[Mount, ...], work_dir: str) -> tuple[Mount, str] | None:
+    """The mount a job's ``work_dir`` lies in and the folder's path below it (``""``: the mount
+    itself); None when it lies in none, or is not a plain absolute path (``.``/``..``, ``//``)."""
+    parts = work_dir.split("/")
+    if not work_dir.startswith("/") or any(part in (".", "..") for part in parts) or "//" in work_dir:
+        return None
+    path = work_dir.rstrip("/") or "/"
+    for mount in mounts:
+        if path == mount.guest:
+            return mount, ""
+        prefix = mount.guest.rstrip("/") + "/"
+        if path.startswith(prefix):
+            return mount, path[len(prefix) :]
+    return None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -212,6 +229,7 @@ class JobSpec:
     hermetic: Hermetic | None = None
     route: str | None = None  # the HTTP path prefix ``sandrun serve`` answers with this job
     kind: WasmKind = "module"  # its tool's: how the executor loads and starts it (docs/components.md)
+    work_dir: str | None = None  # the guest folder relative paths resolve in (inside a mount)
 
     def __post_init__(self) -> None:
         _require(self.id == f"{self.manifest}/{self.name}", f"job id must be manifest/name: {self.id}")
@@ -226,6 +244,10 @@ class JobSpec:
         _require(self.stdin is None or _is_relative_posix(self.stdin), "stdin path must be relative")
         guests = [m.guest for m in self.mounts]
         _require(len(set(guests)) == len(guests), f"duplicate guest path in job {self.id}")
+        _require(
+            self.work_dir is None or work_dir_mount(self.mounts, self.work_dir) is not None,
+            f"work_dir must lie inside a mount of job {self.id}: {self.work_dir!r}",
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobSpec:

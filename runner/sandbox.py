@@ -77,7 +77,7 @@ from runner.egress.transport import Seam
 from runner.errors import InputError, Location, PolicyDenied
 from runner.features import enabled
 from runner.hermetic import VirtualWorld
-from runner.plan import JobSpec, Limits, ModuleLimits
+from runner.plan import JobSpec, Limits, ModuleLimits, work_dir_mount
 from runner.results import Outcome, TrapKind
 from runner.virtual_wasi import define_shadows, events, subscriptions
 from runner.wasmfile import WasmKind, not_wasm_reason, wasm_kind
@@ -1074,10 +1074,39 @@ class Runtime:
         _check_protected(job, [target for _, target in opened], self._protected)
         for (fd, target), mount in zip(opened, job.mounts, strict=True):
             wasi.preopen_dir(_fd_path(fd, target), mount.guest, fs_mutable=mount.mode == "rw")
+        if job.work_dir is not None:
+            _preopen_work_dir(job, opened, wasi, stack)
         if stdin and job.stdin is not None:
             stdin_fd = _open_stdin(job, resolved, root_fd)
             stack.callback(os.close, stdin_fd)
             wasi.stdin_file = _fd_path(stdin_fd, resolved / job.stdin)
+
+
+def _preopen_work_dir(
+    job: JobSpec, opened: list[tuple[int, Path]], wasi: WasiConfig, stack: ExitStack
+) -> None:
+    """Preopen the job's ``work_dir`` once more, as ``.``: WASI libc resolves a relative path
+    against the preopen named ``.`` (its own cwd stays ``/``: the host cannot set it). The folder
+    is opened below its mount's descriptor without following symlinks, with the mount's mode; a
+    ``..`` leaving it is refused by Wasmtime like any escape from a preopen. Nothing is needed
+    when it is ``/`` (relative paths resolve there already)."""
+    assert job.work_dir is not None
+    found = work_dir_mount(job.mounts, job.work_dir)
+    if found is None or job.work_dir == "/":
+        return
+    mount, below = found
+    mount_fd, target = opened[job.mounts.index(mount)]
+    try:
+        fd = _open_beneath(mount_fd, below, directory=True)
+    except OSError as exc:
+        raise PolicyDenied.one(
+            "mount.changed" if exc.errno not in (errno.ENOENT, errno.ENOTDIR) else "mount.missing",
+            f"work_dir {job.work_dir!r} is not a folder below its mount any more, or leads through "
+            f"a symlink ({exc.strerror}); refusing to follow it",
+            _location(job, "/work_dir"),
+        ) from exc
+    stack.callback(os.close, fd)
+    wasi.preopen_dir(_fd_path(fd, target / below), ".", fs_mutable=mount.mode == "rw")
 
 
 def _bytes_file(data: bytes, stack: ExitStack) -> str:

@@ -36,10 +36,10 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 __all__ = [
     "MODULE_STATEMENT_PREFIX",
@@ -86,8 +86,11 @@ _SMALL_ORDER_Y = frozenset(
     )
 )
 
-PrivateKey = Ed25519PrivateKey
-PublicKey = Ed25519PublicKey
+# Names for annotations only: ``cryptography`` (~20 ms to import) is imported by the functions
+# that use it, so a command that signs and verifies nothing (``check``, an unsigned ``exec``)
+# never loads it.
+PrivateKey: TypeAlias = "Ed25519PrivateKey"
+PublicKey: TypeAlias = "Ed25519PublicKey"
 
 
 class KeyFileError(ValueError):
@@ -118,10 +121,14 @@ def module_statement(sha256_hex: str) -> bytes:
 
 
 def generate_keypair() -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     return Ed25519PrivateKey.generate()
 
 
 def public_key_raw(key: Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
@@ -131,6 +138,8 @@ def public_key_b64(key: Ed25519PublicKey) -> str:
 
 def public_key_pem(key: Ed25519PublicKey) -> str:
     """The PEM ``SubjectPublicKeyInfo`` form (one block) that policies also accept."""
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     ).decode()
@@ -138,6 +147,8 @@ def public_key_pem(key: Ed25519PublicKey) -> str:
 
 def private_key_pem(key: Ed25519PrivateKey) -> bytes:
     """The unencrypted PKCS#8 PEM that ``keys generate`` writes and :func:`load_private_key` reads."""
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -168,6 +179,10 @@ def write_keypair(key_id: str, out_dir: Path) -> KeyPair:
 
 def load_private_key_text(text: str | bytes) -> Ed25519PrivateKey:
     """Parse a PKCS#8 PEM Ed25519 private key (for keys passed through environment variables)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     data = text.encode("ascii", "replace") if isinstance(text, str) else text
     der = _pem_body(data, "PRIVATE KEY", "an unencrypted PKCS#8 PEM private key")
     try:
@@ -191,6 +206,10 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 def parse_public_key(text: str) -> Ed25519PublicKey:
     """Parse base64 of the raw 32 bytes, or a PEM ``SubjectPublicKeyInfo``."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     text = text.strip()
     if "-----BEGIN" in text:
         der = _pem_body(text.encode("ascii", "replace"), "PUBLIC KEY", "a PEM public key")
@@ -258,6 +277,8 @@ def sign_bytes(key: Ed25519PrivateKey, data: bytes) -> bytes:
 
 
 def verify_bytes(key: Ed25519PublicKey, data: bytes, signature: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
     try:
         key.verify(signature, data)
     except InvalidSignature:

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from runner.signing import PublicKey, verify_bytes
+if TYPE_CHECKING:
+    from runner.signing import PublicKey
 
 __all__ = ["SECTION", "DELIMITER", "WasmSignatureError", "has_signature_section", "embedded_signers"]
 
@@ -114,6 +116,8 @@ def embedded_signers(module: bytes, keys: Mapping[str, PublicKey]) -> list[str]:
     count, pos = _varuint32(data, 3)
     if count > _LIMIT:
         raise WasmSignatureError(f"{count} hash sets is above {_LIMIT}")
+    from runner.signing import verify_bytes  # cryptography: only when a module carries a section
+
     signers: list[str] = []
     for _ in range(count):
         hashes_count, pos = _varuint32(data, pos)

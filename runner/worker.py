@@ -31,6 +31,7 @@ end of its pipe closes, also mid-job (the parent died), so no worker outlives it
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import functools
 import multiprocessing
@@ -65,7 +66,8 @@ __all__ = [
     "ADOPT_TIMEOUT_S",
     "DATA_SLACK",
     "job_runners",
-    "start_forkserver",
+    "fork_spare_worker",
+    "drop_spare_worker",
 ]
 
 Isolation = Literal["workers", "threads"]
@@ -188,14 +190,64 @@ def _context() -> Any:
     return context
 
 
-def start_forkserver() -> None:
-    """Start the forkserver now rather than at the first job: it is a new interpreter importing this
-    module and wasmtime (~0.3 s), which then overlaps the caller's own work (``sandrun exec``
-    checking its one job). It does not wait for the server; it ends when this process does."""
-    from multiprocessing import forkserver
+_spare: tuple[Any, socket.socket, bool] | None = None  # sandrun exec's worker, forked ahead
 
-    _context()
-    forkserver.ensure_running()
+
+def fork_spare_worker(*, passthrough: bool) -> bool:
+    """Fork ``sandrun exec``'s one worker now, straight from this process, instead of starting the
+    forkserver for one job (a second interpreter importing this module and wasmtime, plus
+    multiprocessing's resource tracker: most of a tiny ``exec``'s time, bench/bench_startup.py).
+
+    Only while this process has a single thread (the child then inherits no lock another thread
+    held) and has imported this module (so the child imports nothing). The child is a worker like
+    any other: its own process, killed at the hard deadline, crash-isolated, under the same OS
+    limits; it holds only what this process held at the fork (no key, no log, no module yet).
+    False, forking nothing, when the process has threads: the first job then starts its worker
+    from the forkserver as usual.
+    """
+    global _spare
+    try:
+        native_threads = len(os.listdir("/proc/self/task"))
+    except OSError:  # no procfs: threads started by native code cannot be counted
+        return False
+    if _spare is not None or native_threads != 1 or threading.active_count() != 1:
+        return False
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    process = multiprocessing.get_context("fork").Process(
+        target=_serve_forked, args=(theirs, ours.fileno(), passthrough), name="sandrun-worker", daemon=True
+    )
+    process.start()
+    theirs.close()
+    _spare = (process, ours, passthrough)
+    atexit.register(drop_spare_worker)  # runs before multiprocessing's own exit handler joins it
+    return True
+
+
+def _take_spare(passthrough: bool) -> tuple[Any, socket.socket] | None:
+    global _spare
+    if _spare is None or _spare[2] != passthrough:
+        return None
+    process, ours, _ = _spare
+    _spare = None
+    return process, ours
+
+
+def drop_spare_worker() -> None:
+    """End the spare no job took (the job was refused): closing its end ends it. The CLI calls it
+    when ``exec`` ends, and at exit; a no-op when there is none."""
+    spare = _take_spare(True) or _take_spare(False)
+    if spare is not None:
+        process, ours = spare
+        ours.close()
+        process.join(2.0)
+        if process.exitcode is None:
+            process.kill()
+            process.join()
+
+
+def _serve_forked(sock: socket.socket, parent_end: int, passthrough: bool) -> None:
+    os.close(parent_end)  # only the parent may hold its end: closing it must end this worker
+    _serve(sock, passthrough)
 
 
 class _WorkerRunner:
@@ -209,14 +261,17 @@ class _WorkerRunner:
         self.modules: set[ModuleKey] = set()
 
     def _start(self) -> _Channel:
-        context = _context()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         passthrough = self.pool.setup.passthrough
-        process = context.Process(
-            target=_serve, args=(theirs, passthrough), name="sandrun-worker", daemon=True
-        )
-        process.start()
-        theirs.close()
+        spare = _take_spare(passthrough)
+        if spare is not None:
+            process, ours = spare
+        else:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            process = _context().Process(
+                target=_serve, args=(theirs, passthrough), name="sandrun-worker", daemon=True
+            )
+            process.start()
+            theirs.close()
         parent_end = _Channel(ours)
         self.process, self.conn = process, parent_end
         self.poller = select.poll()

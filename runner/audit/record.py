@@ -408,8 +408,9 @@ def _flat(record: Any) -> dict[str, Any]:
 
 
 def job_started(job: JobSpec, index: int) -> dict[str, Any]:
-    """``job.started`` (executor): the concrete limits and mounts the job starts with."""
-    return {
+    """``job.started`` (executor): the concrete limits and mounts (and ``work_dir``, when the job
+    has one) the job starts with."""
+    data = {
         "id": job.id,
         "index": index,
         "module_sha256": job.module_sha256,
@@ -417,6 +418,9 @@ def job_started(job: JobSpec, index: int) -> dict[str, Any]:
         "mounts": [_flat(m) for m in job.mounts],
         "fs_scope": job.fs_scope,
     }
+    if job.work_dir is not None:
+        data["work_dir"] = job.work_dir
+    return data
 
 
 def job_finished(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from runner.policy.governance import AXES
@@ -99,6 +98,8 @@ def lookup(module: str) -> Builtin | None:
 
 def module_path(builtin: Builtin) -> Path:
     """Where the package keeps the module; its bytes must still be checked against ``sha256``."""
+    from importlib import resources  # ~10 ms (tempfile, zipfile): only when a built-in is used
+
     return Path(str(resources.files(__name__).joinpath(f"{builtin.name}.wasm")))
 
 

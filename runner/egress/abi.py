@@ -20,9 +20,10 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from runner.egress.client import Bounds, Egress, EgressError, Request, Response
+if TYPE_CHECKING:  # the client (http.client, ssl) is imported when a guest first calls out
+    from runner.egress.client import Bounds, Egress, EgressError, Request, Response
 
 __all__ = [
     "MODULE",
@@ -156,12 +157,16 @@ _DECODER = json.JSONDecoder(object_pairs_hook=_Object)
 
 
 def _invalid(message: str) -> EgressError:
+    from runner.egress.client import EgressError
+
     return EgressError("invalid", "net.request", message)
 
 
 def check_body(length: int, bounds: Bounds) -> None:
     """Refuse a request body over the job's cap before it is copied out of the guest."""
     if length > bounds.max_body:
+        from runner.egress.client import EgressError
+
         raise EgressError("too-large", "net.body", f"the request body exceeds {bounds.max_body} bytes")
 
 
@@ -200,6 +205,8 @@ def parse_request(raw: bytes, body: bytes) -> Request:
             raise _invalid(f"{name} is a non-negative integer")
     if timeout == 0:
         raise _invalid("timeout_ms must be positive")
+    from runner.egress.client import Request
+
     return Request(
         url=request["url"],
         method=method,
@@ -221,9 +228,11 @@ def _guarded(function: Callable[..., int]) -> Callable[..., int]:
             return function(session, memory, *args)
         except _Fault as fault:
             return session.fail(fault.kind, str(fault))
-        except EgressError as exc:
-            return session.fail(exc.kind, f"[{exc.rule}] {exc.message}")
         except Exception as exc:  # a bug of ours must not trap the guest or unwind into wasmtime
+            from runner.egress.client import EgressError
+
+            if isinstance(exc, EgressError):
+                return session.fail(exc.kind, f"[{exc.rule}] {exc.message}")
             return session.fail("protocol", f"[net.internal] {type(exc).__name__}: {exc}")
 
     host.__name__ = function.__name__

@@ -6,11 +6,13 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
-from runner.egress.client import Bounds, Egress, Secret
-from runner.egress.rules import Grant
 from runner.egress.transport import Seam
 from runner.plan import JobSpec
+
+if TYPE_CHECKING:
+    from runner.egress.client import Egress
 
 __all__ = ["egress_for"]
 
@@ -26,7 +28,11 @@ def egress_for(
     """The job's :class:`Egress`: no ``network`` grants nothing (every request refused and recorded).
 
     Secret values are read from ``environ`` (the runner's environment) now, never from the plan.
+    Called when the guest first calls out: the client (http.client, ssl) is imported only then.
     """
+    from runner.egress.client import Bounds, Egress, Secret
+    from runner.egress.rules import Grant
+
     network = job.network
     if network is None:
         return Egress(Grant.none(), seam=seam, deadline=deadline, cancel=cancel)

@@ -16,23 +16,18 @@ import fnmatch
 import functools
 import graphlib
 import hashlib
-import logging
 import os
 import posixpath
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from runner import catalog
 from runner.canonical import canonical_digest
-from runner.egress.rules import AllowEntry, blocked_entirely
-from runner.egress.urls import UrlError
 from runner.errors import SandrunError, Violation, error_for
 from runner.features import enabled
-from runner.hermetic import settings as hermetic_settings
-from runner.hosts import CoverIndex, HostPatternError
 from runner.plan import (
     DEFAULT_DISK,
     Hermetic,
@@ -46,15 +41,19 @@ from runner.plan import (
     PolicyRef,
     SecretRef,
     Tool,
+    work_dir_mount,
 )
 from runner.policy.gitstate import policy_commit
 from runner.policy.governance import Grants, score
 from runner.policy.model import LimitValues, Policy, parse_limits, parse_net_limits, secret_key
-from runner.signing import verify_module_digest
 from runner.source import Document
 from runner.units import format_duration, format_size
 from runner.wasmfile import WasmKind, core_modules, not_wasm_reason, wasm_kind
 from runner.wasmsig import WasmSignatureError, embedded_signers, has_signature_section
+
+if TYPE_CHECKING:  # network and hermetic helpers are imported by the checks that use them
+    from runner.egress.rules import AllowEntry
+    from runner.hosts import CoverIndex
 
 __all__ = ["BUILTIN_LIMITS", "compile_plan", "denial_error"]
 
@@ -95,6 +94,8 @@ class _Compilation:
     def network_allow(self) -> CoverIndex:
         """The policy's plain (not narrowed) network.allow entries, indexed once: each job entry
         is checked against a few."""
+        from runner.hosts import CoverIndex
+
         return CoverIndex(
             e.pattern for e in self.policy.network_entries if e.methods is None and e.paths is None
         )
@@ -430,6 +431,8 @@ class _ManifestCompiler:
                 actual=self.state.today.isoformat(),
             )
             return False
+        from runner.signing import verify_module_digest  # cryptography: only for a signed tool
+
         if not verify_module_digest(key.public_key, digest, signature["sig"]):
             self.deny(
                 "signature.invalid",
@@ -493,6 +496,7 @@ class _ManifestCompiler:
         if limits is not None:
             self.check_engines(pointer, spec, limits)
         mounts = self.check_mounts(pointer, spec.get("fs", []))
+        work_dir = self.check_work_dir(pointer, spec.get("work_dir"), mounts)
         stdin = self.check_stdin(pointer, spec.get("stdin"))
         network = self.check_network(pointer, spec.get("network"))
         hermetic = self.check_hermetic(pointer, spec, network)
@@ -544,6 +548,7 @@ class _ManifestCompiler:
             hermetic=hermetic,
             route=route,
             kind=tool.kind,
+            work_dir=work_dir,
         )
 
     def check_component(self, pointer: str, spec: dict[str, Any]) -> None:
@@ -577,6 +582,8 @@ class _ManifestCompiler:
                 f"hermetic job {job_id!r} asks for network; a hermetic job has none",
                 pointer + "/network",
             )
+        from runner.hermetic import settings as hermetic_settings
+
         try:
             return hermetic_settings(job_id, asked)
         except ValueError as exc:
@@ -738,6 +745,48 @@ class _ManifestCompiler:
             mounts.append(Mount(host=self.state.relative(path), guest=guest, mode=mode))
         return mounts
 
+    def check_work_dir(self, pointer: str, text: str | None, mounts: list[Mount]) -> str | None:
+        """Rules ``fs.work-dir-outside-mounts``, ``fs.work-dir-root-mount`` and ``fs.work-dir-missing``:
+        ``work_dir`` is a folder inside one of the job's mounts, reached without a symlink (the run
+        opens it the same way, below the mount's descriptor: docs/exec.md)."""
+        if text is None:
+            return None
+        where = pointer + "/work_dir"
+        found = work_dir_mount(tuple(mounts), text)
+        if found is None:
+            guests = ", ".join(repr(m.guest) for m in mounts) or "none"
+            self.deny(
+                "fs.work-dir-outside-mounts",
+                f"work_dir {text!r} is not a plain absolute path inside a mount of the job "
+                f"(mounts: {guests})",
+                where,
+            )
+            return None
+        mount, below = found
+        path = posixpath.join(mount.guest, below) if below else mount.guest
+        if path != "/" and any(m.guest == "/" for m in mounts):
+            self.deny(
+                "fs.work-dir-root-mount",
+                f"work_dir {text!r} cannot be honoured next to a mount at guest '/': WASI libc resolves "
+                "relative paths and '/' through the same preopen name, so one would hide the other",
+                where,
+            )
+            return None
+        folder = self.state.root / mount.host / below
+        try:
+            real = folder.resolve(strict=True)
+        except (OSError, RuntimeError):
+            real = None
+        if real is None or real != Path(os.path.normpath(folder)) or not real.is_dir():
+            self.deny(
+                "fs.work-dir-missing",
+                f"work_dir {text!r} is not a folder inside its mount {mount.guest!r} "
+                "(missing, a file, or it leads through a symlink)",
+                where,
+            )
+            return None
+        return path
+
     def check_stdin(self, pointer: str, text: str | None) -> str | None:
         if text is None:
             return None
@@ -765,6 +814,10 @@ class _ManifestCompiler:
     def check_network(self, pointer: str, data: dict[str, Any] | None) -> Network | None:
         if data is None:
             return None
+        from runner.egress.rules import AllowEntry, blocked_entirely
+        from runner.egress.urls import UrlError
+        from runner.hosts import HostPatternError
+
         policy = self.state.policy
         block = list(dict.fromkeys([*data.get("block", []), *policy.network_block]))
         allow: list[str | HttpRule] = []
@@ -825,7 +878,11 @@ class _ManifestCompiler:
 
     def warn(self, rule_id: str, message: str, pointer: str) -> None:
         """A finding that denies nothing: logged (stderr in the CLI) as ``file:line:col: /ptr [rule] ...``."""
-        _log.warning("%s", Violation(rule_id, message, self.document.locate(pointer)).render())
+        import logging  # only for a warning: most compiles have none, and every start would pay
+
+        logging.getLogger("sandrun.compile").warning(
+            "%s", Violation(rule_id, message, self.document.locate(pointer)).render()
+        )
 
     def check_needs(self, names: dict[str, int]) -> None:
         graph: dict[str, list[str]] = {}
@@ -911,9 +968,6 @@ def compile_plan(
 def denial_error(violations: list[Violation]) -> SandrunError:
     """The error for a mix of problems: invalid input (exit 2) wins over policy denials (exit 3)."""
     return error_for(violations)
-
-
-_log = logging.getLogger("sandrun.compile")
 
 
 def _entry_text(entry: str | dict[str, Any]) -> str:

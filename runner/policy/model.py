@@ -12,17 +12,18 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.canonical import canonical_digest
-from runner.egress.rules import AllowEntry
-from runner.egress.urls import UrlError, parse_url
 from runner.errors import InputError, Violation
-from runner.hosts import HostPattern, HostPatternError, parse_block_entry
 from runner.plan import ModuleLimits, NetLimits
-from runner.signing import KeyFileError, PublicKey, parse_public_key, public_key_raw
 from runner.source import Document
 from runner.units import UnitError, parse_duration, parse_size
+
+if TYPE_CHECKING:
+    from runner.egress.rules import AllowEntry
+    from runner.hosts import HostPattern
+    from runner.signing import PublicKey
 
 __all__ = [
     "TrustedKey",
@@ -154,6 +155,8 @@ def policy_from_document(document: Document, root: Path) -> Policy:
     data = document.data
     problems: list[Violation] = []
     signatures = data.get("signatures", {})
+    if signatures.get("trusted_keys"):  # cryptography is imported only for a policy with keys
+        from runner.signing import KeyFileError, parse_public_key, public_key_raw
     keys: dict[str, TrustedKey] = {}
     ids_by_material: dict[bytes, str] = {}
     for index, entry in enumerate(signatures.get("trusted_keys", [])):
@@ -200,6 +203,10 @@ def policy_from_document(document: Document, root: Path) -> Policy:
     max_limits = parse_limits(document, "/limits/max", limits.get("max", {}), problems)
 
     network = data.get("network", {})
+    if network:  # the host and URL parsers are imported only for a policy that grants network
+        from runner.egress.rules import AllowEntry
+        from runner.egress.urls import UrlError
+        from runner.hosts import HostPatternError, parse_block_entry
     entries: list[AllowEntry] = []
     for index, text in enumerate(network.get("allow", [])):
         try:
@@ -274,6 +281,8 @@ def secret_key(entry: dict[str, Any]) -> tuple[tuple[str, str, int], str, str]:
 
     Raises :class:`~runner.egress.urls.UrlError` for an origin that is not ``http(s)://host[:port]``.
     """
+    from runner.egress.urls import UrlError, parse_url
+
     url = parse_url(entry["origin"])
     if url.target != "/" or entry["origin"].rstrip("/").count("/") > 2:
         raise UrlError("url.path", f"an origin is scheme://host[:port], without a path: {entry['origin']!r}")

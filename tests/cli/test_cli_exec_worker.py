@@ -1,0 +1,168 @@
+"""``sandrun exec`` runs its one job in a worker forked straight from the CLI process (no
+forkserver: bench/bench_startup.py), with the guarantees of every worker (issue 9): the hard
+wall-clock kill, crash isolation, the OS memory budget, and no process left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import wasmtime
+from cli_process import workers_of
+
+from runner import worker
+
+SLEEP = """(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i64.store (i32.const 24) (i64.const 3600000000000))
+    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"""
+FIFO = """(module
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "fifo")
+  (func (export "_start")
+    (drop (call $open (i32.const 3) (i32.const 0) (i32.const 16) (i32.const 4)
+                      (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 8)))))"""
+
+
+def _start(folder: Path, *args: str) -> subprocess.Popen[str]:
+    """``sandrun exec ARGS`` in its own process group (so whatever it forks can be found)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", "exec", *args],
+        cwd=folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "XDG_STATE_HOME": str(folder / "state")},
+        start_new_session=True,
+    )
+
+
+def _group_gone(pgid: int) -> bool:
+    """True once no process of the group is left (waits up to 10 s for the last to exit)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _group_commands(pgid: int) -> list[str]:
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.getpgid(int(entry)) != pgid:
+                continue
+            found.append(Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, ProcessLookupError):
+            continue
+    return found
+
+
+def _worker_while_running(proc: subprocess.Popen[str]) -> int:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = workers_of(proc.pid)
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError("no worker appeared")
+
+
+def test_the_worker_is_forked_directly_and_carries_the_memory_budget(tmp_path: Path) -> None:
+    (tmp_path / "sleep.wasm").write_bytes(wasmtime.wat2wasm(SLEEP))
+    proc = _start(tmp_path, "--timeout", "2m", "--memory", "16MiB", "sleep.wasm")
+    try:
+        pid = _worker_while_running(proc)
+        assert int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == proc.pid
+        assert not [c for c in _group_commands(proc.pid) if "forkserver" in c or "resource_tracker" in c]
+        deadline = time.monotonic() + 30
+        limit = ""
+        while time.monotonic() < deadline:  # RLIMIT_DATA is lowered once the job starts
+            limit = next(x for x in Path(f"/proc/{pid}/limits").read_text().splitlines() if "data" in x)
+            if limit.split()[3] != "unlimited":
+                break
+            time.sleep(0.05)
+        assert limit.split()[3] != "unlimited", limit
+        os.kill(pid, signal.SIGKILL)  # crash isolation: the job fails, the CLI says how
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 134, stderr
+    assert "crash (worker killed by SIGKILL)" in stderr
+    assert _group_gone(proc.pid)
+
+
+def test_a_guest_blocked_in_a_host_call_is_killed_at_the_deadline(tmp_path: Path) -> None:
+    (tmp_path / "fifo.wasm").write_bytes(wasmtime.wat2wasm(FIFO))
+    (tmp_path / "data").mkdir()
+    os.mkfifo(tmp_path / "data" / "fifo")
+    proc = _start(tmp_path, "--timeout", "1s", "--dir", "data", "fifo.wasm")
+    _, stderr = proc.communicate(timeout=120)  # the 1 s timeout + 0.5 s grace, on a slow machine
+    assert proc.returncode == 134, stderr
+    assert "still blocked in a host call: worker killed" in stderr
+    assert _group_gone(proc.pid)
+
+
+def test_a_refused_exec_leaves_no_worker_behind(tmp_path: Path) -> None:
+    (tmp_path / "sleep.wasm").write_bytes(wasmtime.wat2wasm(SLEEP))
+    proc = _start(tmp_path, "--dir", "/", "sleep.wasm")  # outside the root: refused before running
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 3 and "[fs.outside-root]" in stderr, stderr
+    assert _group_gone(proc.pid)
+
+
+def test_no_worker_is_forked_from_a_process_with_threads() -> None:
+    before = worker._spare
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert worker.fork_spare_worker(passthrough=True) is False  # a fork could copy a held lock
+    finally:
+        stop.set()
+        thread.join()
+    assert worker._spare is before
+
+
+_IN_PROCESS = """
+import multiprocessing
+from runner import worker
+from runner.cli import main
+
+try:
+    main(["exec", "--dir", "/", "sleep.wasm"])
+except SystemExit as ended:
+    print("exit", ended.code)
+print("spare", worker._spare, "children", multiprocessing.active_children())
+"""
+
+
+def test_an_exec_in_process_leaves_no_spare_worker(tmp_path: Path) -> None:
+    """A library caller runs ``exec`` in its own, long-lived process: the spare ends with the
+    command (here the job is refused, so no job takes it), not only when the process exits."""
+    (tmp_path / "sleep.wasm").write_bytes(wasmtime.wat2wasm(SLEEP))
+    ran = subprocess.run(
+        [sys.executable, "-c", _IN_PROCESS],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")},
+    )
+    assert ran.stdout.splitlines() == ["exit 3", "spare None children []"], ran.stdout + ran.stderr
