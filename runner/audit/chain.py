@@ -198,6 +198,23 @@ def continued_record(head: LineHead | None, cuts: list[Path]) -> dict[str, Any]:
     }
 
 
+def _first_run(path: Path, fallback: str) -> str:
+    """The run id of the log's first record: the default origin names the log, not the sealing run,
+    so every checkpoint of one log carries the same origin (a tlog client or witness pins it).
+    ``fallback`` when the first line cannot be read (``audit verify`` names that damage)."""
+    with path.open("rb") as file:
+        line = file.readline(_FIRST_LINE_MAX)
+    try:
+        run = parse_line(line.rstrip(b"\n")).run
+        check_run_id(run)
+    except (LineError, ValueError):
+        return fallback
+    return run
+
+
+_FIRST_LINE_MAX = 1 << 20
+
+
 class AuditLog:
     """Appends one run's records to ``DIR/audit.jsonl``, continuing the chain, and seals the run.
 
@@ -269,8 +286,8 @@ class AuditLog:
         ``fsync_interval_s=0`` syncs every record before ``append`` returns.
         """
         check_run_id(run_id)
-        origin = origin or ORIGIN_PREFIX + run_id
-        Checkpoint(origin, 0, GENESIS)  # validates the origin before anything is written
+        if origin is not None:
+            Checkpoint(origin, 0, GENESIS)  # validates the origin before anything is written
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / LOG_NAME
         lock_fd = _lock(out_dir / LOCK_NAME, lock_timeout_s)
@@ -312,6 +329,7 @@ class AuditLog:
                         Location(file=str(path), line=head.seq + 1, pointer="/run"),
                     )
                 tree = _resume_tree(path, size, head)
+                origin = origin or ORIGIN_PREFIX + (run_id if head is None else _first_run(path, run_id))
             except BaseException:
                 os.close(fd)
                 raise

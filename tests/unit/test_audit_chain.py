@@ -64,6 +64,21 @@ def test_the_chain_continues_across_runs_in_the_same_folder(tmp_path: Path) -> N
     assert report.status == "intact" and [r.run for r in report.runs] == ["r1", "r2", "r3"]
 
 
+def test_every_checkpoint_of_one_log_carries_the_log_s_origin(tmp_path: Path) -> None:
+    """The default origin names the log (its first run), not the sealing run: a tlog client or
+    witness pins one origin per log."""
+    key = generate_keypair()
+    origins = []
+    for run in ("first-run", "second-run", "third-run"):
+        with AuditLog.open(tmp_path, run_id=run) as log:
+            log.append("run.started", {})
+            origins.append(log.seal(key, "ci").origin)
+    assert origins == ["sandrun.dev/audit/first-run"] * 3
+    with AuditLog.open(tmp_path / "other", run_id="second-run") as log:
+        log.append("run.started", {})
+        assert log.seal(key, "ci").origin == "sandrun.dev/audit/second-run"
+
+
 def test_seal_checkpoint_signs_the_merkle_root_head_and_size(tmp_path: Path) -> None:
     key = generate_keypair()
     with AuditLog.open(tmp_path, run_id="r1", origin="example.org/ci/audit") as log:
