@@ -32,8 +32,6 @@ end of its pipe closes, also mid-job (the parent died), so no worker outlives it
 from __future__ import annotations
 
 import ctypes
-import functools
-import multiprocessing
 import os
 import pickle
 import resource
@@ -50,6 +48,7 @@ from multiprocessing.reduction import recv_handle, send_handle
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from runner import forkserver
 from runner.egress.transport import Seam
 from runner.errors import InputError, PolicyDenied, SandrunError
 from runner.plan import JobSpec, Limits, Plan
@@ -181,21 +180,11 @@ class _Pool:
             return data
 
 
-@functools.cache
-def _context() -> Any:
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])  # imported once, in the server, not per worker
-    return context
-
-
 def start_forkserver() -> None:
     """Start the forkserver now rather than at the first job: it is a new interpreter importing this
     module and wasmtime (~0.3 s), which then overlaps the caller's own work (``sandrun exec``
-    checking its one job). It does not wait for the server; it ends when this process does."""
-    from multiprocessing import forkserver
-
-    _context()
-    forkserver.ensure_running()
+    checking its one job). It ends when this process does."""
+    forkserver.start()
 
 
 class _WorkerRunner:
@@ -209,7 +198,7 @@ class _WorkerRunner:
         self.modules: set[ModuleKey] = set()
 
     def _start(self) -> _Channel:
-        context = _context()
+        context = forkserver.start()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         passthrough = self.pool.setup.passthrough
         process = context.Process(
@@ -217,6 +206,7 @@ class _WorkerRunner:
         )
         process.start()
         theirs.close()
+        assert process.pid is not None  # started
         parent_end = _Channel(ours)
         self.process, self.conn = process, parent_end
         self.poller = select.poll()
