@@ -8,7 +8,8 @@ clashes, fail-fast, cancellation and the audit log. Each scheduler thread takes 
   thread, started from a forkserver that has already imported this module and wasmtime (the
   parent has threads, so a plain ``fork`` is unsafe). The worker gets the plan's jobs once, each
   compiled module once (serialized bytes over its private pipe), then only job indices; it answers
-  with the job's :class:`~runner.results.Outcome`. This gives what threads cannot:
+  with the job's :class:`~runner.results.Outcome` in a compact binary form the parent decodes
+  without unpickling anything (a worker runs hostile code). This gives what threads cannot:
 
   - a hard wall-clock bound: the parent waits for the answer until the job's timeout plus
     :data:`GRACE_S`; a worker still busy then (a guest blocked in a host call: opening a FIFO,
@@ -32,6 +33,8 @@ end of its pipe closes, also mid-job (the parent died), so no worker outlives it
 from __future__ import annotations
 
 import ctypes
+import gc
+import json
 import os
 import pickle
 import resource
@@ -41,8 +44,8 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from multiprocessing.reduction import recv_handle, send_handle
 from pathlib import Path
@@ -50,9 +53,9 @@ from typing import Any, Literal, Protocol
 
 from runner import forkserver
 from runner.egress.transport import Seam
-from runner.errors import InputError, PolicyDenied, SandrunError
+from runner.errors import InputError, Location, PolicyDenied, SandrunError, Violation
 from runner.plan import JobSpec, Limits, Plan
-from runner.results import Outcome
+from runner.results import TRAP_KINDS, Outcome
 from runner.sandbox import ModuleKey, Runtime, module_key, required_thread_stack
 
 __all__ = [
@@ -242,9 +245,10 @@ class _WorkerRunner:
         if not self.poller.poll(ADOPT_TIMEOUT_S * 1000):
             self._stop_worker()
             raise RuntimeError(f"the worker did not load the module within {ADOPT_TIMEOUT_S} s")
-        problem = conn.recv()
-        if problem is not None:
-            raise RuntimeError(f"the worker could not load the module: {problem}")
+        problem = conn.recv_bytes(_MAX_PROBLEM)
+        if problem:
+            text = problem.decode("utf-8", "replace")
+            raise RuntimeError(f"the worker could not load the module: {text}")
         self.modules.add(key)
 
     def _answer(self, job: JobSpec, conn: _Channel, started: float, cancel: threading.Event) -> Outcome:
@@ -255,10 +259,15 @@ class _WorkerRunner:
             remaining_ms = (deadline - time.monotonic()) * 1000
             if self.poller.poll(max(0, min(remaining_ms, _POLL_MS))):
                 try:
-                    reply = conn.recv()
+                    reply = conn.recv_bytes(_answer_limit(job.limits))
                 except (EOFError, OSError):
                     return self._died(job, started)
-                return _outcome(reply)
+                except _Oversized:
+                    return self._malformed(job, started, "an answer larger than the job's output allows")
+                try:
+                    return decode_answer(reply)
+                except _Malformed as error:
+                    return self._malformed(job, started, str(error))
             if cancel.is_set() and not signalled:
                 signalled = True
                 os.kill(self.process.pid, signal.SIGUSR1)
@@ -284,6 +293,11 @@ class _WorkerRunner:
         else:
             how = f"worker exited with status {code}"
         return _ended(job, started, "crash", how)
+
+    def _malformed(self, job: JobSpec, started: float, what: str) -> Outcome:
+        """The worker answered what no worker of ours sends: treat it as compromised."""
+        self._stop_worker()
+        return _ended(job, started, "crash", f"the worker sent {what}: killed")
 
     def _stop_worker(self) -> None:
         if self.process is None:
@@ -334,15 +348,139 @@ def _ended(job: JobSpec, started: float, trap: Literal["timeout", "crash"], mess
     )
 
 
-def _outcome(reply: tuple[Any, ...]) -> Outcome:
-    kind = reply[0]
-    if kind == "ok":
-        outcome: Outcome = reply[1]
-        return replace(outcome, rss_peak=reply[2]) if reply[2] is not None else outcome
-    if kind == "refused":
-        error_type = PolicyDenied if reply[1] else InputError
-        raise error_type(violations=reply[2])
-    raise RuntimeError(f"in the worker: {reply[1]}")
+# --- answers: the worker's side of the pipe speaks no pickle ---------------------------------
+#
+# The worker runs hostile guests: were one to escape Wasmtime, whatever it sends the parent (which
+# holds the plan, the audit chain and the signing key) must stay data. So answers are a fixed
+# binary header, the captured output and a JSON tail, decoded into fresh values; never a pickle.
+# It is also cheaper: unpickling a frozen dataclass costs the parent ~20 us per job.
+
+_OK, _DENIED, _INVALID, _ERROR = b"O", b"D", b"I", b"E"
+_FIELDS = struct.Struct("!BBqQQQQQQQQ")
+"""flags (exit code, fuel, rss present), trap kind (0: none), exit code, fuel used, memory peak,
+wall ms, stdout dropped, stderr dropped, rss peak, stdout length, stderr length"""
+_HAS_EXIT, _HAS_FUEL, _HAS_RSS = 1, 2, 4
+_MAX_PROBLEM = 1 << 20  # a module hand-over's or an error's text
+_ANSWER_SLACK = 4 << 20  # an answer's header and JSON tail (trap message, invoke results, hops)
+
+
+class _Malformed(Exception):
+    """An answer no worker of ours sends."""
+
+
+def _answer_limit(limits: Limits) -> int:
+    return 2 * limits.output + _ANSWER_SLACK
+
+
+def encode_answer(outcome: Outcome, rss_peak: int | None) -> bytes:
+    """A job's :class:`Outcome` and the worker's peak RSS, as the worker sends them."""
+    flags = (
+        (_HAS_EXIT if outcome.exit_code is not None else 0)
+        | (_HAS_FUEL if outcome.fuel_used is not None else 0)
+        | (_HAS_RSS if rss_peak is not None else 0)
+    )
+    extras: dict[str, Any] = {}
+    if outcome.trap_message is not None:
+        extras["message"] = outcome.trap_message
+    if outcome.invoke_results is not None:
+        extras["results"] = list(outcome.invoke_results)
+    if outcome.net_hops:
+        extras["hops"] = list(outcome.net_hops)
+    head = _FIELDS.pack(
+        flags,
+        0 if outcome.trap is None else TRAP_KINDS.index(outcome.trap) + 1,
+        outcome.exit_code or 0,
+        outcome.fuel_used or 0,
+        outcome.memory_peak,
+        outcome.wall_ms,
+        outcome.stdout_dropped,
+        outcome.stderr_dropped,
+        rss_peak or 0,
+        len(outcome.stdout),
+        len(outcome.stderr),
+    )
+    tail = json.dumps(extras).encode() if extras else b""
+    return b"".join((_OK, head, outcome.stdout, outcome.stderr, tail))
+
+
+def encode_refusal(error: SandrunError) -> bytes:
+    """Why the worker would not run a job (a mount that moved, a missing module)."""
+    violations = [
+        {
+            "rule_id": v.rule_id,
+            "message": v.message,
+            "location": None if v.location is None else v.location.to_dict(),
+            "expected": v.expected,
+            "actual": v.actual,
+        }
+        for v in error.violations
+    ]
+    kind = _DENIED if isinstance(error, PolicyDenied) else _INVALID
+    return kind + json.dumps(violations, default=str).encode()
+
+
+def decode_answer(data: bytes) -> Outcome:
+    """The parent's reading of an answer: an Outcome; raises the refusal or error it carries, or
+    :class:`_Malformed`."""
+    kind, body = data[:1], data[1:]
+    try:
+        if kind == _OK:
+            return _decode_outcome(body)
+        if kind in (_DENIED, _INVALID):
+            violations = tuple(_violation(item) for item in json.loads(body))
+            if not violations:
+                raise _Malformed("a refusal without a reason")
+            raise (PolicyDenied if kind == _DENIED else InputError)(violations=violations)
+        if kind == _ERROR:
+            raise RuntimeError(f"in the worker: {body.decode('utf-8', 'replace')}")
+    except (ValueError, TypeError, KeyError, IndexError, struct.error) as error:
+        raise _Malformed(f"a malformed answer ({type(error).__name__})") from None
+    raise _Malformed("an answer of unknown kind")
+
+
+def _decode_outcome(body: bytes) -> Outcome:
+    flags, trap, exit_code, fuel, memory, wall, out_dropped, err_dropped, rss, out_size, err_size = (
+        _FIELDS.unpack_from(body)
+    )
+    start = _FIELDS.size
+    middle = start + out_size
+    end = middle + err_size
+    if end > len(body):
+        raise ValueError("output past the end")
+    extras = json.loads(body[end:]) if end < len(body) else {}
+    message, results, hops = extras.get("message"), extras.get("results"), extras.get("hops", [])
+    if not (
+        (message is None or isinstance(message, str))
+        and (results is None or (isinstance(results, list) and all(isinstance(r, str) for r in results)))
+        and isinstance(hops, list)
+        and all(isinstance(h, dict) for h in hops)
+    ):
+        raise TypeError("extras")
+    return Outcome(
+        exit_code=exit_code if flags & _HAS_EXIT else None,
+        trap=None if trap == 0 else TRAP_KINDS[trap - 1],  # type: ignore[arg-type]
+        trap_message=message,
+        fuel_used=fuel if flags & _HAS_FUEL else None,
+        memory_peak=memory,
+        wall_ms=wall,
+        stdout=body[start:middle],
+        stderr=body[middle:end],
+        stdout_dropped=out_dropped,
+        stderr_dropped=err_dropped,
+        invoke_results=None if results is None else tuple(results),
+        net_hops=tuple(hops),
+        rss_peak=rss if flags & _HAS_RSS else None,
+    )
+
+
+def _violation(item: dict[str, Any]) -> Violation:
+    where = item["location"]
+    location = None if where is None else Location(**where)
+    return Violation(str(item["rule_id"]), str(item["message"]), location, item["expected"], item["actual"])
+
+
+class _Oversized(Exception):
+    """A message longer than its reader allows."""
 
 
 class _Channel:
@@ -368,12 +506,16 @@ class _Channel:
         self.sock.sendall(self._LENGTH.pack(len(data)) + data)
 
     def recv(self) -> Any:
+        """The next pickled message: only the worker reads these (they come from the parent)."""
         return pickle.loads(self.recv_bytes())
 
-    def recv_bytes(self) -> bytes:
-        """The next message; EOFError when the other end closed."""
+    def recv_bytes(self, limit: int | None = None) -> bytes:
+        """The next message; EOFError when the other end closed, :class:`_Oversized` when it says
+        it is longer than ``limit`` (nothing is read past its length then)."""
         header = self._LENGTH.size
         while len(self._buffer) < header or len(self._buffer) < header + self._size():
+            if limit is not None and len(self._buffer) >= header and self._size() > limit:
+                raise _Oversized
             chunk = self.sock.recv(1 << 16)
             if not chunk:
                 raise EOFError
@@ -442,34 +584,39 @@ def _job_loop(conn: _Channel, setup: _Setup) -> None:
     runtime = Runtime(cache_dir=Path(setup.cache_dir), egress_seam=setup.egress)
     bounds = _Bounds()
     root = Path(setup.root)
+    gc.freeze()  # what the worker imported lives as long as it does: no collection rescans it
     try:
         while True:
             message = conn.recv()
             if message[0] == "module":
                 data = conn.recv_bytes()
+                bounds.release()
                 try:
                     runtime.adopt(message[1], data)
                 except Exception as error:  # WasmtimeError, MemoryError: that job's failure
-                    conn.send(f"{type(error).__name__}: {error}")
+                    conn.send_bytes(f"{type(error).__name__}: {error}".encode("utf-8", "replace"))
                 else:
-                    conn.send(None)
+                    conn.send_bytes(b"")
                 continue
             _, index, stdin, env = message
             job = _with_env(setup.jobs[index], env)
             _active_cancel = cancel = threading.Event()
             try:
-                with bounds.applied(job.limits):
+                bounds.apply(job.limits)
+                try:
                     outcome = runtime.run(
                         job, root, cancel=cancel, passthrough=setup.passthrough, stdin_data=stdin
                     )
-                reply: tuple[Any, ...] = ("ok", outcome, bounds.peak)
+                finally:
+                    bounds.end_job()
+                reply = encode_answer(outcome, bounds.peak)
             except SandrunError as error:
-                reply = ("refused", isinstance(error, PolicyDenied), tuple(error.violations))
+                reply = encode_refusal(error)
             except Exception as error:  # a bug of ours, or MemoryError past the budget: this job's
-                reply = ("error", f"{type(error).__name__}: {error}")
+                reply = _ERROR + f"{type(error).__name__}: {error}".encode("utf-8", "replace")
             finally:
                 _active_cancel = None
-            conn.send(reply)
+            conn.send_bytes(reply)
     except (EOFError, OSError):
         return
     finally:
@@ -482,8 +629,11 @@ class _Bounds:
     ``RLIMIT_DATA`` counts private writable memory only: Wasmtime's reserved-but-inaccessible
     address space (``PROT_NONE``: the 4 GiB reservation and guard pages of each linear memory)
     is not counted until pages become accessible, so the bound is the worker's current data size
-    plus the job's budget. Peak resident memory is measured from a reset high-water mark
-    (``/proc/self/clear_refs`` 5, then ``ru_maxrss``). Each step costs about a microsecond.
+    plus the job's budget; it is lifted again after the job (the answer is built outside it).
+    ``RLIMIT_FSIZE`` stays at the last job's ``disk`` until a job needs another value (the worker
+    itself writes no files) or a module is handed over. Peak resident memory is measured from a
+    reset high-water mark (``/proc/self/clear_refs`` 5, then ``ru_maxrss``). Five system calls
+    per job, each about a microsecond.
     """
 
     def __init__(self) -> None:
@@ -491,6 +641,7 @@ class _Bounds:
         self._page = os.sysconf("SC_PAGE_SIZE")
         self._data_hard = resource.getrlimit(resource.RLIMIT_DATA)
         self._fsize_hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        self._fsize: int | None = None  # the soft RLIMIT_FSIZE a job set, while it stays
         try:
             self._statm: int | None = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
             self._clear: int | None = os.open("/proc/self/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
@@ -502,19 +653,26 @@ class _Bounds:
             return 0
         return int(os.pread(self._statm, 256, 0).split()[5]) * self._page
 
-    @contextmanager
-    def applied(self, limits: Limits) -> Iterator[None]:
+    def apply(self, limits: Limits) -> None:
+        """Lower the limits to the job's; reset the RSS high-water mark."""
         budget = self._data_now() + limits.memory + 2 * limits.output + DATA_SLACK
         _lower(resource.RLIMIT_DATA, budget, self._data_hard)
-        _lower(resource.RLIMIT_FSIZE, limits.disk, self._fsize_hard)
+        if limits.disk != self._fsize:
+            _lower(resource.RLIMIT_FSIZE, limits.disk, self._fsize_hard)
+            self._fsize = limits.disk
         if self._clear is not None:
             os.write(self._clear, b"5")
-        try:
-            yield
-        finally:
-            self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 if self._clear else None
-            resource.setrlimit(resource.RLIMIT_DATA, self._data_hard)
-            resource.setrlimit(resource.RLIMIT_FSIZE, self._fsize_hard)
+
+    def end_job(self) -> None:
+        """Read the job's peak RSS and lift the memory budget."""
+        self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 if self._clear else None
+        resource.setrlimit(resource.RLIMIT_DATA, self._data_hard)
+
+    def release(self) -> None:
+        """Back to the limits the worker started with (before loading a module)."""
+        resource.setrlimit(resource.RLIMIT_DATA, self._data_hard)
+        resource.setrlimit(resource.RLIMIT_FSIZE, self._fsize_hard)
+        self._fsize = None
 
 
 def _lower(which: int, soft: int, original: tuple[int, int]) -> None:
