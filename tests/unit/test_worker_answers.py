@@ -24,6 +24,7 @@ from runner.results import Outcome
 from runner.sandbox import Runtime
 from runner.worker import (
     _Channel,
+    _dumps,
     _Malformed,
     _Pool,
     _WorkerRunner,
