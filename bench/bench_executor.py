@@ -798,7 +798,7 @@ def profile_overhead(root: Path, s: Settings) -> None:
         profiles.append(profile)
         profile.runcall(thread_run, thread)
 
-    threading.Thread.run = profiled  # type: ignore[method-assign]
+    threading.Thread.run = profiled  # type: ignore[method-assign,assignment]
     try:
         profiles[0].runcall(run_audited, plan, root, cache)
     finally:
