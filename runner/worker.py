@@ -65,6 +65,7 @@ __all__ = [
     "ISOLATIONS",
     "JobRunner",
     "GRACE_S",
+    "STALL_S",
     "CANCEL_GRACE_S",
     "ADOPT_TIMEOUT_S",
     "DATA_SLACK",
@@ -80,6 +81,9 @@ GRACE_S = 0.5
 stops a guest in WASM code within ~30 ms of its deadline by itself; only a guest blocked in a host
 call needs the kill."""
 CANCEL_GRACE_S = 1.0
+STALL_S = 5.0
+"""How long the parent waits for the rest of a message a worker began to send (an answer comes in
+one write): a worker stalling mid-answer is killed like one that does not answer."""
 ADOPT_TIMEOUT_S = 300
 """How long a worker may take to load a compiled module handed over by the parent."""
 """How long a cancelled job's worker may take to answer before it is killed."""
@@ -217,6 +221,7 @@ class _WorkerRunner:
         process.start()
         theirs.close()
         assert process.pid is not None  # started
+        ours.settimeout(STALL_S)  # waits for an answer go through poll(); this bounds the rest
         parent_end = _Channel(ours)
         self.process, self.conn = process, parent_end
         self.poller = select.poll()
@@ -267,6 +272,8 @@ class _WorkerRunner:
             if self.poller.poll(max(0, min(remaining_ms, _POLL_MS))):
                 try:
                     reply = conn.recv_bytes(_answer_limit(job.limits))
+                except TimeoutError:
+                    return self._malformed(job, started, f"part of an answer, then nothing for {STALL_S:g} s")
                 except (EOFError, OSError):
                     return self._died(job, started)
                 except _Oversized:

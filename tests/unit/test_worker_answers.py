@@ -23,6 +23,7 @@ from runner.errors import InputError, Location, PolicyDenied, Violation
 from runner.results import Outcome
 from runner.sandbox import Runtime
 from runner.worker import (
+    STALL_S,
     _Channel,
     _dumps,
     _Malformed,
@@ -101,7 +102,7 @@ def test_a_malformed_answer_is_refused(answer: bytes) -> None:
         decode_answer(answer)
 
 
-def _posing_worker(tmp_path: Path, answer: bytes) -> tuple[Outcome, bool]:
+def _posing_worker(tmp_path: Path, answer: bytes, stall_s: float = STALL_S) -> tuple[Outcome, bool]:
     """A job whose 'worker' writes ``answer``: what the parent makes of it, and whether the
     process it took for the worker is gone (killed and reaped)."""
     root = tmp_path
@@ -112,6 +113,7 @@ def _posing_worker(tmp_path: Path, answer: bytes) -> tuple[Outcome, bool]:
         process = forkserver.start().Process(target=time.sleep, args=(60,), daemon=True)
         process.start()
         pid = process.pid
+        ours.settimeout(stall_s)  # as _WorkerRunner._start sets it (STALL_S)
         runner.process, runner.conn = process, _Channel(ours)
         runner.poller.register(ours.fileno(), 1)  # POLLIN
         theirs.sendall(answer)
@@ -148,3 +150,10 @@ def test_the_setup_reaches_the_worker_unchanged(tmp_path: Path) -> None:
     plan = plan_of(job(tmp_path, wat(EXIT.format(code=3)), "a"), job(tmp_path, wat(EXIT.format(code=0)), "b"))
     message = ("setup", plan.jobs, FULL)  # FULL: not a plan dataclass, pickled as usual
     assert pickle.loads(_dumps(message)) == message
+
+
+def test_a_worker_stalling_mid_answer_is_killed_within_its_bound(tmp_path: Path) -> None:
+    started = time.monotonic()
+    outcome, gone = _posing_worker(tmp_path, struct.pack("!Q", 100) + b"O" * 10, stall_s=0.5)
+    assert outcome.trap == "crash" and "then nothing" in (outcome.trap_message or "")
+    assert gone and time.monotonic() - started < 30  # generous: the bound here is 0.5 s
