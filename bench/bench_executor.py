@@ -4,21 +4,23 @@ Every figure is a ratio against a baseline measured in the same run, so it compa
 times on a noisy machine. The baseline is wasmtime-py used directly: compile once, then
 ``Store`` + ``WasiConfig`` + instantiate + ``_start`` in a loop.
 
-(a) per-job overhead, 1,000 jobs of a tiny WASI tool (``fixtures/hello.wasm``): ``runner.api.run``
-    (audit log, reports and per-job logs included) and ``run_plan`` + an audit log sink, ``--jobs 1``,
-    against the bare loop with stdout/stderr captured to a memfd and read back, which is the same
-    work (Sandrun always captures); the bare loop without capture is printed too, and the bare loop
-    appending the two audit records a job gets (``job.started``, ``job.finished``) through
-    ``AuditLog``, which is what audit logging alone costs. Target 1.2x. Jobs run in worker
+(a) per-job overhead, 1,000 jobs of a tiny WASI tool (``fixtures/hello.wasm``). The baseline B is
+    bare wasmtime-py doing the same work as a Sandrun job: output captured to memfds and read
+    back, Sandrun's limits on (memory and table caps, an epoch deadline with its ticker). Sandrun's
+    ``run_plan`` with an audit log is compared with B plus the two audit records a job gets
+    (``job.started``, ``job.finished``, through ``AuditLog``), and ``runner.api.run`` (audit log,
+    reports, a log file per job) with B plus those records and a new file per job (creating a file
+    costs from 10 us to several hundred depending on the disk). Target 1.2x. Jobs run in worker
     processes (the default); the same with ``isolation="threads"`` gives the isolation's cost.
-    ``api.run`` also writes a log file per job, and creating a file costs from 10 µs to several
-    hundred depending on the disk, so it is compared with the bare loop that also writes each
-    job's output to a new file.
+    The floor of process isolation is measured too: B in a child process driven over a socket
+    pair, one round trip per job (and an empty round trip alone). That is what any runner that
+    puts each job in another process pays at least, and Sandrun's workers are compared with it.
     The best of several rounds: on a shared machine noise only ever adds time.
 (b) a CPU-bound job (``fixtures/interp.wasm``, a bytecode interpreter): Sandrun against bare
     wasmtime-py with the same limits on (fuel, epoch deadline + ticker, memory limit), target
     1.05x; a plan without a fuel limit against bare with epoch + memory only (it must not pay for
-    fuel metering); and what each limit costs bare wasmtime-py against none.
+    fuel metering); and what each limit costs bare wasmtime-py against none. A job's cost is a
+    3-job batch's time less a 1-job batch's, halved (the batch's own start is printed apart).
 (c) ``--jobs 2`` against ``--jobs 1`` on 4 CPU-bound jobs: throughput, against what bare
     wasmtime-py threads gain on the same machine in the same run, target 0.95 of it.
 (d) cold against warm start of a run whose module is tens of MB (generated here): time from
@@ -36,11 +38,14 @@ from __future__ import annotations
 import argparse
 import cProfile
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import pstats
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -194,8 +199,15 @@ def bare_logged(bare: Bare, argvs: list[list[str]], root: Path) -> float:
 
 
 def bare_files(bare: Bare, argvs: list[list[str]], root: Path) -> float:
-    with tempfile.TemporaryDirectory(dir=root) as out:
-        return bare.loop(argvs, capture=True, files=Path(out))
+    """The bare loop with its audit records and a log file per job: what ``api.run`` writes."""
+    with tempfile.TemporaryDirectory(dir=root) as out, AuditLog.open(Path(out), run_id="bare") as log:
+        (Path(out) / "logs").mkdir()
+        return bare.loop(argvs, capture=True, log=log, files=Path(out) / "logs")
+
+
+def bare_child_logged(child: BareChild, argvs: list[list[str]] | None, count: int, root: Path) -> float:
+    with tempfile.TemporaryDirectory(dir=root) as out, AuditLog.open(Path(out), run_id="bare") as log:
+        return child.loop(argvs, count, log=log)
 
 
 def check_passed(batch: BatchResult) -> None:
@@ -226,6 +238,10 @@ def run_audited(
         elapsed = time.perf_counter() - start
     check_passed(batch)
     return elapsed, sources
+
+
+def run_timed(plan: Plan, root: Path, cache: Path) -> float:
+    return run_audited(plan, root, cache)[0]
 
 
 def run_full(plan: Plan, root: Path, cache: Path, jobs: int = 1) -> float:
@@ -338,6 +354,66 @@ class Bare:
 
     def timed_call(self, argv: list[str]) -> Callable[[], float]:
         return lambda: self.timed(argv)
+
+
+class BareChild:
+    """The floor of process isolation: the bare loop (output captured, limits on) in a child
+    process, one round trip per job over a socket pair (argv there, the captured output back).
+    Any design that runs each job in another process pays this before doing anything of its own.
+
+    Made before this process compiles anything or starts a thread (it forks)."""
+
+    def __init__(self, wasm: bytes) -> None:
+        self.sock, theirs = socket.socketpair()
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: serve until the parent closes its end
+            self.sock.close()
+            try:
+                _serve_bare(theirs, wasm)
+            finally:
+                os._exit(0)
+        theirs.close()
+
+    def loop(self, argvs: list[list[str]] | None, count: int, log: AuditLog | None = None) -> float:
+        """``count`` jobs; ``argvs`` None: empty round trips (the child answers without running
+        anything), which is the pipe's own cost."""
+        start = time.perf_counter()
+        for index in range(count):
+            if log is not None:
+                log.append("job.started", _started_record(index))
+            request = b"" if argvs is None else "\0".join(argvs[index]).encode()
+            self.sock.sendall(struct.pack("!I", len(request)) + request)
+            out = _recv_message(self.sock)
+            if log is not None:
+                log.append("job.finished", _finished_record(index, out))
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self.sock.close()
+        os.waitpid(self.pid, 0)
+
+
+def _recv_message(sock: socket.socket) -> bytes:
+    data = b""
+    while len(data) < 4 or len(data) < 4 + struct.unpack_from("!I", data)[0]:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data[4:]
+
+
+def _serve_bare(sock: socket.socket, wasm: bytes) -> None:
+    bare = Bare(wasm, epoch=True, memory=True)
+    fds = (os.memfd_create("out"), os.memfd_create("err"))
+    with bare.ticking():
+        while True:
+            try:
+                request = _recv_message(sock)
+            except EOFError:
+                return
+            out = bare.run(request.decode().split("\0"), fds) if request else b""
+            sock.sendall(struct.pack("!I", len(out)) + out)
 
 
 # -- the big module of (d) ----------------------------------------------------------------------
@@ -476,61 +552,82 @@ Row = tuple[str, float, float, bool]  # name, figure, target, higher is better
 
 def bench_overhead(root: Path, s: Settings, rows: list[Row]) -> None:
     wasm = (FIXTURES / "hello.wasm").read_bytes()
+    child = BareChild(wasm)  # first: it forks
     module = install(root, "hello", wasm)
     argvs = [["hello", str(i)] for i in range(s.jobs)]
     plan = make_plan(module, argvs)
     cache = root / "cache-a"
     bare = Bare(wasm)
+    limited = Bare(wasm, epoch=True, memory=True)  # Sandrun's limits: memory, tables, epoch deadline
     bare.loop(argvs[:50], capture=True)  # warm up: imports, the disk cache, page faults
+    child.loop(argvs, 50)
     run_audited(make_plan(module, argvs[:50]), root, cache)
-    t = median_of(
-        s.rounds + 4,
-        {
-            "bare": lambda: bare.loop(argvs, capture=False),
-            "bare_cap": lambda: bare.loop(argvs, capture=True),
-            "bare_log": lambda: bare_logged(bare, argvs, root),
-            "bare_files": lambda: bare_files(bare, argvs, root),
-            "audited": lambda: run_audited(plan, root, cache)[0],
-            "audited_threads": lambda: run_audited(plan, root, cache, isolation="threads")[0],
-            "full": lambda: run_full(plan, root, cache),
-            "full_j2": lambda: run_full(plan, root, cache, jobs=2),
-        },
-        pick=min,
-    )
+    with limited.ticking():
+        t = median_of(
+            s.rounds + 4,
+            {
+                "bare": lambda: bare.loop(argvs, capture=False),
+                "bare_cap": lambda: bare.loop(argvs, capture=True),
+                "same": lambda: limited.loop(argvs, capture=True),
+                "same_log": lambda: bare_logged(limited, argvs, root),
+                "same_files": lambda: bare_files(limited, argvs, root),
+                "pipe": lambda: child.loop(None, s.jobs),
+                "child": lambda: child.loop(argvs, s.jobs),
+                "child_log": lambda: bare_child_logged(child, argvs, s.jobs, root),
+                "audited": lambda: run_audited(plan, root, cache)[0],
+                "audited_threads": lambda: run_audited(plan, root, cache, isolation="threads")[0],
+                "full": lambda: run_full(plan, root, cache),
+                "full_j2": lambda: run_full(plan, root, cache, jobs=2),
+            },
+            pick=min,
+        )
+    child.close()
     us = {name: value / s.jobs * 1e6 for name, value in t.items()}
+
+    def line(label: str, name: str, base: str | None = None, note: str = "") -> None:
+        ratio = f"x{us[name] / us[base]:.2f}" if base else ""
+        print(f"    {label:<46}{us[name]:8.1f} us/job   {ratio:<6} {note}".rstrip())
+
     print(f"(a) per-job time, {s.jobs} jobs of hello.wasm, best of {s.rounds + 4} rounds")
-    print(f"    bare wasmtime-py, output discarded          {us['bare']:8.1f} us/job")
-    print(f"    bare wasmtime-py, output captured (memfd)   {us['bare_cap']:8.1f} us/job   <- the same work")
+    line("bare wasmtime-py, output discarded", "bare")
+    line("bare, output captured (memfd)", "bare_cap", "bare")
+    line("bare, captured, Sandrun's limits on", "same", "bare_cap", "<- the same work (baseline B)")
+    line("B + its two audit records per job", "same_log", "same", "<- audit logging alone")
+    line("B + audit records + a log file per job", "same_files", "same", "<- what api.run writes")
+    line("run_plan + audit log, isolation=threads", "audited_threads", "same_log", "vs B + audit records")
+    line("run_plan + audit log, worker processes", "audited", "same_log", "vs B + audit records")
+    line("api.run (audit + reports + logs), --jobs 1", "full", "same_files", "vs B + audit + log files")
+    line("api.run, --jobs 2", "full_j2", "same_files", "vs B + audit + log files")
+    print("    the floor of process isolation (B in a child process, one round trip per job):")
+    line("  an empty round trip (socket pair)", "pipe")
+    line("  B in a child", "child", "same", "vs B in this process")
+    line("  B in a child + audit records here", "child_log", "same_log", "vs B + audit records")
+    line("run_plan + audit log, worker processes", "audited", "child_log", "vs that floor")
     print(
-        f"    bare + its two audit records                {us['bare_log']:8.1f} us/job   "
-        f"x{us['bare_log'] / us['bare_cap']:.2f}   <- audit logging alone"
-    )
-    print(
-        f"    run_plan + audit log, --jobs 1              {us['audited']:8.1f} us/job   "
-        f"x{us['audited'] / us['bare_cap']:.2f} (x{us['audited'] / us['bare']:.2f} vs discarded)"
-    )
-    print(
-        f"    the same with isolation=threads             {us['audited_threads']:8.1f} us/job   "
-        f"x{us['audited_threads'] / us['bare_cap']:.2f}   -> worker processes cost "
-        f"x{us['audited'] / us['audited_threads']:.2f} of threads"
-    )
-    print(
-        f"    bare + a log file per job                   {us['bare_files']:8.1f} us/job   "
-        f"x{us['bare_files'] / us['bare_cap']:.2f}   <- what creating the files costs on this disk"
-    )
-    print(
-        f"    api.run (audit + reports + logs), --jobs 1  {us['full']:8.1f} us/job   "
-        f"x{us['full'] / us['bare_files']:.2f} vs bare + log files "
-        f"(x{us['full'] / us['bare_cap']:.2f} vs captured)"
-    )
-    print(
-        f"    api.run, --jobs 2                           {us['full_j2']:8.1f} us/job   "
-        f"x{us['full_j2'] / us['bare_cap']:.2f}"
+        f"    -> isolation by processes costs at least x{us['child_log'] / us['same_log']:.2f} here; "
+        f"Sandrun's workers cost x{us['audited'] / us['audited_threads']:.2f} of its threads"
     )
     rows.append(
-        ("(a) run_plan+audit / bare captured", us["audited"] / us["bare_cap"], TARGET_OVERHEAD, False)
+        ("(a) run_plan+audit / bare+audit records", us["audited"] / us["same_log"], TARGET_OVERHEAD, False)
     )
-    rows.append(("(a) api.run / bare + log files", us["full"] / us["bare_files"], TARGET_OVERHEAD, False))
+    rows.append(
+        (
+            "(a) same, threads / bare+audit records",
+            us["audited_threads"] / us["same_log"],
+            TARGET_OVERHEAD,
+            False,
+        )
+    )
+    rows.append(
+        (
+            "(a) run_plan+audit / floor (bare in a child)",
+            us["audited"] / us["child_log"],
+            TARGET_OVERHEAD,
+            False,
+        )
+    )
+    rows.append(("(a) api.run / bare+audit+log files", us["full"] / us["same_files"], TARGET_OVERHEAD, False))
+    rows.append(("(a) floor: bare in a child / bare, +audit", us["child_log"] / us["same_log"], 0, False))
     rows.append(("(a) isolation cost: workers / threads", us["audited"] / us["audited_threads"], 0, False))
 
 
@@ -552,23 +649,35 @@ def bench_cpu(root: Path, s: Settings, rows: list[Row]) -> None:
     measures: dict[str, Callable[[], float]] = {
         f"bare {name}": bare.timed_call(argv) for name, bare in bares.items()
     }
-    measures["sandrun fuel"] = lambda: run_audited(with_fuel, root, cache)[0]
-    measures["sandrun no fuel"] = lambda: run_audited(no_fuel, root, cache)[0]
+    # A job's own cost is what a batch of three costs over a batch of one, halved: the batch's
+    # fixed costs (deploy, a worker's start) are not the job's, as the bare figures have none.
+    three = {
+        name: make_plan(module, [argv] * 3, fuel=fuel) for name, fuel in (("fuel", FUEL), ("no fuel", None))
+    }
+    for name, plan in (("fuel", with_fuel), ("no fuel", no_fuel)):
+        measures[f"sandrun {name}"] = functools.partial(run_timed, plan, root, cache)
+        measures[f"sandrun {name} x3"] = functools.partial(run_timed, three[name], root, cache)
     # The best of more rounds: on a shared machine noise only ever adds time to a CPU-bound job.
     t = median_of(s.rounds + 2, measures, pick=min)
+    per_job = {name: (t[f"sandrun {name} x3"] - t[f"sandrun {name}"]) / 2 for name in ("fuel", "no fuel")}
     print(f"(b) CPU-bound job: interp.wasm {s.interp_n:,}, best of {s.rounds + 2} rounds")
     print("    what each limit costs bare wasmtime-py against none:")
     for name in bares:
         print(f"      {name:<13} {t[f'bare {name}']:7.3f} s   x{t[f'bare {name}'] / t['bare none']:.3f}")
-    fuel_ratio = t["sandrun fuel"] / t["bare all"]
-    free_ratio = t["sandrun no fuel"] / t["bare epoch+memory"]
+    fuel_ratio = per_job["fuel"] / t["bare all"]
+    free_ratio = per_job["no fuel"] / t["bare epoch+memory"]
     print(
-        f"    Sandrun, fuel limit     {t['sandrun fuel']:7.3f} s   x{fuel_ratio:.3f} vs bare with all limits"
+        f"    Sandrun per job (3-job batch - 1-job batch, / 2), fuel limit  {per_job['fuel']:7.3f} s   "
+        f"x{fuel_ratio:.3f} vs bare with all limits"
     )
     print(
-        f"    Sandrun, no fuel limit  {t['sandrun no fuel']:7.3f} s   x{free_ratio:.3f} vs bare epoch+memory,"
-        f" x{t['sandrun no fuel'] / t['bare none']:.3f} vs bare none, "
-        f"x{t['sandrun no fuel'] / t['sandrun fuel']:.3f} vs Sandrun with fuel"
+        f"    Sandrun per job, no fuel limit                           {per_job['no fuel']:7.3f} s   "
+        f"x{free_ratio:.3f} vs bare epoch+memory, x{per_job['no fuel'] / t['bare none']:.3f} vs bare none"
+    )
+    print(
+        f"    a whole 1-job batch (deploy, worker start): fuel {t['sandrun fuel']:7.3f} s "
+        f"x{t['sandrun fuel'] / t['bare all']:.3f}, no fuel {t['sandrun no fuel']:7.3f} s "
+        f"x{t['sandrun no fuel'] / t['bare epoch+memory']:.3f}"
     )
     rows.append(("(b) Sandrun fuel / bare all limits", fuel_ratio, TARGET_CPU, False))
     rows.append(("(b) Sandrun no fuel / bare epoch+memory", free_ratio, TARGET_CPU, False))
@@ -689,7 +798,7 @@ def profile_overhead(root: Path, s: Settings) -> None:
         profiles.append(profile)
         profile.runcall(thread_run, thread)
 
-    threading.Thread.run = profiled  # type: ignore[method-assign]
+    threading.Thread.run = profiled  # type: ignore[method-assign,assignment]
     try:
         profiles[0].runcall(run_audited, plan, root, cache)
     finally:

@@ -29,7 +29,7 @@ from bench_executor import FIXTURES, install, make_plan, median_of  # noqa: E402
 
 from runner.api import new_run_id  # noqa: E402
 from runner.api import run as sandrun_run  # noqa: E402
-from runner.audit import LOG_NAME  # noqa: E402
+from runner.audit import LOG_NAME, record  # noqa: E402
 from runner.audit.merge import merge_shards  # noqa: E402
 from runner.executor import BatchOptions  # noqa: E402
 from runner.plan import Plan  # noqa: E402
@@ -66,6 +66,12 @@ def run_shards(
         return clock() - started
 
     return measure
+
+
+def timed(action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -105,6 +111,15 @@ def main() -> None:
             return time.perf_counter() - started
 
         merge_s = median_of(rounds, {"merge": merge}, pick=min)["merge"]
+        whole_plan = median_of(
+            rounds + 2,
+            {
+                "hash": lambda: timed(lambda: plan.sha256),
+                "record": lambda: timed(lambda: record.plan_compiled(plan, "0" * 64, None)),
+                "partition": lambda: timed(lambda: ShardRequest(ShardSpec(1, SHARDS)).assign(plan, "0" * 64)),
+            },
+            pick=min,
+        )
     print(f"{args.jobs} jobs, --jobs 1, best of {rounds}")
     for kind in ("wall", "cpu"):
         verdict = "OK" if work[kind] <= TARGET_WORK else "OVER"
@@ -112,6 +127,18 @@ def main() -> None:
             f"  {kind:<4}: 1 shard {times[f'1 {kind}']:6.2f} s, {SHARDS} shards in turn "
             f"{times[f'{SHARDS} {kind}']:6.2f} s: ratio {work[kind]:5.2f}x target <= {TARGET_WORK} {verdict}"
         )
+    extra = (times[f"{SHARDS} wall"] - times["1 wall"]) / (SHARDS - 1)
+    plan_work = sum(whole_plan.values())
+    print(
+        f"  each extra shard costs {extra * 1000:.0f} ms of wall time; of it, work on the whole plan that "
+        f"every shard repeats: {plan_work * 1000:.0f} ms (plan hash {whole_plan['hash'] * 1000:.0f}, "
+        f"plan.compiled record {whole_plan['record'] * 1000:.0f}, "
+        f"partition {whole_plan['partition'] * 1000:.0f})"
+    )
+    print(
+        f"  -> with that work alone, {SHARDS} shards cost at least "
+        f"{1 + (SHARDS - 1) * plan_work / times['1 wall']:.2f}x one shard for this batch"
+    )
     per_10k = merge_s * 10_000 / records
     print(f"  merge of {records} records {merge_s:6.2f} s = {per_10k:.2f} s per 10,000 records")
     print(f"  merge / 1-shard run (wall) {merge_s / times['1 wall']:5.2f}x")

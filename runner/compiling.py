@@ -25,9 +25,7 @@ whose digest the caller checked; :func:`compile_bounded` is the only place that 
 
 from __future__ import annotations
 
-import functools
 import multiprocessing
-import multiprocessing.context
 import os
 import resource
 import signal
@@ -41,6 +39,7 @@ from typing import Literal
 from wasmtime import Config, Engine, Module, WasmtimeError
 from wasmtime.component import Component
 
+from runner import forkserver
 from runner.features import ENGINE_FEATURES
 from runner.units import format_duration, format_size
 from runner.wasmfile import WasmKind
@@ -117,20 +116,6 @@ class Compiled:
         return Module.deserialize(engine, self.data)
 
 
-@functools.cache
-def _context() -> multiprocessing.context.ForkServerContext:
-    """The forkserver context; its server imports Wasmtime and this module once, so a child
-    starts in milliseconds (preloading only saves time: a child imports what it lacks).
-
-    The CLI is preloaded too: when the main module is a script (the ``sandrun`` console script),
-    multiprocessing runs it again in every child, and its ``import runner.cli`` would otherwise
-    cost each compile about 150 ms.
-    """
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__, "runner.cli"])
-    return context
-
-
 def compile_bounded(
     data: bytes,
     *,
@@ -147,7 +132,7 @@ def compile_bounded(
     time or wall clock), ``memory``, ``crashed`` (any other death, the signal named), or
     ``cancelled`` (``cancel`` was set: Ctrl-C need not wait for the compile bound).
     """
-    context = _context()
+    context = forkserver.start()  # shared with the job workers (runner.forkserver)
     try:
         ours, theirs = context.Pipe(duplex=True)
         errors_in, errors_out = context.Pipe(duplex=False)

@@ -12,6 +12,7 @@ at a few hundred thousand records per second. :func:`parse_record` is the full (
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -24,6 +25,7 @@ from runner.results import TRAP_KINDS, JobResult
 
 if TYPE_CHECKING:
     from runner.plan import JobSpec, Plan, Tool
+    from runner.policy.governance import Grants
     from runner.results import Outcome
 
 __all__ = [
@@ -278,12 +280,21 @@ def _decimal(value: float) -> str:
     return f"{value:.{_AXIS_PLACES}f}"
 
 
+@functools.lru_cache(maxsize=256)
+def _effects(grants: Grants) -> tuple[tuple[str, str], ...]:
+    """A grant's effect vector as decimal strings; the jobs of one tool mostly share one, and every
+    shard of a plan records all of its jobs' grants (bench/bench_shard.py)."""
+    from runner.policy.governance import effect_vector
+
+    return tuple((axis, _decimal(weight)) for axis, weight in effect_vector(grants).items())
+
+
 def job_grant(job: JobSpec, *, signed: bool) -> dict[str, Any]:
     """What a job was granted, for ``plan.compiled``: its governance score, the effect vector the
     score is the norm of (docs/policy.md, "Governance score") and its network grant. ``signed``:
     its tool's signature verified under a trusted key."""
     from runner.plan import plain
-    from runner.policy.governance import Grants, effect_vector
+    from runner.policy.governance import Grants
 
     grants = Grants(
         ro_mounts=sum(1 for m in job.mounts if m.mode == "ro"),
@@ -297,7 +308,7 @@ def job_grant(job: JobSpec, *, signed: bool) -> dict[str, Any]:
     return {
         "id": job.id,
         "score": job.score,
-        "effects": {axis: _decimal(weight) for axis, weight in effect_vector(grants).items()},
+        "effects": dict(_effects(grants)),
         # the whole grant as the plan holds it: allow entries (strings or {host, methods, paths}),
         # blocks, secrets by name and origin (never a value: the plan has none), bounds
         "network": None if network is None else json.loads(canonical_json(plain(network))),

@@ -119,7 +119,7 @@ def test_a_compiler_process_that_cannot_start_is_a_crash_not_an_exception(
         Pipe = staticmethod(multiprocessing.Pipe)
         Process = NoProcesses
 
-    monkeypatch.setattr("runner.compiling._context", Context)
+    monkeypatch.setattr("runner.forkserver.start", Context)
     with pytest.raises(CompileFailed) as caught:
         compile_bounded(ANSWER, fuel=False, stack=1 << 20, bounds=BOUNDS)
     assert caught.value.kind == "crashed" and "cannot start" in caught.value.message
