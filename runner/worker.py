@@ -49,7 +49,6 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from multiprocessing.reduction import recv_handle, send_handle
@@ -73,6 +72,7 @@ __all__ = [
     "CANCEL_GRACE_S",
     "ADOPT_TIMEOUT_S",
     "DATA_SLACK",
+    "JobRunners",
     "job_runners",
     "fork_spare_worker",
     "drop_spare_worker",
@@ -121,16 +121,47 @@ def _with_env(job: JobSpec, env: Env | None) -> JobSpec:
     return job if env is None else replace(job, env=env)
 
 
+class JobRunners(Protocol):
+    """Makes the :class:`JobRunner` of each scheduler thread of one batch."""
+
+    def __call__(self) -> JobRunner: ...
+
+    def start_early(self) -> None:
+        """Start what the first job will need while the caller deploys the plan's modules."""
+        ...
+
+    def close(self) -> None:
+        """End whatever :meth:`start_early` started and no runner took."""
+        ...
+
+
 def job_runners(
     isolation: Isolation, runtime: Runtime, plan: Plan, root: Path, *, passthrough: bool
-) -> Callable[[], JobRunner]:
-    """A factory of :class:`JobRunner` for one batch; ``runtime`` has deployed the plan's modules."""
+) -> JobRunners:
+    """A factory of :class:`JobRunner` for one batch; ``runtime`` deploys the plan's modules
+    before the first runner runs a job."""
     if isolation == "threads":
-        return lambda: _ThreadRunner(runtime, plan, root, passthrough)
+        return _Threads(runtime, plan, root, passthrough)
     if isolation == "workers":
-        pool = _Pool(runtime, plan, root, passthrough)
-        return lambda: _WorkerRunner(pool)
+        return _Pool(runtime, plan, root, passthrough)
     raise ValueError(f"isolation must be one of {ISOLATIONS}, not {isolation!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Threads:
+    runtime: Runtime
+    plan: Plan
+    root: Path
+    passthrough: bool
+
+    def __call__(self) -> JobRunner:
+        return _ThreadRunner(self.runtime, self.plan, self.root, self.passthrough)
+
+    def start_early(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +214,26 @@ class _Pool:
         )
         self._modules: dict[ModuleKey, Sealed] = {}
         self._lock = threading.Lock()
+        self._early: tuple[Any, socket.socket] | None = None
+
+    def __call__(self) -> JobRunner:
+        return _WorkerRunner(self)
+
+    def start_early(self) -> None:
+        """Start one worker now: its process starts while the parent reads and checks the modules
+        (a large module's warm start is mostly those two, bench/bench_executor.py (d)). It holds
+        nothing until the first runner takes it and sends it the setup."""
+        if self._early is None and _spare is None:
+            self._early = _spawn(self.setup.passthrough)
+
+    def take_early(self) -> tuple[Any, socket.socket] | None:
+        early, self._early = self._early, None
+        return early
+
+    def close(self) -> None:
+        early = self.take_early()
+        if early is not None:
+            _end(*early)
 
     @functools.cached_property
     def setup_message(self) -> bytes:
@@ -233,6 +284,26 @@ def fork_spare_worker(*, passthrough: bool) -> bool:
     return True
 
 
+def _spawn(passthrough: bool) -> tuple[Any, socket.socket]:
+    """A new worker from the forkserver, and the parent's end of its socket."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    process = forkserver.start().Process(
+        target=_serve, args=(theirs, passthrough), name="sandrun-worker", daemon=True
+    )
+    process.start()
+    theirs.close()
+    return process, ours
+
+
+def _end(process: Any, ours: socket.socket) -> None:
+    """End a worker that got no job: closing its end ends it."""
+    ours.close()
+    process.join(2.0)
+    if process.exitcode is None:
+        process.kill()
+        process.join()
+
+
 def _take_spare(passthrough: bool) -> tuple[Any, socket.socket] | None:
     global _spare
     if _spare is None or _spare[2] != passthrough:
@@ -247,12 +318,7 @@ def drop_spare_worker() -> None:
     when ``exec`` ends, and at exit; a no-op when there is none."""
     spare = _take_spare(True) or _take_spare(False)
     if spare is not None:
-        process, ours = spare
-        ours.close()
-        process.join(2.0)
-        if process.exitcode is None:
-            process.kill()
-            process.join()
+        _end(*spare)
 
 
 def _serve_forked(sock: socket.socket, parent_end: int, passthrough: bool) -> None:
@@ -272,16 +338,7 @@ class _WorkerRunner:
 
     def _start(self) -> _Channel:
         passthrough = self.pool.setup.passthrough
-        spare = _take_spare(passthrough)
-        if spare is not None:
-            process, ours = spare
-        else:
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            process = forkserver.start().Process(
-                target=_serve, args=(theirs, passthrough), name="sandrun-worker", daemon=True
-            )
-            process.start()
-            theirs.close()
+        process, ours = _take_spare(passthrough) or self.pool.take_early() or _spawn(passthrough)
         assert process.pid is not None  # started
         ours.settimeout(STALL_S)  # waits for an answer go through poll(); this bounds the rest
         parent_end = _Channel(ours)

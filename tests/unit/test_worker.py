@@ -244,6 +244,16 @@ def test_no_worker_outlives_its_batch(tmp_path: Path) -> None:
     assert workers_of(os.getpid()) == []
 
 
+def test_the_worker_started_during_deploy_ends_when_no_job_takes_it(tmp_path: Path) -> None:
+    """A worker starts while the modules are deployed; when every tool is then refused (the module
+    changed since the plan was made), no job runs and that worker does not outlive the batch."""
+    spec = job(tmp_path, wat(EXIT, code=0), "only")
+    (tmp_path / spec.module).write_bytes(wat(EXIT, code=1))  # not the digest the plan approved
+    rows = by_name(run(tmp_path, plan_of(spec), jobs=1))
+    assert rows["only"].status == "denied"
+    assert workers_of(os.getpid()) == []
+
+
 def test_a_module_the_worker_cannot_load_fails_that_job_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
