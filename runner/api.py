@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner import __version__
+from runner.canonical import sha256_hex
 from runner.errors import (
     EXIT_INTERRUPTED,
     EXIT_JOB_FAILED,
@@ -254,13 +255,31 @@ def load_plan(path: Path) -> Plan:
         raise InputError.one(
             "plan.invalid", f"not a valid sandrun plan: {exc}", Location(file=str(path))
         ) from None
-    if plan.to_json() != raw.rstrip(b"\n"):
+    canonical = plan.to_json()
+    if canonical != raw.rstrip(b"\n"):
         raise InputError.one(
             "plan.invalid",
             "the plan is not in canonical form (edited by hand?); compile it again",
             Location(file=str(path)),
         )
+    global _loaded
+    _loaded = (plan, sha256_hex(canonical))
     return plan
+
+
+#: The plan :func:`load_plan` returned last and the sha256 of the canonical bytes it checked it
+#: against. A plan is immutable (frozen dataclasses of tuples), so for that very object the digest
+#: cannot change; encoding a 2,000-job plan again costs tens of ms of every run and every shard.
+_loaded: tuple[Plan, str] | None = None
+
+
+def plan_sha256(plan: Plan) -> str:
+    """``plan.sha256``, without encoding ``plan`` again when it is the one :func:`load_plan` just
+    read: that file's bytes were compared with its canonical encoding, so they hash the same."""
+    loaded = _loaded
+    if loaded is not None and loaded[0] is plan:
+        return loaded[1]
+    return plan.sha256
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -373,17 +392,15 @@ def run(
         except SandrunError as error:
             _seal_denied(log, error, out_dir, signing_key, signing_key_name)
             raise
-        plan_sha256 = plan.sha256  # hashing a big plan costs: once per run
+        digest = plan_sha256(plan)  # hashing a big plan costs: once per run, none for a loaded one
         log.append(
             record.PLAN_COMPILED,
-            record.plan_compiled(
-                plan, plan_sha256, None if operator_policy is None else str(operator_policy)
-            ),
+            record.plan_compiled(plan, digest, None if operator_policy is None else str(operator_policy)),
         )
         if shard is not None:
             from runner.shard import SHARD_ASSIGNED
 
-            assignment = shard.assign(plan, plan_sha256)
+            assignment = shard.assign(plan, digest)
             log.append(SHARD_ASSIGNED, assignment.record())
             plan = assignment.plan
         _log_tools(log, plan)
@@ -399,7 +416,7 @@ def run(
                 cancel=cancel,
             )
             report = build_report(
-                run_id=run_id, plan_sha256=plan_sha256, policy=plan.policy.name, results=batch.results
+                run_id=run_id, plan_sha256=digest, policy=plan.policy.name, results=batch.results
             )
             write_outputs(out_dir, report, logs)
         checkpoint = log.seal(signing_key, signing_key_name)
@@ -456,7 +473,7 @@ def verified_plan(
         )
     # (3) the plan is what its inputs compile to now, under that policy
     again = compile_manifests([base / m for m in plan.manifests], policy_path, root=base, today=today)
-    if again.sha256 != plan.sha256:
+    if again.sha256 != plan_sha256(plan):
         raise PolicyDenied.one(
             "plan.mismatch",
             f"the plan (sha256 {plan.sha256[:12]}) does not match what its manifests and policy compile "

@@ -18,10 +18,12 @@ them as machine code without validating them. That is why the disk cache
   bytes ``Module.serialize()`` produced) and ``<name>.json`` (a sidecar naming the full key, the
   size, the secret's id and the HMAC-SHA256, keyed by the secret, over a header holding the format,
   the secret's id, the full key and the size, then the ``.cwasm`` bytes);
-- before loading, opens the ``.cwasm`` without following symlinks, checks owner, mode, key, size
-  and MAC on that open file (read in 1 MiB blocks, so checking a large entry keeps no copy of it
-  in memory), and deserializes the very same inode (``/proc/self/fd/N``), so a corrupted,
-  truncated, foreign or swapped entry is recompiled and rewritten (``recompiled``), never loaded;
+- before loading, opens the ``.cwasm`` without following symlinks, checks owner, mode, key and
+  size on that open file, copies it once into a sealed memfd (:mod:`runner.sealed`: nobody can
+  change those bytes afterwards), checks the MAC over the sealed copy and deserializes that copy
+  (``/proc/self/fd/N``), so a corrupted, truncated, foreign or swapped entry, or one rewritten in
+  place after the check, is recompiled and rewritten (``recompiled``), never loaded; the sealed
+  copy is what a worker process is handed (:meth:`ModuleCache.sealed`);
 - keeps its total size under ``max_disk_bytes`` (``$SANDRUN_CACHE_MAX_BYTES``, default 4 GiB):
   after each write the least recently used entries (by the ``.cwasm`` modification time, which a
   hit refreshes) are deleted until the folder fits.
@@ -42,7 +44,7 @@ import platform
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -52,6 +54,7 @@ from wasmtime.component import Component
 
 from runner.cache_secret import CacheSecret, CacheSecretError, default_secret_path, load_secret
 from runner.fileio import write_atomic
+from runner.sealed import Sealed, seal_bytes, seal_copy
 from runner.units import UnitError, parse_size
 from runner.wasmfile import WasmKind
 
@@ -73,8 +76,6 @@ _DEFAULT_MAX_BYTES = 4 << 30
 #: module was compiled again; the audit log's ``tool.deployed`` record says so.
 Source = Literal["compiled", "recompiled", "memory", "disk"]
 _MAX_SIDECAR = 4096
-_BLOCK = 1 << 20
-_PROC_FD = Path("/proc/self/fd")
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Compiled code as Wasmtime holds it: a core module or a component.
 Code = Module | Component
@@ -123,6 +124,7 @@ class ModuleCache:
         max_disk_bytes: int | None = None,
     ) -> None:
         self._memory: OrderedDict[str, Code] = OrderedDict()
+        self._sealed: dict[str, Sealed] = {}  # serialized code of memory entries, for workers
         self._memory_entries = max(0, memory_entries)
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
@@ -174,61 +176,79 @@ class ModuleCache:
             module = self.cached(key)
             if module is not None:
                 return module, "memory"
-            module, present = self._read_disk(engine, key, kind)
+            module, sealed, present = self._read_disk(engine, key, kind)
             source: Source = "disk"
             if module is None:
                 module = compile(engine, fetch())
                 source = "recompiled" if present else "compiled"
                 self._write_disk(key, module)
-            self._remember(key, module)
+            self._remember(key, module, sealed)
             return module, source
 
-    def _remember(self, key: str, module: Code) -> None:
+    def sealed(self, key: str, module: Code) -> Sealed:
+        """``module``'s serialized code (``key``'s) in a sealed memfd: the very copy whose MAC was
+        checked when it came from disk, else serialized now and kept with the memory entry."""
+        with self._lock:
+            sealed = self._sealed.get(key)
+        if sealed is None:
+            sealed = seal_bytes(module.serialize())
+            with self._lock:
+                if key in self._memory:
+                    sealed = self._sealed.setdefault(key, sealed)
+        return sealed
+
+    def _remember(self, key: str, module: Code, sealed: Sealed | None) -> None:
         with self._lock:
             self._memory[key] = module
             self._memory.move_to_end(key)
+            if sealed is not None:
+                self._sealed[key] = sealed
             while len(self._memory) > self._memory_entries:
-                self._memory.popitem(last=False)
+                evicted, _ = self._memory.popitem(last=False)
+                self._sealed.pop(evicted, None)  # closed once no batch holds it any more
 
     def _paths(self, key: str) -> tuple[Path, Path]:
         assert self.directory is not None
         name = hashlib.sha256(key.encode()).hexdigest()
         return self.directory / f"{name}.cwasm", self.directory / f"{name}.json"
 
-    def _read_disk(self, engine: Engine, key: str, kind: WasmKind) -> tuple[Code | None, bool]:
-        """The authenticated entry for ``key`` or None, and whether any entry was there at all.
+    def _read_disk(self, engine: Engine, key: str, kind: WasmKind) -> tuple[Code | None, Sealed | None, bool]:
+        """The authenticated entry for ``key`` or None, the sealed copy it was loaded from, and
+        whether any entry was there at all.
 
         Checks, in order: (1) the sidecar is a private file naming this format, key and secret;
         (2) the ``.cwasm`` opened without following symlinks is a private, non-empty file of the
-        sidecar's size; (3) the MAC over that open file matches; (4) that same inode is loaded.
+        sidecar's size; (3) its bytes, copied into a sealed memfd, have the sidecar's MAC; (4) that
+        sealed copy, which nobody can change any more, is what is loaded.
         """
         if self.disk_problem is not None or self._secret is None:
-            return None, False
+            return None, None, False
         artifact, sidecar = self._paths(key)
         present = os.path.lexists(artifact) or os.path.lexists(sidecar)
         try:
             meta = _read_sidecar(sidecar)  # (1)
             if meta is None or meta.get("format") != CACHE_FORMAT or meta.get("key") != key:
-                return None, present
+                return None, None, present
             if meta.get("key_id") != self._secret.key_id or not isinstance(meta.get("mac"), str):
-                return None, present
+                return None, None, present
             fd = os.open(artifact, _OPEN_FLAGS)
         except OSError:
-            return None, present
+            return None, None, present
         try:
             info = os.fstat(fd)  # (2)
             if not _owned_private_file(info) or not info.st_size or info.st_size != meta.get("size"):
-                return None, True
-            mac = _entry_mac(self._secret, key, info.st_size, _file_blocks(fd, info.st_size))  # (3)
-            if not hmac.compare_digest(mac, str(meta["mac"])) or os.fstat(fd).st_size != info.st_size:
-                return None, True
-            source = _PROC_FD / str(fd) if _PROC_FD.is_dir() else artifact
+                return None, None, True
+            sealed = seal_copy(fd, info.st_size)  # (3)
+            with sealed.view() as view:
+                mac = _entry_mac(self._secret, key, sealed.size, [view])
+            if not hmac.compare_digest(mac, str(meta["mac"])):
+                return None, None, True
             loader = Component.deserialize_file if kind == "component" else Module.deserialize_file
-            module = loader(engine, str(source))  # (4)
+            module = loader(engine, sealed.path)  # (4)
             os.utime(fd)  # recently used: the disk LRU evicts by modification time
-            return module, True
+            return module, sealed, True
         except (OSError, WasmtimeError):
-            return None, True
+            return None, None, True
         finally:
             os.close(fd)
 
@@ -315,18 +335,6 @@ def _entry_mac(secret: CacheSecret, key: str, size: int, blocks: Iterable[memory
     for block in blocks:
         mac.update(block)
     return mac.hexdigest()
-
-
-def _file_blocks(fd: int, size: int) -> Iterator[memoryview]:
-    """The first ``size`` bytes of ``fd`` in 1 MiB blocks through one reused buffer."""
-    buffer = memoryview(bytearray(_BLOCK))
-    offset = 0
-    while offset < size:
-        count = os.preadv(fd, [buffer[: min(_BLOCK, size - offset)]], offset)
-        if count == 0:
-            raise OSError("the cache entry shrank while it was read")
-        yield buffer[:count]
-        offset += count
 
 
 def _read_sidecar(path: Path) -> dict[str, object] | None:

@@ -486,10 +486,15 @@ def run_plan(
     with Runtime(cache_dir=options.cache_dir, modules=plan.modules, egress_seam=options.egress) as runtime:
         runners = job_runners(options.isolation, runtime, plan, root, passthrough=options.passthrough)
         batch = _Batch(plan, root, options, runtime, on_event, on_progress, on_output, cancel, runners)
-        batch.deploy()
-        if plan.jobs:
-            with _heap_frozen():
-                batch.dispatch()
+        try:
+            if plan.jobs:
+                runners.start_early()  # a worker starts while deploy reads and checks the modules
+            batch.deploy()
+            if plan.jobs:
+                with _heap_frozen():
+                    batch.dispatch()
+        finally:
+            runners.close()
     if batch.sink_error is not None:
         raise batch.sink_error
     return BatchResult(

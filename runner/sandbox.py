@@ -79,6 +79,7 @@ from runner.features import enabled
 from runner.hermetic import VirtualWorld
 from runner.plan import JobSpec, Limits, ModuleLimits, work_dir_mount
 from runner.results import Outcome, TrapKind
+from runner.sealed import Sealed, fd_path, require_sealed
 from runner.virtual_wasi import define_shadows, events, subscriptions
 from runner.wasmfile import WasmKind, not_wasm_reason, wasm_kind
 
@@ -963,19 +964,27 @@ class Runtime:
         """
         return self._module(job, root, cancel)[2]
 
-    def serialized(self, job: JobSpec, root: Path) -> bytes:
-        """The job's compiled module as bytes another process can :meth:`adopt` (a worker)."""
-        return bytes(self._module(job, root)[1].serialize())
+    def sealed_code(self, job: JobSpec, root: Path) -> Sealed:
+        """The job's compiled module in a sealed memfd another process can :meth:`adopt` (a
+        worker): the copy the disk cache authenticated, or serialized once per module."""
+        host, module, _ = self._module(job, root)
+        return self.cache.sealed(self.cache.key(job.module_sha256, host.key.tag, job.kind), module)
 
-    def adopt(self, key: ModuleKey, data: bytes) -> None:
-        """Take a module compiled by :meth:`serialized` in the parent process.
+    def adopt(self, key: ModuleKey, fd: int) -> None:
+        """Take a module the parent process handed over as :meth:`sealed_code`'s descriptor.
 
-        Deserializing maps the bytes as machine code unchecked, so ``data`` must come from a
-        trusted process over a private channel (the worker's pipe), never from a file or a guest.
+        Deserializing maps the bytes as machine code unchecked, so ``fd`` must come from a trusted
+        process over a private channel (the worker's socket), never from a file or a guest; it
+        must carry every seal (:func:`runner.sealed.require_sealed`), so nobody can change the
+        bytes the parent checked. Wasmtime maps the file directly (no copy); ``fd`` stays the
+        caller's.
         """
+        require_sealed(fd)
         engine = self._engine(EngineKey(fuel=key[1], stack=key[2])).engine
-        loader = wasm_component.Component.deserialize if key[3] == "component" else Module.deserialize
-        self._adopted[key] = loader(engine, data)
+        loader = (
+            wasm_component.Component.deserialize_file if key[3] == "component" else Module.deserialize_file
+        )
+        self._adopted[key] = loader(engine, fd_path(fd))
 
     def run(
         self,

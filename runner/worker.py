@@ -7,9 +7,10 @@ clashes, fail-fast, cancellation and the audit log. Each scheduler thread takes 
 - ``isolation="workers"`` (:class:`_WorkerRunner`): one long-lived worker process per scheduler
   thread, started from a forkserver that has already imported this module and wasmtime (the
   parent has threads, so a plain ``fork`` is unsafe). The worker gets the plan's jobs once, each
-  compiled module once (serialized bytes over its private pipe), then only job indices; it answers
-  with the job's :class:`~runner.results.Outcome` in a compact binary form the parent decodes
-  without unpickling anything (a worker runs hostile code). This gives what threads cannot:
+  compiled module once (a sealed memfd passed over its private socket, :mod:`runner.sealed`, which
+  it maps), then only job indices; it answers with the job's :class:`~runner.results.Outcome` in
+  a compact binary form the parent decodes without unpickling anything (a worker runs hostile
+  code). This gives what threads cannot:
 
   - a hard wall-clock bound: the parent waits for the answer until the job's timeout plus
     :data:`GRACE_S`; a worker still busy then (a guest blocked in a host call: opening a FIFO,
@@ -48,7 +49,6 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from multiprocessing.reduction import recv_handle, send_handle
@@ -61,6 +61,7 @@ from runner.errors import InputError, Location, PolicyDenied, SandrunError, Viol
 from runner.plan import JobSpec, Limits, Plan
 from runner.results import TRAP_KINDS, Outcome
 from runner.sandbox import ModuleKey, Runtime, module_key, required_thread_stack
+from runner.sealed import Sealed
 
 __all__ = [
     "Isolation",
@@ -71,6 +72,7 @@ __all__ = [
     "CANCEL_GRACE_S",
     "ADOPT_TIMEOUT_S",
     "DATA_SLACK",
+    "JobRunners",
     "job_runners",
     "fork_spare_worker",
     "drop_spare_worker",
@@ -119,16 +121,47 @@ def _with_env(job: JobSpec, env: Env | None) -> JobSpec:
     return job if env is None else replace(job, env=env)
 
 
+class JobRunners(Protocol):
+    """Makes the :class:`JobRunner` of each scheduler thread of one batch."""
+
+    def __call__(self) -> JobRunner: ...
+
+    def start_early(self) -> None:
+        """Start what the first job will need while the caller deploys the plan's modules."""
+        ...
+
+    def close(self) -> None:
+        """End whatever :meth:`start_early` started and no runner took."""
+        ...
+
+
 def job_runners(
     isolation: Isolation, runtime: Runtime, plan: Plan, root: Path, *, passthrough: bool
-) -> Callable[[], JobRunner]:
-    """A factory of :class:`JobRunner` for one batch; ``runtime`` has deployed the plan's modules."""
+) -> JobRunners:
+    """A factory of :class:`JobRunner` for one batch; ``runtime`` deploys the plan's modules
+    before the first runner runs a job."""
     if isolation == "threads":
-        return lambda: _ThreadRunner(runtime, plan, root, passthrough)
+        return _Threads(runtime, plan, root, passthrough)
     if isolation == "workers":
-        pool = _Pool(runtime, plan, root, passthrough)
-        return lambda: _WorkerRunner(pool)
+        return _Pool(runtime, plan, root, passthrough)
     raise ValueError(f"isolation must be one of {ISOLATIONS}, not {isolation!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Threads:
+    runtime: Runtime
+    plan: Plan
+    root: Path
+    passthrough: bool
+
+    def __call__(self) -> JobRunner:
+        return _ThreadRunner(self.runtime, self.plan, self.root, self.passthrough)
+
+    def start_early(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,22 +212,43 @@ class _Pool:
             passthrough=passthrough,
             egress=runtime.egress_seam,
         )
-        self._modules: dict[ModuleKey, bytes] = {}
+        self._modules: dict[ModuleKey, Sealed] = {}
         self._lock = threading.Lock()
+        self._early: tuple[Any, socket.socket] | None = None
+
+    def __call__(self) -> JobRunner:
+        return _WorkerRunner(self)
+
+    def start_early(self) -> None:
+        """Start one worker now: its process starts while the parent reads and checks the modules
+        (a large module's warm start is mostly those two, bench/bench_executor.py (d)). It holds
+        nothing until the first runner takes it and sends it the setup."""
+        if self._early is None and _spare is None:
+            self._early = _spawn(self.setup.passthrough)
+
+    def take_early(self) -> tuple[Any, socket.socket] | None:
+        early, self._early = self._early, None
+        return early
+
+    def close(self) -> None:
+        early = self.take_early()
+        if early is not None:
+            _end(*early)
 
     @functools.cached_property
     def setup_message(self) -> bytes:
         """The setup as every worker of the batch gets it, pickled once."""
         return _dumps(self.setup)
 
-    def module(self, job: JobSpec) -> bytes:
-        """The job's compiled module, serialized once per batch (it was compiled at deploy)."""
+    def module(self, job: JobSpec) -> Sealed:
+        """The job's compiled module in a sealed memfd, held for the batch (it was compiled, or
+        read and authenticated, at deploy)."""
         key = module_key(job)
         with self._lock:
-            data = self._modules.get(key)
-            if data is None:
-                data = self._modules[key] = self.runtime.serialized(job, self.root)
-            return data
+            sealed = self._modules.get(key)
+            if sealed is None:
+                sealed = self._modules[key] = self.runtime.sealed_code(job, self.root)
+            return sealed
 
 
 _spare: tuple[Any, socket.socket, bool] | None = None  # sandrun exec's worker, forked ahead
@@ -230,6 +284,26 @@ def fork_spare_worker(*, passthrough: bool) -> bool:
     return True
 
 
+def _spawn(passthrough: bool) -> tuple[Any, socket.socket]:
+    """A new worker from the forkserver, and the parent's end of its socket."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    process = forkserver.start().Process(
+        target=_serve, args=(theirs, passthrough), name="sandrun-worker", daemon=True
+    )
+    process.start()
+    theirs.close()
+    return process, ours
+
+
+def _end(process: Any, ours: socket.socket) -> None:
+    """End a worker that got no job: closing its end ends it."""
+    ours.close()
+    process.join(2.0)
+    if process.exitcode is None:
+        process.kill()
+        process.join()
+
+
 def _take_spare(passthrough: bool) -> tuple[Any, socket.socket] | None:
     global _spare
     if _spare is None or _spare[2] != passthrough:
@@ -244,12 +318,7 @@ def drop_spare_worker() -> None:
     when ``exec`` ends, and at exit; a no-op when there is none."""
     spare = _take_spare(True) or _take_spare(False)
     if spare is not None:
-        process, ours = spare
-        ours.close()
-        process.join(2.0)
-        if process.exitcode is None:
-            process.kill()
-            process.join()
+        _end(*spare)
 
 
 def _serve_forked(sock: socket.socket, parent_end: int, passthrough: bool) -> None:
@@ -269,16 +338,7 @@ class _WorkerRunner:
 
     def _start(self) -> _Channel:
         passthrough = self.pool.setup.passthrough
-        spare = _take_spare(passthrough)
-        if spare is not None:
-            process, ours = spare
-        else:
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            process = forkserver.start().Process(
-                target=_serve, args=(theirs, passthrough), name="sandrun-worker", daemon=True
-            )
-            process.start()
-            theirs.close()
+        process, ours = _take_spare(passthrough) or self.pool.take_early() or _spawn(passthrough)
         assert process.pid is not None  # started
         ours.settimeout(STALL_S)  # waits for an answer go through poll(); this bounds the rest
         parent_end = _Channel(ours)
@@ -308,11 +368,11 @@ class _WorkerRunner:
             return self._died(job, started)
         return self._answer(job, conn, started, cancel)
 
-    def _hand_over(self, conn: _Channel, key: ModuleKey, data: bytes) -> None:
-        """Give the worker a compiled module and wait until it has loaded it (a large module takes
-        a while, which must not count against the job's deadline)."""
-        conn.send(("module", key))
-        conn.send_bytes(data)
+    def _hand_over(self, conn: _Channel, key: ModuleKey, sealed: Sealed) -> None:
+        """Give the worker a compiled module (the sealed memfd's descriptor, which it maps: no copy
+        through the socket) and wait until it has loaded it (a large module takes a while, which
+        must not count against the job's deadline)."""
+        conn.send(("module", key), fd=sealed.fileno())
         if not self.poller.poll(ADOPT_TIMEOUT_S * 1000):
             self._stop_worker()
             raise RuntimeError(f"the worker did not load the module within {ADOPT_TIMEOUT_S} s")
@@ -603,15 +663,25 @@ class _Channel:
 
     _LENGTH = struct.Struct("!Q")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, take_fds: bool = False) -> None:
         self.sock = sock
         self._buffer = bytearray()
+        # Descriptors that came with the messages read so far: only a worker takes any (from its
+        # parent); the parent's plain reads make the kernel drop whatever a worker might send.
+        self.fds: list[int] | None = [] if take_fds else None
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def send(self, message: object) -> None:
-        self.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+    def send(self, message: object, *, fd: int | None = None) -> None:
+        """Send a pickle; ``fd`` rides along with its first byte (``SCM_RIGHTS``)."""
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        if fd is None:
+            self.send_bytes(data)
+            return
+        framed = self._LENGTH.pack(len(data)) + data
+        sent = socket.send_fds(self.sock, [framed], [fd])
+        self.sock.sendall(framed[sent:])
 
     def send_bytes(self, data: bytes) -> None:
         self.sock.sendall(self._LENGTH.pack(len(data)) + data)
@@ -627,7 +697,11 @@ class _Channel:
         while len(self._buffer) < header or len(self._buffer) < header + self._size():
             if limit is not None and len(self._buffer) >= header and self._size() > limit:
                 raise _Oversized
-            chunk = self.sock.recv(1 << 16)
+            if self.fds is None:
+                chunk = self.sock.recv(1 << 16)
+            else:
+                chunk, fds, _, _ = socket.recv_fds(self.sock, 1 << 16, 1)
+                self.fds += fds
             if not chunk:
                 raise EOFError
             self._buffer += chunk
@@ -663,7 +737,7 @@ def _serve(sock: socket.socket, passthrough: bool) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past RLIMIT_FSIZE fails with EFBIG
     signal.signal(signal.SIGUSR1, _on_cancel)
-    conn = _Channel(sock)
+    conn = _Channel(sock, take_fds=True)
     try:
         if passthrough:
             for target in (0, 1, 2):
@@ -700,11 +774,10 @@ def _job_loop(conn: _Channel, setup: _Setup) -> None:
         while True:
             message = conn.recv()
             if message[0] == "module":
-                data = conn.recv_bytes()
                 bounds.release()
                 try:
-                    runtime.adopt(message[1], data)
-                except Exception as error:  # WasmtimeError, MemoryError: that job's failure
+                    _adopt(runtime, message[1], conn)
+                except Exception as error:  # WasmtimeError, OSError, MemoryError: that job's failure
                     conn.send_bytes(f"{type(error).__name__}: {error}".encode("utf-8", "replace"))
                 else:
                     conn.send_bytes(b"")
@@ -732,6 +805,18 @@ def _job_loop(conn: _Channel, setup: _Setup) -> None:
         return
     finally:
         runtime.close()
+
+
+def _adopt(runtime: Runtime, key: ModuleKey, conn: _Channel) -> None:
+    """Load the module whose sealed memfd came with the ``module`` message, then close it."""
+    assert conn.fds is not None  # a worker's channel
+    if len(conn.fds) != 1:
+        raise OSError(f"a module message must carry one descriptor, not {len(conn.fds)}")
+    fd = conn.fds.pop()
+    try:
+        runtime.adopt(key, fd)
+    finally:
+        os.close(fd)
 
 
 class _Bounds:

@@ -392,12 +392,12 @@ def test_processes_of_one_user_share_the_secret_and_each_others_entries(
     assert here.load(Engine(), key, lambda: b"never read")[1] == "disk"
 
 
-def test_checking_a_large_entry_streams_it(tmp_path: Path, secret_path: Path) -> None:
-    """The MAC is computed through one 1 MiB buffer, never a copy of the file."""
+def test_checking_a_large_entry_keeps_no_copy_of_it(tmp_path: Path, secret_path: Path) -> None:
+    """The MAC is computed over the sealed copy, mapped: never a copy of the file in Python."""
     import hmac
     import tracemalloc
 
-    from runner.cache import _file_blocks
+    from runner.sealed import seal_copy
 
     size = 48 << 20
     path = tmp_path / "big.cwasm"
@@ -411,13 +411,15 @@ def test_checking_a_large_entry_streams_it(tmp_path: Path, secret_path: Path) ->
     fd = os.open(path, os.O_RDONLY)
     try:
         tracemalloc.start()
-        streamed = _entry_mac(secret, "k", size, _file_blocks(fd, size))
+        sealed = seal_copy(fd, size)
+        with sealed.view() as view:
+            checked = _entry_mac(secret, "k", size, [view])
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     finally:
         os.close(fd)
-    assert streamed == expected
-    assert peak < 4 << 20  # the buffer, not the 48 MiB
+    assert checked == expected
+    assert peak < 4 << 20  # not the 48 MiB
 
 
 def test_disk_cache_evicts_the_least_recently_used_entries(

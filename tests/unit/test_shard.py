@@ -242,3 +242,35 @@ def test_plan_to_dict_is_exactly_asdict_for_every_kind_of_field() -> None:
     assert any(job.needs for job in plan.jobs) and any(job.env for job in plan.jobs)
     assert plan.to_dict() == dataclasses.asdict(plan)
     assert plan.to_json() == canonical_json(dataclasses.asdict(plan))
+
+
+def test_a_loaded_plan_is_hashed_from_the_bytes_it_was_checked_against(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every shard reads the whole plan: ``load_plan`` encodes it once to check its canonical form,
+    and the run's digest is the hash of those bytes (no second encoding); a plan that is not the
+    very object just loaded, or a file not in canonical form, gets no such shortcut."""
+    from runner import api
+
+    plan = plan_of([spec(f"j{i}") for i in range(5)])
+    path = tmp_path / "plan.json"
+    path.write_bytes(plan.to_json() + b"\n")
+    loaded = api.load_plan(path)
+    encodings = []
+    real = Plan.to_json
+    monkeypatch.setattr(Plan, "to_json", lambda self: encodings.append(self) or real(self))
+    assert api.plan_sha256(loaded) == plan.sha256 == canonical_sha256(path)
+    assert encodings == [plan]  # only the ``plan.sha256`` of the assert: the loaded one was free
+    other = plan_of([spec(f"j{i}") for i in range(5)])
+    digest = api.plan_sha256(other)
+    assert encodings[-1] is other and digest == plan.sha256
+    path.write_bytes(b" " + plan.to_json())  # same plan, not canonical: refused before any hash
+    with pytest.raises(InputError, match="canonical form"):
+        api.load_plan(path)
+    assert api.plan_sha256(loaded) == plan.sha256
+
+
+def canonical_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes().rstrip(b"\n")).hexdigest()

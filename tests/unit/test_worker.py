@@ -21,6 +21,7 @@ from test_executor import EXIT, Recorder, by_name, job, plan_of, run, wat
 from runner.executor import BatchOptions
 from runner.results import Outcome
 from runner.sandbox import table_caps
+from runner.sealed import Sealed, seal_bytes
 from runner.worker import DATA_SLACK
 
 # Opens /data/fifo for reading: blocks in the host's open() until a writer appears (never).
@@ -243,6 +244,16 @@ def test_no_worker_outlives_its_batch(tmp_path: Path) -> None:
     assert workers_of(os.getpid()) == []
 
 
+def test_the_worker_started_during_deploy_ends_when_no_job_takes_it(tmp_path: Path) -> None:
+    """A worker starts while the modules are deployed; when every tool is then refused (the module
+    changed since the plan was made), no job runs and that worker does not outlive the batch."""
+    spec = job(tmp_path, wat(EXIT, code=0), "only")
+    (tmp_path / spec.module).write_bytes(wat(EXIT, code=1))  # not the digest the plan approved
+    rows = by_name(run(tmp_path, plan_of(spec), jobs=1))
+    assert rows["only"].status == "denied"
+    assert workers_of(os.getpid()) == []
+
+
 def test_a_module_the_worker_cannot_load_fails_that_job_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -253,7 +264,7 @@ def test_a_module_the_worker_cannot_load_fails_that_job_only(
     monkeypatch.setattr(
         worker._Pool,
         "module",
-        lambda pool, spec: b"not compiled code" if spec.name == "bad" else real(pool, spec),
+        lambda pool, spec: seal_bytes(b"not compiled code") if spec.name == "bad" else real(pool, spec),
     )
     rows = by_name(
         run(tmp_path, plan_of(job(tmp_path, bad, "bad"), job(tmp_path, good, "good", expect=3)), jobs=1)
@@ -263,3 +274,82 @@ def test_a_module_the_worker_cannot_load_fails_that_job_only(
         "internal error: RuntimeError: the worker could not load the module"
     )
     assert rows["good"].status == "passed"
+
+
+def _unsealed_memfd(path: Path, data: memoryview) -> int:
+    fd = os.memfd_create("unsealed", os.MFD_CLOEXEC)  # could be rewritten after any check
+    os.write(fd, data)
+    return fd
+
+
+def _plain_file(path: Path, data: memoryview) -> int:
+    path.write_bytes(data)  # a file in a folder: whoever may write there can change it
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
+@pytest.mark.parametrize("handed", [_unsealed_memfd, _plain_file])
+def test_the_worker_maps_only_sealed_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, handed: Any
+) -> None:
+    """The right compiled code, but in a descriptor whose bytes could still change after the
+    parent's check: the worker refuses to map it, and that job only fails."""
+    from runner import worker
+
+    real = worker._Pool.module
+
+    def changeable(pool: Any, spec: Any) -> Sealed:
+        sealed = real(pool, spec)
+        if spec.name != "bad":
+            return sealed
+        with sealed.view() as view:
+            return Sealed(handed(tmp_path / "code.cwasm", view), sealed.size)
+
+    monkeypatch.setattr(worker._Pool, "module", changeable)
+    plan = plan_of(
+        job(tmp_path, wat(EXIT, code=0), "bad"), job(tmp_path, wat(EXIT, code=3), "good", expect=3)
+    )
+    rows = by_name(run(tmp_path, plan, jobs=1))
+    reason = rows["bad"].reason or ""
+    assert rows["bad"].status == "failed"
+    assert reason.startswith("internal error: RuntimeError: the worker could not load the module: OSError")
+    assert "not sealed" in reason or "Invalid argument" in reason  # F_GET_SEALS: EINVAL on a plain file
+    assert rows["good"].status == "passed"
+
+
+@pytest.mark.parametrize("isolation", ["workers", "threads"])
+def test_a_cache_entry_rewritten_after_its_check_is_never_what_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolation: str
+) -> None:
+    """A local user who may write the cache folder rewrites a ``.cwasm`` in place (the inode the
+    parent holds open) with other compiled code, another module's entry, right after the parent
+    copied it for its check: the parent and the worker load only the bytes that were checked."""
+    import json
+
+    from runner import cache
+
+    checked = job(tmp_path, wat(EXIT, code=0), "a")
+    other = job(tmp_path, wat(EXIT, code=7), "b", expect=7)
+    run(tmp_path, plan_of(checked, other), jobs=1)  # fills the disk cache with both
+    by_digest = {
+        json.loads(sidecar.read_text())["key"].split("|")[0]: sidecar.with_suffix(".cwasm")
+        for sidecar in (tmp_path / "cache").glob("*.json")
+    }
+    target, replacement = by_digest[checked.module_sha256], by_digest[other.module_sha256].read_bytes()
+    real = cache.seal_copy
+    rewritten = []
+
+    def rewrite_after_copy(fd: int, size: int) -> Sealed:
+        sealed = real(fd, size)
+        if os.path.samestat(os.fstat(fd), target.stat()):
+            with target.open("r+b") as stream:
+                stream.truncate(0)
+                stream.write(replacement)
+            rewritten.append(target)
+        return sealed
+
+    monkeypatch.setattr(cache, "seal_copy", rewrite_after_copy)
+    events = Recorder()
+    rows = by_name(run(tmp_path, plan_of(checked), jobs=1, sink=events, isolation=isolation))
+    assert rewritten == [target]
+    assert [d["source"] for _, kind, d in events.events if kind == "tool.deployed"] == ["disk"]
+    assert rows["a"].status == "passed" and rows["a"].exit_code == 0  # not the 7 written over it
