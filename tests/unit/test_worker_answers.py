@@ -46,7 +46,6 @@ FULL = Outcome(
     stdout_dropped=5,
     stderr_dropped=0,
     invoke_results=("1", "x"),
-    invoke={"export": "stats", "wave": "{count: 0, sum: 0, min: none}", "json": [{"count": 0, "min": None}]},
     net_hops=({"url": "https://example.test/", "status": 200, "bytes": 3},),
     rss_peak=None,
 )
@@ -60,7 +59,7 @@ def test_an_outcome_survives_the_trip_exactly(rss: int | None) -> None:
         trap=None,
         trap_message=None,
         fuel_used=None,
-        memory_peak=None,  # a component's: not measured
+        memory_peak=0,
         wall_ms=0,
         stdout=b"",
         stderr=b"",
