@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from runner import hermetic
+from runner.audit import record
 from runner.egress.transport import Seam
 from runner.errors import PolicyDenied, SandrunError
 from runner.plan import JobSpec, Plan
@@ -48,7 +49,6 @@ ProgressSink = Callable[[ProgressEvent], None]
 OutputSink = Callable[[JobSpec, Outcome], object]
 
 _POLL_S = 0.05  # how often the dispatcher looks at the caller's cancel event while it waits
-_TRAP_MESSAGE_MAX = 2000  # bound on the raw trap message kept in the audit record
 _MIN_THREAD_STACK = 8 << 20  # the usual Linux default; set explicitly (musl's is 128 KiB)
 
 
@@ -123,11 +123,6 @@ def _result(job: JobSpec, status: Status, reason: str | None, outcome: Outcome |
         reason=reason,
         **ran,
     )
-
-
-def _flat(record: Any) -> dict[str, Any]:
-    """A dataclass of scalars as a dict: ``asdict`` without its deep copy, which costs ~10 µs a call."""
-    return {name: getattr(record, name) for name in record.__dataclass_fields__}
 
 
 def _refused(job: JobSpec, error: SandrunError) -> JobResult:
@@ -225,7 +220,6 @@ class _Batch:
                 continue
             seen.add(key)
             self.check_cancel()
-            record = {"tool": job.tool, "manifest": job.manifest, "module_sha256": job.module_sha256}
             try:
                 source = self.runtime.load_module(job, self.root, cancel=self.cancel)
             except SandrunError as error:
@@ -234,9 +228,9 @@ class _Batch:
                     continue
                 self.load_errors[key] = error
                 first = error.violations[0]
-                self.emit("tool.denied", {**record, "rule_id": first.rule_id, "reason": first.message})
+                self.emit("tool.denied", record.tool_denied(job, first.rule_id, first.message))
                 continue
-            self.emit("tool.deployed", {**record, "source": source, "engine": key[3].tag})
+            self.emit("tool.deployed", record.tool_deployed(job, source, key[3].tag))
 
     # -- one job, on a worker thread
 
@@ -261,7 +255,7 @@ class _Batch:
                 if before is not None:
                     written = hermetic.outputs(job, self.root, before)
                 for hop in outcome.net_hops:
-                    self.emit("net.request", {"id": job.id, **hop})
+                    self.emit("net.request", record.net_request(job, hop))
                 status, reason = status_for(job, outcome)
                 if status != "passed" and self.stop.is_set():
                     reason = f"{self.stop_reason} ({reason})"
@@ -275,19 +269,9 @@ class _Batch:
 
     def started(self, index: int, job: JobSpec, before: dict[str, hermetic.Tree] | None = None) -> None:
         """Record a job's start, once its mounts passed the last check."""
-        record = {
-            "id": job.id,
-            "index": index,
-            "module_sha256": job.module_sha256,
-            "limits": _flat(job.limits),
-            "mounts": [_flat(m) for m in job.mounts],
-            "fs_scope": job.fs_scope,
-        }
-        if job.work_dir is not None:
-            record["work_dir"] = job.work_dir
-        if before is not None:  # a hermetic job: what a replay needs (docs/hermetic.md)
-            record["hermetic"] = hermetic.inputs_record(job, self.root, before)
-        self.emit("job.started", record)
+        # a hermetic job: what a replay needs (docs/hermetic.md)
+        inputs = None if before is None else hermetic.inputs_record(job, self.root, before)
+        self.emit("job.started", record.job_started(job, index, inputs))
         if self.on_progress is not None:
             event = ProgressEvent(kind="started", job_id=job.id, index=index, total=len(self.plan.jobs))
             self._call(self.on_progress, event)
@@ -301,17 +285,7 @@ class _Batch:
     ) -> None:
         """Record a job's end (ran, refused or skipped) in the audit log and the progress display;
         ``written``: a hermetic job's rw mounts after the run."""
-        data = result.to_dict()
-        data["index"] = index
-        if written is not None:
-            data["outputs"] = written
-        if outcome is None:
-            data.update(trap_message=None, stdout_dropped=0, stderr_dropped=0)
-        else:
-            message = outcome.trap_message
-            data["trap_message"] = None if message is None else message[:_TRAP_MESSAGE_MAX]
-            data["stdout_dropped"], data["stderr_dropped"] = outcome.stdout_dropped, outcome.stderr_dropped
-        self.emit("job.finished", data)
+        self.emit("job.finished", record.job_finished(result, index, outcome, written))
         if self.on_progress is not None:
             event = ProgressEvent(
                 kind="finished",

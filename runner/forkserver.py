@@ -22,7 +22,6 @@ import multiprocessing
 import multiprocessing.context
 import os
 import threading
-from multiprocessing import forkserver, spawn
 
 __all__ = ["MAIN_ENV", "PRELOAD", "context", "start"]
 
@@ -48,6 +47,8 @@ def start() -> multiprocessing.context.ForkServerContext:
     server starts and always set or removed here (a value in the caller's own environment never
     reaches the server).
     """
+    from multiprocessing import forkserver, spawn  # not for a command that starts no server (exec)
+
     ctx = context()
     main = spawn.get_preparation_data("sandrun").get("init_main_from_path")
     with _lock:

@@ -430,9 +430,9 @@ def _ended(job: JobSpec, started: float, trap: Literal["timeout", "crash"], mess
 
 _OK, _DENIED, _INVALID, _ERROR = b"O", b"D", b"I", b"E"
 _FIELDS = struct.Struct("!BBqQQQQQQQQ")
-"""flags (exit code, fuel, rss present), trap kind (0: none), exit code, fuel used, memory peak,
-wall ms, stdout dropped, stderr dropped, rss peak, stdout length, stderr length"""
-_HAS_EXIT, _HAS_FUEL, _HAS_RSS = 1, 2, 4
+"""flags (exit code, fuel, rss, memory peak present), trap kind (0: none), exit code, fuel used,
+memory peak, wall ms, stdout dropped, stderr dropped, rss peak, stdout length, stderr length"""
+_HAS_EXIT, _HAS_FUEL, _HAS_RSS, _HAS_MEMORY = 1, 2, 4, 8
 _MAX_PROBLEM = 1 << 20  # a module hand-over's or an error's text
 _ANSWER_SLACK = 4 << 20  # an answer's header and JSON tail (trap message, invoke results, hops)
 
@@ -451,12 +451,15 @@ def encode_answer(outcome: Outcome, rss_peak: int | None) -> bytes:
         (_HAS_EXIT if outcome.exit_code is not None else 0)
         | (_HAS_FUEL if outcome.fuel_used is not None else 0)
         | (_HAS_RSS if rss_peak is not None else 0)
+        | (_HAS_MEMORY if outcome.memory_peak is not None else 0)
     )
     extras: dict[str, Any] = {}
     if outcome.trap_message is not None:
         extras["message"] = outcome.trap_message
     if outcome.invoke_results is not None:
         extras["results"] = list(outcome.invoke_results)
+    if outcome.invoke is not None:
+        extras["invoke"] = outcome.invoke
     if outcome.net_hops:
         extras["hops"] = list(outcome.net_hops)
     head = _FIELDS.pack(
@@ -464,7 +467,7 @@ def encode_answer(outcome: Outcome, rss_peak: int | None) -> bytes:
         0 if outcome.trap is None else TRAP_KINDS.index(outcome.trap) + 1,
         outcome.exit_code or 0,
         outcome.fuel_used or 0,
-        outcome.memory_peak,
+        outcome.memory_peak or 0,
         outcome.wall_ms,
         outcome.stdout_dropped,
         outcome.stderr_dropped,
@@ -522,8 +525,10 @@ def _decode_outcome(body: bytes) -> Outcome:
         raise ValueError("output past the end")
     extras = json.loads(body[end:]) if end < len(body) else {}
     message, results, hops = extras.get("message"), extras.get("results"), extras.get("hops", [])
+    invoke = extras.get("invoke")
     if not (
         (message is None or isinstance(message, str))
+        and (invoke is None or isinstance(invoke, dict))
         and (results is None or (isinstance(results, list) and all(isinstance(r, str) for r in results)))
         and isinstance(hops, list)
         and all(isinstance(h, dict) for h in hops)
@@ -534,13 +539,14 @@ def _decode_outcome(body: bytes) -> Outcome:
         trap=None if trap == 0 else TRAP_KINDS[trap - 1],  # type: ignore[arg-type]
         trap_message=message,
         fuel_used=fuel if flags & _HAS_FUEL else None,
-        memory_peak=memory,
+        memory_peak=memory if flags & _HAS_MEMORY else None,
         wall_ms=wall,
         stdout=body[start:middle],
         stderr=body[middle:end],
         stdout_dropped=out_dropped,
         stderr_dropped=err_dropped,
         invoke_results=None if results is None else tuple(results),
+        invoke=invoke,
         net_hops=tuple(hops),
         rss_peak=rss if flags & _HAS_RSS else None,
     )

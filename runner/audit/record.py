@@ -418,9 +418,10 @@ def _flat(record: Any) -> dict[str, Any]:
     return {name: getattr(record, name) for name in record.__dataclass_fields__}
 
 
-def job_started(job: JobSpec, index: int) -> dict[str, Any]:
+def job_started(job: JobSpec, index: int, hermetic: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``job.started`` (executor): the concrete limits and mounts (and ``work_dir``, when the job
-    has one) the job starts with."""
+    has one) the job starts with; ``hermetic``, a hermetic job's input digests and seed (what a
+    replay needs, docs/hermetic.md)."""
     data = {
         "id": job.id,
         "index": index,
@@ -431,23 +432,40 @@ def job_started(job: JobSpec, index: int) -> dict[str, Any]:
     }
     if job.work_dir is not None:
         data["work_dir"] = job.work_dir
+    if hermetic is not None:
+        data["hermetic"] = dict(hermetic)
     return data
 
 
+#: Bound on the raw trap message kept in ``job.finished``.
+TRAP_MESSAGE_MAX = 2000
+
+
 def job_finished(
-    result: JobResult, index: int, outcome: Outcome | None, *, trap_message_max: int = 2000
+    result: JobResult,
+    index: int,
+    outcome: Outcome | None,
+    outputs: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """``job.finished`` (executor): the report row plus what only the log keeps (docs/reports.md)."""
+    """``job.finished`` (executor): the report row plus what only the log keeps (docs/reports.md);
+    ``outputs``, a hermetic job's rw mounts after the run."""
     data = result.to_dict()
     data["index"] = index
+    if outputs is not None:
+        data["outputs"] = list(outputs)
     if outcome is None:
         data.update(trap_message=None, invoke_results=None, stdout_dropped=0, stderr_dropped=0)
     else:
         message, results = outcome.trap_message, outcome.invoke_results
-        data["trap_message"] = None if message is None else message[:trap_message_max]
+        data["trap_message"] = None if message is None else message[:TRAP_MESSAGE_MAX]
         data["invoke_results"] = None if results is None else list(results)
         data["stdout_dropped"], data["stderr_dropped"] = outcome.stdout_dropped, outcome.stderr_dropped
     return data
+
+
+def net_request(job: JobSpec, hop: Mapping[str, Any]) -> dict[str, Any]:
+    """``net.request`` (executor): one ``sandrun:http`` hop of a job, as the egress layer saw it."""
+    return {"id": job.id, **hop}
 
 
 def run_denied(exit_code: int, violations: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -44,8 +44,9 @@ FULL = Outcome(
     stdout=b"\x00out\xff",
     stderr=b"err",
     stdout_dropped=5,
-    stderr_dropped=0,
+    stderr_dropped=7,
     invoke_results=("1", "x"),
+    invoke={"export": "add", "wave": '(1, "x")', "json": [1, "x"]},
     net_hops=({"url": "https://example.test/", "status": 200, "bytes": 3},),
     rss_peak=None,
 )
@@ -59,12 +60,22 @@ def test_an_outcome_survives_the_trip_exactly(rss: int | None) -> None:
         trap=None,
         trap_message=None,
         fuel_used=None,
-        memory_peak=0,
+        memory_peak=None,  # a component's: not measured
         wall_ms=0,
         stdout=b"",
         stderr=b"",
     )
     assert decode_answer(encode_answer(plain, rss)) == Outcome(**{**_fields(plain), "rss_peak": rss})
+
+
+def test_the_full_outcome_sets_every_field_so_the_trip_covers_them_all() -> None:
+    """A field added to Outcome but not to the answer's encoding fails the trip above."""
+    unset = [
+        name
+        for name, spec in Outcome.__dataclass_fields__.items()
+        if name not in ("exit_code", "rss_peak") and getattr(FULL, name) in (None, (), 0, spec.default)
+    ]
+    assert unset == []
 
 
 def _fields(outcome: Outcome) -> dict[str, object]:
