@@ -590,6 +590,8 @@ def exec_manifest(
     from runner.schema import validate
 
     document = load_yaml_bytes(_json_for_yaml(manifest), "(sandrun exec)")
+    # no line of it was written by the user: a problem names the field only, not a line and column
+    document = replace(document, spans={}, key_spans={})
     problems = validate(document, "manifest")
     if problems:
         raise InputError(violations=tuple(problems))
