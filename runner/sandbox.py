@@ -761,8 +761,7 @@ def _execute_component(
     message = None if ended.text is None else _first_line(ended.text)
     if ended.instantiating and ended.trap == "trap":
         message = f"cannot instantiate: {message}"
-    ending = _Ending(exit_code=ended.exit_code, trap=ended.trap, message=message)
-    ending.invoked, ending.refused = ended.invoked, ended.refused
+    ending = _Ending(ended.exit_code, ended.trap, message, invoked=ended.invoked, refused=ended.refused)
     return ending, None
 
 

@@ -392,26 +392,19 @@ def tool_refused(tool: str, file: str, rule_id: str, reason: str) -> dict[str, A
     return {"tool": tool, "file": file, "rule_id": rule_id, "reason": reason}
 
 
+def _job_tool(job: JobSpec) -> dict[str, Any]:
+    """The fields naming the tool a job runs, as the executor's tool records carry them."""
+    return {"tool": job.tool, "manifest": job.manifest, "module_sha256": job.module_sha256}
+
+
 def tool_deployed(job: JobSpec, source: str, engine: str) -> dict[str, Any]:
     """``tool.deployed`` (executor): where the compiled module came from, under which engine."""
-    return {
-        "tool": job.tool,
-        "manifest": job.manifest,
-        "module_sha256": job.module_sha256,
-        "source": source,
-        "engine": engine,
-    }
+    return {**_job_tool(job), "source": source, "engine": engine}
 
 
 def tool_denied(job: JobSpec, rule_id: str, reason: str) -> dict[str, Any]:
     """``tool.denied`` at deploy time (executor): the module could not be loaded as planned."""
-    return {
-        "tool": job.tool,
-        "manifest": job.manifest,
-        "module_sha256": job.module_sha256,
-        "rule_id": rule_id,
-        "reason": reason,
-    }
+    return {**_job_tool(job), "rule_id": rule_id, "reason": reason}
 
 
 def _flat(record: Any) -> dict[str, Any]:
