@@ -15,16 +15,10 @@ from pathlib import Path
 
 import wasmtime
 from cli_process import workers_of
+from test_cli_workers import SLEEP
 
 from runner import worker
 
-SLEEP = """(module
-  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (func (export "_start")
-    (i32.store8 (i32.const 8) (i32.const 0))
-    (i64.store (i32.const 24) (i64.const 3600000000000))
-    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"""
 FIFO = """(module
   (import "wasi_snapshot_preview1" "path_open"
     (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +15,14 @@ def write_tree(
     *,
     policy_network: dict[str, Any],
     jobs: list[dict[str, Any]],
+    wasm: bytes | None = None,
 ) -> tuple[Path, Path]:
-    """``root/policy.yaml`` and ``root/manifest.yaml`` (JSON is YAML) for ``jobs`` of the guest."""
+    """``root/policy.yaml`` and ``root/manifest.yaml`` (JSON is YAML) for ``jobs`` of the guest
+    (``wasm``, by default the ``httpget`` C guest)."""
     root.mkdir(parents=True, exist_ok=True)
-    shutil.copy(HTTPGET, root / "httpget.wasm")
-    digest = hashlib.sha256(HTTPGET.read_bytes()).hexdigest()
+    guest = HTTPGET.read_bytes() if wasm is None else wasm
+    (root / "httpget.wasm").write_bytes(guest)
+    digest = hashlib.sha256(guest).hexdigest()
     policy = {
         "apiVersion": "sandrun/v1",
         "kind": "Policy",

@@ -5,7 +5,6 @@ egress layer's rule ids, recorded like the core ABI's hops; nothing traps."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 from netkit import http_server
-from nettree import HTTPGET, write_tree
+from nettree import write_tree
 from wasmtime import Engine, Store, WasmtimeError, wat2wasm
 from wasmtime.component import Component, Linker
 
@@ -354,13 +353,8 @@ def _component_job(root: Path, url: str, allow: list[str] | None) -> dict[str, A
             {"name": "get", "invoke": f'run("{request}", [])'}
             | ({} if allow is None else {"network": {"allow": allow}})
         ],
+        wasm=wat2wasm(GUEST),
     )
-    wasm = wat2wasm(GUEST)
-    (root / "httpget.wasm").write_bytes(wasm)
-    text = manifest.read_text().replace(
-        hashlib.sha256(HTTPGET.read_bytes()).hexdigest(), hashlib.sha256(wasm).hexdigest()
-    )
-    manifest.write_text(text)
     outcome = run(lambda: compile_manifests([manifest], policy, root=root), root=root, out_dir=root / "out")
     (row,) = outcome.report["jobs"]
     records = [json.loads(line) for line in (root / "out" / "audit.jsonl").read_text().splitlines()]
