@@ -26,7 +26,7 @@ import wasmtime.component as wc
 from runner import wave
 from runner.wave import Case, WaveError, WaveType
 
-__all__ = ["InvokeError", "InvokeResult", "invoke_component", "invoke_core", "invoke_core_args", "is_call"]
+__all__ = ["InvokeError", "InvokeResult", "invoke_component", "invoke_core", "invoke_core_args"]
 
 
 Setup = Callable[[], None]
@@ -61,12 +61,6 @@ class InvokeResult:
     def record(self) -> dict[str, Any]:
         """The ``invoke`` field of ``report.json`` and ``job.finished`` (docs/invoke.md)."""
         return {"export": self.export, "wave": self.wave, "json": list(self.json)}
-
-
-def is_call(invoke: str) -> bool:
-    """Whether a job's ``invoke`` is a WAVE call expression (``add(1, 2)``) rather than a bare
-    export name whose arguments are the job's ``args``."""
-    return "(" in invoke
 
 
 def _wave_error(exc: WaveError, what: str) -> InvokeError:

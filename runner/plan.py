@@ -25,6 +25,7 @@ __all__ = [
     "ModuleLimits",
     "Mount",
     "work_dir_mount",
+    "is_invoke_call",
     "Network",
     "Hermetic",
     "HttpRule",
@@ -101,6 +102,12 @@ class Mount:
         _require(_is_relative_posix(self.host), f"mount host path must be relative: {self.host!r}")
         _require(self.guest.startswith("/"), f"guest path must be absolute: {self.guest!r}")
         _require(self.mode in ("ro", "rw"), f"mount mode must be ro or rw: {self.mode!r}")
+
+
+def is_invoke_call(invoke: str) -> bool:
+    """Whether a job's ``invoke`` is a WAVE call expression (``add(1, 2)``) rather than a bare
+    export name whose arguments are the job's ``args`` (docs/invoke.md)."""
+    return "(" in invoke
 
 
 def work_dir_mount(mounts: tuple[Mount, ...], work_dir: str) -> tuple[Mount, str] | None:
@@ -236,7 +243,7 @@ class JobSpec:
         _require(self.kind in _KINDS, f"job kind must be module or component: {self.kind!r}")
         # the compiler refuses the export-name form for components (rule component.invoke)
         _require(
-            self.kind == "module" or self.invoke is None or "(" in self.invoke,
+            self.kind == "module" or self.invoke is None or is_invoke_call(self.invoke),
             f"component job {self.id} invokes by name: a component needs a WAVE call expression",
         )
         _require(self.route is None or self.route.startswith("/"), f"route must be absolute: {self.route!r}")

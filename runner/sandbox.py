@@ -77,7 +77,7 @@ from runner.egress.transport import Seam
 from runner.errors import InputError, Location, PolicyDenied
 from runner.features import enabled
 from runner.hermetic import VirtualWorld
-from runner.plan import JobSpec, Limits, ModuleLimits, work_dir_mount
+from runner.plan import JobSpec, Limits, ModuleLimits, is_invoke_call, work_dir_mount
 from runner.results import Outcome, TrapKind
 from runner.sealed import Sealed, fd_path, require_sealed
 from runner.virtual_wasi import define_shadows, events, subscriptions
@@ -695,7 +695,7 @@ def _from_trap(exc: Trap | WasmtimeError) -> _Ending:
 def _invoke(job: JobSpec, store: Store, instance: Instance) -> _Ending:
     """Call the export ``invoke`` names (after ``_initialize``, as a WASI reactor needs): a WAVE
     call expression, or an export name whose arguments are the job's ``args`` (runner.invoke)."""
-    from runner.invoke import InvokeError, invoke_core, invoke_core_args, is_call  # invoke jobs only
+    from runner.invoke import InvokeError, invoke_core, invoke_core_args  # invoke jobs only
 
     assert job.invoke is not None
     initialize = instance.exports(store).get("_initialize")
@@ -705,7 +705,7 @@ def _invoke(job: JobSpec, store: Store, instance: Instance) -> _Ending:
             initialize(store)
 
     try:
-        if is_call(job.invoke):
+        if is_invoke_call(job.invoke):
             invoked = invoke_core(store, instance, job.invoke, setup=setup)
         else:
             invoked = invoke_core_args(store, instance, job.invoke, job.args, setup=setup)

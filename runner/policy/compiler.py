@@ -41,6 +41,7 @@ from runner.plan import (
     PolicyRef,
     SecretRef,
     Tool,
+    is_invoke_call,
     work_dir_mount,
 )
 from runner.policy.gitstate import policy_commit
@@ -555,7 +556,7 @@ class _ManifestCompiler:
         """Rule ``component.invoke``: a component's exports are typed, so its ``invoke`` is a WAVE
         call expression (``add(1, 2)``), not an export name with string ``args`` (docs/invoke.md)."""
         invoke = spec.get("invoke")
-        if invoke is not None and "(" not in invoke:
+        if invoke is not None and not is_invoke_call(invoke):
             self.deny(
                 "component.invoke",
                 f"job {self.name + '/' + spec['name']!r} invokes {invoke!r} on a component: a component's "
@@ -594,7 +595,7 @@ class _ManifestCompiler:
         """A WAVE call expression (``add(1, 2)``) must parse; its arguments are checked against the
         export's type only at run time, where the module is loaded (docs/invoke.md)."""
         invoke = spec.get("invoke")
-        if invoke is None or "(" not in invoke:
+        if invoke is None or not is_invoke_call(invoke):
             return
         from runner.wave import WaveError, parse_call  # only for jobs that use the call form
 
