@@ -113,6 +113,27 @@ def test_wc_prints_what_the_host_prints(data: Path, args: tuple[str, ...]) -> No
     _same("wc", *args, data=data)
 
 
+@pytest.mark.parametrize(
+    ("tool", "args", "says"),
+    [
+        ("wc", ("-lx", "@/text.txt"), "wc: unknown option -x (only -l, -w, -c)"),
+        ("diff", ("-qu", "@/text.txt", "@/text.txt"), "diff: unknown option -u (only -q and -r"),
+        ("json-check", ("-v", "@/text.txt"), "json-check: no options; usage: json-check [FILE...]"),
+        ("yaml-check", ("--strict",), "yaml-check: no options; usage: yaml-check [FILE...]"),
+    ],
+)
+def test_an_unknown_option_is_trouble_named_on_stderr(
+    data: Path, tool: str, args: tuple[str, ...], says: str
+) -> None:
+    guest = _guest(tool, *_paths(args, "/d/"), data=data)
+    assert (guest.returncode, guest.stdout) == (2, "") and says in guest.stderr
+
+
+def test_double_dash_ends_the_options_of_wc(data: Path) -> None:
+    (data / "-l").write_text("one two\n")
+    _same("wc", "--", "@/-l", data=data)
+
+
 def test_wc_on_piped_stdin_uses_the_host_width(data: Path) -> None:
     _same("wc", data=data, input="one two\nthree\n")
 

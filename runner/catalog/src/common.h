@@ -75,6 +75,39 @@ static inline char *read_all(FILE *f, size_t *len) {
     return buf;
 }
 
+/* For tools whose operands are all files to check and that take no options: CHECK runs over each
+ * operand ("-", stdin, when there is none) and the worst status wins. */
+static inline int check_each_file(int argc, char **argv, int (*check)(const char *)) {
+    if (argc > 1 && argv[1][0] == '-' && argv[1][1] != '\0') {
+        warn("no options; usage: %s [FILE...]", tool_name);
+        return EXIT_TROUBLE;
+    }
+    int status = argc < 2 ? check("-") : 0;
+    for (int i = 1; i < argc; i++) {
+        int r = check(argv[i]);
+        if (r > status) status = r;
+    }
+    if (fflush(stdout) != 0) status = EXIT_TROUBLE;
+    return status;
+}
+
+/* Reads leading single-letter options ("-lw", "-c"; "--" ends them), handing each letter to
+ * ACCEPT, which returns 0 to refuse it. Returns the index of the first operand, or -1 after
+ * warning about a refused letter (HELP says which letters there are). */
+static inline int parse_letters(int argc, char **argv, int (*accept)(char), const char *help) {
+    int first = 1;
+    for (; first < argc && argv[first][0] == '-' && argv[first][1] != '\0'; first++) {
+        if (strcmp(argv[first], "--") == 0) return first + 1;
+        for (const char *f = argv[first] + 1; *f; f++) {
+            if (!accept(*f)) {
+                warn("unknown option -%c (%s)", *f, help);
+                return -1;
+            }
+        }
+    }
+    return first;
+}
+
 static inline int cmp_names(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
@@ -102,6 +135,14 @@ static inline long list_dir(const char *path, char ***names) {
     qsort(list, n, sizeof *list, cmp_names);
     *names = list;
     return (long)n;
+}
+
+/* list_dir for a folder DEPTH levels below where a walk began: a walk stops (and warns) past 256
+ * levels, so a deep tree cannot exhaust the stack. Returns -1 (warned) when it cannot go on. */
+static inline long list_dir_within_depth(const char *path, int depth, char ***names) {
+    long n = depth > 256 ? -1 : list_dir(path, names);
+    if (n < 0) warn("%s: %s", path, depth > 256 ? "more than 256 levels of folders" : strerror(errno));
+    return n;
 }
 
 static inline void free_list(char **names, long n) {

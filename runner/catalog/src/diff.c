@@ -114,21 +114,13 @@ static void compare(const char *a, const char *b, int depth) {
     }
 }
 
+/* -q and -r are what this diff always does. */
+static int quiet_or_recursive(char flag) { return flag == 'q' || flag == 'r'; }
+
 int main(int argc, char **argv) {
     tool_name = "diff";
-    int first = 1;
-    for (; first < argc && argv[first][0] == '-' && argv[first][1] != '\0'; first++) {
-        if (strcmp(argv[first], "--") == 0) {
-            first++;
-            break;
-        }
-        for (const char *f = argv[first] + 1; *f; f++) {
-            if (*f != 'q' && *f != 'r') {
-                warn("unknown option -%c (only -q and -r, both always on)", *f);
-                return EXIT_TROUBLE;
-            }
-        }
-    }
+    int first = parse_letters(argc, argv, quiet_or_recursive, "only -q and -r, both always on");
+    if (first < 0) return EXIT_TROUBLE;
     if (argc - first != 2) {
         warn("usage: diff [-q] [-r] PATH1 PATH2");
         return EXIT_TROUBLE;

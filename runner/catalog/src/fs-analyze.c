@@ -51,9 +51,8 @@ static void offer(Summary *s, const char *rel, unsigned long long bytes) {
 
 static void walk(Summary *s, const char *path, const char *rel, int depth) {
     char **names;
-    long n = depth > 256 ? -1 : list_dir(path, &names);
+    long n = list_dir_within_depth(path, depth, &names);
     if (n < 0) {
-        warn("%s: %s", path, depth > 256 ? "more than 256 levels of folders" : strerror(errno));
         status = EXIT_TROUBLE;
         return;
     }

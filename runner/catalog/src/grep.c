@@ -73,9 +73,8 @@ static void grep_path(const char *path, int depth) {
     struct stat st;
     if (recursive && stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
         char **names;
-        long n = depth > 256 ? -1 : list_dir(path, &names);
+        long n = list_dir_within_depth(path, depth, &names);
         if (n < 0) {
-            warn("%s: %s", path, depth > 256 ? "more than 256 levels of folders" : strerror(errno));
             status = EXIT_TROUBLE;
             return;
         }

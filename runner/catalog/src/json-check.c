@@ -288,16 +288,5 @@ static int check(const char *name) {
 
 int main(int argc, char **argv) {
     tool_name = "json-check";
-    int status = 0;
-    if (argc > 1 && argv[1][0] == '-' && argv[1][1] != '\0') {
-        warn("no options; usage: json-check [FILE...]");
-        return EXIT_TROUBLE;
-    }
-    if (argc < 2) status = check("-");
-    for (int i = 1; i < argc; i++) {
-        int r = check(argv[i]);
-        if (r > status) status = r;
-    }
-    if (fflush(stdout) != 0) status = EXIT_TROUBLE;
-    return status;
+    return check_each_file(argc, argv, check);
 }

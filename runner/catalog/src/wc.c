@@ -55,24 +55,18 @@ static void print(const Counts *k, int width, const char *name) {
     putchar('\n');
 }
 
+static int choose_count(char flag) {
+    if (flag == 'l') show_lines = 1;
+    else if (flag == 'w') show_words = 1;
+    else if (flag == 'c') show_bytes = 1;
+    else return 0;
+    return 1;
+}
+
 int main(int argc, char **argv) {
     tool_name = "wc";
-    int first = 1;
-    for (; first < argc && argv[first][0] == '-' && argv[first][1] != '\0'; first++) {
-        if (strcmp(argv[first], "--") == 0) {
-            first++;
-            break;
-        }
-        for (const char *f = argv[first] + 1; *f; f++) {
-            if (*f == 'l') show_lines = 1;
-            else if (*f == 'w') show_words = 1;
-            else if (*f == 'c') show_bytes = 1;
-            else {
-                warn("unknown option -%c (only -l, -w, -c)", *f);
-                return EXIT_TROUBLE;
-            }
-        }
-    }
+    int first = parse_letters(argc, argv, choose_count, "only -l, -w, -c");
+    if (first < 0) return EXIT_TROUBLE;
     if (!show_lines && !show_words && !show_bytes) show_lines = show_words = show_bytes = 1;
     int nfiles = argc - first;
     int status = 0;
