@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import http.client
 import re
 import socket
 import ssl
@@ -37,6 +36,7 @@ from urllib.parse import urljoin
 from runner.egress.rules import METHODS, Denied, Grant
 from runner.egress.transport import WATCHDOG, LookupFailed, Seam, resolve_within
 from runner.egress.urls import Url, UrlError, parse_url
+from runner.egress.wire import WireError, read_response
 
 __all__ = ["Bounds", "Secret", "Request", "Response", "EgressError", "Egress"]
 
@@ -60,7 +60,6 @@ _HOST_HEADERS = frozenset(
 )
 _CREDENTIALS = frozenset({"authorization", "cookie", "proxy-authorization"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_CHUNK = 65536
 _BACKSTOP_S = 1.0  # the kernel's socket timeouts fire this long after the watchdog's deadline
 _Answer = tuple[str, IPv4Address | IPv6Address]  # an address and its text, as recorded and dialled
 _RECORD_URL_MAX = 2048  # a refused URL is recorded before it is parsed (and length-checked)
@@ -370,17 +369,20 @@ class Egress:
             if url.scheme == "https":
                 holder[0] = sock = self._tls(sock, url)
             sock.sendall(_head(url, method, headers, secrets, body) + body)
-            response = http.client.HTTPResponse(sock, method=method)
-            response.begin()
-            data = b"" if method == "HEAD" else _read_capped(response, self.bounds.max_body)
-            result = Response(status=response.status, headers=tuple(response.getheaders()), body=data)
-        except EgressError:
-            raise
+            status, received, data = read_response(sock, head=method == "HEAD", cap=self.bounds.max_body)
+            result = Response(status=status, headers=received, body=data)
         except ssl.SSLCertVerificationError as exc:
             raise EgressError(
                 "tls", "net.tls", f"certificate of {url.host} refused: {exc.verify_message}"
             ) from None
-        except (OSError, http.client.HTTPException, ValueError) as exc:
+        except WireError as exc:
+            if exc.kind == "too-large":
+                raise EgressError("too-large", "net.body", exc.message) from None
+            fired = WATCHDOG.disarm(token)  # a shutdown reads as the server closing early
+            if fired:
+                raise self._ended() from None
+            raise EgressError("protocol", "net.protocol", exc.message) from None
+        except (OSError, ValueError) as exc:
             fired = WATCHDOG.disarm(token)
             if fired:
                 raise self._ended() from None
@@ -444,24 +446,6 @@ def _head(
         lines.append(f"Content-Length: {len(body)}")
     lines.append("Connection: close\r\n\r\n")
     return "\r\n".join(lines).encode("latin-1")
-
-
-def _read_capped(response: http.client.HTTPResponse, cap: int) -> bytes:
-    declared = response.getheader("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
-        raise EgressError(
-            "too-large", "net.body", f"the response declares {declared} bytes; the cap is {cap}"
-        )
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        chunk = response.read(_CHUNK)
-        if not chunk:
-            return b"".join(parts)
-        size += len(chunk)
-        if size > cap:
-            raise EgressError("too-large", "net.body", f"the response body exceeds the cap of {cap} bytes")
-        parts.append(chunk)
 
 
 def _memoised(table: dict[Any, tuple[str, str] | None], key: Any, check: Callable[[], None]) -> None:
