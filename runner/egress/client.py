@@ -33,7 +33,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 from urllib.parse import urljoin
 
-from runner.egress.rules import METHODS, Denied, Grant
+from runner.egress.rules import METHODS, AllowEntry, Denied, Grant
 from runner.egress.transport import WATCHDOG, LookupFailed, Seam, resolve_within
 from runner.egress.urls import Url, UrlError, parse_url
 from runner.egress.wire import WireError, read_response
@@ -172,7 +172,7 @@ class Egress:
         # Per-job memos of pure answers (the grant never changes within a job). Each holds at most
         # one entry per hop, and hops are capped by max_requests, so none grows without bound.
         self._urls: dict[str, Url] = {}
-        self._admitted: dict[tuple[str, str, int, str, str], tuple[str, str] | None] = {}
+        self._entries: dict[tuple[str, str, int], tuple[AllowEntry, ...]] = {}  # by origin
         self._verdicts: dict[str, tuple[str, str] | None] = {}
         self._lookups: dict[tuple[str, int], tuple[float, list[_Answer]]] = {}
 
@@ -282,8 +282,11 @@ class Egress:
         return url
 
     def _admit(self, url: Url, method: str) -> None:
-        key = (url.scheme, url.host, url.port, url.path, method)  # all that Grant.admit reads
-        _memoised(self._admitted, key, lambda: self.grant.admit(url, method))
+        origin = url.origin
+        entries = self._entries.get(origin)
+        if entries is None:
+            entries = self._entries[origin] = self.grant.for_origin(url)
+        self.grant.admit(url, method, entries)
 
     def _judge(self, text: str, address: IPv4Address | IPv6Address) -> None:
         _memoised(self._verdicts, text, lambda: self.grant.address_verdict(address))
