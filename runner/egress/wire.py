@@ -113,17 +113,15 @@ def read_response(
     Raises :class:`WireError`, or ``OSError`` from the socket (a watchdog's shutdown included).
     """
     reader = _Reader(cap, head)
-    buffer = bytearray(_RECV)
-    view = memoryview(buffer)
     received = 0
     while not reader.done:
-        count = sock.recv_into(buffer)
-        if count == 0:
+        data = sock.recv(_RECV)
+        if not data:
             _end_of_stream(reader)
             break
-        received += count
+        received += len(data)
         try:
-            reader.parser.feed_data(view[:count])
+            reader.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             raise WireError("protocol", "the server switched protocols") from None
         except httptools.HttpParserError as exc:

@@ -148,6 +148,14 @@ def test_a_huge_head_is_refused_before_it_ends() -> None:
     assert caught.value.kind == "protocol"
 
 
+def test_endless_interim_responses_are_refused() -> None:
+    # each interim head is small, but together they are one head that never ends
+    raw = b"HTTP/1.1 100 Continue\r\n\r\n" * (HEAD_MAX // 16)
+    with pytest.raises(WireError) as caught:
+        _read(raw, close=False)
+    assert caught.value.kind == "protocol"
+
+
 @pytest.mark.parametrize(
     "raw",
     [
