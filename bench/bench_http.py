@@ -10,6 +10,10 @@ does not depend on the URL's path: the grant's entries per origin and the verdic
 Neither side reuses connections (the egress layer does not pool them). The server is a minimal
 socket loop (fixed reply, ``Connection: close``) so that it does not hide the client's cost.
 
+After each N-request job its hops' ``net.request`` records are appended to a real audit log, as
+the executor does after a job; that time is printed apart (the ratio with and without it), since
+it is spent after the job rather than on the request path.
+
 Rounds interleave the two sides. Printed: the medians and their ratio (target: within 1.5x), the
 spread of the per-round ratios (each round's two sides ran in the same second), the ratio of the
 CPU time the client's own thread spends per request (the guest runs on the calling thread; the
@@ -38,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from runner.audit import AuditLog, record  # noqa: E402
 from runner.egress import abi  # noqa: E402
 from runner.plan import JobSpec, Limits, Network  # noqa: E402
 
@@ -130,7 +135,11 @@ def main() -> None:
         one, many = job(root, port, 1), job(root, port, options.requests)
         # per round: the 1-request job's and the N-request job's wall and CPU time, and the baseline's
         singles, totals, single_cpus, total_cpus, plain_times, plain_cpu = [], [], [], [], [], []
-        with Runtime(cache_dir=root / "cache") as runtime:
+        audit_times = []  # per request: its net.request record appended as the executor does
+        with (
+            Runtime(cache_dir=root / "cache") as runtime,
+            AuditLog.open(root / "audit", run_id="bench") as log,
+        ):
             runtime.run(one, root)  # compile and warm up
             plain(port, options.requests)
             for _ in range(options.rounds):
@@ -140,6 +149,10 @@ def main() -> None:
                     walls.append(time.perf_counter() - started)
                     cpus.append(time.thread_time() - cpu)
                     assert outcome.exit_code == 0, outcome.stdout[-300:]
+                started = time.perf_counter()
+                for hop in outcome.net_hops:
+                    log.append("net.request", record.net_request(many, hop))
+                audit_times.append((time.perf_counter() - started) / len(outcome.net_hops))
                 wall, thread_cpu = plain(port, options.requests)
                 plain_times.append(wall)
                 plain_cpu.append(thread_cpu)
@@ -164,6 +177,11 @@ def main() -> None:
         f" {ratios[-1]:.2f}x max over {len(ratios)} rounds"
     )
     print(f"client-thread CPU ratio: {cpu_ratio:8.2f}x")
+    audit = median(audit_times)
+    print(
+        f"+ audit record appended: {(guest + audit) * 1e6:8.1f} us/request,"
+        f" ratio {(guest + audit) / baseline:.2f}x (the executor writes it after the job)"
+    )
     print(f"load average (1 min)   : {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
     print(f"host calls per request : {per_request:8.2f} ({dict(calls)})")
 
