@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import socket
 
-import httptools  # type: ignore[import-untyped]
+import httptools
 
 __all__ = ["HEAD_MAX", "HEADERS_MAX", "WireError", "read_response"]
 
