@@ -20,7 +20,7 @@ CPU time the client's own thread spends per request (the guest runs on the calli
 server's thread is not counted), which other processes disturb least, the load average, and the
 host calls per request, counted in a separate run (the counting wrapper is not timed).
 
-Run: ``python bench/bench_http.py [--requests 60] [--rounds 21]``
+Run: ``python bench/bench_http.py [--requests 60] [--rounds 101]``
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def counting(calls: Counter[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=60)  # at most 64 per job (Bounds.max_requests)
-    parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument("--rounds", type=int, default=101)
     options = parser.parse_args()
     from runner.sandbox import Runtime
 
