@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+from netkit import LOOPBACK, raw_server
 
 from runner.egress import Egress, EgressError, Grant, Request
 from runner.egress.wire import HEAD_MAX, HEADERS_MAX, WireError, read_response
@@ -173,24 +174,9 @@ def test_a_body_over_the_cap_is_refused(raw: bytes) -> None:
 
 def test_a_hostile_answer_fails_the_request_as_a_protocol_error() -> None:
     """Through a whole request: the hop is recorded as failed with rule net.protocol."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-
-    def answer() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            conn.recv(65536)
-            conn.sendall(HOSTILE["cl-and-te"])
-
-    server = threading.Thread(target=answer, daemon=True)
-    server.start()
-    egress = Egress(Grant.from_plan(["http://127.0.0.1:*"], ()))
-    try:
-        with pytest.raises(EgressError) as caught:
-            egress.request(Request(url=f"http://127.0.0.1:{port}/"))
-    finally:
-        server.join(timeout=10)
-        listener.close()
+    egress = Egress(Grant.from_plan([f"http://{LOOPBACK}:*"], ()))
+    with raw_server(HOSTILE["cl-and-te"]) as port, pytest.raises(EgressError) as caught:
+        egress.request(Request(url=f"http://{LOOPBACK}:{port}/"))
     assert (caught.value.kind, caught.value.rule) == ("protocol", "net.protocol")
     assert "Content-Length" in caught.value.message
     assert egress.hops[-1]["verdict"] == "failed" and egress.hops[-1]["rule"] == "net.protocol"
