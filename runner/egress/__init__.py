@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 # Each name's submodule, imported on first use (PEP 562): a policy check reads only ``rules`` and
-# ``urls``, and must not pay for ``client`` (http.client, ssl) on every start.
+# ``urls``, and must not pay for ``client`` (httptools, ssl) on every start.
 _HOMES = {
     **dict.fromkeys(("Bounds", "Egress", "EgressError", "Request", "Response", "Secret"), "client"),
     **dict.fromkeys(("AllowEntry", "Denied", "Grant"), "rules"),

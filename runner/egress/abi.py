@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-if TYPE_CHECKING:  # the client (http.client, ssl) is imported when a guest first calls out
+if TYPE_CHECKING:  # the client (httptools, ssl) is imported when a guest first calls out
     from runner.egress.client import Bounds, Egress, EgressError, Request, Response
 
 __all__ = [

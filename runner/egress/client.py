@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import http.client
 import re
 import socket
 import ssl
@@ -34,9 +33,10 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 from urllib.parse import urljoin
 
-from runner.egress.rules import METHODS, Denied, Grant
+from runner.egress.rules import METHODS, AllowEntry, Denied, Grant
 from runner.egress.transport import WATCHDOG, LookupFailed, Seam, resolve_within
 from runner.egress.urls import Url, UrlError, parse_url
+from runner.egress.wire import WireError, read_response
 
 __all__ = ["Bounds", "Secret", "Request", "Response", "EgressError", "Egress"]
 
@@ -60,7 +60,6 @@ _HOST_HEADERS = frozenset(
 )
 _CREDENTIALS = frozenset({"authorization", "cookie", "proxy-authorization"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_CHUNK = 65536
 _BACKSTOP_S = 1.0  # the kernel's socket timeouts fire this long after the watchdog's deadline
 _Answer = tuple[str, IPv4Address | IPv6Address]  # an address and its text, as recorded and dialled
 _RECORD_URL_MAX = 2048  # a refused URL is recorded before it is parsed (and length-checked)
@@ -173,7 +172,7 @@ class Egress:
         # Per-job memos of pure answers (the grant never changes within a job). Each holds at most
         # one entry per hop, and hops are capped by max_requests, so none grows without bound.
         self._urls: dict[str, Url] = {}
-        self._admitted: dict[tuple[str, str, int, str, str], tuple[str, str] | None] = {}
+        self._entries: dict[tuple[str, str, int], tuple[AllowEntry, ...]] = {}  # by origin
         self._verdicts: dict[str, tuple[str, str] | None] = {}
         self._lookups: dict[tuple[str, int], tuple[float, list[_Answer]]] = {}
 
@@ -283,8 +282,11 @@ class Egress:
         return url
 
     def _admit(self, url: Url, method: str) -> None:
-        key = (url.scheme, url.host, url.port, url.path, method)  # all that Grant.admit reads
-        _memoised(self._admitted, key, lambda: self.grant.admit(url, method))
+        origin = url.origin
+        entries = self._entries.get(origin)
+        if entries is None:
+            entries = self._entries[origin] = self.grant.for_origin(url)
+        self.grant.admit(url, method, entries)
 
     def _judge(self, text: str, address: IPv4Address | IPv6Address) -> None:
         _memoised(self._verdicts, text, lambda: self.grant.address_verdict(address))
@@ -370,17 +372,20 @@ class Egress:
             if url.scheme == "https":
                 holder[0] = sock = self._tls(sock, url)
             sock.sendall(_head(url, method, headers, secrets, body) + body)
-            response = http.client.HTTPResponse(sock, method=method)
-            response.begin()
-            data = b"" if method == "HEAD" else _read_capped(response, self.bounds.max_body)
-            result = Response(status=response.status, headers=tuple(response.getheaders()), body=data)
-        except EgressError:
-            raise
+            status, received, data = read_response(sock, head=method == "HEAD", cap=self.bounds.max_body)
+            result = Response(status=status, headers=received, body=data)
         except ssl.SSLCertVerificationError as exc:
             raise EgressError(
                 "tls", "net.tls", f"certificate of {url.host} refused: {exc.verify_message}"
             ) from None
-        except (OSError, http.client.HTTPException, ValueError) as exc:
+        except WireError as exc:
+            if exc.kind == "too-large":
+                raise EgressError("too-large", "net.body", exc.message) from None
+            fired = WATCHDOG.disarm(token)  # a shutdown reads as the server closing early
+            if fired:
+                raise self._ended() from None
+            raise EgressError("protocol", "net.protocol", exc.message) from None
+        except (OSError, ValueError) as exc:
             fired = WATCHDOG.disarm(token)
             if fired:
                 raise self._ended() from None
@@ -444,24 +449,6 @@ def _head(
         lines.append(f"Content-Length: {len(body)}")
     lines.append("Connection: close\r\n\r\n")
     return "\r\n".join(lines).encode("latin-1")
-
-
-def _read_capped(response: http.client.HTTPResponse, cap: int) -> bytes:
-    declared = response.getheader("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
-        raise EgressError(
-            "too-large", "net.body", f"the response declares {declared} bytes; the cap is {cap}"
-        )
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        chunk = response.read(_CHUNK)
-        if not chunk:
-            return b"".join(parts)
-        size += len(chunk)
-        if size > cap:
-            raise EgressError("too-large", "net.body", f"the response body exceeds the cap of {cap} bytes")
-        parts.append(chunk)
 
 
 def _memoised(table: dict[Any, tuple[str, str] | None], key: Any, check: Callable[[], None]) -> None:

@@ -28,7 +28,7 @@ def egress_for(
     """The job's :class:`Egress`: no ``network`` grants nothing (every request refused and recorded).
 
     Secret values are read from ``environ`` (the runner's environment) now, never from the plan.
-    Called when the guest first calls out: the client (http.client, ssl) is imported only then.
+    Called when the guest first calls out: the client (httptools, ssl) is imported only then.
     """
     from runner.egress.client import Bounds, Egress, Secret
     from runner.egress.rules import Grant

@@ -75,6 +75,10 @@ class AllowEntry:
         """None when this entry admits the request; else the rule that refuses it."""
         if not matches(self.pattern, url.scheme, url.host, url.port):
             return "net.not-allowed"
+        return self.why_not_on_its_host(url, method)
+
+    def why_not_on_its_host(self, url: Url, method: str) -> str | None:
+        """:meth:`why_not` for a URL whose scheme, host and port this entry's pattern admits."""
         if self.methods is not None and method not in self.methods:
             return "net.method"
         if self.paths is not None and not any(url.path.startswith(prefix) for prefix in self.paths):
@@ -97,12 +101,19 @@ class Grant:
     def none(cls) -> Grant:
         return cls((), BlockList.from_entries(()))
 
-    def admit(self, url: Url, method: str) -> None:
+    def for_origin(self, url: Url) -> tuple[AllowEntry, ...]:
+        """The entries whose host pattern admits ``url``'s scheme, host and port: a pure function
+        of the origin, so a job may keep it per origin and pass it to :meth:`admit`."""
+        return tuple(entry for entry in self.allow if matches(entry.pattern, url.scheme, url.host, url.port))
+
+    def admit(self, url: Url, method: str, entries: tuple[AllowEntry, ...] | None = None) -> None:
         """Raise :class:`Denied` unless an entry admits ``method`` on ``url``; addresses (a literal
-        one too) are judged afterwards by :meth:`address_verdict`."""
+        one too) are judged afterwards by :meth:`address_verdict`. ``entries``: what
+        :meth:`for_origin` answered for this URL's origin (found now when None)."""
         if not self.allow:
             raise Denied("net.no-grant", "the job has no network grant")
-        reasons = [entry.why_not(url, method) for entry in self.allow]
+        on_host = self.for_origin(url) if entries is None else entries
+        reasons = [entry.why_not_on_its_host(url, method) for entry in on_host] or ["net.not-allowed"]
         if None not in reasons:
             # the most specific reason: the host matched but the method or the path did not
             rule = min(reasons, key=lambda r: ("net.path", "net.method", "net.not-allowed").index(str(r)))

@@ -9,6 +9,7 @@ slashes, backslashes and dots are refused so that a path prefix in a grant means
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
@@ -93,11 +94,18 @@ def parse_url(text: str) -> Url:
     if "%" in host_text:
         raise UrlError("url.host", "'%' in a host (escapes or IPv6 zone ids) is refused")
     try:
-        host = runtime_host(host_text)
+        host, address = _host(host_text)
     except HostPatternError as exc:
         raise UrlError("url.host", f"host {host_text!r}: {exc.message}") from None
-    address = None if isinstance(host, str) else host
-    return Url(scheme=scheme, host=str(host), address=address, port=port, target=_check_target(target or "/"))
+    return Url(scheme=scheme, host=host, address=address, port=port, target=_check_target(target or "/"))
+
+
+@functools.lru_cache(maxsize=1024)
+def _host(text: str) -> tuple[str, IPv4Address | IPv6Address | None]:
+    """The host's normal text and its address when it is a literal. Remembered per process: a pure
+    function of ``text`` (a refusal raises anew each time, nothing of it is kept)."""
+    host = runtime_host(text)
+    return str(host), None if isinstance(host, str) else host
 
 
 def _split_authority(authority: str, usual: int) -> tuple[str, int]:

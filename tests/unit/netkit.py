@@ -130,6 +130,33 @@ def http_server(tls: ssl.SSLContext | None = None) -> Iterator[ThreadingHTTPServ
         server.server_close()
 
 
+@contextmanager
+def raw_server(reply: bytes) -> Iterator[int]:
+    """A loopback server that answers every connection with ``reply``, byte for byte, once the
+    request's head has arrived, then closes it: for responses no HTTP server library would send.
+    Yields its port."""
+    listener = socket.create_server((LOOPBACK, 0))
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # the listener was closed
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head and (chunk := conn.recv(65536)):
+                    head += chunk
+                conn.sendall(reply)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+
+
 @dataclass(frozen=True)
 class TestCA:
     """A throwaway CA and one server certificate for ``names`` (DNS names and IP addresses)."""

@@ -149,7 +149,7 @@ CASES: tuple[Case, ...] = (
     # rebind.example.org answers loopback on its second lookup, which never happens: the job reuses
     # the checked first answer (Bounds.dns_cache_s), so the third hop dials 93.184.216.42 again
     # (the dial check in the tests proves it); with no cache the second answer is refused
-    # (test_egress_ssrf.test_rebinding_cannot_switch_the_pinned_address).
+    # (test_egress_ssrf.test_rebinding_after_the_cache_is_judged_anew).
     Case(
         "redirect-rebind",
         _redirect("http://rebind.example.org/redirect?to=http://rebind.example.org/ok"),

@@ -115,3 +115,37 @@ def test_fail_closed_records_every_answer(server: ThreadingHTTPServer) -> None:
     assert hop["addresses"] == ["93.184.216.41", "10.0.0.6"]
     assert hop["pinned"] is None and hop["rule"] == "net.blocked"
     assert connector.dials == []
+
+
+def test_one_job_judges_each_method_and_path_anew(server: ThreadingHTTPServer) -> None:
+    # The grant's answer per origin (which entries match the host) is kept for the job; the method
+    # and path are judged on every request, so an allowed request never lets a later one through,
+    # nor does a refusal stick to a later allowed one, on the same origin or another.
+    connector = RecordingConnector(server.server_address[1])
+    allow = [
+        {"host": "http://api.example.org", "methods": ["GET"], "paths": ["/ok"]},
+        {"host": "http://example.org", "methods": ["POST"]},
+    ]
+    egress = Egress(Grant.from_plan(allow, ["private"]), seam=Seam(TableResolver(dict(DNS)), connector))
+    asked = [
+        ("GET", "http://api.example.org/ok", OK),
+        ("GET", "http://api.example.org/okay/../secret", "url.path"),
+        ("GET", "http://api.example.org/admin", "net.path"),
+        ("POST", "http://api.example.org/ok", "net.method"),
+        ("GET", "http://api.example.org/ok?again", OK),
+        ("GET", "http://example.org/ok", "net.method"),
+        ("POST", "http://example.org/echo", OK),
+        ("POST", "http://api.example.org/echo", "net.method"),
+        ("GET", "http://other.example.net/ok", "net.not-allowed"),
+        ("GET", "http://api.example.org/ok", OK),
+    ]
+    for method, url, expect in asked:
+        try:
+            egress.request(Request(url=url, method=method))
+            verdict = OK
+        except EgressError as exc:
+            verdict = exc.rule
+        assert verdict == expect, (method, url)
+    assert [address for address, _ in connector.dials] == ["93.184.216.35"] * 2 + ["93.184.216.34"] + [
+        "93.184.216.35"
+    ]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netkit import LOOPBACK, RecordingConnector, TableResolver, http_server, make_test_ca
+from netkit import LOOPBACK, RecordingConnector, TableResolver, http_server, make_test_ca, raw_server
 from nettree import write_tree
 from ssrf_cases import CASES, DNS, OK, Case
 
@@ -151,6 +151,26 @@ def test_a_guest_gets_from_loopback_when_allowed_and_is_refused_when_not(
     assert stdout.startswith("0 error -3 [net.blocked]")
     audit = (tmp_path / "no" / "out" / "audit.jsonl").read_text()
     assert '"kind":"net.request"' in audit and "net.blocked" in audit
+
+
+def test_a_response_with_ambiguous_framing_reaches_the_guest_as_a_protocol_error(tmp_path: Path) -> None:
+    # Content-Length and Transfer-Encoding together: two HTTP readers could split it differently,
+    # so the host refuses it (EPROTOCOL) instead of handing the guest its own reading.
+    smuggled = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    )
+    with raw_server(smuggled) as port:
+        manifest, policy = write_tree(
+            tmp_path,
+            policy_network={"allow": [f"http://{LOOPBACK}:*"]},
+            jobs=[_job(f"http://{LOOPBACK}:{port}/", allow=[f"http://{LOOPBACK}:*"])],
+        )
+        done = _cli(["run", str(manifest), "--policy", str(policy), "--out", "out"], tmp_path)
+    assert done.returncode == 1, done.stderr
+    stdout = (tmp_path / "out" / "logs" / "net" / "get.stdout").read_text()
+    assert stdout.startswith("0 error -10 [net.protocol]") and "hello" not in stdout
+    hops = [json.loads(line)["data"] for line in (tmp_path / "out" / "audit.jsonl").read_text().splitlines()]
+    assert any(h.get("rule") == "net.protocol" and h.get("verdict") == "failed" for h in hops)
 
 
 def test_https_with_a_test_ca_and_a_name_mismatch(tmp_path: Path) -> None:
