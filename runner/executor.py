@@ -7,6 +7,8 @@ One dispatcher (the calling thread) decides what starts when:
 
 - a job starts only after every job it ``needs`` finished and passed; otherwise it is ``skipped``
   and the reason names the need;
+- while a job runs, its thread queues the next runnable job in the same worker (pipelining:
+  :meth:`_Batch._work`); never with ``fail_fast``;
 - two jobs whose mounts overlap (the same host folder, or one inside the other) never run at the
   same time when either may write there; a job's ``stdin`` file counts as a read-only mount;
 - with ``fail_fast``, the first failed or denied job cancels the running ones and skips the rest;

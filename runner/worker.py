@@ -10,13 +10,17 @@ clashes, fail-fast, cancellation and the audit log. Each scheduler thread takes 
   compiled module once (a sealed memfd passed over its private socket, :mod:`runner.sealed`, which
   it maps), then only job indices; it answers with the job's :class:`~runner.results.Outcome` in
   a compact binary form the parent decodes without unpickling anything (a worker runs hostile
-  code). This gives what threads cannot:
+  code). The parent may queue a second job behind the running one (:meth:`JobRunner.submit`):
+  the worker takes it as soon as it has answered, while the parent records that answer. This
+  gives what threads cannot:
 
   - a hard wall-clock bound: the parent waits for the answer until the job's timeout plus
-    :data:`GRACE_S`; a worker still busy then (a guest blocked in a host call: opening a FIFO,
-    reading a pipe) is killed with SIGKILL and replaced, and the job is ``timeout``;
+    :data:`GRACE_S` (a queued job's counted from the answer before it); a worker still busy then
+    (a guest blocked in a host call: opening a FIFO, reading a pipe) is killed with SIGKILL and
+    replaced, and the job is ``timeout``;
   - crash isolation: a worker that dies (an abort, a segfault, the OOM killer) fails only its
-    job, with trap ``crash`` and the signal named; the next job gets a new worker;
+    job, with trap ``crash`` and the signal named; the next job gets a new worker (a job queued
+    behind the one that died never began: it is sent to the new worker);
   - an OS-enforced budget per job: ``RLIMIT_DATA`` (the worker's private writable memory may grow
     by the job's ``memory`` + twice its ``output`` + :data:`DATA_SLACK` while it runs: linear
     memories, tables, the GC heap, instantiation) and ``RLIMIT_FSIZE`` = ``limits.disk`` with
@@ -27,7 +31,8 @@ clashes, fail-fast, cancellation and the audit log. Each scheduler thread takes 
 
 Workers ignore SIGINT and SIGTERM (Ctrl-C reaches the whole process group; the parent decides):
 the parent cancels a job with SIGUSR1, which sets that job's cancel event, and kills the worker
-when the job does not end within :data:`CANCEL_GRACE_S`. A worker exits as soon as the parent's
+when the job does not end within :data:`CANCEL_GRACE_S`. A queued job the worker has not begun
+when the signal comes is withdrawn (answered ``W``, never run). A worker exits as soon as the parent's
 end of its pipe closes, also mid-job (the parent died), so no worker outlives its run.
 """
 
