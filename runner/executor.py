@@ -276,6 +276,7 @@ class _Batch:
         return None
 
     def record_start(self, begun: _Begun) -> None:
+        """Write a begun job's ``job.started`` record, once."""
         if not begun.recorded:
             begun.recorded = True
             self.started(begun.index, self.plan.jobs[begun.index], begun.before)
@@ -434,11 +435,9 @@ class _Batch:
                 for index in sorted(self.pending - self.running):
                     self.skip(index, self.stop_reason)
             else:
-                for position, index in enumerate(self.ready):
-                    if not any(_clash(self.footprints[index], self.footprints[r]) for r in self.running):
-                        del self.ready[position]
-                        self.running.add(index)
-                        return index
+                taken = self._take_ready()
+                if taken is not None:
+                    return taken
                 if not self.running:  # nothing runs and nothing may start: only a needs cycle does that
                     for index in sorted(self.pending):
                         self.skip(index, "needs cycle: never runnable")
@@ -451,10 +450,14 @@ class _Batch:
         None (at once, never waiting) when there is none. Holds ``cond``."""
         if self.stop.is_set() or self.options.fail_fast:  # fail-fast: no job may start after a failure
             return None
+        return self._take_ready(runner.can_queue)
+
+    def _take_ready(self, accept: Callable[[int], bool] = lambda index: True) -> int | None:
+        """Mark running and return the first ready job ``accept`` takes that clashes with no
+        running one (the queued ones included). Holds ``cond``."""
         for position, index in enumerate(self.ready):
-            if not runner.can_queue(index):
-                continue
-            if not any(_clash(self.footprints[index], self.footprints[r]) for r in self.running):
+            footprint = self.footprints[index]
+            if accept(index) and not any(_clash(footprint, self.footprints[r]) for r in self.running):
                 del self.ready[position]
                 self.running.add(index)
                 return index
@@ -469,9 +472,9 @@ class _Batch:
             runner.close()
 
     def _work(self, runner: JobRunner) -> None:
-        """Pipelined: while a job runs, the next runnable one is already checked, recorded as
-        started and queued behind it (where the runner can queue), so this thread records one
-        job's end while the worker runs the next."""
+        """Pipelined: while a job runs, the next runnable one is already checked and queued behind
+        it (where the runner can queue), so this thread records one job's end while the worker
+        runs the next."""
         begun: _Begun | None = None
         while True:
             if begun is None:

@@ -32,8 +32,8 @@ clashes, fail-fast, cancellation and the audit log. Each scheduler thread takes 
 Workers ignore SIGINT and SIGTERM (Ctrl-C reaches the whole process group; the parent decides):
 the parent cancels a job with SIGUSR1, which sets that job's cancel event, and kills the worker
 when the job does not end within :data:`CANCEL_GRACE_S`. A queued job the worker has not begun
-when the signal comes is withdrawn (answered ``W``, never run). A worker exits as soon as the parent's
-end of its pipe closes, also mid-job (the parent died), so no worker outlives its run.
+when the signal comes is withdrawn (answered ``W``, never run). A worker exits as soon as the
+parent's end of its pipe closes, also mid-job (the parent died), so no worker outlives its run.
 """
 
 from __future__ import annotations
