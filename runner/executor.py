@@ -201,6 +201,7 @@ class _Batch:
     pending: set[int] = field(default_factory=set)  # not finished yet (running ones included)
     ready: list[int] = field(default_factory=list)  # needs met, not started, in plan order
     running: set[int] = field(default_factory=set)
+    idle: int = 0  # scheduler threads holding no job (set to their number before they start)
 
     # -- callbacks: serialised, and a failing one (the audit log cannot be written) stops the batch
 
@@ -450,6 +451,8 @@ class _Batch:
         None (at once, never waiting) when there is none. Holds ``cond``."""
         if self.stop.is_set() or self.options.fail_fast:  # fail-fast: no job may start after a failure
             return None
+        if len(self.ready) <= self.idle:  # a thread with no job would start it at once: leave it one
+            return None
         return self._take_ready(runner.can_queue)
 
     def _take_ready(self, accept: Callable[[int], bool] = lambda index: True) -> int | None:
@@ -473,22 +476,26 @@ class _Batch:
 
     def _work(self, runner: JobRunner) -> None:
         """Pipelined: while a job runs, the next runnable one is already checked and queued behind
-        it (where the runner can queue), so this thread records one job's end while the worker
-        runs the next."""
+        it (where the runner can queue, and no other thread is idle), so this thread records one
+        job's end while the worker runs the next."""
         begun: _Begun | None = None
         while True:
             if begun is None:
                 with self.cond:
                     index = self.next_job()
+                    self.idle -= 1
                 if index is None:
                     return
                 begun = self.begin(index, runner)
-                continue
-            with self.cond:
-                ahead = self.next_to_queue(runner)
-            queued = None if ahead is None else self.begin(ahead, runner, queued=True)
-            self.end(begun, runner, queued)
-            begun = queued
+            else:
+                with self.cond:
+                    ahead = self.next_to_queue(runner)
+                queued = None if ahead is None else self.begin(ahead, runner, queued=True)
+                self.end(begun, runner, queued)
+                begun = queued
+            if begun is None:
+                with self.cond:
+                    self.idle += 1
 
     def dispatch(self) -> None:
         """Run the workers; this thread only watches the caller's cancel event (Ctrl-C)."""
@@ -511,7 +518,7 @@ class _Batch:
 
     def _start_workers(self, target: Callable[[], None]) -> list[threading.Thread]:
         """Worker threads with a native stack big enough for the largest ``max_wasm_stack``."""
-        count = max(1, min(self.options.jobs, len(self.plan.jobs)))
+        count = self.idle = max(1, min(self.options.jobs, len(self.plan.jobs)))
         needed = max((required_thread_stack(job.limits) for job in self.plan.jobs), default=0)
         previous = threading.stack_size(max(needed, _MIN_THREAD_STACK))
         try:

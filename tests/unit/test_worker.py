@@ -474,3 +474,29 @@ def test_many_jobs_on_one_pipelined_worker_each_get_their_own_answer(tmp_path: P
     assert {row.status for row in rows.values()} == {"passed"}
     assert any(queued_behind(sink, f"j{i + 1}", f"j{i}") for i in range(39))
     assert sorted(outputs) == sorted(f"tests/j{i}" for i in range(40))
+
+
+def test_no_job_is_queued_while_another_thread_has_none(tmp_path: Path) -> None:
+    """``--jobs 2``: two long jobs of one module become ready together (both need a first one):
+    the second runs beside the first in a second worker, never queued behind it (which would make
+    the run serial while a thread waits with nothing to do)."""
+    cancel = threading.Event()
+    most: list[int] = []
+
+    def count_workers() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(workers_of(os.getpid())) < 2:
+            time.sleep(0.05)
+        most.append(len(workers_of(os.getpid())))
+        cancel.set()
+
+    def watch(kind: str, data: dict[str, Any]) -> None:
+        if kind == "job.finished" and data["name"] == "first":
+            threading.Thread(target=count_workers, daemon=True).start()
+
+    first = job(tmp_path, wat(EXIT, code=0), "first")
+    long = [job(tmp_path, wat(SLEEP), f"long{i}", timeout_ms=600_000, needs=["first"]) for i in range(2)]
+    result = run(tmp_path, plan_of(first, *long), jobs=2, sink=Recorder(watch), cancel=cancel)
+    assert most == [2]
+    rows = by_name(result)
+    assert [rows[f"long{i}"].trap for i in range(2)] == ["timeout", "timeout"]  # both ran, interrupted
