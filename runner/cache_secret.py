@@ -3,7 +3,7 @@
 A cache folder can be filled by others: restored by CI from a shared store, copied between
 machines, or left on a shared self-hosted runner. Checking an entry against its own sidecar proves
 nothing then (whoever wrote the ``.cwasm`` wrote a matching sidecar), so every entry carries an
-HMAC made with a secret only this user's runner knows (:mod:`runner.cache`).
+MAC made with a secret only this user's runner knows (:mod:`runner.cache`).
 
 The secret is 32 random bytes, stored as 64 hex digits in ``$SANDRUN_CACHE_KEY`` (a file path;
 meant for tests and unusual setups), else ``$XDG_STATE_HOME/sandrun/cache.key``, else

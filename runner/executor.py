@@ -7,6 +7,8 @@ One dispatcher (the calling thread) decides what starts when:
 
 - a job starts only after every job it ``needs`` finished and passed; otherwise it is ``skipped``
   and the reason names the need;
+- while a job runs, its thread queues the next runnable job in the same worker (pipelining:
+  :meth:`_Batch._work`); never with ``fail_fast``;
 - two jobs whose mounts overlap (the same host folder, or one inside the other) never run at the
   same time when either may write there; a job's ``stdin`` file counts as a read-only mount;
 - with ``fail_fast``, the first failed or denied job cancels the running ones and skips the rest;
@@ -157,6 +159,16 @@ def _clash(a: _Footprint, b: _Footprint) -> bool:
 _ToolKey = tuple[str, str, str, EngineKey]  # manifest, tool, module digest, engine configuration
 
 
+@dataclass(slots=True)
+class _Begun:
+    """A job handed to its runner: its index, a hermetic job's folders before it ran, and whether
+    its ``job.started`` record was written (a queued job's is written once its worker took it)."""
+
+    index: int
+    before: dict[str, hermetic.Tree] | None
+    recorded: bool = False
+
+
 # -- the batch ---------------------------------------------------------------------------------
 
 
@@ -189,6 +201,7 @@ class _Batch:
     pending: set[int] = field(default_factory=set)  # not finished yet (running ones included)
     ready: list[int] = field(default_factory=list)  # needs met, not started, in plan order
     running: set[int] = field(default_factory=set)
+    idle: int = 0  # scheduler threads holding no job (set to their number before they start)
 
     # -- callbacks: serialised, and a failing one (the audit log cannot be written) stops the batch
 
@@ -232,12 +245,13 @@ class _Batch:
                 continue
             self.emit("tool.deployed", record.tool_deployed(job, source, key[3].tag))
 
-    # -- one job, on a worker thread
+    # -- one job, on a worker thread: begun (checked, recorded, handed to its runner), then ended
 
-    def run_job(self, index: int, runner: JobRunner) -> tuple[int, JobResult, Outcome | None]:
+    def begin(self, index: int, runner: JobRunner, *, queued: bool = False) -> _Begun | None:
+        """Check job ``index`` and submit it to ``runner`` (``queued``: behind its running job,
+        recorded as started once that one ended); None when it ended without running (refused,
+        or skipped: then recorded and settled here)."""
         job = self.plan.jobs[index]
-        outcome: Outcome | None = None
-        written: list[dict[str, Any]] | None = None
         load_error = self.load_errors.get(self._tool_key(job)) if self.load_errors else None
         try:
             if load_error is not None:
@@ -249,9 +263,43 @@ class _Batch:
                     check_mounts(
                         job, self.root, protected=(*self.options.protected_dirs, self.runtime.cache_dir)
                     )
-                before = hermetic.snapshot(job, self.root) if job.hermetic is not None else None
-                self.started(index, job, before)
-                outcome = runner.run(index, self.stop)
+                begun = _Begun(index, hermetic.snapshot(job, self.root) if job.hermetic is not None else None)
+                if not queued:
+                    self.record_start(begun)
+                runner.submit(index)
+                return begun
+        except SandrunError as error:
+            result = _refused(job, error)
+        except Exception as error:  # a bug of ours must not take the batch down: it is this job's result
+            result = _result(job, "failed", f"internal error: {type(error).__name__}: {error}")
+        self.finish(index, result, None)
+        self.conclude(index, result, None)
+        return None
+
+    def record_start(self, begun: _Begun) -> None:
+        """Write a begun job's ``job.started`` record, once."""
+        if not begun.recorded:
+            begun.recorded = True
+            self.started(begun.index, self.plan.jobs[begun.index], begun.before)
+
+    def end(self, begun: _Begun, runner: JobRunner, queued: _Begun | None = None) -> None:
+        """Wait for a begun job's outcome; record and settle it. ``queued``, the job queued behind
+        it, is recorded as started as this one ends (its worker takes it then), unless the batch
+        was stopped: then it is recorded when its own outcome shows it began."""
+        index, before = begun.index, begun.before
+        job = self.plan.jobs[index]
+        outcome: Outcome | None = None
+        written: list[dict[str, Any]] | None = None
+        try:
+            try:
+                outcome = runner.wait(self.stop)
+            finally:
+                if queued is not None and not self.stop.is_set():
+                    self.record_start(queued)
+            if outcome is None:  # queued, and never begun: the batch stopped first
+                result = _result(job, "skipped", self.stop_reason)
+            else:
+                self.record_start(begun)
                 if before is not None:
                     written = hermetic.outputs(job, self.root, before)
                 for hop in outcome.net_hops:
@@ -261,11 +309,22 @@ class _Batch:
                     reason = f"{self.stop_reason} ({reason})"
                 result = _result(job, status, reason, outcome)
         except SandrunError as error:
+            self.record_start(begun)
             result = _refused(job, error)
         except Exception as error:  # a bug of ours must not take the batch down: it is this job's result
+            self.record_start(begun)
             result = _result(job, "failed", f"internal error: {type(error).__name__}: {error}")
         self.finish(index, result, outcome, written)
-        return index, result, outcome
+        self.conclude(index, result, outcome)
+
+    def conclude(self, index: int, result: JobResult, outcome: Outcome | None) -> None:
+        """Hand a finished job's output to the caller, then release (or skip) what needs it."""
+        if outcome is not None and self.on_output is not None:
+            self._call(self.on_output, self.plan.jobs[index], outcome)
+        with self.cond:
+            if result.status in ("failed", "denied") and self.options.fail_fast:
+                self.halt(f"fail-fast: {result.id} {result.status}")
+            self.settle(index, result)
 
     def started(self, index: int, job: JobSpec, before: dict[str, hermetic.Tree] | None = None) -> None:
         """Record a job's start, once its mounts passed the last check."""
@@ -377,16 +436,34 @@ class _Batch:
                 for index in sorted(self.pending - self.running):
                     self.skip(index, self.stop_reason)
             else:
-                for position, index in enumerate(self.ready):
-                    if not any(_clash(self.footprints[index], self.footprints[r]) for r in self.running):
-                        del self.ready[position]
-                        self.running.add(index)
-                        return index
+                taken = self._take_ready()
+                if taken is not None:
+                    return taken
                 if not self.running:  # nothing runs and nothing may start: only a needs cycle does that
                     for index in sorted(self.pending):
                         self.skip(index, "needs cycle: never runnable")
             if self.pending:
                 self.cond.wait(_POLL_S)
+        return None
+
+    def next_to_queue(self, runner: JobRunner) -> int | None:
+        """A ready job ``runner`` can queue behind its running one, clashing with no running job;
+        None (at once, never waiting) when there is none. Holds ``cond``."""
+        if self.stop.is_set() or self.options.fail_fast:  # fail-fast: no job may start after a failure
+            return None
+        if len(self.ready) <= self.idle:  # a thread with no job would start it at once: leave it one
+            return None
+        return self._take_ready(runner.can_queue)
+
+    def _take_ready(self, accept: Callable[[int], bool] = lambda index: True) -> int | None:
+        """Mark running and return the first ready job ``accept`` takes that clashes with no
+        running one (the queued ones included). Holds ``cond``."""
+        for position, index in enumerate(self.ready):
+            footprint = self.footprints[index]
+            if accept(index) and not any(_clash(footprint, self.footprints[r]) for r in self.running):
+                del self.ready[position]
+                self.running.add(index)
+                return index
         return None
 
     def work(self) -> None:
@@ -398,18 +475,27 @@ class _Batch:
             runner.close()
 
     def _work(self, runner: JobRunner) -> None:
+        """Pipelined: while a job runs, the next runnable one is already checked and queued behind
+        it (where the runner can queue, and no other thread is idle), so this thread records one
+        job's end while the worker runs the next."""
+        begun: _Begun | None = None
         while True:
-            with self.cond:
-                index = self.next_job()
-            if index is None:
-                return
-            index, result, outcome = self.run_job(index, runner)
-            if outcome is not None and self.on_output is not None:
-                self._call(self.on_output, self.plan.jobs[index], outcome)
-            with self.cond:
-                if result.status in ("failed", "denied") and self.options.fail_fast:
-                    self.halt(f"fail-fast: {result.id} {result.status}")
-                self.settle(index, result)
+            if begun is None:
+                with self.cond:
+                    index = self.next_job()
+                    self.idle -= 1
+                if index is None:
+                    return
+                begun = self.begin(index, runner)
+            else:
+                with self.cond:
+                    ahead = self.next_to_queue(runner)
+                queued = None if ahead is None else self.begin(ahead, runner, queued=True)
+                self.end(begun, runner, queued)
+                begun = queued
+            if begun is None:
+                with self.cond:
+                    self.idle += 1
 
     def dispatch(self) -> None:
         """Run the workers; this thread only watches the caller's cancel event (Ctrl-C)."""
@@ -432,7 +518,7 @@ class _Batch:
 
     def _start_workers(self, target: Callable[[], None]) -> list[threading.Thread]:
         """Worker threads with a native stack big enough for the largest ``max_wasm_stack``."""
-        count = max(1, min(self.options.jobs, len(self.plan.jobs)))
+        count = self.idle = max(1, min(self.options.jobs, len(self.plan.jobs)))
         needed = max((required_thread_stack(job.limits) for job in self.plan.jobs), default=0)
         previous = threading.stack_size(max(needed, _MIN_THREAD_STACK))
         try:

@@ -10,13 +10,17 @@ clashes, fail-fast, cancellation and the audit log. Each scheduler thread takes 
   compiled module once (a sealed memfd passed over its private socket, :mod:`runner.sealed`, which
   it maps), then only job indices; it answers with the job's :class:`~runner.results.Outcome` in
   a compact binary form the parent decodes without unpickling anything (a worker runs hostile
-  code). This gives what threads cannot:
+  code). The parent may queue a second job behind the running one (:meth:`JobRunner.submit`):
+  the worker takes it as soon as it has answered, while the parent records that answer. This
+  gives what threads cannot:
 
   - a hard wall-clock bound: the parent waits for the answer until the job's timeout plus
-    :data:`GRACE_S`; a worker still busy then (a guest blocked in a host call: opening a FIFO,
-    reading a pipe) is killed with SIGKILL and replaced, and the job is ``timeout``;
+    :data:`GRACE_S` (a queued job's counted from the answer before it); a worker still busy then
+    (a guest blocked in a host call: opening a FIFO, reading a pipe) is killed with SIGKILL and
+    replaced, and the job is ``timeout``;
   - crash isolation: a worker that dies (an abort, a segfault, the OOM killer) fails only its
-    job, with trap ``crash`` and the signal named; the next job gets a new worker;
+    job, with trap ``crash`` and the signal named; the next job gets a new worker (a job queued
+    behind the one that died never began: it is sent to the new worker);
   - an OS-enforced budget per job: ``RLIMIT_DATA`` (the worker's private writable memory may grow
     by the job's ``memory`` + twice its ``output`` + :data:`DATA_SLACK` while it runs: linear
     memories, tables, the GC heap, instantiation) and ``RLIMIT_FSIZE`` = ``limits.disk`` with
@@ -27,13 +31,15 @@ clashes, fail-fast, cancellation and the audit log. Each scheduler thread takes 
 
 Workers ignore SIGINT and SIGTERM (Ctrl-C reaches the whole process group; the parent decides):
 the parent cancels a job with SIGUSR1, which sets that job's cancel event, and kills the worker
-when the job does not end within :data:`CANCEL_GRACE_S`. A worker exits as soon as the parent's
-end of its pipe closes, also mid-job (the parent died), so no worker outlives its run.
+when the job does not end within :data:`CANCEL_GRACE_S`. A queued job the worker has not begun
+when the signal comes is withdrawn (answered ``W``, never run). A worker exits as soon as the
+parent's end of its pipe closes, also mid-job (the parent died), so no worker outlives its run.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import ctypes
 import functools
 import gc
@@ -104,7 +110,12 @@ Env = tuple[tuple[str, str], ...]  # a guest's whole environment, as a job's ``e
 
 
 class JobRunner(Protocol):
-    """Runs jobs of one plan, one at a time; each scheduler thread has its own."""
+    """Runs jobs of one plan, one at a time; each scheduler thread has its own.
+
+    :meth:`run` is :meth:`submit` then :meth:`wait`. A runner that :meth:`can_queue` takes a
+    second job while one is in flight: it starts when the first one ended, and :meth:`wait`
+    returns the outcomes in the order the jobs were submitted.
+    """
 
     def run(
         self, index: int, cancel: threading.Event, *, stdin: bytes | None = None, env: Env | None = None
@@ -112,6 +123,19 @@ class JobRunner(Protocol):
         """Run ``plan.jobs[index]``: whatever the guest does is in the Outcome; raises
         :class:`SandrunError` for the host's side (a mount that moved, a missing module).
         ``stdin`` and ``env`` (``sandrun serve``: the request) replace the job's own."""
+        ...
+
+    def can_queue(self, index: int) -> bool:
+        """Whether :meth:`submit` may take ``plan.jobs[index]`` now, behind the job in flight."""
+        ...
+
+    def submit(self, index: int) -> None:
+        """Start ``plan.jobs[index]``, or queue it behind the one job in flight."""
+        ...
+
+    def wait(self, cancel: threading.Event) -> Outcome | None:
+        """The outcome of the oldest job submitted (as :meth:`run`'s); ``cancel`` stops it. None
+        when that job was queued and ``cancel`` was set before it began: it never ran."""
         ...
 
     def close(self) -> None: ...
@@ -164,18 +188,30 @@ class _Threads:
         return None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _ThreadRunner:
     runtime: Runtime
     plan: Plan
     root: Path
     passthrough: bool
+    submitted: int | None = None  # runs in wait(): the scheduler's own thread is the job's
 
     def run(
         self, index: int, cancel: threading.Event, *, stdin: bytes | None = None, env: Env | None = None
     ) -> Outcome:
         job = _with_env(self.plan.jobs[index], env)
         return self.runtime.run(job, self.root, cancel=cancel, passthrough=self.passthrough, stdin_data=stdin)
+
+    def can_queue(self, index: int) -> bool:
+        return False
+
+    def submit(self, index: int) -> None:
+        self.submitted = index
+
+    def wait(self, cancel: threading.Event) -> Outcome:
+        index, self.submitted = self.submitted, None
+        assert index is not None, "wait() without submit()"
+        return self.run(index, cancel)
 
     def close(self) -> None:
         return None
@@ -326,8 +362,30 @@ def _serve_forked(sock: socket.socket, parent_end: int, passthrough: bool) -> No
     _serve(sock, passthrough)
 
 
+@dataclass(slots=True)
+class _Sent:
+    """A job sent to the worker (or to be sent again to a new one), until its answer is read."""
+
+    index: int
+    stdin: bytes | None
+    env: Env | None
+    started: float = 0.0  # when its deadline started counting (the worker took it)
+    queued: bool = False  # sent behind another job, to the same worker
+    unsent: bool = False  # queued, but its message never reached the worker
+    lost: bool = False  # the worker died before the job could be sent: a crash of this job
+    withdrawn: bool = False  # queued, never begun: the batch was cancelled first
+    error: Exception | None = None  # sending it to a new worker failed: raised by wait()
+
+
 class _WorkerRunner:
-    """One worker process, started on first use and replaced after it was killed or died."""
+    """One worker process, started on first use and replaced after it was killed or died.
+
+    Pipelined: :meth:`submit` may send a second job while one runs (queue depth 2), so the worker
+    starts it the moment it has answered the first, while this thread records that answer. The
+    worker still runs one job at a time; the queued job's deadline counts from the first one's
+    answer. When the first job's worker is killed or dies, the queued job never started: it is
+    sent again to a new worker, never failed.
+    """
 
     def __init__(self, pool: _Pool) -> None:
         self.pool = pool
@@ -335,6 +393,7 @@ class _WorkerRunner:
         self.conn: _Channel | None = None
         self.poller = select.poll()
         self.modules: set[ModuleKey] = set()
+        self.sent: collections.deque[_Sent] = collections.deque()
 
     def _start(self) -> _Channel:
         passthrough = self.pool.setup.passthrough
@@ -355,18 +414,82 @@ class _WorkerRunner:
     def run(
         self, index: int, cancel: threading.Event, *, stdin: bytes | None = None, env: Env | None = None
     ) -> Outcome:
-        job = self.pool.plan.jobs[index]
+        self._submit(_Sent(index, stdin, env))
+        outcome = self.wait(cancel)
+        assert outcome is not None, "only a queued job is withdrawn"
+        return outcome
+
+    def can_queue(self, index: int) -> bool:
+        """One job in flight on a live worker that holds this job's module already (handing a
+        module over waits for the worker, which is busy)."""
+        return (
+            len(self.sent) == 1
+            and self.conn is not None
+            and module_key(self.pool.plan.jobs[index]) in self.modules
+        )
+
+    def submit(self, index: int) -> None:
+        self._submit(_Sent(index, None, None))
+
+    def _submit(self, sent: _Sent) -> None:
+        if not self.sent:
+            self._dispatch(sent)
+        else:
+            sent.queued = True
+            assert self.conn is not None and len(self.sent) == 1, "queue one job behind a running one"
+            try:
+                self.conn.send(("run", sent.index, sent.stdin, sent.env, True))
+            except OSError:  # the worker is dying: the job in flight will say how
+                sent.unsent = True
+        self.sent.append(sent)
+
+    def _dispatch(self, sent: _Sent) -> None:
+        """Send a job to an idle worker (started, and handed the job's module, first)."""
+        job = self.pool.plan.jobs[sent.index]
         key = module_key(job)
-        started = time.monotonic()
+        sent.started = time.monotonic()
         conn = self.conn or self._start()
         try:
             if key not in self.modules:  # once per worker and module, outside the job's time
                 self._hand_over(conn, key, self.pool.module(job))
-                started = time.monotonic()
-            conn.send(("run", index, stdin, env))
+                sent.started = time.monotonic()
+            conn.send(("run", sent.index, sent.stdin, sent.env, False))
         except (EOFError, OSError):
-            return self._died(job, started)
-        return self._answer(job, conn, started, cancel)
+            sent.lost = True
+
+    def wait(self, cancel: threading.Event) -> Outcome | None:
+        """The oldest job's outcome; None when it was queued and the worker never began it
+        because ``cancel`` was set first (it did not run at all)."""
+        sent = self.sent[0]
+        job = _with_env(self.pool.plan.jobs[sent.index], sent.env)
+        try:
+            if sent.error is not None:
+                raise sent.error
+            if sent.withdrawn:
+                return None
+            if sent.lost or self.conn is None:
+                return self._died(job, sent.started)
+            return self._answer(job, self.conn, sent.started, cancel, queued=sent.queued)
+        finally:
+            self.sent.popleft()
+            if self.sent:
+                self._next_starts(self.sent[0], cancel)
+
+    def _next_starts(self, queued: _Sent, cancel: threading.Event) -> None:
+        """The job before ``queued`` ended: the worker took ``queued`` now; unless it was killed
+        or died, then ``queued`` (which never started) goes to a new worker, if not cancelled."""
+        if self.conn is not None and not queued.unsent:
+            queued.started = time.monotonic()
+            return
+        self._stop_worker()
+        queued.unsent = queued.queued = False
+        if cancel.is_set():
+            queued.withdrawn = True
+            return
+        try:
+            self._dispatch(queued)
+        except Exception as error:  # raised by wait(), as run() would have raised it
+            queued.error = error
 
     def _hand_over(self, conn: _Channel, key: ModuleKey, sealed: Sealed) -> None:
         """Give the worker a compiled module (the sealed memfd's descriptor, which it maps: no copy
@@ -382,13 +505,16 @@ class _WorkerRunner:
             raise RuntimeError(f"the worker could not load the module: {text}")
         self.modules.add(key)
 
-    def _answer(self, job: JobSpec, conn: _Channel, started: float, cancel: threading.Event) -> Outcome:
-        """Wait for the worker's answer until the job's deadline plus the grace; else kill it."""
+    def _answer(
+        self, job: JobSpec, conn: _Channel, started: float, cancel: threading.Event, *, queued: bool = False
+    ) -> Outcome | None:
+        """Wait for the worker's answer until the job's deadline plus the grace; else kill it.
+        None: a queued job the worker did not begin (it saw the cancel signal first)."""
         deadline = started + job.limits.timeout_ms / 1000 + GRACE_S
         signalled = False
         while True:
             remaining_ms = (deadline - time.monotonic()) * 1000
-            if self.poller.poll(max(0, min(remaining_ms, _POLL_MS))):
+            if conn.has_message() or self.poller.poll(max(0, min(remaining_ms, _POLL_MS))):
                 try:
                     reply = conn.recv_bytes(_answer_limit(job.limits))
                 except TimeoutError:
@@ -397,15 +523,18 @@ class _WorkerRunner:
                     return self._died(job, started)
                 except _Oversized:
                     return self._malformed(job, started, "an answer larger than the job's output allows")
+                if queued and reply == _WITHDRAWN:
+                    return None
                 try:
                     return decode_answer(reply)
                 except _Malformed as error:
                     return self._malformed(job, started, str(error))
-            if cancel.is_set() and not signalled:
-                signalled = True
+            if cancel.is_set():  # again at every poll: a queued job may not have begun at the first
                 os.kill(self.process.pid, signal.SIGUSR1)
-                deadline = min(deadline, time.monotonic() + CANCEL_GRACE_S)
-            elif time.monotonic() >= deadline:
+                if not signalled:
+                    signalled = True
+                    deadline = min(deadline, time.monotonic() + CANCEL_GRACE_S)
+            if time.monotonic() >= deadline:
                 self._stop_worker()
                 message = (
                     "cancelled (the worker did not stop: killed)"
@@ -417,9 +546,10 @@ class _WorkerRunner:
 
     def _died(self, job: JobSpec, started: float) -> Outcome:
         """The worker's pipe closed mid-job: it died; name how."""
-        process = self.process
-        process.join(1.0)
-        code = process.exitcode
+        code = None
+        if self.process is not None:
+            self.process.join(1.0)
+            code = self.process.exitcode
         self._stop_worker()
         if code is not None and code < 0:
             how = f"worker killed by {signal.Signals(-code).name}"
@@ -489,6 +619,7 @@ def _ended(job: JobSpec, started: float, trap: Literal["timeout", "crash"], mess
 # It is also cheaper: unpickling a frozen dataclass costs the parent ~20 us per job.
 
 _OK, _DENIED, _INVALID, _ERROR = b"O", b"D", b"I", b"E"
+_WITHDRAWN = b"W"  # a queued job not begun: the parent cancelled the batch before it could start
 _FIELDS = struct.Struct("!BBqQQQQQQQQ")
 """flags (exit code, fuel, rss, memory peak present), trap kind (0: none), exit code, fuel used,
 memory peak, wall ms, stdout dropped, stderr dropped, rss peak, stdout length, stderr length"""
@@ -714,6 +845,11 @@ class _Channel:
         size: int = self._LENGTH.unpack_from(self._buffer)[0]
         return size
 
+    def has_message(self) -> bool:
+        """A whole message was read already (with the one before it): poll() would not say so."""
+        header = self._LENGTH.size
+        return len(self._buffer) >= header and len(self._buffer) >= header + self._size()
+
     def close(self) -> None:
         self.sock.close()
 
@@ -721,9 +857,12 @@ class _Channel:
 # --- the worker's side ------------------------------------------------------------------------
 
 _active_cancel: threading.Event | None = None  # the running job's, set by SIGUSR1
+_cancel_asked = False  # SIGUSR1 came since the last job sent to an idle worker began
 
 
 def _on_cancel(_signum: int, _frame: object) -> None:
+    global _cancel_asked
+    _cancel_asked = True
     event = _active_cancel
     if event is not None:
         event.set()
@@ -765,7 +904,7 @@ def _name_process(name: bytes) -> None:
 
 
 def _job_loop(conn: _Channel, setup: _Setup) -> None:
-    global _active_cancel
+    global _active_cancel, _cancel_asked
     runtime = Runtime(cache_dir=Path(setup.cache_dir), egress_seam=setup.egress)
     bounds = _Bounds()
     root = Path(setup.root)
@@ -782,9 +921,16 @@ def _job_loop(conn: _Channel, setup: _Setup) -> None:
                 else:
                     conn.send_bytes(b"")
                 continue
-            _, index, stdin, env = message
+            _, index, stdin, env, queued = message
             job = _with_env(setup.jobs[index], env)
-            _active_cancel = cancel = threading.Event()
+            cancel = threading.Event()
+            if not queued:  # a signal meant for the job before (it ended meanwhile) is not this one's
+                _cancel_asked = False
+            _active_cancel = cancel
+            if queued and _cancel_asked:  # the parent stopped the batch before this job began
+                _active_cancel = None
+                conn.send_bytes(_WITHDRAWN)
+                continue
             try:
                 bounds.apply(job.limits)
                 try:

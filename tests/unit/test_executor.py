@@ -266,8 +266,10 @@ def test_a_failing_output_sink_stops_the_batch_and_is_raised(tmp_path: Path) -> 
             on_event=sink,
             on_output=full_disk,
         )
-    assert ran == ["j0"]  # nothing else started once its output could not be kept
-    assert len(sink.kinds("job.started")) == 1
+    assert ran == ["j0"]  # no other output was taken once one could not be kept
+    # nothing started after: only j1, queued behind j0 (pipelined), may have begun already
+    started = [data["id"] for data in sink.kinds("job.started")]
+    assert started in (["tests/j0"], ["tests/j0", "tests/j1"])
 
 
 def test_batch_options_refuse_zero_workers() -> None:

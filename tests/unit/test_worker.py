@@ -170,10 +170,14 @@ def test_a_worker_killed_mid_job_fails_that_job_only(tmp_path: Path, signum: sig
     again = job(tmp_path, wat(SLEEP), "again", timeout_ms=200)  # the same module, in the new worker
     others = [job(tmp_path, wat(EXIT, code=0), f"after{i}") for i in range(3)]
     killer = kill_worker_soon(signum)
-    rows = by_name(run(tmp_path, plan_of(victim, again, *others), jobs=1))
+    sink = Recorder()
+    rows = by_name(run(tmp_path, plan_of(victim, again, *others), jobs=1, sink=sink))
     killer.join()
     assert (rows["victim"].status, rows["victim"].trap) == ("failed", "crash")
     assert rows["victim"].reason == f"trap: crash (worker killed by {signum.name})"
+    # "again" was queued behind the victim in the worker that died: it never began there, so it
+    # ran (to its own timeout) in the new worker instead of failing with the victim
+    assert queued_behind(sink, "again", "victim")
     assert rows["again"].reason == "trap: timeout (exceeded the timeout of 200 ms)"
     assert [rows[f"after{i}"].status for i in range(3)] == ["passed"] * 3
 
@@ -353,3 +357,146 @@ def test_a_cache_entry_rewritten_after_its_check_is_never_what_runs(
     assert rewritten == [target]
     assert [d["source"] for _, kind, d in events.events if kind == "tool.deployed"] == ["disk"]
     assert rows["a"].status == "passed" and rows["a"].exit_code == 0  # not the 7 written over it
+
+
+# -- pipelining: a worker gets the next job (same module) while it runs one -------------------
+
+
+def queued_behind(sink: Recorder, queued: str, running: str) -> bool:
+    """True when ``queued`` began before ``running``'s end was recorded: it was queued behind it
+    (without pipelining a job's start is recorded only after the job before it finished)."""
+    order = sink.order()
+    return order.index(("job.started", f"tests/{queued}")) < order.index(("job.finished", f"tests/{running}"))
+
+
+def open_for_writing_soon(path: Path, delay: float) -> None:
+    """After ``delay`` s, open the FIFO ``path`` for writing once a reader has it open (which
+    lets the guest's open return), then close it."""
+
+    def release() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+                return
+            except OSError:  # ENXIO: no reader yet
+                time.sleep(0.02)
+
+    threading.Timer(delay, release).start()
+
+
+def test_a_job_queued_behind_one_killed_at_its_deadline_runs_on_a_new_worker(
+    tmp_path: Path, fifo: Path
+) -> None:
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "fifo").write_text("a plain file: opens at once")
+    blocked = job(tmp_path, wat(OPEN_FIFO), "blocked", mounts=(("data", "/data", "ro"),), timeout_ms=1000)
+    queued = job(tmp_path, wat(OPEN_FIFO), "queued", mounts=(("plain", "/data", "ro"),))
+    sink = Recorder()
+    rows = by_name(run(tmp_path, plan_of(blocked, queued), jobs=1, sink=sink))
+    assert rows["blocked"].trap == "timeout" and "worker killed" in rows["blocked"].reason
+    assert queued_behind(sink, "queued", "blocked")
+    assert (rows["queued"].status, rows["queued"].exit_code) == ("passed", 0)
+
+
+def test_a_queued_jobs_deadline_counts_from_its_own_start(tmp_path: Path) -> None:
+    """The first job takes ~3 s, the one queued behind it has a 2 s timeout and takes ~0.5 s once
+    it begins: counted from when it was queued, it would be killed as soon as it began."""
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        os.mkfifo(tmp_path / name / "fifo")
+
+    def release(kind: str, data: dict[str, Any]) -> None:
+        if kind == "job.started" and data["id"] == "tests/first":
+            open_for_writing_soon(tmp_path / "first" / "fifo", 3.0)
+        if kind == "job.finished" and data["name"] == "first":
+            open_for_writing_soon(tmp_path / "second" / "fifo", 0.5)
+
+    first = job(tmp_path, wat(OPEN_FIFO), "first", mounts=(("first", "/data", "ro"),), timeout_ms=60_000)
+    second = job(tmp_path, wat(OPEN_FIFO), "second", mounts=(("second", "/data", "ro"),), timeout_ms=2000)
+    sink = Recorder(release)
+    rows = by_name(run(tmp_path, plan_of(first, second), jobs=1, sink=sink))
+    assert queued_behind(sink, "second", "first")
+    assert (rows["first"].status, rows["second"].status) == ("passed", "passed"), rows["second"].reason
+
+
+def test_cancelling_withdraws_the_job_queued_behind_a_running_one(tmp_path: Path) -> None:
+    """Ctrl-C while a job runs: it is interrupted, and the job queued behind it never begins (no
+    ``job.started`` record): it is skipped like every job that had not started."""
+    cancel = threading.Event()
+
+    def press_ctrl_c(kind: str, data: dict[str, Any]) -> None:
+        if kind == "job.started" and data["id"] == "tests/running":
+            threading.Timer(0.5, cancel.set).start()
+
+    running = job(tmp_path, wat(SLEEP), "running", timeout_ms=600_000)
+    queued = job(tmp_path, wat(SLEEP), "queued", timeout_ms=600_000)
+    sink = Recorder(press_ctrl_c)
+    result = run(tmp_path, plan_of(running, queued), jobs=1, sink=sink, cancel=cancel)
+    rows = by_name(result)
+    assert result.interrupted
+    assert (rows["running"].status, rows["running"].trap) == ("failed", "timeout")
+    assert (rows["queued"].status, rows["queued"].reason) == ("skipped", "interrupted")
+    assert [data["id"] for data in sink.kinds("job.started")] == ["tests/running"]
+    assert workers_of(os.getpid()) == []
+
+
+def test_a_job_is_never_queued_behind_a_job_it_needs(tmp_path: Path) -> None:
+    """The same module (so it could be queued): it waits for its need to pass, or is skipped."""
+    fails = job(tmp_path, wat(EXIT, code=1), "fails")
+    after_fail = job(tmp_path, wat(EXIT, code=1), "after-fail", needs=["fails"])
+    passes = job(tmp_path, wat(EXIT, code=1), "passes", expect=1)
+    after_pass = job(tmp_path, wat(EXIT, code=1), "after-pass", needs=["passes"], expect=1)
+    sink = Recorder()
+    rows = by_name(run(tmp_path, plan_of(fails, after_fail, passes, after_pass), jobs=1, sink=sink))
+    assert (rows["after-fail"].status, rows["after-fail"].reason) == ("skipped", "needs tests/fails (failed)")
+    assert rows["after-pass"].status == "passed"
+    order = sink.order()
+    assert order.index(("job.finished", "tests/passes")) < order.index(("job.started", "tests/after-pass"))
+    assert ("job.started", "tests/after-fail") not in order
+
+
+def test_fail_fast_queues_nothing_so_no_job_begins_after_a_failure(tmp_path: Path) -> None:
+    plan = plan_of(*(job(tmp_path, wat(EXIT, code=1), f"j{i}") for i in range(3)))
+    sink = Recorder()
+    rows = by_name(run(tmp_path, plan, jobs=1, sink=sink, fail_fast=True))
+    assert [data["id"] for data in sink.kinds("job.started")] == ["tests/j0"]
+    assert [rows[f"j{i}"].status for i in range(3)] == ["failed", "skipped", "skipped"]
+
+
+def test_many_jobs_on_one_pipelined_worker_each_get_their_own_answer(tmp_path: Path) -> None:
+    """Answers are matched to jobs by order: exit codes, outputs and records stay each job's own."""
+    module = wat(EXIT, code=7)
+    plan = plan_of(*(job(tmp_path, module, f"j{i}", args=(str(i),), expect=7) for i in range(40)))
+    sink = Recorder()
+    outputs: dict[str, Outcome] = {}
+    rows = by_name(run(tmp_path, plan, jobs=1, sink=sink, outputs=outputs))
+    assert {row.status for row in rows.values()} == {"passed"}
+    assert any(queued_behind(sink, f"j{i + 1}", f"j{i}") for i in range(39))
+    assert sorted(outputs) == sorted(f"tests/j{i}" for i in range(40))
+
+
+def test_no_job_is_queued_while_another_thread_has_none(tmp_path: Path) -> None:
+    """``--jobs 2``: two long jobs of one module become ready together (both need a first one):
+    the second runs beside the first in a second worker, never queued behind it (which would make
+    the run serial while a thread waits with nothing to do)."""
+    cancel = threading.Event()
+    most: list[int] = []
+
+    def count_workers() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(workers_of(os.getpid())) < 2:
+            time.sleep(0.05)
+        most.append(len(workers_of(os.getpid())))
+        cancel.set()
+
+    def watch(kind: str, data: dict[str, Any]) -> None:
+        if kind == "job.finished" and data["name"] == "first":
+            threading.Thread(target=count_workers, daemon=True).start()
+
+    first = job(tmp_path, wat(EXIT, code=0), "first")
+    long = [job(tmp_path, wat(SLEEP), f"long{i}", timeout_ms=600_000, needs=["first"]) for i in range(2)]
+    result = run(tmp_path, plan_of(first, *long), jobs=2, sink=Recorder(watch), cancel=cancel)
+    assert most == [2]
+    rows = by_name(result)
+    assert [rows[f"long{i}"].trap for i in range(2)] == ["timeout", "timeout"]  # both ran, interrupted
