@@ -53,15 +53,17 @@ from contextlib import suppress
 from dataclasses import dataclass, replace
 from multiprocessing.reduction import recv_handle, send_handle
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from runner import forkserver
-from runner.egress.transport import Seam
 from runner.errors import InputError, Location, PolicyDenied, SandrunError, Violation
 from runner.plan import JobSpec, Limits, Plan
 from runner.results import TRAP_KINDS, Outcome
 from runner.sandbox import ModuleKey, Runtime, module_key, required_thread_stack
 from runner.sealed import Sealed
+
+if TYPE_CHECKING:
+    from runner.egress.transport import Seam
 
 __all__ = [
     "Isolation",

@@ -354,7 +354,9 @@ def _fast_definition(kind: SchemaKind) -> Any:
 #: The line of fastjsonschema's generated code that loads its exceptions (and so its whole package,
 #: ~7 ms a start), and the line the committed code has instead (``runner.schema._fast_errors``).
 _FASTJSONSCHEMA_IMPORT = "from fastjsonschema import JsonSchemaValueException, JsonSchemaValuesException\n"
-_OWN_ERRORS_IMPORT = "from runner.schema._fast_errors import JsonSchemaValueException, JsonSchemaValuesException\n"
+_OWN_ERRORS_IMPORT = (
+    "from runner.schema._fast_errors import JsonSchemaValueException, JsonSchemaValuesException\n"
+)
 
 
 def fast_check_code(kind: SchemaKind) -> str:

@@ -2,9 +2,9 @@
 
 ``sandrun check`` validates and compiles: no wasmtime, no cryptography, no jsonschema (the
 schema's fast check is generated ahead of time), no HTTP client, no worker machinery.
-``sandrun exec`` of an unsigned, already compiled module: no cryptography, no jsonschema, no
-forkserver (a module compiled for the first time is compiled in a bounded child from one), no
-``importlib.metadata``. The timings are bench/bench_startup.py's; this only pins the imports.
+``sandrun exec`` of an unsigned, already compiled core module: no cryptography, no jsonschema or
+fastjsonschema, no forkserver (a module compiled for the first time is compiled in a bounded child
+from one), no ``importlib.metadata``, nothing of components, nothing of the HTTP layer. The timings are bench/bench_startup.py's; this only pins the imports.
 """
 
 from __future__ import annotations
@@ -93,6 +93,9 @@ def test_exec_imports_no_crypto_jsonschema_or_forkserver(tmp_path: Path) -> None
     modules = _imported(tmp_path, "exec", "hello.wasm")
     assert "wasmtime" in modules and "runner.worker" in modules
     assert not (NEVER | {"runner.shard"}) & modules
+    # a core module: nothing of components (~10 ms); no request made: nothing of the HTTP layer
+    assert not {"wasmtime.component", "runner.component", "runner.egress.wit_host"} & modules
+    assert not {"runner.egress.job", "runner.egress.transport", "runner.egress.client", "ssl"} & modules
 
 
 _FROZEN_AT_EXIT = """
