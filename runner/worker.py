@@ -151,6 +151,8 @@ def job_runners(
 
 @dataclass(frozen=True, slots=True)
 class _Threads:
+    """Isolation ``threads``: each job runs in a thread of this process."""
+
     runtime: Runtime
     plan: Plan
     root: Path
@@ -168,6 +170,8 @@ class _Threads:
 
 @dataclass(frozen=True, slots=True)
 class _ThreadRunner:
+    """Runs one job in the calling thread (isolation ``threads``)."""
+
     runtime: Runtime
     plan: Plan
     root: Path

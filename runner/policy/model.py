@@ -50,6 +50,8 @@ LIMIT_FIELDS: dict[str, tuple[str, Callable[[Any], int]]] = {
 
 @dataclass(frozen=True, slots=True)
 class TrustedKey:
+    """A signing key the policy trusts for tools, until ``not_after`` when set."""
+
     id: str
     public_key: PublicKey
     not_after: dt.date | None
@@ -69,6 +71,8 @@ class LimitValues:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Policy:
+    """A loaded policy: every field parsed and checked, paths resolved against the root."""
+
     document: Document
     name: str
     signatures_required: bool
