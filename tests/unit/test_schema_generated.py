@@ -45,3 +45,30 @@ def test_the_generated_check_still_refuses_what_the_schema_refuses() -> None:
     bad = b"apiVersion: sandrun/v1\nkind: Manifest\nmetadata: {name: x}\ntools: {}\njobs: [{name: 1}]\n"
     problems = validate(load_yaml_bytes(bad, "bad.yaml"), "manifest")
     assert problems and all(p.rule_id.startswith("schema.") for p in problems)
+
+
+def test_a_check_generated_at_run_time_refuses_and_accepts_like_the_committed_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the committed code stale, the check is generated now; it raises fastjsonschema's own
+    exceptions, which must read as "not valid" too (never escape as a traceback)."""
+    from runner import schema
+
+    module = importlib.import_module("runner.schema._fast_manifest")
+    monkeypatch.setattr(module, "SCHEMA_SHA256", "0" * 64)
+    schema._fast_check.cache_clear()
+    try:
+        check = schema._fast_check("manifest")
+        bad = load_yaml_bytes(
+            b"apiVersion: sandrun/v1\nkind: Manifest\nmetadata: {name: x}\ntools: {}\njobs: [{name: 1}]\n",
+            "b.yaml",
+        )
+        good = load_yaml_bytes(
+            b"apiVersion: sandrun/v1\nkind: Manifest\nmetadata: {name: x}\n"
+            b"tools: {e: {module: 'builtin:echo'}}\njobs: [{name: a, tool: e}]\n",
+            "g.yaml",
+        )
+        assert check(bad.data) is False
+        assert validate(good, "manifest") == [] and check(good.data) is True
+    finally:
+        schema._fast_check.cache_clear()
