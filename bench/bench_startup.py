@@ -14,17 +14,22 @@ clock, and it shows what a second process costs even when it runs on another cor
 run with compiled bytecode, as after ``pip install`` (``PYTHONDONTWRITEBYTECODE`` is dropped; the
 ``.pyc`` files go to a temporary ``PYTHONPYCACHEPREFIX``, written by a warm-up round).
 
-The floors (an interpreter importing only the libraries each command is built on: click,
-PyYAML, fastjsonschema, and wasmtime for ``exec``) are printed with them: what no change to
-Sandrun's own code can go below.
+The floors (an interpreter importing only the libraries each command loads: click and PyYAML,
+and wasmtime for ``exec``; fastjsonschema no longer, see docs/exec.md) are printed with them:
+what no change to Sandrun's own code can go below.
 
-Run: ``python bench/bench_startup.py [--rounds 15]``
+``--account`` then splits each command's CPU time in a child that imports the same libraries one
+by one before running the command in-process (as ``python -m runner`` does): the interpreter's
+own start, each library, Sandrun's modules, and the part of those spent creating dataclasses.
+
+Run: ``python bench/bench_startup.py [--rounds 15] [--account]``
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import resource
 import statistics
@@ -97,13 +102,48 @@ jobs:
 
 TARGETS = {"exec": 1.3, "check": 2.0}
 
-# What each command cannot start without: an interpreter importing the libraries it is built on
-# (click parses its flags, PyYAML and fastjsonschema read and check the files, wasmtime runs the
-# module), before a line of Sandrun runs. Their ratio to the baseline is the floor of the target.
-FLOORS = {
-    "exec floor": "click, yaml, fastjsonschema, wasmtime",
-    "check floor": "click, yaml, fastjsonschema",
-}
+# What each command cannot start without: an interpreter importing the libraries it loads (click
+# parses its flags, PyYAML reads the files, wasmtime runs the module), before a line of Sandrun
+# runs. Their ratio to the baseline is the floor of the target. (The schema's fast checks are
+# generated code that needs nothing of fastjsonschema: tests/cli/test_cli_startup_imports.py.)
+LIBRARIES = {"exec": ("click", "yaml", "wasmtime"), "check": ("click", "yaml")}
+FLOORS = {f"{name} floor": ", ".join(modules) for name, modules in LIBRARIES.items()}
+
+# --account: in one child, import the command's libraries one at a time, then run the command
+# in-process, timing each step in CPU time (the worker ``exec`` forks is counted separately).
+_ACCOUNT = """
+import time
+started = time.process_time()
+import atexit, dataclasses, importlib, json, resource, runpy, sys
+spent = {"start": started, "tooling": time.process_time() - started}
+libraries, args = sys.argv[1].split(","), sys.argv[2:]
+for name in libraries:
+    before = time.process_time()
+    importlib.import_module(name)
+    spent[name] = time.process_time() - before
+made = [0, 0.0]
+original = dataclasses.dataclass
+def timed(cls=None, /, **options):
+    def wrap(cls):
+        before = time.process_time()
+        try:
+            return original(**options)(cls)
+        finally:
+            made[0] += 1
+            made[1] += time.process_time() - before
+    return wrap if cls is None else wrap(cls)
+dataclasses.dataclass = timed
+before = time.process_time()
+def report():
+    spent["sandrun"] = time.process_time() - before
+    spent["dataclasses"], spent["classes"] = made[1], made[0]
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    spent["worker"] = children.ru_utime + children.ru_stime
+    print(json.dumps(spent), file=sys.__stderr__)
+atexit.register(report)
+sys.argv = ["sandrun", *args]
+runpy.run_module("runner", run_name="__main__")
+"""
 
 
 def _seconds(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
@@ -122,7 +162,9 @@ def _seconds(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
-    rounds = parser.parse_args().rounds
+    parser.add_argument("--account", action="store_true", help="split each command's CPU time")
+    options = parser.parse_args()
+    rounds = options.rounds
     python = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -147,9 +189,13 @@ def main() -> None:
         for command in commands.values():  # warm: .pyc files, the compiled-module cache
             _seconds(command, folder, env)
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+        accounts: dict[str, list[dict[str, float]]] = {name: [] for name in LIBRARIES}
         for _ in range(rounds):
             for name, command in commands.items():
                 times[name].append(_seconds(command, folder, env))
+            if options.account:
+                for name in LIBRARIES:
+                    accounts[name].append(_account(name, commands[name][3:], folder, env))
     median = {name: statistics.median(wall for wall, _ in values) for name, values in times.items()}
     cpu = {name: statistics.median(used for _, used in values) for name, values in times.items()}
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; medians of {rounds}:")
@@ -166,6 +212,35 @@ def main() -> None:
             f"Sandrun's own: {(median[name] - median[floor]) * 1000:.1f} ms wall, "
             f"{(cpu[name] - cpu[floor]) * 1000:.1f} ms CPU"
         )
+        if options.account:
+            _print_account(name, accounts[name], cpu[baseline])
+
+
+def _account(name: str, args: list[str], cwd: Path, env: dict[str, str]) -> dict[str, float]:
+    """One run of ``name`` with its CPU time split (``_ACCOUNT``), in seconds."""
+    command = [sys.executable, "-c", _ACCOUNT, ",".join(LIBRARIES[name]), *args]
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{name} --account failed ({done.returncode}): {done.stderr}")
+    split: dict[str, float] = json.loads(done.stderr.splitlines()[-1])
+    return split
+
+
+def _print_account(name: str, runs: list[dict[str, float]], baseline_cpu: float) -> None:
+    """Medians of each part, in ms and as a share of the baseline's whole CPU time."""
+    part = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    pieces = [("interpreter start", part["start"]), ("dataclasses, json (+ runpy)", part["tooling"])]
+    pieces += [(library, part[library]) for library in LIBRARIES[name]]
+    pieces += [("Sandrun (its modules + the work)", part["sandrun"]), ("worker process", part["worker"])]
+    total = sum(seconds for _, seconds in pieces)
+    print(f"  CPU account of {name} (medians of {len(runs)}; x = share of the baseline's CPU time):")
+    for label, seconds in pieces:
+        print(f"    {label:>32}: {seconds * 1000:6.1f} ms {seconds / baseline_cpu:5.2f}x")
+    print(
+        f"    {'of Sandrun: dataclass creation':>32}: {part['dataclasses'] * 1000:6.1f} ms "
+        f"{part['dataclasses'] / baseline_cpu:5.2f}x ({part['classes']:.0f} classes)"
+    )
+    print(f"    {'total':>32}: {total * 1000:6.1f} ms {total / baseline_cpu:5.2f}x")
 
 
 if __name__ == "__main__":

@@ -46,17 +46,19 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import wasmtime
 from wasmtime import Engine, Module, WasmtimeError
-from wasmtime.component import Component
 
 from runner.cache_secret import CacheSecret, CacheSecretError, default_secret_path, load_secret
 from runner.fileio import write_atomic
 from runner.sealed import Sealed, seal_bytes, seal_copy
 from runner.units import UnitError, parse_size
 from runner.wasmfile import WasmKind
+
+if TYPE_CHECKING:
+    from wasmtime.component import Component
 
 __all__ = [
     "CACHE_FORMAT",
@@ -79,7 +81,7 @@ Source = Literal["compiled", "recompiled", "memory", "disk"]
 _MAX_SIDECAR = 4096
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Compiled code as Wasmtime holds it: a core module or a component.
-Code = Module | Component
+Code: TypeAlias = "Module | Component"  # a string: wasmtime.component loads only for components
 
 
 def default_cache_dir() -> Path:
@@ -244,8 +246,12 @@ class ModuleCache:
                 mac = _entry_mac(self._secret, key, sealed.size, [view])
             if not hmac.compare_digest(mac, str(meta["mac"])):
                 return None, None, True
-            loader = Component.deserialize_file if kind == "component" else Module.deserialize_file
-            module = loader(engine, sealed.path)  # (4)
+            if kind == "component":
+                from wasmtime.component import Component  # component jobs only: ~10 ms of every start
+
+                module: Code = Component.deserialize_file(engine, sealed.path)  # (4)
+            else:
+                module = Module.deserialize_file(engine, sealed.path)  # (4)
             os.utime(fd)  # recently used: the disk LRU evicts by modification time
             return module, sealed, True
         except (OSError, WasmtimeError):

@@ -34,15 +34,17 @@ import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from wasmtime import Config, Engine, Module, WasmtimeError
-from wasmtime.component import Component
 
 from runner import forkserver
 from runner.features import ENGINE_FEATURES
 from runner.units import format_duration, format_size
 from runner.wasmfile import WasmKind
+
+if TYPE_CHECKING:
+    from wasmtime.component import Component
 
 __all__ = ["CompileBounds", "CompileFailed", "Compiled", "compile_bounded", "new_config"]
 
@@ -112,6 +114,8 @@ class Compiled:
 
     def load(self, engine: Engine) -> Module | Component:
         if self.kind == "component":
+            from wasmtime.component import Component  # component jobs only: ~10 ms of every start
+
             return Component.deserialize(engine, self.data)
         return Module.deserialize(engine, self.data)
 
@@ -271,7 +275,12 @@ def _child(
         data = channel.recv_bytes()
         try:
             engine = Engine(new_config(fuel=fuel, stack=stack))
-            code = Component(engine, data) if kind == "component" else Module(engine, data)
+            if kind == "component":
+                from wasmtime.component import Component
+
+                code: Module | Component = Component(engine, data)
+            else:
+                code = Module(engine, data)
             serialized = code.serialize()
         except WasmtimeError as exc:
             channel.send_bytes(_INVALID + str(exc).encode("utf-8", "replace")[:_STDERR_KEEP])

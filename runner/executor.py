@@ -31,11 +31,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner import hermetic
 from runner.audit import record
-from runner.egress.transport import Seam
 from runner.errors import PolicyDenied, SandrunError
 from runner.plan import JobSpec, Plan
 from runner.progress import ProgressEvent
@@ -43,6 +42,9 @@ from runner.report import sanitize_text
 from runner.results import JobResult, Outcome, Status
 from runner.sandbox import EngineKey, Runtime, check_mounts, required_thread_stack
 from runner.worker import ISOLATIONS, Isolation, JobRunner, job_runners
+
+if TYPE_CHECKING:
+    from runner.egress.transport import Seam
 
 __all__ = ["EventSink", "OutputSink", "BatchOptions", "BatchResult", "run_plan", "status_for"]
 

@@ -64,16 +64,12 @@ from wasmtime import (
     WasiConfig,
     WasmtimeError,
 )
-from wasmtime import component as wasm_component
 
 from runner import capi, catalog
-from runner import component as components
 from runner.cache import Code, ModuleCache, Source, default_cache_dir
 from runner.canonical import sha256_hex
 from runner.compiling import CompileBounds, CompileFailed, compile_bounded, new_config
 from runner.egress import abi as http_abi
-from runner.egress.job import egress_for
-from runner.egress.transport import Seam
 from runner.errors import InputError, Location, PolicyDenied
 from runner.features import enabled
 from runner.hermetic import VirtualWorld
@@ -84,6 +80,10 @@ from runner.virtual_wasi import define_shadows, events, subscriptions
 from runner.wasmfile import WasmKind, not_wasm_reason, wasm_kind
 
 if TYPE_CHECKING:
+    from wasmtime import component as wasm_component
+
+    from runner.egress.client import Egress
+    from runner.egress.transport import Seam
     from runner.invoke import InvokeError, InvokeResult
 
 __all__ = [
@@ -630,6 +630,8 @@ class _EngineHost:
         """The linker of component jobs (WASI preview 2: :mod:`runner.component`), made on first
         use; for a hermetic job, one whose clocks and random are virtual at the versions this
         component imports (one per distinct set: a linker is never changed once in use)."""
+        from runner import component as components  # component jobs only: ~10 ms of every start
+
         if job.hermetic is None:
             with self._lock:
                 if self._components is None:
@@ -757,6 +759,8 @@ def _execute_component(
     """A component's run (:mod:`runner.component`) as an :class:`_Ending`. Its linear memory is
     inside the component, out of the API's reach: no peak is measured (None), so a refused grow
     shows as the guest's own failure, not as ``memory``."""
+    from runner import component as components
+
     ended = components.run(store, linker, component, job.invoke)
     message = None if ended.text is None else _first_line(ended.text)
     if ended.instantiating and ended.trap == "trap":
@@ -980,10 +984,12 @@ class Runtime:
         """
         require_sealed(fd)
         engine = self._engine(EngineKey(fuel=key[1], stack=key[2])).engine
-        loader = (
-            wasm_component.Component.deserialize_file if key[3] == "component" else Module.deserialize_file
-        )
-        self._adopted[key] = loader(engine, fd_path(fd))
+        if key[3] == "component":
+            from wasmtime.component import Component  # component jobs only: ~10 ms of every start
+
+            self._adopted[key] = Component.deserialize_file(engine, fd_path(fd))
+        else:
+            self._adopted[key] = Module.deserialize_file(engine, fd_path(fd))
 
     def run(
         self,
@@ -1048,7 +1054,13 @@ class Runtime:
         host.register(state)
         _current.job = state
         deadline_s = state.deadline_ns / 1e9
-        net = http_abi.Session(lambda: egress_for(job, self.egress_seam, deadline=deadline_s, cancel=cancel))
+
+        def egress() -> Egress:  # on the job's first request: the HTTP layer loads sockets and TLS
+            from runner.egress.job import egress_for
+
+            return egress_for(job, self.egress_seam, deadline=deadline_s, cancel=cancel)
+
+        net = http_abi.Session(egress)
         try:
             peak: int | None
             with http_abi.bound(net):

@@ -107,6 +107,8 @@ class KeyFileError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class KeyPair:
+    """Where ``keys generate`` wrote a key pair, and its public half as base64."""
+
     key_id: str
     private_path: Path
     public_path: Path

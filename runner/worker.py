@@ -59,15 +59,17 @@ from contextlib import suppress
 from dataclasses import dataclass, replace
 from multiprocessing.reduction import recv_handle, send_handle
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from runner import forkserver
-from runner.egress.transport import Seam
 from runner.errors import InputError, Location, PolicyDenied, SandrunError, Violation
 from runner.plan import JobSpec, Limits, Plan
 from runner.results import TRAP_KINDS, Outcome
 from runner.sandbox import ModuleKey, Runtime, module_key, required_thread_stack
 from runner.sealed import Sealed
+
+if TYPE_CHECKING:
+    from runner.egress.transport import Seam
 
 __all__ = [
     "Isolation",
@@ -173,6 +175,8 @@ def job_runners(
 
 @dataclass(frozen=True, slots=True)
 class _Threads:
+    """Isolation ``threads``: each job runs in a thread of this process."""
+
     runtime: Runtime
     plan: Plan
     root: Path
@@ -190,6 +194,8 @@ class _Threads:
 
 @dataclass(slots=True)
 class _ThreadRunner:
+    """Runs one job in the calling thread (isolation ``threads``)."""
+
     runtime: Runtime
     plan: Plan
     root: Path

@@ -80,6 +80,8 @@ class _Fault(Exception):
 
 @dataclass(slots=True)
 class _Open:
+    """A response a guest reads: its headers and body, and how far it has read each."""
+
     headers: bytes
     body: bytes
     header_offset: int = 0

@@ -50,6 +50,8 @@ LIMIT_FIELDS: dict[str, tuple[str, Callable[[Any], int]]] = {
 
 @dataclass(frozen=True, slots=True)
 class TrustedKey:
+    """A signing key the policy trusts for tools, until ``not_after`` when set."""
+
     id: str
     public_key: PublicKey
     not_after: dt.date | None
@@ -69,6 +71,8 @@ class LimitValues:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Policy:
+    """A loaded policy: every field parsed and checked, paths resolved against the root."""
+
     document: Document
     name: str
     signatures_required: bool
@@ -203,10 +207,13 @@ def policy_from_document(document: Document, root: Path) -> Policy:
     max_limits = parse_limits(document, "/limits/max", limits.get("max", {}), problems)
 
     network = data.get("network", {})
-    if network:  # the host and URL parsers are imported only for a policy that grants network
-        from runner.egress.rules import AllowEntry
-        from runner.egress.urls import UrlError
+    # each parser is imported only for a policy that uses it (the default one only blocks)
+    if network.get("allow") or network.get("block"):
         from runner.hosts import HostPatternError, parse_block_entry
+    if network.get("allow"):
+        from runner.egress.rules import AllowEntry
+    if network.get("secrets"):
+        from runner.egress.urls import UrlError
     entries: list[AllowEntry] = []
     for index, text in enumerate(network.get("allow", [])):
         try:

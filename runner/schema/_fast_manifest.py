@@ -4,7 +4,7 @@ SCHEMA_SHA256 = "4ab5e9500f9f337ebf0d867f25ee4f8e8a9e74f64c8f151a81dc58113de846a
 VERSION = "2.22.3"
 from decimal import Decimal
 import re
-from fastjsonschema import JsonSchemaValueException, JsonSchemaValuesException
+from runner.schema._fast_errors import JsonSchemaValueException, JsonSchemaValuesException
 
 
 REGEX_PATTERNS = {

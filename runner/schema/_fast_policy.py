@@ -4,7 +4,7 @@ SCHEMA_SHA256 = "81b0db9fbc60cb1b587b7ee3263a3a1a13cb6068f49228566633ea4ea8f34aa
 VERSION = "2.22.3"
 from decimal import Decimal
 import re
-from fastjsonschema import JsonSchemaValueException, JsonSchemaValuesException
+from runner.schema._fast_errors import JsonSchemaValueException, JsonSchemaValuesException
 
 
 REGEX_PATTERNS = {

@@ -29,6 +29,11 @@ FIFO = """(module
                       (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 8)))))"""
 
 
+def _env(folder: Path) -> dict[str, str]:
+    """The folder's own state and module cache: no other process can empty or fill the cache."""
+    return {**os.environ, "XDG_STATE_HOME": str(folder / "state"), "XDG_CACHE_HOME": str(folder / "cache")}
+
+
 def _start(folder: Path, *args: str) -> subprocess.Popen[str]:
     """``sandrun exec ARGS`` in its own process group (so whatever it forks can be found)."""
     return subprocess.Popen(
@@ -37,7 +42,7 @@ def _start(folder: Path, *args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "XDG_STATE_HOME": str(folder / "state")},
+        env=_env(folder),
         start_new_session=True,
     )
 
@@ -78,6 +83,11 @@ def _worker_while_running(proc: subprocess.Popen[str]) -> int:
 
 def test_the_worker_is_forked_directly_and_carries_the_memory_budget(tmp_path: Path) -> None:
     (tmp_path / "sleep.wasm").write_bytes(wasmtime.wat2wasm(SLEEP))
+    # a module compiled for the first time is compiled from a forkserver (docs/exec.md): compile
+    # and cache it first, so the run below is the warm path whose process tree is checked
+    warm = [sys.executable, "-m", "runner", "exec", "--timeout", "100ms", "sleep.wasm"]
+    done = subprocess.run(warm, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 134, done.stderr
     proc = _start(tmp_path, "--timeout", "2m", "--memory", "16MiB", "sleep.wasm")
     try:
         pid = _worker_while_running(proc)

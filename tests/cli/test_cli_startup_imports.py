@@ -2,9 +2,11 @@
 
 ``sandrun check`` validates and compiles: no wasmtime, no cryptography, no jsonschema (the
 schema's fast check is generated ahead of time), no HTTP client, no worker machinery.
-``sandrun exec`` of an unsigned, already compiled module: no cryptography, no jsonschema, no
-forkserver (a module compiled for the first time is compiled in a bounded child from one), no
-``importlib.metadata``. The timings are bench/bench_startup.py's; this only pins the imports.
+``sandrun exec`` of an unsigned, already compiled core module: no cryptography, no jsonschema or
+fastjsonschema, no forkserver (a module compiled for the first time is compiled in a bounded child
+from one), no ``importlib.metadata``, nothing of components, nothing of the HTTP layer, no audit
+verifier. Neither creates a dataclass without a docstring (see ``_RUN_AND_LIST``). The timings are
+bench/bench_startup.py's; this only pins the imports.
 """
 
 from __future__ import annotations
@@ -26,11 +28,20 @@ HELLO = """(module
     (i32.store (i32.const 4) (i32.const 6))
     (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 20)))))"""
 
-# Runs the CLI as `python -m runner` would, then writes the names of every imported module.
+# Runs the CLI as `python -m runner` would, then writes the names of every imported module, and
+# of every dataclass of Sandrun's without a docstring ("!" before it): dataclasses computes
+# ``inspect.signature`` of such a class for its ``__doc__``, up to 2 ms a class at each start.
 _RUN_AND_LIST = """
-import atexit, runpy, sys
+import atexit, dataclasses, runpy, sys
 out = sys.argv[1]
-atexit.register(lambda: open(out, "w").write("\\n".join(sorted(sys.modules))))
+def undocumented():
+    for module in [m for name, m in sys.modules.items() if name.startswith("runner")]:
+        for value in vars(module).values():
+            if not (isinstance(value, type) and dataclasses.is_dataclass(value)):
+                continue
+            if value.__module__ == module.__name__ and (value.__doc__ or "").startswith(value.__name__ + "("):
+                yield "!" + value.__module__ + "." + value.__qualname__
+atexit.register(lambda: open(out, "w").write("\\n".join([*sorted(sys.modules), *undocumented()])))
 sys.argv = ["sandrun", *sys.argv[2:]]
 runpy.run_module("runner", run_name="__main__")
 """
@@ -46,7 +57,8 @@ jobs:
   - {{name: greet, tool: hello, args: [a], env: {{LANG: C}}, limits: {{memory: 8MiB}}}}
 """
 
-NEVER = {"cryptography", "jsonschema", "importlib.metadata", "multiprocessing.forkserver"}
+# fastjsonschema: the committed fast checks raise their own exceptions (runner.schema._fast_errors)
+NEVER = {"cryptography", "jsonschema", "fastjsonschema", "importlib.metadata", "multiprocessing.forkserver"}
 
 
 def _imported(folder: Path, *args: str) -> set[str]:
@@ -75,13 +87,21 @@ def test_check_imports_no_engine_crypto_http_or_workers(tmp_path: Path) -> None:
     _project(tmp_path)
     modules = _imported(tmp_path, "check", "m.yaml", "--policy", "policy.yaml")
     assert "runner.schema._fast_manifest" in modules and "runner.policy.compiler" in modules
+    assert not {name for name in modules if name.startswith("!")}, "give these dataclasses a docstring"
     heavy = NEVER | {
         "wasmtime",
         "http.client",
+        "httptools",
         "ssl",
         "multiprocessing",
         "runner.executor",
         "runner.egress.client",
+        # a policy without network loads no network parser; check writes no log and no report
+        "runner.hosts",
+        "runner.egress.rules",
+        "runner.egress.urls",
+        "runner.audit",
+        "runner.report",
     }
     assert not heavy & modules
 
@@ -91,7 +111,16 @@ def test_exec_imports_no_crypto_jsonschema_or_forkserver(tmp_path: Path) -> None
     _imported(tmp_path, "exec", "hello.wasm")  # compiles the module (in a bounded child), caches it
     modules = _imported(tmp_path, "exec", "hello.wasm")
     assert "wasmtime" in modules and "runner.worker" in modules
+    assert not {name for name in modules if name.startswith("!")}, "give these dataclasses a docstring"
     assert not (NEVER | {"runner.shard"}) & modules
+    # a core module: nothing of components (~10 ms); no request made: nothing of the HTTP layer
+    assert not {"wasmtime.component", "runner.component", "runner.egress.wit_host"} & modules
+    assert not {"runner.egress.job", "runner.egress.transport", "runner.egress.client", "runner.egress.wire"}
+    assert not {"httptools", "ssl"} & modules
+    # the log is written, not verified (runner.audit loads names on use); the default policy only
+    # blocks, so the allow-list and URL parsers stay unloaded
+    assert "runner.audit.chain" in modules and "runner.audit.verify" not in modules
+    assert "runner.hosts" in modules and not {"runner.egress.rules", "runner.egress.urls"} & modules
 
 
 _FROZEN_AT_EXIT = """
