@@ -239,6 +239,22 @@ def test_an_internal_error_is_that_jobs_result_not_an_exception(
     assert rows["fine"].status == "passed"
 
 
+def test_looking_for_a_job_to_queue_costs_the_same_whatever_the_number_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread that cannot queue (isolation ``threads``) asks about a few ready jobs per pick, not
+    every ready one: 300 jobs once cost 45,000 checks, quadratic in the batch."""
+    from runner import worker
+
+    asked: list[int] = []
+    monkeypatch.setattr(worker._ThreadRunner, "can_queue", lambda self, index: asked.append(index) or False)
+    wasm = wat(EXIT, code=0)
+    plan = plan_of(*(job(tmp_path, wasm, f"j{i}") for i in range(300)))
+    rows = by_name(run(tmp_path, plan, isolation="threads", jobs=1))
+    assert {row.status for row in rows.values()} == {"passed"} and len(rows) == 300
+    assert 0 < len(asked) <= 8 * 300
+
+
 def test_a_failing_event_sink_stops_the_batch_and_is_raised(tmp_path: Path) -> None:
     def explode(kind: str, data: dict[str, Any]) -> None:
         if kind == "job.started":
