@@ -16,14 +16,11 @@ from typing import Any
 
 import pytest
 from cli_process import sandrun
-from shard_project import POLICY, make_shard_project
+from shard_project import KEY, POLICY, PUB, make_shard_project, run_shard
 
 from runner.canonical import canonical_json
 from runner.plan import Plan
 from runner.shard import partition
-
-KEYS = Path(__file__).resolve().parents[1] / "keys"
-KEY, PUB = str(KEYS / "examples-2026.key"), str(KEYS / "examples-2026.pub")
 
 
 @pytest.fixture
@@ -31,22 +28,6 @@ def project(tmp_path: Path) -> Path:
     root = make_shard_project(tmp_path / "project")
     assert sandrun("compile", "manifests", "--policy", POLICY, "-o", "plan.json", cwd=root).returncode == 0
     return root
-
-
-def run_shard(project: Path, shard: str, out: str) -> Any:
-    return sandrun(
-        "run",
-        "plan.json",
-        "--policy",
-        POLICY,
-        "--shard",
-        shard,
-        "--out",
-        out,
-        "--signing-key",
-        KEY,
-        cwd=project,
-    )
 
 
 def edit_plan(project: Path, job: str, change: Any) -> None:
