@@ -82,10 +82,12 @@ def make_project(root: Path, jobs: int) -> None:
 class Processes:
     """``python -m runner`` in ``root`` as CI runs it; each call's wall and CPU seconds are kept."""
 
-    def __init__(self, root: Path, pycache: Path) -> None:
+    def __init__(self, root: Path, pycache: Path, source: Path | None = None) -> None:
         self.root = root
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         self.env = {**env, "CI": "true", "PYTHONPYCACHEPREFIX": str(pycache)}
+        if source is not None:  # another Sandrun's source tree, found before the installed one
+            self.env["PYTHONPATH"] = str(source)
 
     def __call__(self, *args: str, codes: tuple[int, ...] = (0,)) -> tuple[float, float]:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -156,6 +158,22 @@ def in_process(root: Path, rounds: int) -> dict[str, float]:
     return medians
 
 
+def summary(
+    whole: list[tuple[float, float]], sharded: list[tuple[float, float]]
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Per-round ratios (4 shards over 1 run) of wall and CPU time, and the median times."""
+    ratios = {
+        kind: [s[k] / w[k] for s, w in zip(sharded, whole, strict=True)]
+        for k, kind in enumerate(("wall", "cpu"))
+    }
+    median = {
+        f"{n} {kind}": statistics.median(v[k] for v in values)
+        for n, values in (("1", whole), ("4", sharded))
+        for k, kind in enumerate(("wall", "cpu"))
+    }
+    return ratios, median
+
+
 def spread(values: list[float]) -> str:
     return f"{min(values):.2f}-{max(values):.2f}"
 
@@ -164,32 +182,44 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
     parser.add_argument("--jobs", type=int, default=2000, help="batch size (default 2,000)")
+    parser.add_argument(
+        "--against",
+        type=Path,
+        default=None,
+        help="another Sandrun source tree, run the same way in the same rounds",
+    )
     args = parser.parse_args()
     rounds = 3 if args.quick else 7
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp).resolve() / "project"
         make_project(root, args.jobs)
-        proc = Processes(root, Path(tmp) / "pycache")
-        proc(*run_args("warm"))  # the module cache and the bytecode cache
-        whole: list[tuple[float, float]] = []
-        sharded: list[tuple[float, float]] = []
+        procs = {"this": Processes(root, Path(tmp) / "pycache")}
+        if args.against is not None:
+            procs["against"] = Processes(root, Path(tmp) / "pycache-against", args.against.resolve())
+        proc = procs["this"]
+        whole: dict[str, list[tuple[float, float]]] = {name: [] for name in procs}
+        sharded: dict[str, list[tuple[float, float]]] = {name: [] for name in procs}
         fixed: dict[str, list[float]] = {"--version": [], "--dry-run": []}
 
-        def one(number: int) -> None:
-            whole.append(proc(*run_args(f"whole-{number}")))
+        def one(name: str, number: int) -> None:
+            whole[name].append(procs[name](*run_args(f"{name}-whole-{number}")))
 
-        def four(number: int) -> None:
+        def four(name: str, number: int) -> None:
             runs = [
-                proc(*run_args(f"r{number}-s{i}", "--shard", f"{i}/{SHARDS}")) for i in range(1, SHARDS + 1)
+                procs[name](*run_args(f"{name}-r{number}-s{i}", "--shard", f"{i}/{SHARDS}"))
+                for i in range(1, SHARDS + 1)
             ]
-            sharded.append((sum(w for w, _ in runs), sum(c for _, c in runs)))
+            sharded[name].append((sum(w for w, _ in runs), sum(c for _, c in runs)))
 
+        for name in procs:
+            procs[name](*run_args(f"{name}-warm"))  # the module cache and the bytecode cache
         for number in range(rounds):
-            for side in (one, four) if number % 2 == 0 else (four, one):
-                side(number)
+            sides = [(side, name) for name in procs for side in (one, four)]
+            for side, name in sides if number % 2 == 0 else reversed(sides):
+                side(name, number)
             fixed["--version"].append(proc("--version")[0])
             fixed["--dry-run"].append(proc(*run_args("dry", "--shard", f"1/{SHARDS}", "--dry-run"))[0])
-        folders = [f"r0-s{i}" for i in range(1, SHARDS + 1)]
+        folders = [f"this-r0-s{i}" for i in range(1, SHARDS + 1)]
         records = sum(len((root / f / LOG_NAME).read_bytes().splitlines()) for f in folders)
         merge = [
             proc(
@@ -199,19 +229,7 @@ def main() -> None:
             for n in range(rounds)
         ]  # fmt: skip
         pieces = in_process(root, rounds + 2)
-    ratios = {
-        kind: [s[k] / w[k] for s, w in zip(sharded, whole, strict=True)]
-        for k, kind in enumerate(("wall", "cpu"))
-    }
-    median = {
-        name: statistics.median(v[k] for v in values)
-        for name, values, k in (
-            ("1 wall", whole, 0),
-            ("1 cpu", whole, 1),
-            ("4 wall", sharded, 0),
-            ("4 cpu", sharded, 1),
-        )
-    }
+    ratios, median = summary(whole["this"], sharded["this"])
     print(
         f"{args.jobs} jobs in {MANIFESTS} manifests, --jobs 1, whole processes; medians of {rounds} "
         f"interleaved rounds; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
@@ -223,6 +241,21 @@ def main() -> None:
             f"  {kind:<4}: 1 run {median[f'1 {kind}']:5.2f} s, {SHARDS} shards in turn "
             f"{median[f'4 {kind}']:5.2f} s: ratio {ratio:4.2f}x (rounds {spread(ratios[kind])}) "
             f"target <= {TARGET_WORK} {verdict}"
+        )
+    if args.against is not None:
+        theirs, their_median = summary(whole["against"], sharded["against"])
+        faster = {
+            n: [a[0] / b[0] for a, b in zip(values["this"], values["against"], strict=True)]
+            for n, values in (("1", whole), ("4", sharded))
+        }
+        mid = {
+            name: statistics.median(values) for name, values in (*faster.items(), ("ratio", theirs["wall"]))
+        }
+        print(
+            f"  against {args.against} in the same rounds: 1 run {their_median['1 wall']:5.2f} s, "
+            f"{SHARDS} shards {their_median['4 wall']:5.2f} s: ratio {mid['ratio']:4.2f}x "
+            f"(rounds {spread(theirs['wall'])}); this / that: 1 run {mid['1']:4.2f}x "
+            f"({spread(faster['1'])}), {SHARDS} shards {mid['4']:4.2f}x ({spread(faster['4'])})"
         )
     extra = (median["4 wall"] - median["1 wall"]) / (SHARDS - 1)
     version, dry = (statistics.median(fixed[k]) for k in ("--version", "--dry-run"))
