@@ -251,7 +251,7 @@ def load_plan(path: Path) -> Plan:
         raise InputError.one(
             "input.read", f"cannot read plan: {exc.strerror}", Location(file=str(path))
         ) from None
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InputError.one(
             "plan.invalid", f"not a valid sandrun plan: {exc}", Location(file=str(path))
         ) from None

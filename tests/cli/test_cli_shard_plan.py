@@ -131,3 +131,25 @@ def test_the_plan_that_runs_is_the_plan_file_and_is_hashed_from_its_bytes(
     assert rebuilt == [] and len(encoded) == 1
     assert plan == expected and plan.to_dict() == expected.to_dict()
     assert api.plan_sha256(plan) == hashlib.sha256(path.read_bytes().rstrip(b"\n")).hexdigest()
+
+
+HOSTILE = {
+    "policy path not a string": lambda plan: plan["policy"].update(path=1),
+    "policy path with a NUL": lambda plan: plan["policy"].update(path="policies/\x00lenient.yaml"),
+    "a mount host not a string": lambda plan: plan["jobs"][3]["mounts"][0].update(host=1),
+    "a job not an object": lambda plan: plan["jobs"].__setitem__(6, ["hello", "g"]),
+    "a tool's module not a string": lambda plan: plan["tools"][0].update(module=1),
+}
+
+
+@pytest.mark.parametrize("change", HOSTILE.values(), ids=HOSTILE.keys())
+def test_a_hostile_plan_is_invalid_input_and_its_log_is_sealed(project: Path, change: Any) -> None:
+    """Values of the wrong type where the plan's claims or a job's fields are read: one line, exit
+    2, and the refused run's log sealed (before, some were an internal error leaving it unsealed)."""
+    plan = project / "plan.json"
+    data = json.loads(plan.read_bytes())
+    change(data)
+    plan.write_bytes(canonical_json(data))
+    one_line(run_shard(project, "1/3", "out"), 2, "plan.invalid")
+    kinds = [json.loads(line)["kind"] for line in (project / "out" / "audit.jsonl").read_text().splitlines()]
+    assert kinds == ["run.started", "run.denied", "run.sealed"]
