@@ -51,7 +51,12 @@ def _require(condition: bool, message: str) -> None:
 
 
 def _is_relative_posix(path: str) -> bool:
-    return isinstance(path, str) and not path.startswith("/") and "\\" not in path and ".." not in path.split("/")
+    return (
+        isinstance(path, str)
+        and not path.startswith("/")
+        and "\\" not in path
+        and ".." not in path.split("/")
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
