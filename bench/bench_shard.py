@@ -244,19 +244,19 @@ def main() -> None:
         )
     if args.against is not None:
         theirs, their_median = summary(whole["against"], sharded["against"])
-        faster = {
-            n: [a[0] / b[0] for a, b in zip(values["this"], values["against"], strict=True)]
-            for n, values in (("1", whole), ("4", sharded))
-        }
-        mid = {
-            name: statistics.median(values) for name, values in (*faster.items(), ("ratio", theirs["wall"]))
-        }
-        print(
-            f"  against {args.against} in the same rounds: 1 run {their_median['1 wall']:5.2f} s, "
-            f"{SHARDS} shards {their_median['4 wall']:5.2f} s: ratio {mid['ratio']:4.2f}x "
-            f"(rounds {spread(theirs['wall'])}); this / that: 1 run {mid['1']:4.2f}x "
-            f"({spread(faster['1'])}), {SHARDS} shards {mid['4']:4.2f}x ({spread(faster['4'])})"
-        )
+        for k, kind in enumerate(("wall", "cpu")):
+            this_by_that = {
+                n: [a[k] / b[k] for a, b in zip(values["this"], values["against"], strict=True)]
+                for n, values in (("1", whole), ("4", sharded))
+            }
+            mid = {n: statistics.median(v) for n, v in (*this_by_that.items(), ("ratio", theirs[kind]))}
+            print(
+                f"  {kind:<4} against {args.against.name} in the same rounds: 1 run "
+                f"{their_median[f'1 {kind}']:5.2f} s, {SHARDS} shards {their_median[f'4 {kind}']:5.2f} s: "
+                f"ratio {mid['ratio']:4.2f}x (rounds {spread(theirs[kind])}); this / that: 1 run "
+                f"{mid['1']:4.2f}x ({spread(this_by_that['1'])}), {SHARDS} shards {mid['4']:4.2f}x "
+                f"({spread(this_by_that['4'])})"
+            )
     extra = (median["4 wall"] - median["1 wall"]) / (SHARDS - 1)
     version, dry = (statistics.median(fixed[k]) for k in ("--version", "--dry-run"))
     print(f"  each extra shard costs {extra * 1000:.0f} ms of wall time; every shard repeats:")
