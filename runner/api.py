@@ -478,10 +478,13 @@ def _verified(path: Path, policy_path: Path, *, root: Path | None, today: dt.dat
     except (OSError, ValueError, KeyError, TypeError) as exc:  # load_plan then says why
         raise InputError.one("plan.invalid", f"not a valid sandrun plan: {exc}", where) from None
     base = resolve_root(root)
-    named = (base / claimed.path).resolve()
     at_policy = replace(where, pointer="/policy/path")
+    try:
+        named: Path | None = (base / claimed.path).resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+        named = None  # no file at all, let alone one inside the root
     # (1) the plan's policy is inside the root
-    if not named.is_relative_to(base):
+    if named is None or not named.is_relative_to(base):
         raise PolicyDenied.one(
             "plan.policy-outside-root",
             f"the plan names the policy {claimed.path!r}, outside the root {base}; a plan never "

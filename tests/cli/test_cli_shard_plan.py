@@ -153,3 +153,17 @@ def test_a_hostile_plan_is_invalid_input_and_its_log_is_sealed(project: Path, ch
     one_line(run_shard(project, "1/3", "out"), 2, "plan.invalid")
     kinds = [json.loads(line)["kind"] for line in (project / "out" / "audit.jsonl").read_text().splitlines()]
     assert kinds == ["run.started", "run.denied", "run.sealed"]
+
+
+def test_a_plan_naming_a_policy_in_a_symlink_loop_is_refused(project: Path) -> None:
+    """The policy path is resolved before anything else of the plan is checked: a loop there is a
+    denial naming the field, not an internal error leaving the log unsealed (before this change too)."""
+    (project / "policies" / "loop1").symlink_to("loop2")
+    (project / "policies" / "loop2").symlink_to("loop1")
+    plan = project / "plan.json"
+    data = json.loads(plan.read_bytes())
+    data["policy"]["path"] = "policies/loop1"
+    plan.write_bytes(canonical_json(data))
+    one_line(run_shard(project, "1/3", "out"), 3, "plan.policy-outside-root")
+    kinds = [json.loads(line)["kind"] for line in (project / "out" / "audit.jsonl").read_text().splitlines()]
+    assert kinds == ["run.started", "run.denied", "run.sealed"]
