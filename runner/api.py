@@ -28,7 +28,7 @@ from runner.errors import (
     SandrunError,
     Violation,
 )
-from runner.plan import Plan
+from runner.plan import Plan, PolicyRef
 from runner.policy.compiler import compile_plan, denial_error
 from runner.policy.model import Policy, policy_from_document
 from runner.source import MAX_DOCUMENT_BYTES, Document, load_yaml_file
@@ -251,7 +251,7 @@ def load_plan(path: Path) -> Plan:
         raise InputError.one(
             "input.read", f"cannot read plan: {exc.strerror}", Location(file=str(path))
         ) from None
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InputError.one(
             "plan.invalid", f"not a valid sandrun plan: {exc}", Location(file=str(path))
         ) from None
@@ -387,6 +387,10 @@ def run(
     ):
         remove_outputs(out_dir)  # under the log's lock, before anything of this run is written
         log.append(record.RUN_STARTED, record.run_started(__version__, sources))
+        if options.isolation == "workers":
+            from runner.worker import start_forkserver_early
+
+            start_forkserver_early()  # it starts while the plan is read and checked (each shard does it)
         try:
             plan = make_plan()
         except SandrunError as error:
@@ -446,42 +450,73 @@ def verified_plan(
        under, same path and sha256 (``plan.policy-mismatch``, exit 3);
     3. recompiling the plan's manifests under it must give the same bytes, so an edited plan, a
        changed input or a key that has since expired is refused (``plan.mismatch``, exit 3).
+
+    The file is never rebuilt into a plan on the way: (3) compares its bytes with the canonical
+    encoding of the fresh compile, and the plan returned is the compiler's own (valid by
+    construction; the whole plan, which a shard partitions). Only a refused file is read in full
+    (:func:`load_plan`), so damage anywhere in it is still invalid input before any denial.
     """
-    plan = load_plan(path)
+    try:
+        return _verified(path, policy_path, root=root, today=today)
+    except SandrunError:
+        load_plan(path)  # a plan damaged anywhere is invalid input (plan.invalid, exit 2) first
+        raise
+
+
+def _verified(path: Path, policy_path: Path, *, root: Path | None, today: dt.date | None) -> Plan:
+    """:func:`verified_plan`'s three checks. The file is not rebuilt into a plan: (3) compares its
+    bytes with the canonical encoding of a fresh compile, and the plan returned is that compile's."""
+    import json
+
+    where = Location(file=str(path))
+    try:
+        raw = path.read_bytes()
+        data = json.loads(raw)
+        claimed, manifests = PolicyRef(**data["policy"]), data["manifests"]
+        if not isinstance(manifests, list) or not all(isinstance(m, str) for m in manifests):
+            raise TypeError("manifests is not a list of paths")
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # load_plan then says why
+        raise InputError.one("plan.invalid", f"not a valid sandrun plan: {exc}", where) from None
     base = resolve_root(root)
-    where = Location(file=str(path), pointer="/policy/path")
-    named = (base / plan.policy.path).resolve()
+    at_policy = replace(where, pointer="/policy/path")
+    try:
+        named: Path | None = (base / claimed.path).resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+        named = None  # no file at all, let alone one inside the root
     # (1) the plan's policy is inside the root
-    if not named.is_relative_to(base):
+    if named is None or not named.is_relative_to(base):
         raise PolicyDenied.one(
             "plan.policy-outside-root",
-            f"the plan names the policy {plan.policy.path!r}, outside the root {base}; a plan never "
+            f"the plan names the policy {claimed.path!r}, outside the root {base}; a plan never "
             "picks its own policy: compile it under a policy inside the root",
-            where,
+            at_policy,
         )
     # (2) the operator's policy is the one the plan was compiled under
     operator = load_policy(policy_path, base)
-    if Path(operator.path).resolve() != named or operator.document.sha256 != plan.policy.sha256:
+    if Path(operator.path).resolve() != named or operator.document.sha256 != claimed.sha256:
         raise PolicyDenied.one(
             "plan.policy-mismatch",
-            f"the plan was compiled under {plan.policy.path} (sha256 {plan.policy.sha256[:12]}), "
+            f"the plan was compiled under {claimed.path} (sha256 {claimed.sha256[:12]}), "
             f"not under the policy you named, {policy_path} (sha256 {operator.document.sha256[:12]}); "
             "compile it under that policy",
-            where,
+            at_policy,
             expected=operator.document.sha256,
-            actual=plan.policy.sha256,
+            actual=claimed.sha256,
         )
-    # (3) the plan is what its inputs compile to now, under that policy
-    again = compile_manifests([base / m for m in plan.manifests], policy_path, root=base, today=today)
-    if again.sha256 != plan_sha256(plan):
+    # (3) the plan is, byte for byte, what its inputs compile to now under that policy
+    again = compile_manifests([base / m for m in manifests], policy_path, root=base, today=today)
+    canonical, content = again.to_json(), raw.rstrip(b"\n")
+    if canonical != content:
         raise PolicyDenied.one(
             "plan.mismatch",
-            f"the plan (sha256 {plan.sha256[:12]}) does not match what its manifests and policy compile "
-            f"to now "
-            f"({again.sha256[:12]}): it was edited or its inputs changed; compile it again",
-            Location(file=str(path)),
+            f"the plan (sha256 {sha256_hex(content)[:12]}) does not match what its manifests "
+            f"and policy compile to now ({sha256_hex(canonical)[:12]}): it was edited or its inputs "
+            "changed; compile it again",
+            where,
         )
-    return plan
+    global _loaded
+    _loaded = (again, sha256_hex(canonical))
+    return again
 
 
 def plan_maker(

@@ -475,10 +475,11 @@ def run_command(
     make_plan = plan_maker(list(sources), policy_path, root=root)
     shard = _shard_request(shard_text, durations, dry_run)
     if dry_run and shard is not None:
+        from runner.api import plan_sha256
         from runner.shard import describe
 
         plan = make_plan()
-        assignment = shard.assign(plan, plan.sha256)
+        assignment = shard.assign(plan, plan_sha256(plan))  # the checked file's digest: no re-encoding
         click.echo(describe(assignment, balanced_by=str(durations or "job count")), nl=False)
         return
     decided: list[Any] = []  # the plan that runs, for the summary line and the annotations

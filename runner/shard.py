@@ -18,6 +18,7 @@ the machine, so shard 2 of 3 on one runner and shard 3 of 3 on another agree on 
 
 from __future__ import annotations
 
+import heapq
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -209,10 +210,12 @@ def partition(plan: Plan, total: int, durations: Mapping[str, int] | None = None
     weighted = sorted(((sum(map(weight, c)), c) for c in components(plan)), key=lambda wc: (-wc[0], wc[1][0]))
     loads = [0] * total
     shards: list[list[str]] = [[] for _ in range(total)]
+    least = [(0, index) for index in range(total)]  # a heap of (load, index): the least loaded first
     for load, ids in weighted:
-        target = min(range(total), key=lambda i: (loads[i], i))
+        _, target = least[0]
         loads[target] += load
         shards[target].extend(ids)
+        heapq.heapreplace(least, (loads[target], target))
     return Partition(tuple(tuple(sorted(s)) for s in shards), tuple(loads))
 
 

@@ -326,6 +326,14 @@ def fork_spare_worker(*, passthrough: bool) -> bool:
     return True
 
 
+def start_forkserver_early() -> None:
+    """Start the forkserver now, before the plan is read and checked: its interpreter imports
+    wasmtime and this module (a few hundred ms) while the parent does that work, instead of after.
+    Nothing when ``sandrun exec`` forked its spare worker (it needs no server)."""
+    if _spare is None:
+        forkserver.start()
+
+
 def _spawn(passthrough: bool) -> tuple[Any, socket.socket]:
     """A new worker from the forkserver, and the parent's end of its socket."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -272,6 +272,7 @@ def merge_shards(
     key_name: str | None = None,
 ) -> MergeOutcome:
     """Check the shards (module docstring), write the combined log and the whole plan's reports."""
+    from runner.api import plan_sha256 as loaded_plan_sha256
     from runner.fileio import write_atomic
     from runner.report import build_report, render_json, render_junit, render_markdown
 
@@ -290,7 +291,7 @@ def merge_shards(
         if folder.resolve() in resolved:
             raise _refuse("merge.duplicated", f"shard {folder}: given twice", folder)
         resolved[folder.resolve()] = folder
-    plan_sha256 = plan.sha256
+    plan_sha256 = loaded_plan_sha256(plan)  # the checked file's digest when load_plan read it
     chosen = _choose([read_shard(folder, public_keys) for folder in folders], plan_sha256)
     if sorted(job for c in chosen for job in c.attempt.assigned["jobs"]) != sorted(j.id for j in plan.jobs):
         raise _refuse("merge.foreign", "the shards do not cover the plan's jobs exactly", "--plan")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from pathlib import Path
 
+from cli_process import sandrun
 from cli_project import make_project
 
 POLICY = "policies/lenient.yaml"
+KEYS = Path(__file__).resolve().parents[1] / "keys"
+KEY, PUB = str(KEYS / "examples-2026.key"), str(KEYS / "examples-2026.pub")
 
 JOBS = """\
   - {{name: a, tool: hello}}
@@ -32,3 +36,11 @@ def make_shard_project(root: Path) -> Path:
     with open(root / POLICY, "a", encoding="utf-8") as policy:
         policy.write("fs:\n  roots: [./data]\n  write: [./data]\n")
     return root
+
+
+def run_shard(project: Path, shard: str, out: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``sandrun run plan.json --shard SHARD`` under the project's policy, signed with the test key."""
+    return sandrun(
+        "run", "plan.json", "--policy", POLICY, "--shard", shard, "--out", out, "--signing-key", KEY, *extra,
+        cwd=project,
+    )  # fmt: skip

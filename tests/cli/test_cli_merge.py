@@ -14,29 +14,15 @@ from typing import Any
 
 import pytest
 from cli_process import sandrun
-from shard_project import POLICY, make_shard_project
+from shard_project import KEY, KEYS, POLICY, PUB, make_shard_project
+from shard_project import run_shard as shard_run
 
-KEYS = Path(__file__).resolve().parents[1] / "keys"
-KEY, PUB = str(KEYS / "examples-2026.key"), str(KEYS / "examples-2026.pub")
 OTHER_PUB = str(KEYS / "expired-2020.pub")
 TIMINGS = ("wall_ms", "rss_peak")  # measurements of this machine, not results
 
 
 def run_shard(project: Path, shard: str, out: str, *extra: str) -> None:
-    result = sandrun(
-        "run",
-        "plan.json",
-        "--policy",
-        POLICY,
-        "--shard",
-        shard,
-        "--out",
-        out,
-        "--signing-key",
-        KEY,
-        *extra,
-        cwd=project,
-    )
+    result = shard_run(project, shard, out, *extra)
     assert result.returncode in (0, 1), result.stderr
 
 
