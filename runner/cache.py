@@ -332,18 +332,27 @@ def _max_bytes_from_env() -> int:
         raise ValueError(f"${MAX_BYTES_ENV}={text!r} is not a size: {exc}") from None
 
 
+#: From this size on, an entry's MAC is computed on every core. Below it one thread does it: the
+#: thread pool would cost more than it saves, and a small module (every ``sandrun exec`` of a
+#: tool) leaves the process without threads, so its worker can be forked directly.
+_MAC_THREADS_FROM = 8 << 20
+
+
 def _entry_mac(secret: CacheSecret, key: str, size: int, blocks: Iterable[memoryview]) -> str:
     """A MAC under the user's secret over a header (format, secret id, key, size), then the bytes.
 
     BLAKE3 in its keyed mode (a PRF keyed by the 32-byte secret, made to be used as a MAC): it
-    reads a large entry about twice as fast as HMAC-SHA256 with SHA-NI (66 MB: ~20 ms, not ~45),
-    and checking it is most of a large module's warm start (bench/bench_executor.py (d)). The
-    header is JSON, so no two different (key, size) pairs share one header.
+    reads a large entry about twice as fast as HMAC-SHA256 with SHA-NI (66 MB: ~17 ms, not ~45),
+    and on every core for an entry of :data:`_MAC_THREADS_FROM` bytes or more (~9.5 ms on two:
+    BLAKE3 is a tree, so the MAC is the same however many threads compute it). Checking it is
+    most of a large module's warm start (bench/bench_executor.py (d)). The header is JSON, so no
+    two different (key, size) pairs share one header.
     """
     from blake3 import blake3  # a compiled extension; only a disk cache entry needs it
 
     header = json.dumps([CACHE_FORMAT, secret.key_id, key, size]).encode() + b"\n"
-    mac = blake3(header, key=secret.key)
+    threads = blake3.AUTO if size >= _MAC_THREADS_FROM else 1
+    mac = blake3(header, key=secret.key, max_threads=threads)
     for block in blocks:
         mac.update(block)
     return mac.hexdigest()
