@@ -69,6 +69,7 @@ __all__ = [
     "default_cache_dir",
     "check_private_dir",
     "wasmtime_version",
+    "deserialize_file",
 ]
 
 CACHE_FORMAT = "sandrun-module-cache/v3"
@@ -82,6 +83,17 @@ _MAX_SIDECAR = 4096
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Compiled code as Wasmtime holds it: a core module or a component.
 Code: TypeAlias = "Module | Component"  # a string: wasmtime.component loads only for components
+
+
+def deserialize_file(engine: Engine, path: str, kind: WasmKind) -> Code:
+    """Compiled code mapped from ``path`` (a sealed memfd's ``/proc/self/fd/N``: unchecked machine
+    code, so only bytes whose MAC was checked, or that a trusted process sealed). Components'
+    loader is imported for a component only: ~10 ms of every start."""
+    if kind == "component":
+        from wasmtime.component import Component
+
+        return Component.deserialize_file(engine, path)
+    return Module.deserialize_file(engine, path)
 
 
 def default_cache_dir() -> Path:
@@ -246,12 +258,7 @@ class ModuleCache:
                 mac = _entry_mac(self._secret, key, sealed.size, [view])
             if not hmac.compare_digest(mac, str(meta["mac"])):
                 return None, None, True
-            if kind == "component":
-                from wasmtime.component import Component  # component jobs only: ~10 ms of every start
-
-                module: Code = Component.deserialize_file(engine, sealed.path)  # (4)
-            else:
-                module = Module.deserialize_file(engine, sealed.path)  # (4)
+            module = deserialize_file(engine, sealed.path, kind)  # (4)
             os.utime(fd)  # recently used: the disk LRU evicts by modification time
             return module, sealed, True
         except (OSError, WasmtimeError):

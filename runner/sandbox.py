@@ -66,7 +66,7 @@ from wasmtime import (
 )
 
 from runner import capi, catalog
-from runner.cache import Code, ModuleCache, Source, default_cache_dir
+from runner.cache import Code, ModuleCache, Source, default_cache_dir, deserialize_file
 from runner.canonical import sha256_hex
 from runner.compiling import CompileBounds, CompileFailed, compile_bounded, new_config
 from runner.egress import abi as http_abi
@@ -984,12 +984,7 @@ class Runtime:
         """
         require_sealed(fd)
         engine = self._engine(EngineKey(fuel=key[1], stack=key[2])).engine
-        if key[3] == "component":
-            from wasmtime.component import Component  # component jobs only: ~10 ms of every start
-
-            self._adopted[key] = Component.deserialize_file(engine, fd_path(fd))
-        else:
-            self._adopted[key] = Module.deserialize_file(engine, fd_path(fd))
+        self._adopted[key] = deserialize_file(engine, fd_path(fd), key[3])
 
     def run(
         self,
