@@ -15,18 +15,9 @@ from pathlib import Path
 
 import wasmtime
 from cli_process import workers_of
-from test_cli_workers import SLEEP
+from test_cli_workers import FIFO, SLEEP
 
 from runner import worker
-
-FIFO = """(module
-  (import "wasi_snapshot_preview1" "path_open"
-    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "fifo")
-  (func (export "_start")
-    (drop (call $open (i32.const 3) (i32.const 0) (i32.const 16) (i32.const 4)
-                      (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 8)))))"""
 
 
 def _env(folder: Path) -> dict[str, str]:

@@ -28,6 +28,17 @@ SLEEP = """(module
 OK = '(module (memory (export "memory") 1) (func (export "_start")))'
 
 
+# Opens /data/fifo (the first preopen) for reading: blocks in the host until a writer comes.
+FIFO = """(module
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "fifo")
+  (func (export "_start")
+    (drop (call $open (i32.const 3) (i32.const 0) (i32.const 16) (i32.const 4)
+                      (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 8)))))"""
+
+
 def project(root: Path, jobs: str) -> None:
     """A policy and a manifest with tools ``sleep`` and ``ok`` and the given job lines."""
     tools = []
@@ -114,16 +125,7 @@ def test_a_worker_killed_mid_job_fails_that_job_only_and_the_log_verifies_sealed
 
 
 def test_a_guest_blocked_on_a_fifo_under_a_1s_timeout_ends_and_the_run_goes_on(tmp_path: Path) -> None:
-    module = wasmtime.wat2wasm(
-        """(module
-  (import "wasi_snapshot_preview1" "path_open"
-    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "fifo")
-  (func (export "_start")
-    (drop (call $open (i32.const 3) (i32.const 0) (i32.const 16) (i32.const 4)
-                      (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 8)))))"""
-    )
+    module = wasmtime.wat2wasm(FIFO)
     project(tmp_path, "")
     (tmp_path / "fifo.wasm").write_bytes(module)
     (tmp_path / "data").mkdir()
