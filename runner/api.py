@@ -464,8 +464,7 @@ def verified_plan(
 
 
 def _verified(path: Path, policy_path: Path, *, root: Path | None, today: dt.date | None) -> Plan:
-    """:func:`verified_plan`'s three checks. The file is not rebuilt into a plan: (3) compares its
-    bytes with the canonical encoding of a fresh compile, and the plan returned is that compile's."""
+    """:func:`verified_plan`'s three checks, on the file's bytes (never rebuilt into a plan)."""
     import json
 
     where = Location(file=str(path))
