@@ -16,7 +16,10 @@ against the same batch as 4 shards run one after another on this machine, and me
     ``--shard 1/4 --dry-run`` (all of that plus reading and checking the whole plan and the
     partition, without running), and, in this process, the pieces of checking the plan (loading the
     manifests, compiling them, encoding the result) and what the plan was rebuilt with before
-    (``load_plan``: ``Plan.from_dict`` and the canonical re-encoding, now skipped).
+    (``load_plan``: ``Plan.from_dict`` and the canonical re-encoding, now skipped). From these: the
+    floor no change to Sandrun can go below (4 interpreters importing the CLI, against the one
+    run), and the break-even: how long one run of a batch must take for 4 shards to stay within
+    the target with this fixed cost, as the extra time per job over hello.wasm's.
 (c) merge: ``sandrun audit merge`` of the 4 shard folders as a process (verify each log and its
     signature, embed every record, seal, write the reports), per 10,000 shard records and against
     the one run.
@@ -57,12 +60,14 @@ MANIFESTS = 20
 POLICY = "policies/bench.yaml"
 
 
-def make_project(root: Path, jobs: int) -> None:
-    """``jobs`` jobs of hello.wasm in :data:`MANIFESTS` manifests, a policy, and ``plan.json``."""
+def make_project(root: Path, jobs: int, work: int = 0) -> None:
+    """``jobs`` jobs in :data:`MANIFESTS` manifests, a policy, and ``plan.json``: each job runs
+    hello.wasm, or with ``work`` the bytecode interpreter ``interp.wasm`` for ``work`` steps."""
     for folder in ("manifests", "tools", "policies"):
         (root / folder).mkdir(parents=True)
-    wasm = (FIXTURES / "hello.wasm").read_bytes()
-    (root / "tools" / "hello.wasm").write_bytes(wasm)
+    tool = "interp" if work else "hello"
+    wasm = (FIXTURES / f"{tool}.wasm").read_bytes()
+    (root / "tools" / f"{tool}.wasm").write_bytes(wasm)
     (root / POLICY).write_text(
         "apiVersion: sandrun/v1\nkind: Policy\nmetadata: {name: bench}\n"
         "signatures: {required: false}\nlimits:\n  max: {memory: 64MiB}\n"
@@ -73,8 +78,8 @@ def make_project(root: Path, jobs: int) -> None:
         names = range(m * per, min(jobs, (m + 1) * per))
         (root / "manifests" / f"m{m:02d}.yaml").write_text(
             f"apiVersion: sandrun/v1\nkind: Manifest\nmetadata: {{name: m{m:02d}}}\ntools:\n"
-            f"  hello: {{module: ../tools/hello.wasm, sha256: {sha256}}}\njobs:\n"
-            + "".join(f"  - {{name: job-{i:05d}, tool: hello, args: ['{i}']}}\n" for i in names)
+            f"  {tool}: {{module: ../tools/{tool}.wasm, sha256: {sha256}}}\njobs:\n"
+            + "".join(f"  - {{name: job-{i:05d}, tool: {tool}, args: ['{work or i}']}}\n" for i in names)
         )
     sandrun(root, "compile", "manifests", "--policy", POLICY, "-o", "plan.json")
 
@@ -183,6 +188,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
     parser.add_argument("--jobs", type=int, default=2000, help="batch size (default 2,000)")
     parser.add_argument(
+        "--work",
+        type=int,
+        default=0,
+        help="each job runs interp.wasm for this many steps instead of hello.wasm (~1.6 us a step): "
+        "checks the break-even the tiny batch predicts",
+    )
+    parser.add_argument(
         "--against",
         type=Path,
         default=None,
@@ -192,7 +204,7 @@ def main() -> None:
     rounds = 3 if args.quick else 7
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp).resolve() / "project"
-        make_project(root, args.jobs)
+        make_project(root, args.jobs, args.work)
         procs = {"this": Processes(root, Path(tmp) / "pycache")}
         if args.against is not None:
             procs["against"] = Processes(root, Path(tmp) / "pycache-against", args.against.resolve())
@@ -231,7 +243,8 @@ def main() -> None:
         pieces = in_process(root, rounds + 2)
     ratios, median = summary(whole["this"], sharded["this"])
     print(
-        f"{args.jobs} jobs in {MANIFESTS} manifests, --jobs 1, whole processes; medians of {rounds} "
+        f"{args.jobs} jobs of {f'interp.wasm {args.work:,}' if args.work else 'hello.wasm'} in "
+        f"{MANIFESTS} manifests, --jobs 1, whole processes; medians of {rounds} "
         f"interleaved rounds; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
     for kind in ("wall", "cpu"):
@@ -277,6 +290,20 @@ def main() -> None:
     print(
         f"  -> the floor with this fixed cost: {SHARDS} shards >= "
         f"{1 + (SHARDS - 1) * dry / median['1 wall']:.2f}x one run of this batch (dry-run alone)"
+    )
+    # What no change to Sandrun can remove: every shard is a new interpreter importing the CLI.
+    interpreter_floor = 1 + (SHARDS - 1) * version / median["1 wall"]
+    print(
+        f"  -> the floor of {SHARDS} interpreters alone (sandrun --version each): "
+        f"{interpreter_floor:.2f}x one run of this batch"
+    )
+    # The target holds once one run's wall time T satisfies (SHARDS - 1) * extra <= (TARGET - 1) * T.
+    break_even = (SHARDS - 1) * extra / (TARGET_WORK - 1)
+    per_job = (break_even - median["1 wall"]) / args.jobs
+    print(
+        f"  -> {TARGET_WORK}x holds for a batch whose one run takes >= {break_even:.1f} s "
+        f"({SHARDS - 1} x {extra * 1000:.0f} ms / {TARGET_WORK - 1:.1f}): {args.jobs} jobs each "
+        f"~{max(0.0, per_job) * 1000:.1f} ms longer than these"
     )
     merge_s = statistics.median(merge)
     print(

@@ -585,7 +585,8 @@ def run_plan(
         batch = _Batch(plan, root, options, runtime, on_event, on_progress, on_output, cancel, runners)
         try:
             if plan.jobs:
-                runners.start_early()  # a worker starts while deploy reads and checks the modules
+                # one worker per scheduler thread starts while deploy reads and checks the modules
+                runners.start_early(max(1, min(options.jobs, len(plan.jobs))))
             batch.deploy()
             if plan.jobs:
                 with _heap_frozen():

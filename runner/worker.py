@@ -152,8 +152,9 @@ class JobRunners(Protocol):
 
     def __call__(self) -> JobRunner: ...
 
-    def start_early(self) -> None:
-        """Start what the first job will need while the caller deploys the plan's modules."""
+    def start_early(self, count: int) -> None:
+        """Start what the first ``count`` jobs (one per scheduler thread) will need while the
+        caller deploys the plan's modules."""
         ...
 
     def close(self) -> None:
@@ -185,7 +186,7 @@ class _Threads:
     def __call__(self) -> JobRunner:
         return _ThreadRunner(self.runtime, self.plan, self.root, self.passthrough)
 
-    def start_early(self) -> None:
+    def start_early(self, count: int) -> None:
         return None
 
     def close(self) -> None:
@@ -256,25 +257,28 @@ class _Pool:
         )
         self._modules: dict[ModuleKey, Sealed] = {}
         self._lock = threading.Lock()
-        self._early: tuple[Any, socket.socket] | None = None
+        self._early: list[tuple[Any, socket.socket]] = []
 
     def __call__(self) -> JobRunner:
         return _WorkerRunner(self)
 
-    def start_early(self) -> None:
-        """Start one worker now: its process starts while the parent reads and checks the modules
-        (a large module's warm start is mostly those two, bench/bench_executor.py (d)). It holds
-        nothing until the first runner takes it and sends it the setup."""
-        if self._early is None and _spare is None:
-            self._early = _spawn(self.setup.passthrough)
+    def start_early(self, count: int) -> None:
+        """Start a worker for each of the first ``count`` scheduler threads now: their processes
+        start while the parent reads and checks the modules (a large module's warm start is mostly
+        those two, bench/bench_executor.py (d)), not on the critical path of each thread's first
+        job (bench (c): ``--jobs 2``). They hold nothing until a runner takes one and sends it the
+        setup."""
+        if _spare is None:
+            self._early.extend(_spawn(self.setup.passthrough) for _ in range(count - len(self._early)))
 
     def take_early(self) -> tuple[Any, socket.socket] | None:
-        early, self._early = self._early, None
-        return early
+        try:
+            return self._early.pop()  # atomic: two scheduler threads may ask at once
+        except IndexError:
+            return None
 
     def close(self) -> None:
-        early = self.take_early()
-        if early is not None:
+        while (early := self.take_early()) is not None:
             _end(*early)
 
     @functools.cached_property

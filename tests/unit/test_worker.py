@@ -248,13 +248,43 @@ def test_no_worker_outlives_its_batch(tmp_path: Path) -> None:
     assert workers_of(os.getpid()) == []
 
 
-def test_the_worker_started_during_deploy_ends_when_no_job_takes_it(tmp_path: Path) -> None:
-    """A worker starts while the modules are deployed; when every tool is then refused (the module
-    changed since the plan was made), no job runs and that worker does not outlive the batch."""
-    spec = job(tmp_path, wat(EXIT, code=0), "only")
-    (tmp_path / spec.module).write_bytes(wat(EXIT, code=1))  # not the digest the plan approved
-    rows = by_name(run(tmp_path, plan_of(spec), jobs=1))
-    assert rows["only"].status == "denied"
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_the_workers_started_during_deploy_end_when_no_job_takes_them(tmp_path: Path, jobs: int) -> None:
+    """Workers start while the modules are deployed; when every tool is then refused (the module
+    changed since the plan was made), no job runs and no worker outlives the batch."""
+    specs = [job(tmp_path, wat(EXIT, code=0), name) for name in ("one", "two")]
+    (tmp_path / specs[0].module).write_bytes(wat(EXIT, code=1))  # not the digest the plan approved
+    rows = by_name(run(tmp_path, plan_of(*specs), jobs=jobs))
+    assert {row.status for row in rows.values()} == {"denied"}
+    assert workers_of(os.getpid()) == []
+
+
+def test_each_scheduler_thread_gets_a_worker_started_during_deploy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--jobs 2``: both workers start while deploy reads the modules, so neither thread's first
+    job waits for a process to start (bench/bench_executor.py (c)); none is started after."""
+    import runner.executor
+    import runner.worker
+
+    deployed = threading.Event()
+    spawned_after_deploy: list[bool] = []
+    spawn, deploy = runner.worker._spawn, runner.executor._Batch.deploy
+
+    def counted_spawn(passthrough: bool) -> Any:
+        spawned_after_deploy.append(deployed.is_set())
+        return spawn(passthrough)
+
+    def marked_deploy(batch: Any) -> None:
+        deploy(batch)
+        deployed.set()
+
+    monkeypatch.setattr(runner.worker, "_spawn", counted_spawn)
+    monkeypatch.setattr(runner.executor._Batch, "deploy", marked_deploy)
+    plan = plan_of(*(job(tmp_path, wat(EXIT, code=0), f"j{i}") for i in range(4)))
+    rows: Any = run(tmp_path, plan, jobs=2).results
+    assert {r.status for r in rows} == {"passed"}
+    assert spawned_after_deploy == [False, False]
     assert workers_of(os.getpid()) == []
 
 
