@@ -336,8 +336,12 @@ _run_options = [_root_option, _out_option, *_cache_option, *_signing_options, _c
 
 def _signing_key(path: Path | None) -> Any:
     from runner.audit import load_runner_key
+    from runner.keyguard import shield_process
 
-    return load_runner_key(path, os.environ)
+    key = load_runner_key(path, os.environ)
+    if key is not None:  # no other process of the user may read it out of this one
+        shield_process()
+    return key
 
 
 def _start_run(

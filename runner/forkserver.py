@@ -45,13 +45,15 @@ def start() -> multiprocessing.context.ForkServerContext:
 
     The caller's main script path goes to the server in :data:`MAIN_ENV`, set only while the
     server starts and always set or removed here (a value in the caller's own environment never
-    reaches the server).
+    reaches the server). The signing key never does (:mod:`runner.keyguard`).
     """
     from multiprocessing import forkserver, spawn  # not for a command that starts no server (exec)
 
+    from runner.keyguard import withheld_from_children
+
     ctx = context()
     main = spawn.get_preparation_data("sandrun").get("init_main_from_path")
-    with _lock:
+    with _lock, withheld_from_children():  # no child of the server gets the signing key
         saved = os.environ.pop(MAIN_ENV, None)
         if main is not None:
             os.environ[MAIN_ENV] = main

@@ -309,10 +309,14 @@ def fork_spare_worker(*, passthrough: bool) -> bool:
     held) and has imported this module (so the child imports nothing). The child is a worker like
     any other: its own process, killed at the hard deadline, crash-isolated, under the same OS
     limits; it holds only what this process held at the fork (no key, no log, no module yet).
-    False, forking nothing, when the process has threads: the first job then starts its worker
-    from the forkserver as usual.
+    False, forking nothing, when the process has threads or its environment holds the signing key
+    (:mod:`runner.keyguard`): the first job then starts its worker from the forkserver as usual.
     """
     global _spare
+    from runner.keyguard import environment_holds_key
+
+    if environment_holds_key():  # the child would inherit it: its worker comes from the forkserver
+        return False
     try:
         native_threads = len(os.listdir("/proc/self/task"))
     except OSError:  # no procfs: threads started by native code cannot be counted
