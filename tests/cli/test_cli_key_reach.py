@@ -21,7 +21,7 @@ from test_cli_workers import SLEEP, project, wait_for_started
 from runner.keyguard import WITHHELD, shield_process
 
 KEY = Path(__file__).resolve().parents[1] / "keys" / "examples-2026.key"
-_PR_GET_DUMPABLE = 3
+_PR_GET_DUMPABLE, _PR_SET_DUMPABLE = 3, 4
 
 
 def _environ(pid: int) -> bytes:
@@ -141,11 +141,14 @@ def test_a_check_that_loads_no_key_leaves_the_process_dumpable(tmp_path: Path) -
     assert ran.stdout.splitlines()[-1] == "dumpable 1", ran.stdout + ran.stderr
 
 
-def test_shield_process_makes_only_its_own_process_non_dumpable() -> None:
+def test_shield_process_makes_its_process_non_dumpable() -> None:
+    """In a child (this test process may have loaded a key through the CLI already)."""
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through its exit status
+        libc = ctypes.CDLL(None)
+        libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)
+        before = libc.prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0)
         shield_process()
-        os._exit(ctypes.CDLL(None).prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0))
+        os._exit(10 * before + libc.prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0))
     _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert ctypes.CDLL(None).prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0) == 1
+    assert os.waitstatus_to_exitcode(status) == 10  # dumpable before, not after
