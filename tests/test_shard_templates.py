@@ -128,8 +128,30 @@ def test_the_indexed_job_retries_per_index_and_fails_an_index_on_oom_or_bad_inpu
     }
     volume = load(K8S / "volume.yaml")["metadata"]["name"]
     for path in (K8S / "shards.yaml", K8S / "merge.yaml"):
-        (claim,) = load(path)["spec"]["template"]["spec"]["volumes"]
+        (claim,) = [v for v in load(path)["spec"]["template"]["spec"]["volumes"] if v["name"] == "work"]
         assert claim["persistentVolumeClaim"]["claimName"] == volume
+
+
+@pytest.mark.parametrize("manifest", ["shards.yaml", "merge.yaml"])
+def test_the_pods_that_run_untrusted_modules_hold_no_api_token_and_are_locked_down(manifest: str) -> None:
+    """A guest that escaped Wasmtime would find no service-account token to call the cluster's
+    API with, no other services' addresses in its environment, the runtime's seccomp filter, no
+    capabilities and a read-only image (writes only to the work volume and an emptyDir /tmp)."""
+    pod = load(K8S / manifest)["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False and pod["enableServiceLinks"] is False
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (only,) = pod["containers"]
+    assert only["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+    }
+    mounts = {m["mountPath"]: m["name"] for m in only["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts == {"/work": "work", "/tmp": "tmp"} and volumes["tmp"] == {"name": "tmp", "emptyDir": {}}
+    home = {e["name"]: e.get("value") for e in only["env"]}["HOME"]
+    assert home.startswith("/tmp/")  # pip --user and the module cache write there
 
 
 def test_the_kubernetes_shard_commands_run_here_then_merge(project: Path, tmp_path: Path) -> None:
