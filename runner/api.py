@@ -374,13 +374,13 @@ def run(
     from runner.executor import BatchOptions as _BatchOptions
     from runner.executor import run_plan
     from runner.fileio import write_atomic
-    from runner.outputs import LogFolder, remove_outputs, unsealed_on_failure, write_outputs
+    from runner.outputs import LogFolder, prepare_out_dir, remove_outputs, unsealed_on_failure, write_outputs
     from runner.report import build_report
 
     root = resolve_root(root)
     options = options or _BatchOptions()
     run_id = new_run_id()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_out_dir(out_dir)
     with (
         AuditLog.open(out_dir, run_id=run_id, continue_unsealed=continue_unsealed) as log,
         unsealed_on_failure(log, out_dir),
@@ -916,11 +916,11 @@ def serve(
     from runner import serve as serving
     from runner.audit import AuditLog, record
     from runner.fileio import write_atomic
-    from runner.outputs import remove_outputs, unsealed_on_failure
+    from runner.outputs import prepare_out_dir, remove_outputs, unsealed_on_failure
 
     root = resolve_root(root)
     plan = make_plan()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_out_dir(out_dir)
     with (
         AuditLog.open(out_dir, run_id=new_run_id(), continue_unsealed=continue_unsealed) as log,
         unsealed_on_failure(log, out_dir),
@@ -953,18 +953,9 @@ EXEC_RUNS_KEPT = 32
 def exec_out_dir(environ: Mapping[str, str]) -> Path:
     """A new folder for one ``sandrun exec`` run when no ``--out`` is given, so nothing is left in
     the current folder: ``$XDG_STATE_HOME/sandrun/exec/<time>-<pid>`` (else ``~/.local/state``),
-    private to the user; only the newest :data:`EXEC_RUNS_KEPT` are kept."""
-    import os
-    import shutil
-    import time
+    private to the user; only the newest :data:`EXEC_RUNS_KEPT` are kept
+    (:func:`runner.outputs.new_exec_run_dir`)."""
+    from runner.outputs import new_exec_run_dir
 
     base = Path(environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "sandrun" / "exec"
-    base.mkdir(mode=0o700, parents=True, exist_ok=True)
-    folder = (
-        base / f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{time.time_ns() % 10**9:09d}-{os.getpid()}"
-    )
-    folder.mkdir(mode=0o700)
-    runs = sorted(p for p in base.iterdir() if p.is_dir() and not p.is_symlink())
-    for old in runs[:-EXEC_RUNS_KEPT]:
-        shutil.rmtree(old, ignore_errors=True)
-    return folder
+    return new_exec_run_dir(base, keep=EXEC_RUNS_KEPT)

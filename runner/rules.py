@@ -115,6 +115,8 @@ _INVALID_INPUT = {
     "needs.cycle": "the `needs` of a manifest's jobs form a cycle",
     "needs.unknown": "`needs` names no job of the manifest",
     "network.pattern": "a host pattern or block entry is malformed",
+    "out.unsafe": "`--out` (or `exec`'s state folder) is a symlink, another user's, writable by others, "
+    "or holds an `audit.*` entry that is not a regular file",
     "path.backslash": "a path under the root has a backslash in a name, which a plan cannot carry",
     "plan.invalid": "a plan file is not a canonical sandrun plan",
     "policy.key-duplicate": "(in the policy) a trusted key id is listed twice",

@@ -1,0 +1,124 @@
+"""Folders Sandrun writes to, when someone else prepared them: ``--out`` committed by a repository as
+a symlink or holding planted ``audit.*`` links and FIFOs, and the exec state folder swapped for a
+link (docs/sandbox.md, threat model)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from cli_process import sandrun
+from cli_project import HELLO, make_project
+
+RUN = ("run", "manifests/hello.yaml", "--policy", "policies/lenient.yaml")
+
+
+def _victim(tmp_path: Path) -> Path:
+    """A folder outside the project holding what a run would replace: ``logs/`` and reports."""
+    victim = tmp_path / "victim"
+    (victim / "logs").mkdir(parents=True)
+    (victim / "logs" / "important").write_text("keep me\n")
+    (victim / "report.json").write_text("mine\n")
+    return victim
+
+
+def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    return {
+        str(path.relative_to(folder)): None if path.is_dir() else path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+    }
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {"XDG_CACHE_HOME": str(tmp_path / "cache"), "XDG_STATE_HOME": str(tmp_path / "state")}
+
+
+def test_an_out_folder_committed_as_a_symlink_is_refused_and_nothing_where_it_points_changes(
+    tmp_path: Path,
+) -> None:
+    project = make_project(tmp_path / "project")
+    victim = _victim(tmp_path)
+    before = _snapshot(victim)
+    (project / "sandrun-out").symlink_to(victim)  # what `git checkout` of a hostile commit leaves
+    ran = sandrun(*RUN, cwd=project, env=_env(tmp_path))
+    assert ran.returncode == 2, ran.stderr
+    assert "[out.unsafe]" in ran.stderr and "is a symlink" in ran.stderr
+    assert _snapshot(victim) == before  # logs/ not replaced, report.json not overwritten
+
+
+@pytest.mark.parametrize("planted", ["audit.jsonl", "audit.lock", "audit.jsonl.torn-20260101T000000Z"])
+def test_audit_files_planted_as_links_or_fifos_are_refused_before_anything_is_written(
+    tmp_path: Path, planted: str
+) -> None:
+    project = make_project(tmp_path / "project")
+    out = project / "sandrun-out"
+    out.mkdir()
+    target = tmp_path / "victim" / "created-by-the-run"
+    target.parent.mkdir()
+    (out / planted).symlink_to(target)  # dangling: O_CREAT through it would create the target
+    ran = sandrun(*RUN, cwd=project, env=_env(tmp_path))
+    assert ran.returncode == 2 and f"holds {planted}" in ran.stderr, ran.stderr
+    assert not target.exists()
+    (out / planted).unlink()
+    os.mkfifo(out / planted)  # opening it to append would block the run forever
+    ran = sandrun(*RUN, cwd=project, env=_env(tmp_path))
+    assert ran.returncode == 2 and "[out.unsafe]" in ran.stderr, ran.stderr
+    assert sorted(p.name for p in out.iterdir()) == [planted]
+
+
+def test_an_out_folder_others_can_write_is_refused(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "project")
+    out = tmp_path / "shared"
+    out.mkdir()
+    out.chmod(0o777)  # anyone could swap audit.jsonl for a link between the check and the open
+    ran = sandrun(*RUN, "--out", str(out), cwd=project, env=_env(tmp_path))
+    assert ran.returncode == 2 and "writable by others" in ran.stderr, ran.stderr
+    assert list(out.iterdir()) == []
+    out.chmod(0o755)
+    ran = sandrun(*RUN, "--out", str(out), cwd=project, env=_env(tmp_path))
+    assert ran.returncode == 0, ran.stderr
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="making a folder another user's needs root")
+def test_an_out_folder_of_another_user_is_refused(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "project")
+    out = tmp_path / "theirs"
+    out.mkdir()
+    os.chown(out, 65534, 65534)
+    ran = sandrun(*RUN, "--out", str(out), cwd=project, env=_env(tmp_path))
+    assert ran.returncode == 2 and "owned by another user" in ran.stderr, ran.stderr
+
+
+def test_an_exec_state_folder_swapped_for_a_link_deletes_nothing_where_it_points(tmp_path: Path) -> None:
+    precious = tmp_path / "precious"
+    for index in range(40):  # more than the 32 run folders exec keeps: the clean-up would delete 8
+        (precious / f"project{index:02}").mkdir(parents=True)
+        (precious / f"project{index:02}" / "file").write_text("data\n")
+    before = _snapshot(precious)
+    state = tmp_path / "state" / "sandrun"
+    state.mkdir(parents=True)
+    (state / "exec").symlink_to(precious)
+    ran = sandrun("exec", str(HELLO), cwd=tmp_path, env=_env(tmp_path))
+    assert ran.returncode == 2 and "[out.unsafe]" in ran.stderr and "is a symlink" in ran.stderr, ran.stderr
+    assert _snapshot(precious) == before
+    (state / "exec").unlink()
+    (state / "exec").mkdir(mode=0o770)
+    (state / "exec").chmod(0o770)  # a group member could plant links for the clean-up to follow
+    ran = sandrun("exec", str(HELLO), cwd=tmp_path, env=_env(tmp_path))
+    assert ran.returncode == 2 and "writable by group or others" in ran.stderr, ran.stderr
+
+
+def test_the_exec_clean_up_never_follows_a_link_among_its_run_folders(tmp_path: Path) -> None:
+    from runner.api import EXEC_RUNS_KEPT, exec_out_dir
+
+    base = tmp_path / "state" / "sandrun" / "exec"
+    base.mkdir(parents=True, mode=0o700)
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "file").write_text("data\n")
+    (base / "00000000T000000-link").symlink_to(precious)  # sorts oldest: first in line for deletion
+    for _ in range(EXEC_RUNS_KEPT + 2):
+        exec_out_dir({"XDG_STATE_HOME": str(tmp_path / "state")})
+    assert (precious / "file").read_text() == "data\n"
+    assert len([p for p in base.iterdir() if not p.is_symlink()]) == EXEC_RUNS_KEPT
