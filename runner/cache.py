@@ -126,7 +126,8 @@ class ModuleCache:
     """Modules by key: an in-memory LRU in front of an optional private folder on disk.
 
     ``disk_problem`` says why the disk cache is off (None when it is on): callers may log it.
-    ``secret_path`` is where the per-user secret lives (default :func:`default_secret_path`);
+    ``secret_path`` is where the per-user secret lives (default :func:`default_secret_path`; the
+    resolved path is kept as ``secret_path``: no job may mount the folder holding it);
     ``max_disk_bytes`` caps the folder (default ``$SANDRUN_CACHE_MAX_BYTES``, else 4 GiB).
     """
 
@@ -148,6 +149,7 @@ class ModuleCache:
         self.disk_problem = "no cache folder" if directory is None else check_private_dir(directory)
         self.max_disk_bytes = _DEFAULT_MAX_BYTES if max_disk_bytes is None else max_disk_bytes
         self._secret: CacheSecret | None = None
+        self.secret_path = (secret_path or default_secret_path()).resolve()
         if self.disk_problem is None and directory is not None:
             try:
                 if max_disk_bytes is None:
@@ -233,8 +235,10 @@ class ModuleCache:
 
         Checks, in order: (1) the sidecar is a private file naming this format, key and secret;
         (2) the ``.cwasm`` opened without following symlinks is a private, non-empty file of the
-        sidecar's size; (3) its bytes, copied into a sealed memfd, have the sidecar's MAC; (4) that
-        sealed copy, which nobody can change any more, is what is loaded.
+        sidecar's size, and no larger than the folder's cap (it is copied into memory before its
+        MAC can be checked; a larger one was never written by this cache); (3) its bytes, copied
+        into a sealed memfd, have the sidecar's MAC; (4) that sealed copy, which nobody can change
+        any more, is what is loaded.
         """
         if self.disk_problem is not None or self._secret is None:
             return None, None, False
@@ -252,6 +256,8 @@ class ModuleCache:
         try:
             info = os.fstat(fd)  # (2)
             if not _owned_private_file(info) or not info.st_size or info.st_size != meta.get("size"):
+                return None, None, True
+            if info.st_size > self.max_disk_bytes:  # never written: a sparse giant would fill memory
                 return None, None, True
             sealed = seal_copy(fd, info.st_size)  # (3)
             with sealed.view() as view:

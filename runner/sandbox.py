@@ -219,8 +219,20 @@ def _open_mounts(job: JobSpec, root: Path, root_fd: int, stack: ExitStack) -> li
     return opened
 
 
-def _check_protected(job: JobSpec, targets: list[Path], protected: Iterable[Path]) -> None:
+def _check_protected(
+    job: JobSpec, targets: list[Path], protected: Iterable[Path], secrets: Iterable[Path] = ()
+) -> None:
+    """No ``rw`` mount may overlap a ``protected`` folder, and no mount at all, not even ``ro``,
+    may hold one of the runner's ``secrets`` (its cache key, its signing key: a guest that read one
+    could forge cache entries or seals)."""
     for index, (mount, target) in enumerate(zip(job.mounts, targets, strict=True)):
+        for secret in secrets:
+            if target in secret.parents:
+                raise PolicyDenied.one(
+                    "mount.protected",
+                    f"mount {mount.host!r} holds {secret}, a secret of the runner no job may read",
+                    _location(job, f"/fs/{index}/host"),
+                )
         if mount.mode != "rw":
             continue
         for folder in protected:
@@ -232,18 +244,23 @@ def _check_protected(job: JobSpec, targets: list[Path], protected: Iterable[Path
                 )
 
 
-def check_mounts(job: JobSpec, root: Path, *, protected: Iterable[Path] = ()) -> list[tuple[Path, str, str]]:
+def check_mounts(
+    job: JobSpec, root: Path, *, protected: Iterable[Path] = (), secrets: Iterable[Path] = ()
+) -> list[tuple[Path, str, str]]:
     """(absolute host dir, guest path, mode) of each mount, checked right before the job runs.
 
     A mount must still be exactly ``root / host``: a directory reached without following any
     symlink (rule ``mount.changed`` otherwise: an earlier job may have planted a link in a rw
     mount) that exists (``mount.missing``). No rw mount may contain a ``protected`` folder such as
-    the module cache or the audit log (``mount.protected``).
+    the module cache or the audit log, and no mount may hold one of the runner's ``secrets`` files
+    (``mount.protected``).
     """
     with _open_root(root) as (resolved, root_fd), ExitStack() as stack:
         opened = _open_mounts(job, resolved, root_fd, stack)
         targets = [target for _, target in opened]
-        _check_protected(job, targets, [folder.resolve() for folder in protected])
+        _check_protected(
+            job, targets, [folder.resolve() for folder in protected], [file.resolve() for file in secrets]
+        )
         return [(target, m.guest, m.mode) for target, m in zip(targets, job.mounts, strict=True)]
 
 
@@ -850,6 +867,7 @@ class Runtime:
         self.cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
         self.cache = ModuleCache(self.cache_dir, memory_entries=memory_cache_entries)
         self._protected = (self.cache_dir.resolve(),)
+        self.secrets = (self.cache.secret_path,)  # files no mount may hold (check_mounts)
         self._tick_ms = tick_ms
         self.egress_seam = egress_seam  # where sandrun:http resolves and dials (tests inject one)
         self._engines: dict[EngineKey, _EngineHost] = {}
@@ -1102,7 +1120,7 @@ class Runtime:
         """Preopen the mounts and open stdin, each through an fd opened without following links."""
         resolved, root_fd = stack.enter_context(_open_root(root))
         opened = _open_mounts(job, resolved, root_fd, stack)
-        _check_protected(job, [target for _, target in opened], self._protected)
+        _check_protected(job, [target for _, target in opened], self._protected, self.secrets)
         for (fd, target), mount in zip(opened, job.mounts, strict=True):
             wasi.preopen_dir(_fd_path(fd, target), mount.guest, fs_mutable=mount.mode == "rw")
         if job.work_dir is not None:

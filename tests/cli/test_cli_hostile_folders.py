@@ -122,3 +122,57 @@ def test_the_exec_clean_up_never_follows_a_link_among_its_run_folders(tmp_path: 
         exec_out_dir({"XDG_STATE_HOME": str(tmp_path / "state")})
     assert (precious / "file").read_text() == "data\n"
     assert len([p for p in base.iterdir() if not p.is_symlink()]) == EXEC_RUNS_KEPT
+
+
+_READ_POLICY = """\
+apiVersion: sandrun/v1
+kind: Policy
+metadata: {name: ci}
+signatures: {required: false}
+fs: {roots: [.], write: false}
+"""
+_READ_MANIFEST = """\
+apiVersion: sandrun/v1
+kind: Manifest
+metadata: {{name: steal}}
+tools:
+  probe: {{module: probe.wasm, sha256: {sha256}}}
+jobs:
+  - {{name: read-key, tool: probe, args: [read, /src/keys/{name}], fs: [{{host: ., guest: /src, mode: ro}}]}}
+"""
+
+
+@pytest.mark.parametrize("secret", ["cache", "signing"])
+def test_no_mount_may_hold_the_runners_keys_not_even_read_only(tmp_path: Path, secret: str) -> None:
+    """CI writes a key from its secrets into the workspace (the cache key docs/sandbox.md suggests
+    sharing, or the seal's signing key): a manifest author mounting the workspace read-only would
+    print it, then forge cache entries (native code in trusted runs) or seals."""
+    import hashlib
+    import shutil
+
+    from cli_process import REPO
+
+    project = tmp_path / "project"
+    (project / "keys").mkdir(parents=True)
+    probe = REPO / "tests" / "fixtures" / "probe.wasm"
+    shutil.copy(probe, project / "probe.wasm")
+    (project / "policy.yaml").write_text(_READ_POLICY)
+    env = _env(tmp_path)
+    flags: tuple[str, ...] = ()
+    if secret == "cache":
+        name = "cache.key"
+        (project / "keys" / name).write_text(os.urandom(32).hex() + "\n")
+        (project / "keys" / name).chmod(0o600)
+        env["SANDRUN_CACHE_KEY"] = str(project / "keys" / name)
+    else:
+        name = "runner.key"
+        assert sandrun("keys", "generate", "--id", "runner", "--out", str(project / "keys")).returncode == 0
+        flags = ("--signing-key", "keys/runner.key")
+    digest = hashlib.sha256(probe.read_bytes()).hexdigest()
+    (project / "m.yaml").write_text(_READ_MANIFEST.format(sha256=digest, name=name))
+    ran = sandrun("run", "m.yaml", "--policy", "policy.yaml", *flags, cwd=project, env=env)
+    assert ran.returncode == 1, ran.stderr
+    assert "[mount.protected]" in ran.stderr and name in ran.stderr
+    assert not (project / "sandrun-out" / "logs" / "steal").exists()  # the guest never ran
+    secret_text = (project / "keys" / name).read_text()
+    assert all(secret_text not in p.read_text() for p in (project / "sandrun-out").rglob("*") if p.is_file())

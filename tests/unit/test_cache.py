@@ -471,3 +471,34 @@ def test_a_component_is_cached_under_its_own_key_and_checked_like_a_module(
     assert json.loads(sidecar.read_text())["key"].startswith(job.module_sha256 + "|component|")
     damage_flip(artifact, sidecar)
     assert fresh_load(cache_dir, job, tmp_path) == "recompiled"
+
+
+def test_an_entry_larger_than_the_cache_could_hold_is_never_copied_into_memory(
+    tmp_path: Path, cache_dir: Path, probe_wasm: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever can write the folder (a restored CI cache) plants a sparse giant under an approved
+    key, its sidecar copied from a real entry with the size changed (the secret's id is no secret):
+    the entry is copied into a sealed memfd before its MAC is checked, so a 100 GB hole would
+    fill the machine's memory. Larger than the cap, it is refused unread and recompiled."""
+    import runner.cache as cache_module
+
+    engine = Engine()
+    key = ModuleCache(cache_dir).key(_digest_of(probe_wasm), "plain")
+    ModuleCache(cache_dir).load(engine, key, lambda: probe_wasm)
+    artifact, sidecar = ModuleCache(cache_dir)._paths(key)
+    giant = 256 << 20
+    with artifact.open("r+b") as stream:
+        stream.truncate(giant)  # a hole: no disk used
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**meta, "size": giant}))
+    copied: list[int] = []
+    real_copy = cache_module.seal_copy
+
+    def spy(fd: int, size: int) -> object:
+        copied.append(size)
+        return real_copy(fd, size)
+
+    monkeypatch.setattr(cache_module, "seal_copy", spy)
+    capped = ModuleCache(cache_dir, max_disk_bytes=64 << 20)
+    assert capped.load(engine, key, lambda: probe_wasm)[1] == "recompiled"
+    assert copied == []
