@@ -73,6 +73,7 @@ from runner.egress import abi as http_abi
 from runner.errors import InputError, Location, PolicyDenied
 from runner.features import enabled
 from runner.hermetic import VirtualWorld
+from runner.hostpaths import fixed_places, mount_table, overlaps, place
 from runner.plan import JobSpec, Limits, ModuleLimits, is_invoke_call, work_dir_mount
 from runner.results import Outcome, TrapKind
 from runner.sealed import Sealed, fd_path, require_sealed
@@ -224,10 +225,19 @@ def _check_protected(
 ) -> None:
     """No ``rw`` mount may overlap a ``protected`` folder, and no mount at all, not even ``ro``,
     may hold one of the runner's ``secrets`` (its cache key, its signing key: a guest that read one
-    could forge cache entries or seals)."""
+    could forge cache entries or seals). Compared by name, by identity and by where each lies in
+    its filesystem (:mod:`runner.hostpaths`): a bind mount or a case-insensitive folder shows one
+    folder under two names."""
+    if not job.mounts:
+        return
+    table = mount_table()
+    secrets, protected = tuple(secrets), tuple(protected)
+    secret_places = list(zip(secrets, fixed_places(secrets, table), strict=True))
+    protected_places = list(zip(protected, fixed_places(protected, table), strict=True))
     for index, (mount, target) in enumerate(zip(job.mounts, targets, strict=True)):
-        for secret in secrets:
-            if target in secret.parents:
+        here = place(target, table)
+        for secret, where in secret_places:
+            if overlaps(here, where):
                 raise PolicyDenied.one(
                     "mount.protected",
                     f"mount {mount.host!r} holds {secret}, a secret of the runner no job may read",
@@ -235,8 +245,8 @@ def _check_protected(
                 )
         if mount.mode != "rw":
             continue
-        for folder in protected:
-            if folder == target or target in folder.parents or folder in target.parents:
+        for folder, where in protected_places:
+            if overlaps(here, where):
                 raise PolicyDenied.one(
                     "mount.protected",
                     f"rw mount {mount.host!r} overlaps {folder}, which a job must never write",

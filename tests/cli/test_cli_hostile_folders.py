@@ -5,6 +5,10 @@ link (docs/sandbox.md, threat model)."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -131,14 +135,14 @@ metadata: {name: ci}
 signatures: {required: false}
 fs: {roots: [.], write: false}
 """
-_READ_MANIFEST = """\
+_PROBE_MANIFEST = """\
 apiVersion: sandrun/v1
 kind: Manifest
-metadata: {{name: steal}}
+metadata: {{name: {name}}}
 tools:
   probe: {{module: probe.wasm, sha256: {sha256}}}
 jobs:
-  - {{name: read-key, tool: probe, args: [read, /src/keys/{name}], fs: [{{host: ., guest: /src, mode: ro}}]}}
+  - {{name: job, tool: probe, args: [{args}], fs: [{{host: {host}, guest: /o, mode: {mode}}}]}}
 """
 
 
@@ -148,7 +152,6 @@ def test_no_mount_may_hold_the_runners_keys_not_even_read_only(tmp_path: Path, s
     sharing, or the seal's signing key): a manifest author mounting the workspace read-only would
     print it, then forge cache entries (native code in trusted runs) or seals."""
     import hashlib
-    import shutil
 
     from cli_process import REPO
 
@@ -169,10 +172,74 @@ def test_no_mount_may_hold_the_runners_keys_not_even_read_only(tmp_path: Path, s
         assert sandrun("keys", "generate", "--id", "runner", "--out", str(project / "keys")).returncode == 0
         flags = ("--signing-key", "keys/runner.key")
     digest = hashlib.sha256(probe.read_bytes()).hexdigest()
-    (project / "m.yaml").write_text(_READ_MANIFEST.format(sha256=digest, name=name))
+    args = f"read, /o/keys/{name}"
+    (project / "m.yaml").write_text(
+        _PROBE_MANIFEST.format(name="steal", sha256=digest, args=args, host=".", mode="ro")
+    )
     ran = sandrun("run", "m.yaml", "--policy", "policy.yaml", *flags, cwd=project, env=env)
     assert ran.returncode == 1, ran.stderr
     assert "[mount.protected]" in ran.stderr and name in ran.stderr
     assert not (project / "sandrun-out" / "logs" / "steal").exists()  # the guest never ran
     secret_text = (project / "keys" / name).read_text()
     assert all(secret_text not in p.read_text() for p in (project / "sandrun-out").rglob("*") if p.is_file())
+
+
+_WRITE_POLICY = _READ_POLICY.replace("write: false", "write: true")
+
+
+@contextmanager
+def _bind_mounts(*pairs: tuple[Path, Path]) -> Iterator[None]:
+    """Bind mounts (``source``, ``target``) for the block; skips where none can be made."""
+    made: list[Path] = []
+    try:
+        for source, target in pairs:
+            target.mkdir(parents=True, exist_ok=True)
+            command = ["mount", "--bind", str(source), str(target)]
+            done = subprocess.run(command, capture_output=True, check=False)
+            if done.returncode != 0:
+                pytest.skip(f"bind mounts need privileges here: {done.stderr.decode().strip()}")
+            made.append(target)
+        yield
+    finally:
+        for target in reversed(made):
+            subprocess.run(["umount", str(target)], check=True)
+
+
+@pytest.mark.skipif(shutil.which("mount") is None, reason="no mount command")
+@pytest.mark.parametrize("layout", ["alias-in-root", "container-volumes"])
+def test_a_rw_mount_reaching_the_out_folder_through_a_bind_mount_is_denied(
+    tmp_path: Path, layout: str
+) -> None:
+    """The same folder under two names, as container volumes make it: ``alias-in-root`` binds
+    ``--out`` into the root; ``container-volumes`` is ``-v work:/w -v work/sandrun-out:/out`` with
+    ``--out /out`` and a rw mount of ``/w``. Compared as text, neither path holds the other."""
+    import hashlib
+
+    from cli_process import REPO
+
+    host = tmp_path / "host"
+    work = host / "work"
+    (work / "sandrun-out").mkdir(parents=True)
+    probe = REPO / "tests" / "fixtures" / "probe.wasm"
+    shutil.copy(probe, work / "probe.wasm")
+    (work / "policy.yaml").write_text(_WRITE_POLICY)
+    digest = hashlib.sha256(probe.read_bytes()).hexdigest()
+    if layout == "alias-in-root":
+        binds = [(work / "sandrun-out", work / "alias")]
+        host, file = "alias", "audit.jsonl"
+        project, out = work, work / "sandrun-out"
+    else:
+        binds = [(work, tmp_path / "w"), (work / "sandrun-out", tmp_path / "out")]
+        host, file = ".", "sandrun-out/audit.jsonl"
+        project, out = tmp_path / "w", tmp_path / "out"
+    args = f"write, /o/{file}, forged"
+    (work / "m.yaml").write_text(
+        _PROBE_MANIFEST.format(name="tamper", sha256=digest, args=args, host=host, mode="rw")
+    )
+    with _bind_mounts(*binds):
+        flags = ("--policy", "policy.yaml", "--out", str(out))
+        ran = sandrun("run", "m.yaml", *flags, cwd=project, env=_env(tmp_path))
+        assert ran.returncode == 1, ran.stderr
+        assert "[mount.protected]" in ran.stderr
+        verified = sandrun("audit", "verify", str(out))
+        assert verified.returncode == 0 and "intact" in verified.stdout, verified.stdout + verified.stderr
