@@ -408,7 +408,8 @@ def run(
             log.append(SHARD_ASSIGNED, assignment.record())
             plan = assignment.plan
         _log_tools(log, plan)
-        protected = tuple(p.resolve() for p in (out_dir, *options.protected_dirs))
+        # No rw mount may write the log, the reports, or the policy the next run compiles under.
+        protected = tuple(p.resolve() for p in (out_dir, root / plan.policy.path, *options.protected_dirs))
         with LogFolder(out_dir) as logs:
             batch = run_plan(
                 plan,

@@ -243,3 +243,32 @@ def test_a_rw_mount_reaching_the_out_folder_through_a_bind_mount_is_denied(
         assert "[mount.protected]" in ran.stderr
         verified = sandrun("audit", "verify", str(out))
         assert verified.returncode == 0 and "intact" in verified.stdout, verified.stdout + verified.stderr
+
+
+def test_a_rw_mount_holding_the_policy_is_denied(tmp_path: Path) -> None:
+    """A job granted ``rw`` on the whole workspace would rewrite the policy the next run on this
+    checkout compiles under (loosening every limit for the jobs after it)."""
+    import hashlib
+
+    from cli_process import REPO
+
+    project = tmp_path / "project"
+    (project / "policies").mkdir(parents=True)
+    probe = REPO / "tests" / "fixtures" / "probe.wasm"
+    shutil.copy(probe, project / "probe.wasm")
+    policy = project / "policies" / "ci.yaml"
+    policy.write_text(_READ_POLICY.replace("write: false", "write: true"))
+    before = policy.read_bytes()
+    digest = hashlib.sha256(probe.read_bytes()).hexdigest()
+    args = "write, /o/policies/ci.yaml, 'limits: {max: {memory: 4GiB}}'"
+    manifest = _PROBE_MANIFEST.format(name="loosen", sha256=digest, args=args, host=".", mode="rw")
+    (project / "m.yaml").write_text(manifest)
+    flags = ("--policy", "policies/ci.yaml", "--out", str(tmp_path / "out"))  # not in the workspace
+    ran = sandrun("run", "m.yaml", *flags, cwd=project, env=_env(tmp_path))
+    assert ran.returncode == 1 and "[mount.protected]" in ran.stderr and "ci.yaml" in ran.stderr, ran.stderr
+    assert policy.read_bytes() == before
+    (project / "sub").mkdir()  # a rw mount beside the policy is fine
+    manifest = _PROBE_MANIFEST.format(name="beside", sha256=digest, args="creat, /o/x", host="sub", mode="rw")
+    (project / "m.yaml").write_text(manifest)
+    ran = sandrun("run", "m.yaml", *flags, cwd=project, env=_env(tmp_path))
+    assert ran.returncode == 0, ran.stderr
