@@ -236,14 +236,18 @@ def new_exec_run_dir(base: Path, *, keep: int) -> Path:
     """A new private folder for one ``sandrun exec`` run in ``base`` (created 0700), keeping only
     the newest ``keep`` run folders there.
 
-    ``base`` (``$XDG_STATE_HOME/sandrun/exec``) is deleted from, so it must be the user's own, and
-    writable by nobody else: a symlink, another user's folder or one group or others can write is
-    refused (``out.unsafe``) instead of followed (older run folders would be deleted wherever it
-    points). The clean-up deletes run folders only, never a link (``shutil.rmtree`` refuses one
-    and does not follow those below).
+    ``base`` (``$XDG_STATE_HOME/sandrun/exec``) is deleted from, so it and the folder above it
+    (which also holds the cache key) must be the user's own and writable by nobody else: a
+    symlink, another user's folder or one group or others can write is refused (``out.unsafe``)
+    instead of followed (older run folders would be deleted wherever it points, or wherever a
+    link swapped in for it later points). Both are created 0700, whatever the umask. The clean-up
+    deletes run folders only, never a link (``shutil.rmtree`` refuses one and does not follow
+    those below).
     """
-    base.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _refuse_unless_private(base, "the exec state folder", writable_by="group or others")
+    base.parent.parent.mkdir(parents=True, exist_ok=True)
+    for folder in (base.parent, base):  # 0700 whatever the umask (mkdir's parents=True is not)
+        folder.mkdir(mode=0o700, exist_ok=True)
+        _refuse_unless_private(folder, "the exec state folder", writable_by="group or others")
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     folder = base / f"{stamp}-{time.time_ns() % 10**9:09d}-{os.getpid()}"
     folder.mkdir(mode=0o700)

@@ -111,6 +111,26 @@ def test_an_exec_state_folder_swapped_for_a_link_deletes_nothing_where_it_points
     (state / "exec").chmod(0o770)  # a group member could plant links for the clean-up to follow
     ran = sandrun("exec", str(HELLO), cwd=tmp_path, env=_env(tmp_path))
     assert ran.returncode == 2 and "writable by group or others" in ran.stderr, ran.stderr
+    (state / "exec").chmod(0o700)
+    state.chmod(0o777)  # whoever may write the folder above could swap exec for a link later
+    ran = sandrun("exec", str(HELLO), cwd=tmp_path, env=_env(tmp_path))
+    assert ran.returncode == 2 and f"{state}: [out.unsafe]" in ran.stderr, ran.stderr
+    state.chmod(0o700)
+    assert sandrun("exec", str(HELLO), cwd=tmp_path, env=_env(tmp_path)).returncode == 0
+
+
+def test_the_state_folders_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """Made with ``mkdir(parents=True)`` under umask 002, ``sandrun/`` was group-writable: the
+    cache key's folder check then switched the disk cache off."""
+    from runner.api import exec_out_dir
+
+    previous = os.umask(0o002)
+    try:
+        exec_out_dir({"XDG_STATE_HOME": str(tmp_path / "state")})
+    finally:
+        os.umask(previous)
+    for folder in (tmp_path / "state" / "sandrun", tmp_path / "state" / "sandrun" / "exec"):
+        assert folder.stat().st_mode & 0o077 == 0
 
 
 def test_the_exec_clean_up_never_follows_a_link_among_its_run_folders(tmp_path: Path) -> None:
