@@ -216,20 +216,28 @@ def prepare_out_dir(out_dir: Path) -> None:
     checkout, and a repository can commit it as a symlink (the run would then replace ``logs/`` and
     the reports wherever it points) or commit ``audit.jsonl`` / ``audit.lock`` as symlinks (the log
     is opened by name: its records would be appended to any file the link names) or FIFOs (the run
-    would block). Reports and ``logs/`` are replaced by rename, which never follows a link, so only
-    the folder itself and the ``audit.*`` files it holds are checked: the folder must be a real
-    folder of the current user that others cannot write (nobody else can then plant a link after
-    this check), and every ``audit.*`` entry a regular file.
+    would block). Reports and ``logs/`` are replaced by rename, which never follows a link: links
+    planted under those names are simply replaced. So the folder must be a real folder of the
+    current user that others cannot write (nobody else can then plant anything after this check),
+    every ``audit.*`` entry a regular file, no report name a folder and ``logs`` no file (either
+    would fail every run, after its log was opened, with its log left unsealed).
     """
     out_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
     _refuse_unless_private(out_dir, "the output folder", writable_by="others")
     for entry in os.scandir(out_dir):
-        if entry.name.startswith(_OPENED_BY_NAME) and not entry.is_file(follow_symlinks=False):
-            raise _unsafe(
-                out_dir,
-                f"the output folder holds {entry.name}, which is not a regular file (a symlink, FIFO "
-                "or folder): the run would write to, or block on, whatever it is",
-            )
+        if entry.name.startswith(_OPENED_BY_NAME):
+            wrong = not entry.is_file(follow_symlinks=False)
+            what = "a regular file (a symlink, FIFO or folder): the run would write to, or block on, it"
+        elif entry.name in REPORT_NAMES:
+            wrong = entry.is_dir(follow_symlinks=False)
+            what = "a file: a run could not replace it"
+        elif entry.name == "logs":
+            wrong = not (entry.is_dir(follow_symlinks=False) or entry.is_symlink())
+            what = "a folder: a run could not replace it"
+        else:
+            continue
+        if wrong:
+            raise _unsafe(out_dir, f"the output folder holds {entry.name}, which is not {what}")
 
 
 def new_exec_run_dir(base: Path, *, keep: int) -> Path:

@@ -71,6 +71,24 @@ def test_audit_files_planted_as_links_or_fifos_are_refused_before_anything_is_wr
     assert sorted(p.name for p in out.iterdir()) == [planted]
 
 
+@pytest.mark.parametrize("planted", ["report.json/", "summary.md/", "logs"])
+def test_a_report_planted_as_a_folder_or_logs_as_a_file_is_refused_before_the_log_opens(
+    tmp_path: Path, planted: str
+) -> None:
+    """Each would fail every run at its end (a report cannot replace a folder, nor ``logs/`` be
+    retired when it is a file), leaving its log unsealed: refused up front, nothing written."""
+    project = make_project(tmp_path / "project")
+    out = project / "sandrun-out"
+    out.mkdir()
+    if planted.endswith("/"):
+        (out / planted.rstrip("/")).mkdir()
+    else:
+        (out / planted).write_text("not a folder\n")
+    ran = sandrun(*RUN, cwd=project, env=_env(tmp_path))
+    assert ran.returncode == 2 and f"holds {planted.rstrip('/')}" in ran.stderr, ran.stderr
+    assert sorted(p.name for p in out.iterdir()) == [planted.rstrip("/")]
+
+
 def test_an_out_folder_others_can_write_is_refused(tmp_path: Path) -> None:
     project = make_project(tmp_path / "project")
     out = tmp_path / "shared"
