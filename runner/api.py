@@ -8,6 +8,7 @@ never see half the story.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,7 +32,7 @@ from runner.errors import (
 from runner.plan import Plan, PolicyRef
 from runner.policy.compiler import compile_plan, denial_error
 from runner.policy.model import Policy, policy_from_document
-from runner.source import MAX_DOCUMENT_BYTES, Document, load_yaml_file
+from runner.source import MAX_DOCUMENT_BYTES, Document, load_yaml_bytes, load_yaml_file
 
 if TYPE_CHECKING:
     from runner.audit import AuditLog, Checkpoint, VerifyReport
@@ -170,10 +171,16 @@ def resolve_root(root: Path | None) -> Path:
 
 def _validated(path: Path, kind: str) -> tuple[Document | None, list[Violation]]:
     """Load and schema-check one file; problems are returned, not raised, to collect them all."""
+    from runner.fileio import read_regular
     from runner.schema import validate
 
     try:
-        document = load_yaml_file(path)
+        raw = read_regular(path, MAX_DOCUMENT_BYTES + 1)  # never blocks on a FIFO a link names
+    except OSError as exc:
+        where = Location(file=str(path))
+        return None, [Violation("yaml.read", f"cannot read the file: {exc.strerror}", where)]
+    try:
+        document = load_yaml_bytes(raw, str(path))
     except InputError as exc:
         return None, list(exc.violations)
     problems = validate(document, kind)  # type: ignore[arg-type]
@@ -245,7 +252,7 @@ def load_plan(path: Path) -> Plan:
     import json
 
     try:
-        raw = path.read_bytes()
+        raw = _read_plan(path)
         plan = Plan.from_dict(json.loads(raw))
     except OSError as exc:
         raise InputError.one(
@@ -271,6 +278,21 @@ def load_plan(path: Path) -> Plan:
 #: against. A plan is immutable (frozen dataclasses of tuples), so for that very object the digest
 #: cannot change; encoding a 2,000-job plan again costs tens of ms of every run and every shard.
 _loaded: tuple[Plan, str] | None = None
+
+
+#: Far above any real plan (a 2,000-job plan is ~2 MB): a plan file larger than this is refused unread.
+MAX_PLAN_BYTES = 256 << 20
+
+
+def _read_plan(path: Path) -> bytes:
+    """A plan file's bytes: a regular file of at most :data:`MAX_PLAN_BYTES` (a plan committed as a
+    link to ``/dev/zero`` or ``/dev/stdin`` would fill memory or block); ``OSError`` otherwise."""
+    from runner.fileio import read_regular
+
+    raw = read_regular(path, MAX_PLAN_BYTES + 1)
+    if len(raw) > MAX_PLAN_BYTES:
+        raise OSError(errno.EFBIG, f"larger than {MAX_PLAN_BYTES} bytes", str(path))
+    return raw
 
 
 def plan_sha256(plan: Plan) -> str:
@@ -470,7 +492,7 @@ def _verified(path: Path, policy_path: Path, *, root: Path | None, today: dt.dat
 
     where = Location(file=str(path))
     try:
-        raw = path.read_bytes()
+        raw = _read_plan(path)
         data = json.loads(raw)
         claimed, manifests = PolicyRef(**data["policy"]), data["manifests"]
         if not isinstance(manifests, list) or not all(isinstance(m, str) for m in manifests):

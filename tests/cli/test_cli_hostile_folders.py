@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -264,15 +265,15 @@ def test_a_rw_mount_reaching_the_out_folder_through_a_bind_mount_is_denied(
     digest = hashlib.sha256(probe.read_bytes()).hexdigest()
     if layout == "alias-in-root":
         binds = [(work / "sandrun-out", work / "alias")]
-        host, file = "alias", "audit.jsonl"
+        mounted, file = "alias", "audit.jsonl"
         project, out = work, work / "sandrun-out"
     else:
         binds = [(work, tmp_path / "w"), (work / "sandrun-out", tmp_path / "out")]
-        host, file = ".", "sandrun-out/audit.jsonl"
+        mounted, file = ".", "sandrun-out/audit.jsonl"
         project, out = tmp_path / "w", tmp_path / "out"
     args = f"write, /o/{file}, forged"
     (work / "m.yaml").write_text(
-        _PROBE_MANIFEST.format(name="tamper", sha256=digest, args=args, host=host, mode="rw")
+        _PROBE_MANIFEST.format(name="tamper", sha256=digest, args=args, host=mounted, mode="rw")
     )
     with _bind_mounts(*binds):
         flags = ("--policy", "policy.yaml", "--out", str(out))
@@ -310,3 +311,26 @@ def test_a_rw_mount_holding_the_policy_is_denied(tmp_path: Path) -> None:
     (project / "m.yaml").write_text(manifest)
     ran = sandrun("run", "m.yaml", *flags, cwd=project, env=_env(tmp_path))
     assert ran.returncode == 0, ran.stderr
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "fifo"])
+def test_a_plan_or_policy_committed_as_a_link_to_a_device_or_fifo_is_refused_unread(
+    tmp_path: Path, target: str
+) -> None:
+    """A plan is a lock file kept in git: committed as a link to ``/dev/zero`` it filled memory
+    (internal error, the log left unsealed), to a FIFO or ``/dev/stdin`` it blocked the run
+    forever; a policy link to a FIFO blocked ``check``."""
+    project = make_project(tmp_path / "project")
+    if target == "fifo":
+        os.mkfifo(tmp_path / "fifo")
+        target = str(tmp_path / "fifo")
+    (project / "plan.json").symlink_to(target)
+    env = _env(tmp_path)
+    bounded = partial(sandrun, cwd=project, env=env, timeout=60, address_space=2 << 30)  # hang, endless read
+    ran = bounded("run", "plan.json", "--policy", "policies/lenient.yaml")
+    assert ran.returncode == 2 and "not a regular file" in ran.stderr, ran.stderr
+    verified = sandrun("audit", "verify", str(project / "sandrun-out"))
+    assert verified.returncode == 0 and "intact" in verified.stdout, verified.stderr
+    (project / "policies" / "linked.yaml").symlink_to(target)
+    checked = bounded("check", "manifests", "--policy", "policies/linked.yaml")
+    assert checked.returncode == 2 and "[yaml.read]" in checked.stderr, checked.stderr
