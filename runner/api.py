@@ -8,6 +8,7 @@ never see half the story.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,7 +32,7 @@ from runner.errors import (
 from runner.plan import Plan, PolicyRef
 from runner.policy.compiler import compile_plan, denial_error
 from runner.policy.model import Policy, policy_from_document
-from runner.source import MAX_DOCUMENT_BYTES, Document, load_yaml_file
+from runner.source import MAX_DOCUMENT_BYTES, Document, load_yaml_bytes, load_yaml_file
 
 if TYPE_CHECKING:
     from runner.audit import AuditLog, Checkpoint, VerifyReport
@@ -170,10 +171,16 @@ def resolve_root(root: Path | None) -> Path:
 
 def _validated(path: Path, kind: str) -> tuple[Document | None, list[Violation]]:
     """Load and schema-check one file; problems are returned, not raised, to collect them all."""
+    from runner.fileio import read_regular
     from runner.schema import validate
 
     try:
-        document = load_yaml_file(path)
+        raw = read_regular(path, MAX_DOCUMENT_BYTES + 1)  # never blocks on a FIFO a link names
+    except OSError as exc:
+        where = Location(file=str(path))
+        return None, [Violation("yaml.read", f"cannot read the file: {exc.strerror}", where)]
+    try:
+        document = load_yaml_bytes(raw, str(path))
     except InputError as exc:
         return None, list(exc.violations)
     problems = validate(document, kind)  # type: ignore[arg-type]
@@ -245,7 +252,7 @@ def load_plan(path: Path) -> Plan:
     import json
 
     try:
-        raw = path.read_bytes()
+        raw = _read_plan(path)
         plan = Plan.from_dict(json.loads(raw))
     except OSError as exc:
         raise InputError.one(
@@ -271,6 +278,21 @@ def load_plan(path: Path) -> Plan:
 #: against. A plan is immutable (frozen dataclasses of tuples), so for that very object the digest
 #: cannot change; encoding a 2,000-job plan again costs tens of ms of every run and every shard.
 _loaded: tuple[Plan, str] | None = None
+
+
+#: Far above any real plan (a 2,000-job plan is ~2 MB): a plan file larger than this is refused unread.
+MAX_PLAN_BYTES = 256 << 20
+
+
+def _read_plan(path: Path) -> bytes:
+    """A plan file's bytes: a regular file of at most :data:`MAX_PLAN_BYTES` (a plan committed as a
+    link to ``/dev/zero`` or ``/dev/stdin`` would fill memory or block); ``OSError`` otherwise."""
+    from runner.fileio import read_regular
+
+    raw = read_regular(path, MAX_PLAN_BYTES + 1)
+    if len(raw) > MAX_PLAN_BYTES:
+        raise OSError(errno.EFBIG, f"larger than {MAX_PLAN_BYTES} bytes", str(path))
+    return raw
 
 
 def plan_sha256(plan: Plan) -> str:
@@ -374,13 +396,13 @@ def run(
     from runner.executor import BatchOptions as _BatchOptions
     from runner.executor import run_plan
     from runner.fileio import write_atomic
-    from runner.outputs import LogFolder, remove_outputs, unsealed_on_failure, write_outputs
+    from runner.outputs import LogFolder, prepare_out_dir, remove_outputs, unsealed_on_failure, write_outputs
     from runner.report import build_report
 
     root = resolve_root(root)
     options = options or _BatchOptions()
     run_id = new_run_id()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_out_dir(out_dir)
     with (
         AuditLog.open(out_dir, run_id=run_id, continue_unsealed=continue_unsealed) as log,
         unsealed_on_failure(log, out_dir),
@@ -408,7 +430,8 @@ def run(
             log.append(SHARD_ASSIGNED, assignment.record())
             plan = assignment.plan
         _log_tools(log, plan)
-        protected = tuple(p.resolve() for p in (out_dir, *options.protected_dirs))
+        # No rw mount may write the log, the reports, or the policy the next run compiles under.
+        protected = tuple(p.resolve() for p in (out_dir, root / plan.policy.path, *options.protected_dirs))
         with LogFolder(out_dir) as logs:
             batch = run_plan(
                 plan,
@@ -469,7 +492,7 @@ def _verified(path: Path, policy_path: Path, *, root: Path | None, today: dt.dat
 
     where = Location(file=str(path))
     try:
-        raw = path.read_bytes()
+        raw = _read_plan(path)
         data = json.loads(raw)
         claimed, manifests = PolicyRef(**data["policy"]), data["manifests"]
         if not isinstance(manifests, list) or not all(isinstance(m, str) for m in manifests):
@@ -916,11 +939,11 @@ def serve(
     from runner import serve as serving
     from runner.audit import AuditLog, record
     from runner.fileio import write_atomic
-    from runner.outputs import remove_outputs, unsealed_on_failure
+    from runner.outputs import prepare_out_dir, remove_outputs, unsealed_on_failure
 
     root = resolve_root(root)
     plan = make_plan()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_out_dir(out_dir)
     with (
         AuditLog.open(out_dir, run_id=new_run_id(), continue_unsealed=continue_unsealed) as log,
         unsealed_on_failure(log, out_dir),
@@ -953,18 +976,9 @@ EXEC_RUNS_KEPT = 32
 def exec_out_dir(environ: Mapping[str, str]) -> Path:
     """A new folder for one ``sandrun exec`` run when no ``--out`` is given, so nothing is left in
     the current folder: ``$XDG_STATE_HOME/sandrun/exec/<time>-<pid>`` (else ``~/.local/state``),
-    private to the user; only the newest :data:`EXEC_RUNS_KEPT` are kept."""
-    import os
-    import shutil
-    import time
+    private to the user; only the newest :data:`EXEC_RUNS_KEPT` are kept
+    (:func:`runner.outputs.new_exec_run_dir`)."""
+    from runner.outputs import new_exec_run_dir
 
     base = Path(environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "sandrun" / "exec"
-    base.mkdir(mode=0o700, parents=True, exist_ok=True)
-    folder = (
-        base / f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{time.time_ns() % 10**9:09d}-{os.getpid()}"
-    )
-    folder.mkdir(mode=0o700)
-    runs = sorted(p for p in base.iterdir() if p.is_dir() and not p.is_symlink())
-    for old in runs[:-EXEC_RUNS_KEPT]:
-        shutil.rmtree(old, ignore_errors=True)
-    return folder
+    return new_exec_run_dir(base, keep=EXEC_RUNS_KEPT)

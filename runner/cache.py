@@ -35,6 +35,7 @@ makes loading a large module slower than mapping the serialized file directly.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -118,6 +119,14 @@ def check_private_dir(path: Path) -> str | None:
     return None
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
 def _owned_private_file(info: os.stat_result) -> bool:
     return stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o022
 
@@ -126,7 +135,8 @@ class ModuleCache:
     """Modules by key: an in-memory LRU in front of an optional private folder on disk.
 
     ``disk_problem`` says why the disk cache is off (None when it is on): callers may log it.
-    ``secret_path`` is where the per-user secret lives (default :func:`default_secret_path`);
+    ``secret_path`` is where the per-user secret lives (default :func:`default_secret_path`; the
+    resolved path is kept as ``secret_path``: no job may mount the folder holding it);
     ``max_disk_bytes`` caps the folder (default ``$SANDRUN_CACHE_MAX_BYTES``, else 4 GiB).
     """
 
@@ -146,8 +156,10 @@ class ModuleCache:
         self._runtime = f"wasmtime-{wasmtime_version()}/{platform.machine()}"
         self.directory = directory
         self.disk_problem = "no cache folder" if directory is None else check_private_dir(directory)
+        self._identity = None if self.disk_problem is not None or directory is None else _identity(directory)
         self.max_disk_bytes = _DEFAULT_MAX_BYTES if max_disk_bytes is None else max_disk_bytes
         self._secret: CacheSecret | None = None
+        self.secret_path = (secret_path or default_secret_path()).resolve()
         if self.disk_problem is None and directory is not None:
             try:
                 if max_disk_bytes is None:
@@ -233,8 +245,10 @@ class ModuleCache:
 
         Checks, in order: (1) the sidecar is a private file naming this format, key and secret;
         (2) the ``.cwasm`` opened without following symlinks is a private, non-empty file of the
-        sidecar's size; (3) its bytes, copied into a sealed memfd, have the sidecar's MAC; (4) that
-        sealed copy, which nobody can change any more, is what is loaded.
+        sidecar's size, and no larger than the folder's cap (it is copied into memory before its
+        MAC can be checked; a larger one was never written by this cache); (3) its bytes, copied
+        into a sealed memfd, have the sidecar's MAC; (4) that sealed copy, which nobody can change
+        any more, is what is loaded.
         """
         if self.disk_problem is not None or self._secret is None:
             return None, None, False
@@ -252,6 +266,8 @@ class ModuleCache:
         try:
             info = os.fstat(fd)  # (2)
             if not _owned_private_file(info) or not info.st_size or info.st_size != meta.get("size"):
+                return None, None, True
+            if info.st_size > self.max_disk_bytes:  # never written: a sparse giant would fill memory
                 return None, None, True
             sealed = seal_copy(fd, info.st_size)  # (3)
             with sealed.view() as view:
@@ -271,6 +287,8 @@ class ModuleCache:
         if self.disk_problem is not None or self._secret is None:
             return
         artifact, sidecar = self._paths(key)
+        if _identity(artifact.parent) != self._identity:
+            return  # not the folder checked when the cache opened any more (see _evict)
         try:
             data = module.serialize()
             if len(data) > self.max_disk_bytes:
@@ -291,22 +309,35 @@ class ModuleCache:
             return
 
     def _evict(self) -> None:
-        """Delete least recently used entries until the folder holds at most ``max_disk_bytes``."""
+        """Delete least recently used entries until the folder holds at most ``max_disk_bytes``.
+
+        Deletes only in the very folder checked when the cache was opened: through a descriptor
+        of it, refused when the path now leads elsewhere (a folder above it renamed and replaced
+        by someone who may write there, with ``modules`` a link to the user's files)."""
         assert self.directory is not None
-        entries = []
-        for artifact in self.directory.glob("*.cwasm"):
-            try:
-                info = artifact.lstat()
-            except OSError:
-                continue  # removed meanwhile by another runner
-            entries.append((info.st_mtime_ns, info.st_size, artifact))
-        total = sum(size for _, size, _ in entries)
-        for _, size, artifact in sorted(entries):
-            if total <= self.max_disk_bytes:
-                break
-            artifact.with_suffix(".json").unlink(missing_ok=True)
-            artifact.unlink(missing_ok=True)
-            total -= size
+        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            info = os.fstat(fd)
+            if (info.st_dev, info.st_ino) != self._identity:
+                return
+            entries = []
+            for entry in os.scandir(fd):
+                if entry.name.endswith(".cwasm"):
+                    try:
+                        found = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue  # removed meanwhile by another runner
+                    entries.append((found.st_mtime_ns, found.st_size, entry.name))
+            total = sum(size for _, size, _ in entries)
+            for _, size, name in sorted(entries):
+                if total <= self.max_disk_bytes:
+                    break
+                for victim in (name.removesuffix(".cwasm") + ".json", name):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(victim, dir_fd=fd)
+                total -= size
+        finally:
+            os.close(fd)
 
 
 @functools.cache

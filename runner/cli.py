@@ -376,6 +376,10 @@ def _start_run(
     from runner.progress import make_progress
 
     key = _signing_key(signing_key)
+    if signing_key is not None:  # no job may mount the folder holding the runner's key
+        from dataclasses import replace
+
+        options = replace(options, secret_files=(*options.secret_files, signing_key))
     cancel = threading.Event()
     display = make_progress() if progress else None
     stops = (signal.SIGINT, signal.SIGTERM)

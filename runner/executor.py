@@ -59,7 +59,8 @@ _MIN_THREAD_STACK = 8 << 20  # the usual Linux default; set explicitly (musl's i
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BatchOptions:
-    """How to run a batch. ``protected_dirs`` are folders no ``rw`` mount may contain (out, cache).
+    """How to run a batch. ``protected_dirs`` are folders no ``rw`` mount may contain (out, cache);
+    ``secret_files`` are files no mount at all may hold (the signing key; the cache key is added).
 
     ``isolation``: ``"workers"`` runs each job in a worker process (hard deadline, crash
     isolation, OS memory and file-size limits: :mod:`runner.worker`); ``"threads"`` runs it on
@@ -71,6 +72,7 @@ class BatchOptions:
     passthrough: bool = False
     cache_dir: Path | None = None
     protected_dirs: tuple[Path, ...] = ()
+    secret_files: tuple[Path, ...] = ()
     isolation: Isolation = "workers"
     egress: Seam | None = None  # sandrun:http's resolver and connector (a test seam; default: the OS)
 
@@ -269,7 +271,10 @@ class _Batch:
             else:
                 if job.mounts:  # resolved again now: an earlier job may have planted a symlink
                     check_mounts(
-                        job, self.root, protected=(*self.options.protected_dirs, self.runtime.cache_dir)
+                        job,
+                        self.root,
+                        protected=(*self.options.protected_dirs, self.runtime.cache_dir),
+                        secrets=(*self.options.secret_files, *self.runtime.secrets),
                     )
                 begun = _Begun(index, hermetic.snapshot(job, self.root) if job.hermetic is not None else None)
                 if not queued:

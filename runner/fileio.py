@@ -1,12 +1,15 @@
-"""Writing files so that a reader never sees half of one: temp file in the same folder, then rename."""
+"""Files in and out: writing so that a reader never sees half of one (temp file in the same folder,
+then rename), reading an input that may not be what its name says."""
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["write_atomic", "fsync_dir"]
+__all__ = ["write_atomic", "fsync_dir", "read_regular"]
 
 
 def write_atomic(path: Path, data: bytes | bytearray, *, mode: int = 0o644) -> None:
@@ -32,5 +35,27 @@ def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``path``, which must be a regular file (symlinks followed).
+
+    An input named on the command line may be a link a repository committed: to ``/dev/zero`` (a
+    read that never ends, filling memory), to ``/dev/stdin`` or a FIFO (a read, or even the open,
+    that blocks forever). The file is opened without waiting for a writer and refused unless it is
+    a regular file; ``OSError`` (naming the file) otherwise.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, a device or a folder)", str(path))
+        chunks: list[bytes] = []
+        size = 0
+        while size < limit and (chunk := os.read(fd, min(1 << 20, limit - size))):
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
     finally:
         os.close(fd)

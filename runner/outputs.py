@@ -11,15 +11,17 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Protocol
 
-from runner.errors import AuditError, Location
+from runner.errors import AuditError, InputError, Location, SandrunError
 from runner.fileio import fsync_dir, write_atomic
 from runner.report import CapturedLog, render_json, render_junit, render_markdown
 from runner.results import Outcome
@@ -32,6 +34,8 @@ __all__ = [
     "remove_outputs",
     "unsealed_on_failure",
     "REPORT_NAMES",
+    "prepare_out_dir",
+    "new_exec_run_dir",
 ]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -201,6 +205,85 @@ class LogFolder:
 
 
 REPORT_NAMES = ("report.json", "junit.xml", "summary.md", "checkpoint.txt")
+_OPENED_BY_NAME = "audit."  # audit.jsonl, audit.lock, audit.jsonl.torn-*/cut-*: opened, not renamed
+
+
+def prepare_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` if needed and refuse one that would make the run write, delete or hang
+    somewhere else (``out.unsafe``, exit 2), before anything is written.
+
+    The folder is often not the operator's own making: the default ``sandrun-out`` lies in a
+    checkout, and a repository can commit it as a symlink (the run would then replace ``logs/`` and
+    the reports wherever it points) or commit ``audit.jsonl`` / ``audit.lock`` as symlinks (the log
+    is opened by name: its records would be appended to any file the link names) or FIFOs (the run
+    would block). Reports and ``logs/`` are replaced by rename, which never follows a link: links
+    planted under those names are simply replaced. So the folder must be a real folder of the
+    current user that others cannot write (nobody else can then plant anything after this check),
+    every ``audit.*`` entry a regular file, no report name a folder and ``logs`` no file (either
+    would fail every run, after its log was opened, with its log left unsealed).
+    """
+    out_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    _refuse_unless_private(out_dir, "the output folder", writable_by="others")
+    for entry in os.scandir(out_dir):
+        if entry.name.startswith(_OPENED_BY_NAME):
+            wrong = not entry.is_file(follow_symlinks=False)
+            what = "a regular file (a symlink, FIFO or folder): the run would write to, or block on, it"
+        elif entry.name in REPORT_NAMES:
+            wrong = entry.is_dir(follow_symlinks=False)
+            what = "a file: a run could not replace it"
+        elif entry.name == "logs":
+            wrong = not (entry.is_dir(follow_symlinks=False) or entry.is_symlink())
+            what = "a folder: a run could not replace it"
+        else:
+            continue
+        if wrong:
+            raise _unsafe(out_dir, f"the output folder holds {entry.name}, which is not {what}")
+
+
+def new_exec_run_dir(base: Path, *, keep: int) -> Path:
+    """A new private folder for one ``sandrun exec`` run in ``base`` (created 0700), keeping only
+    the newest ``keep`` run folders there.
+
+    ``base`` (``$XDG_STATE_HOME/sandrun/exec``) is deleted from, so it and the folder above it
+    (which also holds the cache key) must be the user's own and writable by nobody else: a
+    symlink, another user's folder or one group or others can write is refused (``out.unsafe``)
+    instead of followed (older run folders would be deleted wherever it points, or wherever a
+    link swapped in for it later points). Both are created 0700, whatever the umask. The clean-up
+    deletes run folders only, never a link (``shutil.rmtree`` refuses one and does not follow
+    those below).
+    """
+    base.parent.parent.mkdir(parents=True, exist_ok=True)
+    for folder in (base.parent, base):  # 0700 whatever the umask (mkdir's parents=True is not)
+        folder.mkdir(mode=0o700, exist_ok=True)
+        _refuse_unless_private(folder, "the exec state folder", writable_by="group or others")
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    folder = base / f"{stamp}-{time.time_ns() % 10**9:09d}-{os.getpid()}"
+    folder.mkdir(mode=0o700)
+    runs = sorted(entry.path for entry in os.scandir(base) if entry.is_dir(follow_symlinks=False))
+    for old in runs[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def _refuse_unless_private(folder: Path, what: str, *, writable_by: str) -> None:
+    """Raise ``out.unsafe`` when someone else could steer ``folder``: it is a symlink, not a
+    folder, another user's, or writable by ``others`` (``group or others``: group write too)."""
+    info = folder.lstat()
+    if stat.S_ISLNK(info.st_mode):
+        reason = "is a symlink"
+    elif not stat.S_ISDIR(info.st_mode):
+        reason = "is not a folder"
+    elif info.st_uid != os.getuid():
+        reason = f"is owned by another user (uid {info.st_uid})"
+    elif info.st_mode & (0o002 if writable_by == "others" else 0o022):
+        reason = f"is writable by {writable_by} (mode {stat.S_IMODE(info.st_mode):o})"
+    else:
+        return
+    raise _unsafe(folder, f"{what} {reason}: the run would write, delete or block where someone else decides")
+
+
+def _unsafe(folder: Path, message: str) -> SandrunError:
+    return InputError.one("out.unsafe", f"refusing {message}", Location(file=str(folder)))
 
 
 def remove_outputs(out_dir: Path) -> None:

@@ -115,6 +115,8 @@ _INVALID_INPUT = {
     "needs.cycle": "the `needs` of a manifest's jobs form a cycle",
     "needs.unknown": "`needs` names no job of the manifest",
     "network.pattern": "a host pattern or block entry is malformed",
+    "out.unsafe": "`--out` (or `exec`'s state folder) is a symlink, another user's, writable by others, "
+    "or holds an `audit.*` entry that is not a regular file",
     "path.backslash": "a path under the root has a backslash in a name, which a plan cannot carry",
     "plan.invalid": "a plan file is not a canonical sandrun plan",
     "policy.key-duplicate": "(in the policy) a trusted key id is listed twice",
@@ -192,7 +194,8 @@ _POLICY_DENIAL = {
     "modules.max-size": "the module file is larger than the policy's `modules.max_size`",
     "mount.changed": "(at run time) a mount's or `work_dir`'s path now leads through a symlink",
     "mount.missing": "(at run time) a mount's or `work_dir`'s folder is gone or is not a folder",
-    "mount.protected": "(at run time) a `rw` mount overlaps the output folder, the cache or the log",
+    "mount.protected": "(at run time) a `rw` mount overlaps the output folder, the cache or the policy "
+    "file, or a mount holds the cache key or the signing key",
     "network.uncovered": "a job's network allow entry is not covered by the policy's `network.allow`",
     "network.secret": "a job names a secret the policy's `network.secrets` does not list",
     "network.limits": "a `network.limits` value cannot be parsed, or a job's is above the policy's",

@@ -73,6 +73,7 @@ from runner.egress import abi as http_abi
 from runner.errors import InputError, Location, PolicyDenied
 from runner.features import enabled
 from runner.hermetic import VirtualWorld
+from runner.hostpaths import fixed_places, mount_table, overlaps, place
 from runner.plan import JobSpec, Limits, ModuleLimits, is_invoke_call, work_dir_mount
 from runner.results import Outcome, TrapKind
 from runner.sealed import Sealed, fd_path, require_sealed
@@ -219,12 +220,33 @@ def _open_mounts(job: JobSpec, root: Path, root_fd: int, stack: ExitStack) -> li
     return opened
 
 
-def _check_protected(job: JobSpec, targets: list[Path], protected: Iterable[Path]) -> None:
+def _check_protected(
+    job: JobSpec, targets: list[Path], protected: Iterable[Path], secrets: Iterable[Path] = ()
+) -> None:
+    """No ``rw`` mount may overlap a ``protected`` folder, and no mount at all, not even ``ro``,
+    may hold one of the runner's ``secrets`` (its cache key, its signing key: a guest that read one
+    could forge cache entries or seals). Compared by name, by identity and by where each lies in
+    its filesystem (:mod:`runner.hostpaths`): a bind mount or a case-insensitive folder shows one
+    folder under two names."""
+    if not job.mounts:
+        return
+    table = mount_table()
+    secrets, protected = tuple(secrets), tuple(protected)
+    secret_places = list(zip(secrets, fixed_places(secrets, table), strict=True))
+    protected_places = list(zip(protected, fixed_places(protected, table), strict=True))
     for index, (mount, target) in enumerate(zip(job.mounts, targets, strict=True)):
+        here = place(target, table)
+        for secret, where in secret_places:
+            if overlaps(here, where):
+                raise PolicyDenied.one(
+                    "mount.protected",
+                    f"mount {mount.host!r} holds {secret}, a secret of the runner no job may read",
+                    _location(job, f"/fs/{index}/host"),
+                )
         if mount.mode != "rw":
             continue
-        for folder in protected:
-            if folder == target or target in folder.parents or folder in target.parents:
+        for folder, where in protected_places:
+            if overlaps(here, where):
                 raise PolicyDenied.one(
                     "mount.protected",
                     f"rw mount {mount.host!r} overlaps {folder}, which a job must never write",
@@ -232,18 +254,23 @@ def _check_protected(job: JobSpec, targets: list[Path], protected: Iterable[Path
                 )
 
 
-def check_mounts(job: JobSpec, root: Path, *, protected: Iterable[Path] = ()) -> list[tuple[Path, str, str]]:
+def check_mounts(
+    job: JobSpec, root: Path, *, protected: Iterable[Path] = (), secrets: Iterable[Path] = ()
+) -> list[tuple[Path, str, str]]:
     """(absolute host dir, guest path, mode) of each mount, checked right before the job runs.
 
     A mount must still be exactly ``root / host``: a directory reached without following any
     symlink (rule ``mount.changed`` otherwise: an earlier job may have planted a link in a rw
     mount) that exists (``mount.missing``). No rw mount may contain a ``protected`` folder such as
-    the module cache or the audit log (``mount.protected``).
+    the module cache or the audit log, and no mount may hold one of the runner's ``secrets`` files
+    (``mount.protected``).
     """
     with _open_root(root) as (resolved, root_fd), ExitStack() as stack:
         opened = _open_mounts(job, resolved, root_fd, stack)
         targets = [target for _, target in opened]
-        _check_protected(job, targets, [folder.resolve() for folder in protected])
+        _check_protected(
+            job, targets, [folder.resolve() for folder in protected], [file.resolve() for file in secrets]
+        )
         return [(target, m.guest, m.mode) for target, m in zip(targets, job.mounts, strict=True)]
 
 
@@ -850,6 +877,7 @@ class Runtime:
         self.cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
         self.cache = ModuleCache(self.cache_dir, memory_entries=memory_cache_entries)
         self._protected = (self.cache_dir.resolve(),)
+        self.secrets = (self.cache.secret_path,)  # files no mount may hold (check_mounts)
         self._tick_ms = tick_ms
         self.egress_seam = egress_seam  # where sandrun:http resolves and dials (tests inject one)
         self._engines: dict[EngineKey, _EngineHost] = {}
@@ -1102,7 +1130,7 @@ class Runtime:
         """Preopen the mounts and open stdin, each through an fd opened without following links."""
         resolved, root_fd = stack.enter_context(_open_root(root))
         opened = _open_mounts(job, resolved, root_fd, stack)
-        _check_protected(job, [target for _, target in opened], self._protected)
+        _check_protected(job, [target for _, target in opened], self._protected, self.secrets)
         for (fd, target), mount in zip(opened, job.mounts, strict=True):
             wasi.preopen_dir(_fd_path(fd, target), mount.guest, fs_mutable=mount.mode == "rw")
         if job.work_dir is not None:

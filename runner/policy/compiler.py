@@ -955,7 +955,7 @@ def compile_plan(
             name=policy.name,
             path=policy_rel,
             sha256=policy.document.sha256,
-            git_commit=policy_commit(policy_path),
+            git_commit=policy_commit(policy_path, policy.document.sha256),
         ),
         inputs=tuple(InputFile(path=p, sha256=d) for p, d in sorted(state.inputs.items())),
         wasm_features=enabled(policy.denied_features),

@@ -12,7 +12,10 @@ compiler never starts a program; this module reads the few files it needs itself
 3. read the commit, then the trees down the policy's path, from loose objects or pack files
    (``.idx`` version 2, deltas applied), every read bounded in size and depth.
 4. compare the tree's blob id with the blob id of the policy file's bytes: different, missing or
-   not a plain file means *dirty*.
+   not a plain file means *dirty*. The file is read again here, so the caller passes the sha256 of
+   the bytes it compiled: bytes that differ from those (the file was replaced in between, say with
+   the committed version after a lenient one was loaded) are *dirty* too, so a commit is recorded
+   clean only for the very bytes the policy was compiled from.
 
 Config, hooks, attributes, the index and alternates are never read. Anything unexpected (no
 repository, an unborn branch, a reftable repository, a symlink or FIFO where a file should be, a
@@ -66,14 +69,16 @@ class GitState:
         return self.commit + "+dirty" if self.dirty else self.commit
 
 
-def policy_commit(path: Path) -> str | None:
-    """``<commit>`` or ``<commit>+dirty`` for the repository holding ``path``, or None."""
-    state = git_state(path)
+def policy_commit(path: Path, sha256: str | None = None) -> str | None:
+    """``<commit>`` or ``<commit>+dirty`` for the repository holding ``path``, or None.
+    ``sha256``: see :func:`git_state`."""
+    state = git_state(path, sha256)
     return None if state is None else str(state)
 
 
-def git_state(path: Path) -> GitState | None:
-    """The state of ``path`` (a resolved file path) in its repository; None when there is none."""
+def git_state(path: Path, sha256: str | None = None) -> GitState | None:
+    """The state of ``path`` (a resolved file path) in its repository; None when there is none.
+    ``sha256`` is that of the bytes the caller used: the file is clean only if it still holds them."""
     try:
         found = _find_repository(path.parent)
         if found is None:
@@ -84,7 +89,7 @@ def git_state(path: Path) -> GitState | None:
     except _TROUBLE:
         return None
     try:
-        matches = _file_matches(_Objects(common / "objects", len(commit) // 2), commit, top, path)
+        matches = _file_matches(_Objects(common / "objects", len(commit) // 2), commit, top, path, sha256)
     except _TROUBLE:
         matches = False  # the commit is known, but not that the file is in it
     return GitState(commit.decode("ascii"), dirty=not matches)
@@ -462,8 +467,9 @@ def _apply_delta(base: bytes, delta: bytes) -> bytes:
 # -- (4) the file against the commit ---------------------------------------------------------------
 
 
-def _file_matches(objects: _Objects, commit: bytes, top: Path, path: Path) -> bool:
-    """Is ``path`` a plain file in ``commit``'s tree whose blob is exactly the file's bytes now?"""
+def _file_matches(objects: _Objects, commit: bytes, top: Path, path: Path, sha256: str | None) -> bool:
+    """Is ``path`` a plain file in ``commit``'s tree whose blob is exactly the file's bytes now,
+    and are those the bytes whose ``sha256`` the caller used (when given)?"""
     body = objects.read(commit, b"commit")
     if not body.startswith(b"tree ") or body[5 + objects.hash_size * 2 : 6 + objects.hash_size * 2] != b"\n":
         raise _Unreadable("a commit without a tree")
@@ -480,6 +486,8 @@ def _file_matches(objects: _Objects, commit: bytes, top: Path, path: Path) -> bo
     if mode not in (b"100644", b"100755"):
         return False
     data = _read(path, _MAX_POLICY)
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        return False  # not the bytes that were compiled: the commit does not vouch for those
     return objects.hash(b"blob %d\0%s" % (len(data), data)).hexdigest().encode() == oid
 
 

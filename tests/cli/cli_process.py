@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -11,17 +12,30 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def sandrun(
-    *args: str, cwd: Path = REPO, env: dict[str, str] | None = None, input: str | None = None
+    *args: str,
+    cwd: Path = REPO,
+    env: dict[str, str] | None = None,
+    input: str | None = None,
+    timeout: float = 300,
+    address_space: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """``address_space``: an ``RLIMIT_AS`` for the CLI, so an endless read fails instead of
+    filling the machine's memory."""
+
+    def limit() -> None:
+        if address_space is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+
     return subprocess.run(
         [sys.executable, "-m", "runner", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         check=False,
         env={**os.environ, "CI": "true", **(env or {})},
         input=input,
+        preexec_fn=None if address_space is None else limit,  # noqa: PLW1509
     )
 
 

@@ -471,3 +471,59 @@ def test_a_component_is_cached_under_its_own_key_and_checked_like_a_module(
     assert json.loads(sidecar.read_text())["key"].startswith(job.module_sha256 + "|component|")
     damage_flip(artifact, sidecar)
     assert fresh_load(cache_dir, job, tmp_path) == "recompiled"
+
+
+def test_an_entry_larger_than_the_cache_could_hold_is_never_copied_into_memory(
+    tmp_path: Path, cache_dir: Path, probe_wasm: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever can write the folder (a restored CI cache) plants a sparse giant under an approved
+    key, its sidecar copied from a real entry with the size changed (the secret's id is no secret):
+    the entry is copied into a sealed memfd before its MAC is checked, so a 100 GB hole would
+    fill the machine's memory. Larger than the cap, it is refused unread and recompiled."""
+    import runner.cache as cache_module
+
+    engine = Engine()
+    key = ModuleCache(cache_dir).key(_digest_of(probe_wasm), "plain")
+    ModuleCache(cache_dir).load(engine, key, lambda: probe_wasm)
+    artifact, sidecar = ModuleCache(cache_dir)._paths(key)
+    giant = 256 << 20
+    with artifact.open("r+b") as stream:
+        stream.truncate(giant)  # a hole: no disk used
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**meta, "size": giant}))
+    copied: list[int] = []
+    real_copy = cache_module.seal_copy
+
+    def spy(fd: int, size: int) -> object:
+        copied.append(size)
+        return real_copy(fd, size)
+
+    monkeypatch.setattr(cache_module, "seal_copy", spy)
+    capped = ModuleCache(cache_dir, max_disk_bytes=64 << 20)
+    assert capped.load(engine, key, lambda: probe_wasm)[1] == "recompiled"
+    assert copied == []
+
+
+def test_eviction_deletes_nothing_once_the_folder_was_swapped_for_a_link(
+    tmp_path: Path, probe_wasm: bytes
+) -> None:
+    """The cache folder was checked when the cache opened; someone who may write a folder above it
+    (a shared ``$XDG_CACHE_HOME`` on a self-hosted runner) then renames it away and puts a link to
+    the user's files in its place: the next eviction must not delete ``*.cwasm``/``*.json`` there."""
+    shared = tmp_path / "shared"
+    cache_dir = shared / "sandrun" / "modules"
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "build.json").write_text("the user's\n")
+    with (victim / "build.cwasm").open("wb") as stream:
+        stream.truncate(5 << 20)  # over the cap on its own: first in line for eviction
+    os.utime(victim / "build.cwasm", (1000, 1000))
+    cache = ModuleCache(cache_dir, max_disk_bytes=4 << 20)
+    assert cache.disk_problem is None
+    (shared / "sandrun").rename(shared / "checked")
+    (shared / "sandrun").mkdir()
+    (shared / "sandrun" / "modules").symlink_to(victim)
+    cache.load(Engine(), cache.key(_digest_of(probe_wasm), "plain"), lambda: probe_wasm)
+    assert (victim / "build.json").read_text() == "the user's\n"
+    assert (victim / "build.cwasm").stat().st_size == 5 << 20
+    assert sorted(p.name for p in victim.iterdir()) == ["build.cwasm", "build.json"]  # nothing written

@@ -352,3 +352,53 @@ def test_reference_delta_chains_are_followed_without_recursion_up_to_the_cap(
     counted = _count_deltas(monkeypatch)
     assert state(repo / "policies" / "ci.yaml") == GitState(head, dirty=True)  # a blob, not the commit
     assert len(counted) == applied
+
+
+_STRICT = """\
+apiVersion: sandrun/v1
+kind: Policy
+metadata: {name: ci}
+signatures: {required: false}
+limits: {max: {memory: 64MiB}}
+"""
+_LENIENT = _STRICT.replace("64MiB", "4GiB")
+_HELLO = Path(__file__).resolve().parents[1] / "cases" / "_shared" / "hello.wasm"
+_MANIFEST = """\
+apiVersion: sandrun/v1
+kind: Manifest
+metadata: {{name: m}}
+tools: {{hello: {{module: hello.wasm, sha256: {sha256}}}}}
+jobs: [{{name: greet, tool: hello}}]
+"""
+
+
+def test_a_policy_replaced_by_its_committed_bytes_after_it_was_read_is_recorded_dirty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compiler reads the policy, then the commit: a file put back to the committed bytes in
+    between (by whoever may write it) must not make the lenient policy that was compiled look like
+    the committed one."""
+    import runner.api as api
+
+    repo = make_repo(tmp_path / "repo")
+    (repo / "policies").mkdir()
+    policy = repo / "policies" / "ci.yaml"
+    policy.write_text(_STRICT)
+    shutil.copyfile(_HELLO, repo / "hello.wasm")
+    (repo / "m.yaml").write_text(_MANIFEST.format(sha256=hashlib.sha256(_HELLO.read_bytes()).hexdigest()))
+    commit = commit_all(repo)
+    policy.write_text(_LENIENT)  # the uncommitted, lenient edit
+    loaded = api.load_policy
+
+    def load_then_restore(path: Path, root: Path) -> object:
+        found = loaded(path, root)
+        policy.write_text(_STRICT)  # put back before the commit is read
+        return found
+
+    monkeypatch.setattr(api, "load_policy", load_then_restore)
+    plan = api.compile_manifests([repo / "m.yaml"], policy, root=repo)
+    assert plan.policy.sha256 == hashlib.sha256(_LENIENT.encode()).hexdigest()
+    assert plan.policy.git_commit == f"{commit}+dirty"
+    policy.write_text(_STRICT)
+    monkeypatch.undo()
+    assert api.compile_manifests([repo / "m.yaml"], policy, root=repo).policy.git_commit == commit
