@@ -28,7 +28,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from runner.audit.checkpoint import DEFAULT_KEY_NAME, ORIGIN_PREFIX, Checkpoint, sign_checkpoint
+from runner.audit.checkpoint import (
+    DEFAULT_KEY_NAME,
+    ORIGIN_PREFIX,
+    Checkpoint,
+    parse_checkpoint,
+    sign_checkpoint,
+)
 from runner.audit.merkle import CompactRange, leaf_hash
 from runner.audit.query import tool_changes
 from runner.audit.record import (
@@ -138,22 +144,38 @@ def _tail_state(path: Path) -> tuple[LineHead | None, bytes, int]:
 def _resume_tree(path: Path, size: int, head: LineHead | None) -> CompactRange:
     """The Merkle tree (compact) of every record of the log, so this run's seal can sign its root.
 
-    A log whose last record is a seal that holds the tree's heads resumes from them and the seal's
-    own line, reading nothing more; any other log (an old one, or one continued after an unsealed
-    run) is read once, :func:`_tree_of`. The heads are not trusted more than the tail's chain:
-    ``sandrun audit verify`` checks them against the records, and so every root signed from them.
+    A log whose last record is a seal resumes from the subtree heads it stores and its own line,
+    reading nothing more; any other log (an old one, or one continued after an unsealed run) is
+    read once, :func:`_tree_of`. What this run signs extends what the last seal signed, never
+    more: the stored heads must fold to the Merkle root that seal's checkpoint signs, for the
+    records before it (``audit.seal-mismatch`` otherwise). Heads edited and rehashed into the
+    last seal would otherwise have this run's key sign the root of whatever history they were
+    made from, records the file does not hold, for anyone to prove against
+    (``tests/unit/test_audit_chain.py::test_a_run_never_signs_a_root_its_last_seal_does_not``).
     """
-    if head is not None and head.kind == RUN_SEALED:
-        lines, _, _ = _read_tail(path)
-        try:
-            stored = parse_record(lines[-1])["data"].get(SEAL_TREE)
-            if isinstance(stored, list) and all(isinstance(h, str) for h in stored):
-                tree = CompactRange(head.seq, [bytes.fromhex(h) for h in stored])
-                tree.append(leaf_hash(lines[-1]))
-                return tree
-        except (LineError, ValueError):
-            pass  # not a tree this seal can resume from: read the log
-    return _tree_of(path, size)
+    if head is None or head.kind != RUN_SEALED:
+        return _tree_of(path, size)
+    lines, _, _ = _read_tail(path)
+    try:
+        data = parse_record(lines[-1])["data"]
+        signed = parse_checkpoint(data["checkpoint"])
+        if (signed.size, signed.chain_head) != (head.seq, head.prev):
+            raise ValueError("its checkpoint does not describe the chain before it")
+        if signed.merkle_root is None:  # an old seal signs the chain head only: read the log
+            return _tree_of(path, size)
+        stored = data[SEAL_TREE]
+        tree = CompactRange(head.seq, [bytes.fromhex(h) for h in stored])
+        if tree.root.hex() != signed.merkle_root:
+            raise ValueError("its stored tree does not fold to the Merkle root it signs")
+    except (LineError, ValueError, TypeError, KeyError) as exc:
+        raise AuditError.one(
+            "audit.seal-mismatch",
+            f"the log's last seal does not describe the records before it ({exc}); "
+            f"run `sandrun audit verify {path}`",
+            Location(file=str(path), line=head.seq + 1, pointer="/data"),
+        ) from None
+    tree.append(leaf_hash(lines[-1]))
+    return tree
 
 
 def _tree_of(path: Path, size: int) -> CompactRange:

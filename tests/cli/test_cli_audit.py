@@ -355,3 +355,30 @@ def test_show_marks_a_continued_unsealed_run_but_only_fails_for_an_uncovered_one
     lines = shown.stdout.splitlines()
     assert lines[0].startswith("UNSEALED ") and not any(line.startswith("UNSEALED") for line in lines[1:])
     assert sandrun("report", str(tmp_path), "--run", "killed").returncode == 4
+
+
+def test_a_run_refuses_to_sign_over_a_last_seal_whose_tree_was_forged(tmp_path: Path) -> None:
+    """Write access to ``--out`` (no key): a record edited, the last seal's subtree heads replaced
+    by those of the forged history and rehashed. The next signed run must not put its key on a
+    root over that history (an inclusion proof of the forged record would then verify)."""
+    from runner.audit.merkle import CompactRange, leaf_hash
+
+    keys = tmp_path / "keys"
+    assert sandrun("keys", "generate", "--id", "runner", "--out", str(keys)).returncode == 0
+    env = {"SANDRUN_SIGNING_KEY": (keys / "runner.key").read_text()}
+    out = tmp_path / "out"
+    _demo(out, env=env)
+    log = out / "audit.jsonl"
+    lines = log.read_bytes().splitlines()
+    forged = [line.replace(b'"status":"passed"', b'"status":"failed"') for line in lines[:-1]]
+    heads = CompactRange()
+    for line in forged:
+        heads.append(leaf_hash(line))
+    _rewrite(log, {len(lines) - 1: {"tree": [n.hex() for n in heads.nodes]}})
+    published = (out / "checkpoint.txt").read_bytes()
+    again = sandrun(
+        "run", "manifests/examples", "--policy", "policies/default.yaml", "--out", str(out), env=env
+    )
+    assert again.returncode == 4 and "[audit.seal-mismatch]" in again.stderr, again.stderr
+    assert (out / "checkpoint.txt").read_bytes() == published  # nothing new was signed
+    assert len(log.read_bytes().splitlines()) == len(lines)

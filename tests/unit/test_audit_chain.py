@@ -500,3 +500,39 @@ def test_a_seal_whose_stored_tree_was_edited_is_refused(tmp_path: Path) -> None:
     assert report.problems[0].rule_id == "audit.seal-mismatch" and report.problems[0].location.line == len(
         lines
     )
+
+
+def test_a_run_never_signs_a_root_its_last_seal_does_not(tmp_path: Path) -> None:
+    """Someone who can write the folder but holds no key edits a record and stores the subtree
+    heads of that forged history in the last seal (rehashed): the next run must not resume from
+    them, or its key signs a Merkle root over records the file does not hold, against which the
+    forged record has a valid inclusion proof."""
+    from runner.audit.merkle import CompactRange, leaf_hash
+
+    with AuditLog.open(tmp_path, run_id="r1") as log:
+        for i in range(5):
+            log.append("job.finished", {"i": i, "status": "passed"})
+        log.seal(None)
+    path = tmp_path / "audit.jsonl"
+    original = path.read_bytes()
+    lines = original.splitlines()
+    forged = list(lines[:-1])
+    forged[2] = forged[2].replace(b'"passed"', b'"failed"')
+    heads = CompactRange()
+    for line in forged:
+        heads.append(leaf_hash(line))
+    seal = read_records(path)[-1]
+    for tree in ([n.hex() for n in heads.nodes], ["zz"], None, "not a list"):
+        data = {**seal["data"], "tree": tree}
+        _, line = encode_record(
+            seq=seal["seq"], ts=seal["ts"], kind=seal["kind"], run=seal["run"], data=data, prev=seal["prev"]
+        )
+        path.write_bytes(b"".join(x + b"\n" for x in lines[:-1]) + line)
+        with pytest.raises(AuditError) as caught:
+            AuditLog.open(tmp_path, run_id="r2")
+        assert caught.value.violations[0].rule_id == "audit.seal-mismatch", tree
+        assert caught.value.violations[0].location.line == len(lines)
+    path.write_bytes(original)  # the untouched log still resumes from its seal
+    with AuditLog.open(tmp_path, run_id="r2") as log:
+        checkpoint = log.seal(None)
+    assert checkpoint.merkle_root == _mth(path.read_bytes().splitlines()[:-1]).hex()
