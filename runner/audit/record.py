@@ -253,15 +253,24 @@ def _no_float(text: str) -> Any:
 
 def parse_record(line: bytes) -> dict[str, Any]:
     """The full record of a line, checked to be exactly its own canonical JSON (no floats)."""
+    # A line's bytes are hashed whatever they hold, so a hostile one (no key needed without --pub)
+    # may nest deeper than the parser recurses, or escape a lone surrogate that no UTF-8 encoding
+    # of it can hold: it is not a record, never an internal error (tests/cli/test_cli_audit.py).
     try:
         record = json.loads(line, parse_float=_no_float, parse_constant=_no_float)
     except LineError:
         raise
+    except RecursionError:
+        raise LineError("not a record: JSON nested too deep") from None
     except ValueError as exc:  # invalid JSON or invalid UTF-8
         raise LineError(f"not JSON: {exc}") from None
     if not isinstance(record, dict) or set(record) != FIELDS:
         raise LineError("an audit record has exactly the fields " + ", ".join(sorted(FIELDS)))
-    if canonical_json(record) != line:
+    try:
+        canonical = canonical_json(record)
+    except (RecursionError, ValueError) as exc:  # UnicodeEncodeError: a lone surrogate
+        raise LineError(f"the record has no canonical JSON form: {type(exc).__name__}") from None
+    if canonical != line:
         raise LineError("the record is not in canonical JSON form")
     return record
 

@@ -382,3 +382,32 @@ def test_a_run_refuses_to_sign_over_a_last_seal_whose_tree_was_forged(tmp_path: 
     assert again.returncode == 4 and "[audit.seal-mismatch]" in again.stderr, again.stderr
     assert (out / "checkpoint.txt").read_bytes() == published  # nothing new was signed
     assert len(log.read_bytes().splitlines()) == len(lines)
+
+
+def _raw_record(data: bytes) -> bytes:
+    """A first record whose hash is right over ``data`` exactly as given (any bytes: the hash
+    covers them, no key is needed to write them)."""
+    tail = (
+        f',"kind":"run.started","prev":"{"0" * 64}","run":"r1","seq":0,"ts":"2026-11-21T18:00:00.123Z"}}'
+    ).encode()
+    head = b'{"data":' + data
+    digest = hashlib.sha256(head + tail).hexdigest().encode()
+    return head + b',"hash":"' + digest + b'"' + tail + b"\n"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b'{"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}", b'{"x":"\\ud800"}'],
+    ids=["nested-too-deep", "lone-surrogate"],
+)
+def test_a_record_no_parser_can_hold_is_damage_not_an_internal_error(tmp_path: Path, data: bytes) -> None:
+    (tmp_path / "audit.jsonl").write_bytes(_raw_record(data))
+    for command in (
+        ["audit", "verify", str(tmp_path)],
+        ["audit", "verify", str(tmp_path), "--strict"],
+        ["audit", "show", str(tmp_path)],
+        ["report", str(tmp_path)],
+    ):
+        result = sandrun(*command)
+        assert result.returncode == 4, (command, result.stderr)
+        assert "[audit.edited]" in result.stderr and "internal error" not in result.stderr, command
