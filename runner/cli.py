@@ -910,6 +910,7 @@ def audit_merge(
 @click.option(
     "--pub", "public_keys", multiple=True, help="Trusted runner public key the log's seals must carry."
 )
+@_apply(_signing_options)
 def audit_replay(
     path: Path,
     job: str | None,
@@ -918,6 +919,8 @@ def audit_replay(
     modules: Path | None,
     seed: int | None,
     public_keys: tuple[str, ...],
+    signing_key: Path | None,
+    key_name: str | None,
 ) -> None:
     """Re-run a logged hermetic job from its record; print `identical` or the first difference.
 
@@ -935,6 +938,8 @@ def audit_replay(
         seed=seed,
         public_keys=[_public_key(text) for text in public_keys],
         run_id=new_run_id(),
+        signing_key=_signing_key(signing_key),  # the replay's seal is signed like a run's
+        key_name=key_name,
     )
     for line in describe(verdicts):
         _say(line)
