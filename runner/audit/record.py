@@ -526,6 +526,16 @@ def read_plan_compiled(data: Mapping[str, Any]) -> PlanInfo:
 
 _RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(JobResult))
 _NUMBERS = ("exit_code", "fuel_used", "memory_peak", "wall_ms")
+# Counts and sizes a runner records fit in 64 bits (an exit code in 32, either sign); a bigger
+# integer in a hand-written log would overflow the renderers' float arithmetic.
+_BOUND = 1 << 64
+
+
+def _bounded(value: Any) -> bool:
+    """None, or an integer (not a bool) of at most 64 bits, either sign."""
+    return value is None or (type(value) is int and -_BOUND < value < _BOUND)
+
+
 _FLAGS = ("stdout_truncated", "stderr_truncated")
 _OPTIONAL_TEXT = ("stdout_sha256", "stderr_sha256", "reason")
 
@@ -537,8 +547,8 @@ def read_job_finished(data: Mapping[str, Any]) -> tuple[int | None, JobResult]:
     values = result.to_dict()
     if not all(isinstance(values[k], str) for k in ("manifest", "name", "tool", "module_sha256")):
         raise TypeError("manifest, name, tool and module_sha256 are strings")
-    if not all(values[k] is None or type(values[k]) is int for k in _NUMBERS):
-        raise TypeError(", ".join(_NUMBERS) + " are integers or null")
+    if not all(_bounded(values[k]) for k in _NUMBERS):
+        raise TypeError(", ".join(_NUMBERS) + " are integers of at most 64 bits, or null")
     if not all(type(values[k]) is bool for k in _FLAGS) or not all(
         values[k] is None or isinstance(values[k], str) for k in _OPTIONAL_TEXT
     ):
@@ -550,9 +560,13 @@ def read_job_finished(data: Mapping[str, Any]) -> tuple[int | None, JobResult]:
 
 
 def read_job_started(data: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """A ``job.started`` record's job id and granted limits (``{}`` when they are not a mapping)."""
+    """A ``job.started`` record's job id and granted limits (``{}`` when they are not a mapping);
+    ``TypeError`` for a limit that is not an integer of at most 64 bits or null."""
     limits = data.get("limits")
-    return _text(data.get("id")), dict(limits) if isinstance(limits, Mapping) else {}
+    granted = dict(limits) if isinstance(limits, Mapping) else {}
+    if not all(_bounded(value) for value in granted.values()):
+        raise TypeError("limits are integers of at most 64 bits, or null")
+    return _text(data.get("id")), granted
 
 
 def record_job(kind: str, data: Mapping[str, Any]) -> str | None:

@@ -411,3 +411,43 @@ def test_a_record_no_parser_can_hold_is_damage_not_an_internal_error(tmp_path: P
         result = sandrun(*command)
         assert result.returncode == 4, (command, result.stderr)
         assert "[audit.edited]" in result.stderr and "internal error" not in result.stderr, command
+
+
+def _one_job_run(out: Path, started: dict[str, object], finished: dict[str, object]) -> None:
+    """A sealed run of one job, written by the runner's own writer with the data given."""
+    from runner.results import JobResult
+
+    row = JobResult(manifest="m", name="a", tool="t", module_sha256="2" * 64, status="passed", exit_code=0)
+    policy = {"name": "p", "path": "p.yaml", "sha256": "0" * 64, "git_commit": None}
+    with AuditLog.open(out, run_id="r1") as log:
+        log.append("run.started", {"sandrun": "0", "sources": []})
+        log.append(
+            "plan.compiled", {"plan_sha256": "1" * 64, "policy": policy, "inputs": [], "jobs": ["m/a"]}
+        )
+        log.append("job.started", {"id": "m/a", "index": 0, **started})
+        log.append("job.finished", {**row.to_dict(), "index": 0, **finished})
+        log.seal(None)
+
+
+@pytest.mark.parametrize(
+    ("started", "finished", "code"),
+    [
+        ({}, {"memory_peak": 10**400}, 4),  # no float holds it: the sizes overflowed
+        ({}, {"wall_ms": -(10**30), "fuel_used": 10**30}, 4),
+        (
+            {"limits": {"fuel": "x", "memory": [1], "timeout_ms": True}},
+            {"fuel_used": 5, "memory_peak": 5, "wall_ms": 5},
+            0,
+        ),
+    ],
+    ids=["huge-size", "huge-time", "limits-not-numbers"],  # the last: no bars, no crash
+)
+def test_numbers_no_runner_writes_are_refused_not_a_crash_in_every_report(
+    tmp_path: Path, started: dict[str, object], finished: dict[str, object], code: int
+) -> None:
+    _one_job_run(tmp_path, started, finished)
+    for fmt in ("md", "html", "junit", "json", "github"):
+        result = sandrun("report", str(tmp_path), "--format", fmt)
+        assert result.returncode == code, (fmt, result.stderr)
+        assert "internal error" not in result.stderr
+        assert code == 0 or "[audit.bad-record]" in result.stderr
