@@ -671,12 +671,14 @@ def verify_audit(
     path: Path, *, public_keys: Sequence[str] = (), expect_head: str | None = None, strict: bool = False
 ) -> VerifyReport:
     """``sandrun audit verify``: the log checked offline (its problems are in the report, not raised)."""
-    from runner.audit import verify_log
     from runner.audit.merge import verify_merged
+    from runner.audit.verify import verify_read
 
     keys = [public_key(text) for text in public_keys]
-    report = verify_log(log_path(path), public_keys=keys, expect_head=anchor_text(expect_head), strict=strict)
-    return verify_merged(report, log_path(path), keys)  # a merged log: each shard's own log too
+    report, lines = verify_read(
+        log_path(path), public_keys=keys, expect_head=anchor_text(expect_head), strict=strict
+    )
+    return verify_merged(report, lines, keys)  # a merged log: each shard's own log too
 
 
 def verified_log(

@@ -885,11 +885,10 @@ def audit_merge(
         key_name=key_name,
     )
     click.echo(render_markdown(outcome.report), nl=False)
-    for index, folder, run in outcome.taken:
-        click.echo(f"shard {index}/{len(outcome.taken)}: run {run} from {folder}", err=True)
-    click.echo(
-        f"merged into {out_dir}/: head {outcome.checkpoint.chain_head} "
-        f"after {outcome.checkpoint.size} records",
+    for index, folder, run in outcome.taken:  # folder names come from uploaded artifacts
+        _say(f"shard {index}/{len(outcome.taken)}: run {run} from {folder}", err=True)
+    _say(
+        f"merged into {out_dir}/: head {outcome.checkpoint.chain_head} after {outcome.checkpoint.size} records",
         err=True,
     )
     sys.exit(0 if outcome.report["ok"] else 1)

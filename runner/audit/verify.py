@@ -57,6 +57,7 @@ __all__ = [
     "RunSummary",
     "VerifyReport",
     "verify_log",
+    "verify_read",
     "read_records",
     "verified_records",
     "verification_line",
@@ -498,7 +499,21 @@ def verify_log(
     ``strict`` also re-encodes every record to check it is exactly canonical JSON (a format check
     for third-party writers; integrity does not depend on it, every byte is hashed either way).
     """
-    return _verify(str(path), _read_lines(path), public_keys, expect_head, strict)
+    return verify_read(path, public_keys=public_keys, expect_head=expect_head, strict=strict)[0]
+
+
+def verify_read(
+    path: Path,
+    *,
+    public_keys: Sequence[PublicKey] = (),
+    expect_head: str | None = None,
+    strict: bool = False,
+) -> tuple[VerifyReport, list[bytes]]:
+    """:func:`verify_log`, and the very lines it verified (the file read once, each split at LF,
+    the last item what follows the last LF): a check that reads on must read these, not the file
+    again, which may have been replaced meanwhile."""
+    lines = _read_lines(path)
+    return _verify(str(path), lines, public_keys, expect_head, strict), lines
 
 
 def _verify(
