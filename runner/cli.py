@@ -888,7 +888,8 @@ def audit_merge(
     for index, folder, run in outcome.taken:  # folder names come from uploaded artifacts
         _say(f"shard {index}/{len(outcome.taken)}: run {run} from {folder}", err=True)
     _say(
-        f"merged into {out_dir}/: head {outcome.checkpoint.chain_head} after {outcome.checkpoint.size} records",
+        f"merged into {out_dir}/: head {outcome.checkpoint.chain_head} "
+        f"after {outcome.checkpoint.size} records",
         err=True,
     )
     sys.exit(0 if outcome.report["ok"] else 1)

@@ -360,9 +360,8 @@ def verify_merged(
         return report
     embedded: dict[int, list[bytes]] = {}
     summaries: list[Mapping[str, Any]] = []
-    number = 0
-    try:
-        for number, line in enumerate(lines[:-1], 1):  # the last item follows the last LF: empty
+    for number, line in enumerate(lines[:-1], 1):  # the last item follows the last LF: empty
+        try:
             record = parse_record(line)
             data = record["data"]
             if record["kind"] == MERGE_SHARD_RECORD:
@@ -378,18 +377,13 @@ def verify_merged(
                 ):
                     raise TypeError("a merge.shard names its index, folder, run, records and head")
                 summaries.append(data)
-    except LineError as exc:  # hashed right, but no record (verify reads records by their hash)
-        problem = Violation(
-            "audit.edited", str(exc), Location(file=report.path, line=number, pointer=exc.pointer)
-        )
-        return dataclasses.replace(report, ok=False, problems=[problem, *report.problems])
-    except (KeyError, TypeError, UnicodeEncodeError) as exc:
-        problem = Violation(
-            "audit.merged-shard",
-            f"a merge record no merge writes: {exc}",
-            Location(file=report.path, line=number),
-        )
-        return dataclasses.replace(report, ok=False, problems=[problem, *report.problems])
+        except LineError as exc:  # hashed right, but not a record
+            at = Location(file=report.path, line=number, pointer=exc.pointer)
+            return dataclasses.replace(report, ok=False, problems=[Violation("audit.edited", str(exc), at)])
+        except (KeyError, TypeError, UnicodeEncodeError) as exc:
+            message = f"a merge record no merge writes: {exc}"
+            problem = Violation("audit.merged-shard", message, Location(file=report.path, line=number))
+            return dataclasses.replace(report, ok=False, problems=[problem])
     if not summaries:
         return report
     problems: list[Violation] = []
