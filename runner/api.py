@@ -382,7 +382,12 @@ def run(
     run_id = new_run_id()
     out_dir.mkdir(parents=True, exist_ok=True)
     with (
-        AuditLog.open(out_dir, run_id=run_id, continue_unsealed=continue_unsealed) as log,
+        AuditLog.open(
+            out_dir,
+            run_id=run_id,
+            continue_unsealed=continue_unsealed,
+            signer=None if signing_key is None else signing_key.public_key(),
+        ) as log,
         unsealed_on_failure(log, out_dir),
     ):
         remove_outputs(out_dir)  # under the log's lock, before anything of this run is written
@@ -924,7 +929,12 @@ def serve(
     plan = make_plan()
     out_dir.mkdir(parents=True, exist_ok=True)
     with (
-        AuditLog.open(out_dir, run_id=new_run_id(), continue_unsealed=continue_unsealed) as log,
+        AuditLog.open(
+            out_dir,
+            run_id=new_run_id(),
+            continue_unsealed=continue_unsealed,
+            signer=None if signing_key is None else signing_key.public_key(),
+        ) as log,
         unsealed_on_failure(log, out_dir),
     ):
         remove_outputs(out_dir)  # the reports there describe an earlier run; this one writes none

@@ -34,6 +34,7 @@ from runner.audit.checkpoint import (
     Checkpoint,
     parse_checkpoint,
     sign_checkpoint,
+    verify_signatures,
 )
 from runner.audit.merkle import CompactRange, leaf_hash
 from runner.audit.query import tool_changes
@@ -55,7 +56,7 @@ from runner.audit.record import (
 )
 from runner.errors import AuditError, Location
 from runner.fileio import fsync_dir
-from runner.signing import PrivateKey
+from runner.signing import PrivateKey, PublicKey
 
 __all__ = ["LOG_NAME", "LOCK_NAME", "AuditLog", "continued_record", "repair_torn_tail"]
 
@@ -141,7 +142,7 @@ def _tail_state(path: Path) -> tuple[LineHead | None, bytes, int]:
     return (heads[-1] if heads else None), torn, size
 
 
-def _resume_tree(path: Path, size: int, head: LineHead | None) -> CompactRange:
+def _resume_tree(path: Path, size: int, head: LineHead | None, signer: PublicKey | None) -> CompactRange:
     """The Merkle tree (compact) of every record of the log, so this run's seal can sign its root.
 
     A log whose last record is a seal resumes from the subtree heads it stores and its own line,
@@ -152,6 +153,9 @@ def _resume_tree(path: Path, size: int, head: LineHead | None) -> CompactRange:
     last seal would otherwise have this run's key sign the root of whatever history they were
     made from, records the file does not hold, for anyone to prove against
     (``tests/unit/test_audit_chain.py::test_a_run_never_signs_a_root_its_last_seal_does_not``).
+    With ``signer`` (the key this run seals with), a signature line of that key on the last seal
+    must verify (``audit.bad-seal-signature``): a history rewritten under a re-rooted checkpoint
+    is not signed again by the key whose signature it broke.
     """
     if head is None or head.kind != RUN_SEALED:
         return _tree_of(path, size)
@@ -167,6 +171,13 @@ def _resume_tree(path: Path, size: int, head: LineHead | None) -> CompactRange:
         tree = CompactRange(head.seq, [bytes.fromhex(h) for h in stored])
         if tree.root.hex() != signed.merkle_root:
             raise ValueError("its stored tree does not fold to the Merkle root it signs")
+        if signer is not None and verify_signatures(signed, [signer]).bad:
+            raise AuditError.one(
+                "audit.bad-seal-signature",
+                "the log's last seal carries a signature by this run's key that does not verify: "
+                f"the records it covers were changed after signing; run `sandrun audit verify {path}`",
+                Location(file=str(path), line=head.seq + 1, pointer="/data/checkpoint"),
+            )
     except (LineError, ValueError, TypeError, KeyError) as exc:
         raise AuditError.one(
             "audit.seal-mismatch",
@@ -296,6 +307,7 @@ class AuditLog:
         origin: str | None = None,
         clock: Callable[[], int] = time.time_ns,
         continue_unsealed: bool = False,
+        signer: PublicKey | None = None,
     ) -> AuditLog:
         """Lock ``out_dir``, check the end of its log and continue the chain from it.
 
@@ -305,7 +317,8 @@ class AuditLog:
         refused too (``audit.unsealed``), and one that ``repair_torn_tail`` cut back
         (``audit.cut-back``), unless ``continue_unsealed``: the operator looked at it, and the new
         run's first record, ``run.continued``, says what it continues after and what was cut.
-        ``fsync_interval_s=0`` syncs every record before ``append`` returns.
+        ``fsync_interval_s=0`` syncs every record before ``append`` returns. ``signer``: the public
+        key of the key this run will seal with (:func:`_resume_tree`).
         """
         check_run_id(run_id)
         if origin is not None:
@@ -350,7 +363,7 @@ class AuditLog:
                         f"run id {run_id} already wrote to this log",
                         Location(file=str(path), line=head.seq + 1, pointer="/run"),
                     )
-                tree = _resume_tree(path, size, head)
+                tree = _resume_tree(path, size, head, signer)
                 origin = origin or ORIGIN_PREFIX + (run_id if head is None else _first_run(path, run_id))
             except BaseException:
                 os.close(fd)

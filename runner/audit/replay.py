@@ -331,7 +331,8 @@ def replay_log(
     records = _records(log, public_keys or [])
     verdicts = [_replay_one(s, f, root, modules, cache_dir, seed) for s, f in _pairs(records, job)]
     try:
-        with AuditLog.open(log.parent, run_id=run_id) as audit:
+        signer = None if signing_key is None else signing_key.public_key()
+        with AuditLog.open(log.parent, run_id=run_id, signer=signer) as audit:
             audit.append(
                 "run.started", {"sandrun": __version__, "sources": [], "replay_of": verdicts[0].cites}
             )

@@ -536,3 +536,47 @@ def test_a_run_never_signs_a_root_its_last_seal_does_not(tmp_path: Path) -> None
     with AuditLog.open(tmp_path, run_id="r2") as log:
         checkpoint = log.seal(None)
     assert checkpoint.merkle_root == _mth(path.read_bytes().splitlines()[:-1]).hex()
+
+
+def test_a_run_does_not_sign_over_a_last_seal_whose_signature_by_its_key_broke(tmp_path: Path) -> None:
+    """A record edited and every hash recomputed, the last seal re-rooted over the forged history
+    (its tree, root and chain head consistent again) but still carrying the runner's signature
+    line, which no longer verifies: the runner's key must not sign that history in the next seal."""
+    import dataclasses
+
+    from runner.audit.checkpoint import Checkpoint, parse_checkpoint
+    from runner.audit.merkle import CompactRange, leaf_hash
+    from runner.audit.record import seal_extension
+
+    private = generate_keypair()
+    public = private.public_key()
+    with AuditLog.open(tmp_path, run_id="r1") as log:
+        for i in range(4):
+            log.append("job.finished", {"i": i, "status": "passed"})
+        log.seal(private, "runner")
+    path = tmp_path / "audit.jsonl"
+    records = read_records(path)
+    records[2]["data"]["status"] = "failed"
+    prev, tree, lines = GENESIS, CompactRange(), []
+    for record in records:
+        data = record["data"]
+        if record["kind"] == "run.sealed":
+            old = parse_checkpoint(data["checkpoint"])
+            extension = seal_extension(record["run"], record["ts"], data["run_records"])
+            fresh = Checkpoint.of_tree(old.origin, tree.size, tree.root.hex(), prev, (extension,))
+            resealed = dataclasses.replace(fresh, signatures=old.signatures)  # the old line kept
+            data = {**data, "head": prev, "checkpoint": resealed.text, "tree": [n.hex() for n in tree.nodes]}
+        written, line = encode_record(
+            seq=record["seq"], ts=record["ts"], kind=record["kind"], run=record["run"], data=data, prev=prev
+        )
+        prev = written["hash"]
+        tree.append(leaf_hash(line[:-1]))
+        lines.append(line)
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(AuditError) as caught:
+        AuditLog.open(tmp_path, run_id="r2", signer=public)
+    assert caught.value.violations[0].rule_id == "audit.bad-seal-signature"
+    assert verify_log(path, public_keys=[public]).problems[0].rule_id == "audit.bad-seal-signature"
+    other = generate_keypair()  # a run sealing with another key (or none) cannot tell
+    with AuditLog.open(tmp_path, run_id="r2", signer=other.public_key()) as log:
+        log.seal(None)
