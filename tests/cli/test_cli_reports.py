@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -309,3 +310,16 @@ def test_the_front_door_does_what_the_commands_do(project: Path, tmp_path: Path)
     rebuilt = api.report_from_log(out, fmt="json")
     assert json.loads(rebuilt.text) == json.loads((out / "report.json").read_text())
     assert rebuilt.verification.startswith("audit chain intact")
+
+
+def test_sarif_names_a_file_whose_name_is_not_utf8(project: Path) -> None:
+    """A repository can hold a file name that is not UTF-8: its SARIF location is the name's bytes
+    percent-encoded (it was a traceback from the error printer, and no SARIF at all)."""
+    bad = project / "latin1"
+    bad.mkdir(exist_ok=True)
+    (bad / "ok.yaml").write_text("apiVersion: sandrun/v1\nkind: Manifest\n")
+    (bad / "ok.yaml").rename(bad / os.fsdecode(b"caf\xe9.yaml"))
+    result = sandrun("check", "latin1", "--policy", "policies/reports.yaml", "--format", "sarif", cwd=project)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    [*_, found] = _sarif(result.stdout)["runs"][0]["results"]
+    assert found["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "latin1/caf%E9.yaml"
