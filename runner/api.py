@@ -810,6 +810,15 @@ def report_from_log(
     return RenderedReport(text=text, verification=line)
 
 
+def _regular_file_under(base: Path, name: str) -> bool:
+    """Whether ``name`` (relative, as a plan lists its inputs) is a regular file inside ``base``."""
+    try:
+        path = (base / name).resolve()
+        return path.is_relative_to(base) and path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def job_places(inputs: Mapping[str, str], *, root: Path | None = None) -> dict[str, JobPlace]:
     """Where each job is written (manifest file, line of its entry), for annotations: read from the
     manifests among ``inputs`` (path -> sha256, as a plan lists them) that are still those bytes. A
@@ -819,7 +828,9 @@ def job_places(inputs: Mapping[str, str], *, root: Path | None = None) -> dict[s
     base = (root or Path.cwd()).resolve()
     places: dict[str, JobPlace] = {}
     for name, digest in inputs.items():
-        if not name.endswith(MANIFEST_SUFFIXES):
+        # the names come from a log, which anyone may have written: only regular files under the
+        # root are read (a FIFO there made `report --format github` wait forever)
+        if not name.endswith(MANIFEST_SUFFIXES) or not _regular_file_under(base, name):
             continue
         try:
             document = load_yaml_file(base / name, display=name)
