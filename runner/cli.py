@@ -838,7 +838,7 @@ def audit_verify(
 ) -> None:
     """Recompute the chain offline; name the first damaged record. Exit 0 intact, 4 otherwise."""
     from runner.api import verify_audit
-    from runner.audit.verify import signatures_clause
+    from runner.audit.verify import checks_clause
 
     _set_format(fmt)
     report = verify_audit(path, public_keys=public_keys, expect_head=expect_head, strict=strict)
@@ -849,7 +849,7 @@ def audit_verify(
             click.echo(render_violation(problem, "text"), err=True)
         click.echo(
             f"{report.status}: {report.records} records, {len(report.runs)} run(s), head {report.head}"
-            + signatures_clause(report)
+            + checks_clause(report)
         )
     sys.exit(report.exit_code)
 

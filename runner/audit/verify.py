@@ -62,6 +62,7 @@ __all__ = [
     "verified_records",
     "verification_line",
     "signatures_clause",
+    "checks_clause",
 ]
 
 _UNSEALED = "audit.unsealed"
@@ -114,6 +115,7 @@ class VerifyReport:
     signatures_checked: bool = False
     seals_verified: int = 0
     untrusted: bool = False
+    published: str | None = None  # what the check against ``expect_head`` found, when it passed
 
     @property
     def status(self) -> Literal["intact", "unsealed", "untrusted", "damaged"]:
@@ -138,6 +140,7 @@ class VerifyReport:
             "head": self.head,
             "signatures_checked": self.signatures_checked,
             "seals_verified": self.seals_verified,
+            "published": self.published,
             "runs": [r.to_dict() for r in self.runs],
             "problems": [p.to_dict() for p in self.problems],
         }
@@ -525,8 +528,10 @@ def _verify(
     torn = lines.pop()
     walk = _Walk(where, lines, public_keys, strict)
     problem = walk.check(anchor)
+    anchor_signers: tuple[str, ...] = ()
     if problem is None and anchor is not None and anchor.note is not None and public_keys:
         verdict = verify_signatures(anchor.note, public_keys)
+        anchor_signers = verdict.verified
         if verdict.bad:
             problem = Violation(
                 "audit.bad-seal-signature",
@@ -541,6 +546,9 @@ def _verify(
         )
     if problem is None and anchor is not None:
         problem = _anchor_problem(walk, anchor)
+    published = None
+    if problem is None and anchor is not None:
+        published = _published(anchor, anchor_signers, bool(public_keys))
     ends = [r.first_seq for r in walk.runs[1:]] + [walk.count]
     runs = [r.summary(end) for r, end in zip(walk.runs, ends, strict=False)]
     sealed = problem is None and bool(runs) and runs[-1].sealed
@@ -564,7 +572,20 @@ def _verify(
         signatures_checked=bool(public_keys),
         seals_verified=walk.seals_verified,
         untrusted=bool(walk.untrusted),
+        published=published,
     )
+
+
+def _published(anchor: _Anchor, signers: tuple[str, ...], keys_given: bool) -> str:
+    """What the check against a published head established, and what it did not."""
+    if anchor.note is None:
+        return "the published head hash is a record of the log"
+    text = f"the published checkpoint (size {anchor.size}) is a prefix of the log"
+    if signers:
+        return text + ", its signature by " + ", ".join(signers) + " verified"
+    if not anchor.note.signatures:
+        return text + " (it is unsigned)"
+    return text + (" (signed by none of the --pub keys)" if keys_given else " (its signature not checked)")
 
 
 def _anchor_problem(walk: _Walk, anchor: _Anchor) -> Violation | None:
@@ -637,7 +658,12 @@ def verification_line(report: VerifyReport, run: RunSummary | None = None) -> st
         )
         if run.verified_signers:
             text += ", seal signed by " + ", ".join(run.verified_signers)
-    return text + signatures_clause(report)
+    return text + checks_clause(report)
+
+
+def checks_clause(report: VerifyReport) -> str:
+    """What was verified beyond the chain: the seal signatures, and the published head if given."""
+    return signatures_clause(report) + ("" if report.published is None else f"; {report.published}")
 
 
 def signatures_clause(report: VerifyReport) -> str:

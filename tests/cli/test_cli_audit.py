@@ -451,3 +451,27 @@ def test_numbers_no_runner_writes_are_refused_not_a_crash_in_every_report(
         assert result.returncode == code, (fmt, result.stderr)
         assert "internal error" not in result.stderr
         assert code == 0 or "[audit.bad-record]" in result.stderr
+
+
+def test_verify_says_what_the_published_head_established(tmp_path: Path) -> None:
+    """``--expect-head`` was checked silently: the line now says the published checkpoint is a
+    prefix of the log, and whether its own signature was verified, not checked, or by no --pub."""
+    keys = tmp_path / "keys"
+    for name in ("runner", "other"):
+        assert sandrun("keys", "generate", "--id", name, "--out", str(keys)).returncode == 0
+    out = tmp_path / "out"
+    _demo(out, env={"SANDRUN_SIGNING_KEY": (keys / "runner.key").read_text()})
+    note = str(out / "checkpoint.txt")
+    size = (out / "checkpoint.txt").read_text().splitlines()[1]
+    prefix = f"the published checkpoint (size {size}) is a prefix of the log"
+    for pub, code, said in (
+        ((), 0, prefix + " (its signature not checked)"),
+        (("--pub", str(keys / "runner.pub")), 0, prefix + ", its signature by sandrun verified"),
+        (("--pub", str(keys / "other.pub")), 4, prefix + " (signed by none of the --pub keys)"),
+    ):
+        result = sandrun("audit", "verify", str(out), "--expect-head", note, *pub)
+        assert result.returncode == code and result.stdout.rstrip().endswith(said), (pub, result.stdout)
+    head = (out / "checkpoint.txt").read_text().splitlines()[3].split()[1]
+    bare = sandrun("audit", "verify", str(out), "--expect-head", head)
+    assert bare.stdout.rstrip().endswith("the published head hash is a record of the log")
+    assert "published" not in sandrun("audit", "verify", str(out)).stdout
