@@ -410,7 +410,7 @@ def verify_bundle(
                 raise ValueError(f"payloadType is not {PAYLOAD_TYPE}")
             payload = _b64(envelope["payload"])
             signatures = [_b64(s["sig"]) for s in envelope["signatures"]]
-        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError, binascii.Error) as exc:
             raise fail(number, "attest.envelope", f"not a DSSE envelope: {exc}") from None
         # (2) signature
         signed = pae(PAYLOAD_TYPE, payload)
@@ -425,7 +425,7 @@ def verify_bundle(
             subjects = statement["subject"]
             if not subjects or not all(isinstance(s["digest"]["sha256"], str) for s in subjects):
                 raise ValueError("every subject needs a sha256 digest")
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise fail(number, "attest.statement", f"not a valid in-toto statement: {exc}") from None
         # (4) the log says the same
         if expected is not None and (number > len(expected) or _canonical(expected[number - 1]) != payload):

@@ -242,6 +242,9 @@ def test_garbage_bundle_is_refused_with_its_line(ran: Path, tmp_path: Path) -> N
     bundle.write_text('{"payloadType": "text/plain", "payload": "", "signatures": []}\n')
     code, _, err = _invoke("attest", "verify", str(bundle), "--pub", str(ran / "keys" / "runner.pub"))
     assert code == 4 and f"{bundle}:1: [attest.envelope]" in err
+    bundle.write_text("[" * 100_000 + "]" * 100_000 + "\n")  # deeper than the parser recurses
+    code, _, err = _invoke("attest", "verify", str(bundle), "--pub", str(ran / "keys" / "runner.pub"))
+    assert code == 4 and f"{bundle}:1: [attest.envelope]" in err, err
 
 
 def _signed_log(out: Path, key: Path, *runs: list[tuple[str, dict]]) -> list[str]:  # type: ignore[type-arg]
