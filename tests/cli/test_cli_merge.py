@@ -237,3 +237,14 @@ def test_shard_folder_names_are_printed_neutralised(project: Path) -> None:
     for line in result.stderr.splitlines():
         assert not any(ord(c) < 0x20 for c in line) and not line.startswith("::"), line
     assert "shard 2/3: run " in result.stderr
+
+
+def test_a_plan_nested_too_deep_is_invalid_input_and_the_log_stays_sealed(project: Path) -> None:
+    """A plan file nested deeper than the JSON parser recurses was an internal error: ``run`` left
+    its log unsealed (every later run refused), ``audit merge --plan`` crashed."""
+    (project / "deep-plan.json").write_text('{"a":' + "[" * 100_000 + "]" * 100_000 + "}")
+    result = merge(project, "s1", "s2", "s3", out="out-deep", plan="deep-plan.json")
+    assert result.returncode == 2 and "[plan.invalid]" in result.stderr, result.stderr
+    ran = sandrun("run", "deep-plan.json", "--policy", POLICY, "--out", "out-deep-run", cwd=project)
+    assert ran.returncode == 2 and "[plan.invalid]" in ran.stderr, ran.stderr
+    assert sandrun("audit", "verify", "out-deep-run", cwd=project).returncode == 0
