@@ -238,13 +238,22 @@ def parse_line(line: bytes) -> LineHead:
     cut = line.rfind(_HASH_MEMBER)
     match = _match_tail(line, cut) if cut > 0 else None
     if match is None or not line.startswith(b'{"data":{') or line[cut - 1] != 0x7D:
-        raise LineError("not a well-formed audit record")
+        raise LineError(_malformed(line))
     digest, kind, prev, run, seq = match.groups()
     hex_digest = digest.decode("ascii")
     if _sha256(line[:cut] + line[cut + _HASH_MEMBER_LEN :]).hexdigest() != hex_digest:
         raise LineError("the record's content does not match its hash", "/hash")
     # tuple.__new__ skips NamedTuple's Python-level constructor: this is the verifier's hot path.
     return tuple.__new__(LineHead, (hex_digest, kind.decode(), prev.decode(), run.decode(), int(seq)))
+
+
+def _malformed(line: bytes) -> str:
+    """Why a line is no record, naming the two damages a copy makes without anyone editing it."""
+    if line.endswith(b"\r"):
+        return "not a well-formed audit record: the line ends in CR (CRLF line ends, from a text-mode copy?)"
+    if line.startswith(b"\xef\xbb\xbf"):
+        return "not a well-formed audit record: the file starts with a byte order mark"
+    return "not a well-formed audit record"
 
 
 def _no_float(text: str) -> Any:

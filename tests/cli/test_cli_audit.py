@@ -475,3 +475,21 @@ def test_verify_says_what_the_published_head_established(tmp_path: Path) -> None
     bare = sandrun("audit", "verify", str(out), "--expect-head", head)
     assert bare.stdout.rstrip().endswith("the published head hash is a record of the log")
     assert "published" not in sandrun("audit", "verify", str(out)).stdout
+
+
+def test_a_crlf_or_bom_copy_of_a_log_is_damage_that_says_what_the_copy_did(tmp_path: Path) -> None:
+    """A text-mode copy (CRLF line ends) or an editor's byte order mark changes every hashed byte
+    after it: the log is damaged, and the line says which of the two it is."""
+    with AuditLog.open(tmp_path, run_id="r1") as log:
+        log.append("run.started", {})
+        log.seal(None)
+    data = (tmp_path / "audit.jsonl").read_bytes()
+    for name, copy, said in (
+        ("crlf", data.replace(b"\n", b"\r\n"), "the line ends in CR"),
+        ("bom", b"\xef\xbb\xbf" + data, "byte order mark"),
+    ):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "audit.jsonl").write_bytes(copy)
+        result = sandrun("audit", "verify", str(tmp_path / name))
+        assert result.returncode == 4 and result.stdout.startswith("damaged:")
+        assert "audit.jsonl:1: [audit.edited]" in result.stderr and said in result.stderr, result.stderr
