@@ -580,3 +580,16 @@ def test_a_run_does_not_sign_over_a_last_seal_whose_signature_by_its_key_broke(t
     other = generate_keypair()  # a run sealing with another key (or none) cannot tell
     with AuditLog.open(tmp_path, run_id="r2", signer=other.public_key()) as log:
         log.seal(None)
+
+
+def test_a_log_whose_last_line_is_huge_opens_in_linear_time(tmp_path: Path) -> None:
+    """The tail was read backwards by prepending 64 KiB pieces: quadratic, so a 30 MB last line
+    (a big plan's ``plan.compiled`` before a crash, or a planted one) took ~30 s to open here.
+    Linear, it takes well under a second; 10 s is a generous bound on a loaded machine."""
+    with AuditLog.open(tmp_path, run_id="r1") as log:
+        log.append("plan.compiled", {"grants": "g" * 40_000_000})  # killed before its seal
+    started = time.monotonic()
+    with pytest.raises(AuditError) as caught:
+        AuditLog.open(tmp_path, run_id="r2")
+    assert caught.value.violations[0].rule_id == "audit.unsealed"
+    assert time.monotonic() - started < 10
