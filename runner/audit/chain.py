@@ -54,7 +54,7 @@ from runner.audit.record import (
     parse_record,
     seal_extension,
 )
-from runner.errors import AuditError, Location
+from runner.errors import AuditError, Location, SandrunError
 from runner.fileio import fsync_dir
 from runner.signing import PrivateKey, PublicKey
 
@@ -151,51 +151,70 @@ def _resume_tree(path: Path, size: int, head: LineHead | None, signer: PublicKey
 
     A log whose last record is a seal resumes from the subtree heads it stores and its own line,
     reading nothing more; any other log (an old one, or one continued after an unsealed run) is
-    read once, :func:`_tree_of`. What this run signs extends what the last seal signed, never
-    more: the stored heads must fold to the Merkle root that seal's checkpoint signs, for the
-    records before it (``audit.seal-mismatch`` otherwise). Heads edited and rehashed into the
-    last seal would otherwise have this run's key sign the root of whatever history they were
-    made from, records the file does not hold, for anyone to prove against
+    read once, :func:`_tree_of`. What this run signs extends what the seals signed, never more:
+    each seal met on the way must sign the Merkle root of the records before it (the stored heads
+    must fold to it), else ``audit.seal-mismatch``. Heads edited and rehashed into the last seal
+    would otherwise have this run's key sign the root of whatever history they were made from,
+    records the file does not hold, for anyone to prove against
     (``tests/unit/test_audit_chain.py::test_a_run_never_signs_a_root_its_last_seal_does_not``).
-    With ``signer`` (the key this run seals with), a signature line of that key on the last seal
+    With ``signer`` (the key this run seals with), a signature line of that key on such a seal
     must verify (``audit.bad-seal-signature``): a history rewritten under a re-rooted checkpoint
     is not signed again by the key whose signature it broke.
     """
     if head is None or head.kind != RUN_SEALED:
-        return _tree_of(path, size)
+        return _tree_of(path, size, signer)
     lines, _, _ = _read_tail(path)
+    signed = _checked_seal(path, lines[-1], head, None, signer)
+    if signed.merkle_root is None:  # an old seal signs the chain head only: read the log
+        return _tree_of(path, size, signer)
     try:
-        data = parse_record(lines[-1])["data"]
-        signed = parse_checkpoint(data["checkpoint"])
-        if (signed.size, signed.chain_head) != (head.seq, head.prev):
-            raise ValueError("its checkpoint does not describe the chain before it")
-        if signed.merkle_root is None:  # an old seal signs the chain head only: read the log
-            return _tree_of(path, size)
-        stored = data[SEAL_TREE]
+        stored = parse_record(lines[-1])["data"][SEAL_TREE]
         tree = CompactRange(head.seq, [bytes.fromhex(h) for h in stored])
-        if tree.root.hex() != signed.merkle_root:
-            raise ValueError("its stored tree does not fold to the Merkle root it signs")
-        if signer is not None and verify_signatures(signed, [signer]).bad:
-            raise AuditError.one(
-                "audit.bad-seal-signature",
-                "the log's last seal carries a signature by this run's key that does not verify: "
-                f"the records it covers were changed after signing; run `sandrun audit verify {path}`",
-                Location(file=str(path), line=head.seq + 1, pointer="/data/checkpoint"),
-            )
     except (LineError, ValueError, TypeError, KeyError) as exc:
-        raise AuditError.one(
-            "audit.seal-mismatch",
-            f"the log's last seal does not describe the records before it ({exc}); "
-            f"run `sandrun audit verify {path}`",
-            Location(file=str(path), line=head.seq + 1, pointer="/data"),
-        ) from None
+        raise _seal_mismatch(path, head, f"its stored tree is not one: {exc}") from None
+    _checked_seal(path, lines[-1], head, tree, signer)
     tree.append(leaf_hash(lines[-1]))
     return tree
 
 
-def _tree_of(path: Path, size: int) -> CompactRange:
+def _checked_seal(
+    path: Path, line: bytes, head: LineHead, tree: CompactRange | None, signer: PublicKey | None
+) -> Checkpoint:
+    """The checkpoint of the seal ``line`` (``head``, its chain fields), checked to describe the
+    chain before it and, given ``tree`` (of the records before it), to sign its Merkle root."""
+    try:
+        signed = parse_checkpoint(parse_record(line)["data"]["checkpoint"])
+    except (LineError, ValueError, TypeError, KeyError) as exc:
+        raise _seal_mismatch(path, head, f"it holds no checkpoint: {exc}") from None
+    if (signed.size, signed.chain_head) != (head.seq, head.prev):
+        raise _seal_mismatch(path, head, "its checkpoint does not describe the chain before it")
+    if tree is not None and signed.merkle_root not in (None, tree.root.hex()):
+        raise _seal_mismatch(path, head, "its Merkle root is not that of the records before it")
+    if signer is not None and verify_signatures(signed, [signer]).bad:
+        raise AuditError.one(
+            "audit.bad-seal-signature",
+            f"the log's seal at seq {head.seq} carries a signature by this run's key that does not "
+            f"verify: the records it covers were changed after signing; run `sandrun audit verify {path}`",
+            Location(file=str(path), line=head.seq + 1, pointer="/data/checkpoint"),
+        )
+    return signed
+
+
+def _seal_mismatch(path: Path, head: LineHead, why: str) -> SandrunError:
+    return AuditError.one(
+        "audit.seal-mismatch",
+        f"the log's seal at seq {head.seq} does not describe the records before it ({why}); "
+        f"run `sandrun audit verify {path}`",
+        Location(file=str(path), line=head.seq + 1, pointer="/data"),
+    )
+
+
+_SEAL_MARK = b'"kind":"run.sealed"'
+
+
+def _tree_of(path: Path, size: int, signer: PublicKey | None = None) -> CompactRange:
     """The Merkle tree (compact) of the log's first ``size`` bytes, whole lines: one leaf each;
-    one pass of reading and hashing."""
+    one pass of reading and hashing, checking each seal on the way (:func:`_checked_seal`)."""
     tree = CompactRange()
     rest = b""
     with open(path, "rb") as handle:
@@ -206,8 +225,25 @@ def _tree_of(path: Path, size: int) -> CompactRange:
             size -= len(chunk)
             *lines, rest = (rest + chunk).split(b"\n")
             for line in lines:
+                if _SEAL_MARK in line:  # rare: parse only lines that may be seals
+                    _check_seal_line(path, line, tree, signer)
                 tree.append(leaf_hash(line))
     return tree
+
+
+def _check_seal_line(path: Path, line: bytes, tree: CompactRange, signer: PublicKey | None) -> None:
+    """A line that may be a seal: a seal, checked, or another record; a damaged one is refused (a
+    seal whose hash was broken must not drop out of the check and let its records be signed)."""
+    try:
+        head = parse_line(line)
+    except LineError as exc:
+        raise AuditError.one(
+            "audit.edited",
+            f"a record of the log does not verify ({exc}); run `sandrun audit verify {path}`",
+            Location(file=str(path), line=tree.size + 1, pointer=exc.pointer),
+        ) from None
+    if head.kind == RUN_SEALED:
+        _checked_seal(path, line, head, tree, signer)
 
 
 _TORN = f"{LOG_NAME}.torn-"  # a cut not yet acknowledged by a run (``sandrun audit repair``)

@@ -11,6 +11,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -538,33 +539,26 @@ def test_a_run_never_signs_a_root_its_last_seal_does_not(tmp_path: Path) -> None
     assert checkpoint.merkle_root == _mth(path.read_bytes().splitlines()[:-1]).hex()
 
 
-def test_a_run_does_not_sign_over_a_last_seal_whose_signature_by_its_key_broke(tmp_path: Path) -> None:
-    """A record edited and every hash recomputed, the last seal re-rooted over the forged history
-    (its tree, root and chain head consistent again) but still carrying the runner's signature
-    line, which no longer verifies: the runner's key must not sign that history in the next seal."""
+def _rewrite_history(path: Path, index: int, *, reroot: bool) -> None:
+    """Whoever can write the log but holds no key: record ``index`` says ``failed``, every hash
+    after it is recomputed, and with ``reroot`` every seal is re-rooted over the forged history
+    (size, root, chain head and stored tree consistent again) keeping its old signature lines."""
     import dataclasses
 
     from runner.audit.checkpoint import Checkpoint, parse_checkpoint
     from runner.audit.merkle import CompactRange, leaf_hash
     from runner.audit.record import seal_extension
 
-    private = generate_keypair()
-    public = private.public_key()
-    with AuditLog.open(tmp_path, run_id="r1") as log:
-        for i in range(4):
-            log.append("job.finished", {"i": i, "status": "passed"})
-        log.seal(private, "runner")
-    path = tmp_path / "audit.jsonl"
     records = read_records(path)
-    records[2]["data"]["status"] = "failed"
+    records[index]["data"]["status"] = "failed"
     prev, tree, lines = GENESIS, CompactRange(), []
     for record in records:
         data = record["data"]
-        if record["kind"] == "run.sealed":
+        if record["kind"] == "run.sealed" and reroot:
             old = parse_checkpoint(data["checkpoint"])
             extension = seal_extension(record["run"], record["ts"], data["run_records"])
             fresh = Checkpoint.of_tree(old.origin, tree.size, tree.root.hex(), prev, (extension,))
-            resealed = dataclasses.replace(fresh, signatures=old.signatures)  # the old line kept
+            resealed = dataclasses.replace(fresh, signatures=old.signatures)  # the old lines kept
             data = {**data, "head": prev, "checkpoint": resealed.text, "tree": [n.hex() for n in tree.nodes]}
         written, line = encode_record(
             seq=record["seq"], ts=record["ts"], kind=record["kind"], run=record["run"], data=data, prev=prev
@@ -573,13 +567,52 @@ def test_a_run_does_not_sign_over_a_last_seal_whose_signature_by_its_key_broke(t
         tree.append(leaf_hash(line[:-1]))
         lines.append(line)
     path.write_bytes(b"".join(lines))
+
+
+def _signed_runs(folder: Path, key: Any, runs: int) -> Path:
+    for run in range(runs):
+        with AuditLog.open(folder, run_id=f"r{run}") as log:
+            for i in range(4):
+                log.append("job.finished", {"i": i, "status": "passed"})
+            log.seal(key, "runner")
+    return folder / "audit.jsonl"
+
+
+def test_a_run_does_not_sign_over_a_last_seal_whose_signature_by_its_key_broke(tmp_path: Path) -> None:
+    """A record edited and every hash recomputed, the last seal re-rooted over the forged history
+    (its tree, root and chain head consistent again) but still carrying the runner's signature
+    line, which no longer verifies: the runner's key must not sign that history in the next seal."""
+    private = generate_keypair()
+    public = private.public_key()
+    path = _signed_runs(tmp_path, private, 1)
+    _rewrite_history(path, 2, reroot=True)
     with pytest.raises(AuditError) as caught:
-        AuditLog.open(tmp_path, run_id="r2", signer=public)
+        AuditLog.open(tmp_path, run_id="r9", signer=public)
     assert caught.value.violations[0].rule_id == "audit.bad-seal-signature"
     assert verify_log(path, public_keys=[public]).problems[0].rule_id == "audit.bad-seal-signature"
     other = generate_keypair()  # a run sealing with another key (or none) cannot tell
-    with AuditLog.open(tmp_path, run_id="r2", signer=other.public_key()) as log:
+    with AuditLog.open(tmp_path, run_id="r9", signer=other.public_key()) as log:
         log.seal(None)
+
+
+@pytest.mark.parametrize(
+    ("reroot", "rule"), [(False, "audit.seal-mismatch"), (True, "audit.bad-seal-signature")]
+)
+def test_continuing_after_an_unsealed_run_checks_every_seal_it_reads(
+    tmp_path: Path, reroot: bool, rule: str
+) -> None:
+    """The same rewrite, then the last seal cut off so the log ends unsealed: the operator's
+    ``--continue-unsealed`` reads the whole log to resume the tree, and must not sign the forged
+    history either. A seal left as it was no longer describes the records before it; a re-rooted
+    one carries the run's broken signature."""
+    private = generate_keypair()
+    path = _signed_runs(tmp_path, private, 2)
+    _rewrite_history(path, 2, reroot=reroot)
+    path.write_bytes(b"".join(line + b"\n" for line in path.read_bytes().splitlines()[:-1]))
+    with pytest.raises(AuditError) as caught:
+        AuditLog.open(tmp_path, run_id="r9", continue_unsealed=True, signer=private.public_key())
+    assert caught.value.violations[0].rule_id == rule
+    assert caught.value.violations[0].location.line == 5  # the first seal, after its four records
 
 
 def test_a_log_whose_last_line_is_huge_opens_in_linear_time(tmp_path: Path) -> None:
