@@ -258,7 +258,7 @@ def load_plan(path: Path) -> Plan:
         raise InputError.one(
             "input.read", f"cannot read plan: {exc.strerror}", Location(file=str(path))
         ) from None
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise InputError.one(
             "plan.invalid", f"not a valid sandrun plan: {exc}", Location(file=str(path))
         ) from None
@@ -404,7 +404,12 @@ def run(
     run_id = new_run_id()
     prepare_out_dir(out_dir)
     with (
-        AuditLog.open(out_dir, run_id=run_id, continue_unsealed=continue_unsealed) as log,
+        AuditLog.open(
+            out_dir,
+            run_id=run_id,
+            continue_unsealed=continue_unsealed,
+            signer=None if signing_key is None else signing_key.public_key(),
+        ) as log,
         unsealed_on_failure(log, out_dir),
     ):
         remove_outputs(out_dir)  # under the log's lock, before anything of this run is written
@@ -497,7 +502,7 @@ def _verified(path: Path, policy_path: Path, *, root: Path | None, today: dt.dat
         claimed, manifests = PolicyRef(**data["policy"]), data["manifests"]
         if not isinstance(manifests, list) or not all(isinstance(m, str) for m in manifests):
             raise TypeError("manifests is not a list of paths")
-    except (OSError, ValueError, KeyError, TypeError) as exc:  # load_plan then says why
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:  # load_plan says why
         raise InputError.one("plan.invalid", f"not a valid sandrun plan: {exc}", where) from None
     base = resolve_root(root)
     at_policy = replace(where, pointer="/policy/path")
@@ -694,12 +699,14 @@ def verify_audit(
     path: Path, *, public_keys: Sequence[str] = (), expect_head: str | None = None, strict: bool = False
 ) -> VerifyReport:
     """``sandrun audit verify``: the log checked offline (its problems are in the report, not raised)."""
-    from runner.audit import verify_log
     from runner.audit.merge import verify_merged
+    from runner.audit.verify import verify_read
 
     keys = [public_key(text) for text in public_keys]
-    report = verify_log(log_path(path), public_keys=keys, expect_head=anchor_text(expect_head), strict=strict)
-    return verify_merged(report, log_path(path), keys)  # a merged log: each shard's own log too
+    report, lines = verify_read(
+        log_path(path), public_keys=keys, expect_head=anchor_text(expect_head), strict=strict
+    )
+    return verify_merged(report, lines, keys)  # a merged log: each shard's own log too
 
 
 def verified_log(
@@ -826,6 +833,15 @@ def report_from_log(
     return RenderedReport(text=text, verification=line)
 
 
+def _regular_file_under(base: Path, name: str) -> bool:
+    """Whether ``name`` (relative, as a plan lists its inputs) is a regular file inside ``base``."""
+    try:
+        path = (base / name).resolve()
+        return path.is_relative_to(base) and path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def job_places(inputs: Mapping[str, str], *, root: Path | None = None) -> dict[str, JobPlace]:
     """Where each job is written (manifest file, line of its entry), for annotations: read from the
     manifests among ``inputs`` (path -> sha256, as a plan lists them) that are still those bytes. A
@@ -835,7 +851,9 @@ def job_places(inputs: Mapping[str, str], *, root: Path | None = None) -> dict[s
     base = (root or Path.cwd()).resolve()
     places: dict[str, JobPlace] = {}
     for name, digest in inputs.items():
-        if not name.endswith(MANIFEST_SUFFIXES):
+        # the names come from a log, which anyone may have written: only regular files under the
+        # root are read (a FIFO there made `report --format github` wait forever)
+        if not name.endswith(MANIFEST_SUFFIXES) or not _regular_file_under(base, name):
             continue
         try:
             document = load_yaml_file(base / name, display=name)
@@ -945,7 +963,12 @@ def serve(
     plan = make_plan()
     prepare_out_dir(out_dir)
     with (
-        AuditLog.open(out_dir, run_id=new_run_id(), continue_unsealed=continue_unsealed) as log,
+        AuditLog.open(
+            out_dir,
+            run_id=new_run_id(),
+            continue_unsealed=continue_unsealed,
+            signer=None if signing_key is None else signing_key.public_key(),
+        ) as log,
         unsealed_on_failure(log, out_dir),
     ):
         remove_outputs(out_dir)  # the reports there describe an earlier run; this one writes none

@@ -151,20 +151,25 @@ def _configuration(run: _Run) -> list[dict[str, Any]]:
     return entries
 
 
-def _test_result(run: _Run) -> dict[str, Any]:
-    jobs = []
-    for job_id, record in sorted(run.job_finished.items()):
-        data = record["data"]
-        jobs.append(
-            {
-                "id": job_id,
-                "status": data["status"],
-                "exitCode": data["exit_code"],
-                "trap": data["trap"],
-                "stdout": {"sha256": data["stdout_sha256"]},
-                "stderr": {"sha256": data["stderr_sha256"]},
-            }
-        )
+def _test_result(run: _Run, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The batch's verdict from the same checked reader as ``sandrun report``
+    (:func:`~runner.audit.query.results_from_log`): a run whose results do not number its plan's
+    jobs, or hold a row no runner writes, is ``audit.bad-record``, never attested as passed."""
+    from runner.audit.query import results_from_log
+
+    rows = [] if run.plan is None else results_from_log(records, run.run)["jobs"]
+    jobs = [
+        {
+            "id": f"{row['manifest']}/{row['name']}",
+            "status": row["status"],
+            "exitCode": row["exit_code"],
+            "trap": row["trap"],
+            "stdout": {"sha256": row["stdout_sha256"]},
+            "stderr": {"sha256": row["stderr_sha256"]},
+        }
+        for row in rows
+    ]
+    jobs.sort(key=lambda job: job["id"])
     passed = [j["id"] for j in jobs if j["status"] == "passed"]
     failed = [j["id"] for j in jobs if j["status"] != "passed"]
     ok = run.denied is None and not failed
@@ -307,14 +312,34 @@ def statements_from_log(
     from runner.audit import verified_records
 
     report, records = verified_records(path, public_keys=public_keys, expect_head=expect_head)
-    chosen = _select_run(records, [r.run for r in report.runs if r.sealed], run)
-    statements = [_test_result(chosen)]
-    for job_id, started in sorted(chosen.job_started.items()):
-        statements.append(_runtime_trace(chosen, job_id, started))
-        provenance = _provenance(chosen, job_id, started)
-        if provenance is not None:
-            statements.append(provenance)
-    statements.append(_verification_summary(chosen))
+    sealed = [r.run for r in report.runs if r.sealed]
+    if run is None:  # the last sealed run that decided something, not a replay or merge after it
+        decided = {r["run"] for r in records if r["kind"] in (PLAN_COMPILED, RUN_DENIED)}
+        sealed = [s for s in sealed if s in decided] or sealed
+    try:
+        chosen = _select_run(records, sealed, run)
+        if chosen.plan is None and chosen.denied is None:
+            raise AuditError.one(
+                "audit.no-plan",
+                f"run {chosen.run} neither compiled a plan nor was denied (a replay or a merge): it "
+                "holds no policy decision or test result to attest; name a run with --run",
+                Location(file=str(path)),
+            )
+        statements = [_test_result(chosen, records)]
+        for job_id, started in sorted(chosen.job_started.items()):
+            statements.append(_runtime_trace(chosen, job_id, started))
+            provenance = _provenance(chosen, job_id, started)
+            if provenance is not None:
+                statements.append(provenance)
+        statements.append(_verification_summary(chosen))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # A chain-valid log holds what its writer put there: a record of a shape no runner writes
+        # is refused here, never an internal error (tests/cli/test_cli_attest.py).
+        raise AuditError.one(
+            "audit.bad-record",
+            f"the run holds a record no runner writes ({type(exc).__name__}: {exc})",
+            Location(file=str(path)),
+        ) from None
     return statements
 
 
@@ -385,7 +410,7 @@ def verify_bundle(
                 raise ValueError(f"payloadType is not {PAYLOAD_TYPE}")
             payload = _b64(envelope["payload"])
             signatures = [_b64(s["sig"]) for s in envelope["signatures"]]
-        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError, binascii.Error) as exc:
             raise fail(number, "attest.envelope", f"not a DSSE envelope: {exc}") from None
         # (2) signature
         signed = pae(PAYLOAD_TYPE, payload)
@@ -400,7 +425,7 @@ def verify_bundle(
             subjects = statement["subject"]
             if not subjects or not all(isinstance(s["digest"]["sha256"], str) for s in subjects):
                 raise ValueError("every subject needs a sha256 digest")
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise fail(number, "attest.statement", f"not a valid in-toto statement: {exc}") from None
         # (4) the log says the same
         if expected is not None and (number > len(expected) or _canonical(expected[number - 1]) != payload):

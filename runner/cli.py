@@ -852,7 +852,7 @@ def audit_verify(
 ) -> None:
     """Recompute the chain offline; name the first damaged record. Exit 0 intact, 4 otherwise."""
     from runner.api import verify_audit
-    from runner.audit.verify import signatures_clause
+    from runner.audit.verify import checks_clause
 
     _set_format(fmt)
     report = verify_audit(path, public_keys=public_keys, expect_head=expect_head, strict=strict)
@@ -863,7 +863,7 @@ def audit_verify(
             click.echo(render_violation(problem, "text"), err=True)
         click.echo(
             f"{report.status}: {report.records} records, {len(report.runs)} run(s), head {report.head}"
-            + signatures_clause(report)
+            + checks_clause(report)
         )
     sys.exit(report.exit_code)
 
@@ -899,9 +899,9 @@ def audit_merge(
         key_name=key_name,
     )
     click.echo(render_markdown(outcome.report), nl=False)
-    for index, folder, run in outcome.taken:
-        click.echo(f"shard {index}/{len(outcome.taken)}: run {run} from {folder}", err=True)
-    click.echo(
+    for index, folder, run in outcome.taken:  # folder names come from uploaded artifacts
+        _say(f"shard {index}/{len(outcome.taken)}: run {run} from {folder}", err=True)
+    _say(
         f"merged into {out_dir}/: head {outcome.checkpoint.chain_head} "
         f"after {outcome.checkpoint.size} records",
         err=True,
@@ -924,6 +924,7 @@ def audit_merge(
 @click.option(
     "--pub", "public_keys", multiple=True, help="Trusted runner public key the log's seals must carry."
 )
+@_apply(_signing_options)
 def audit_replay(
     path: Path,
     job: str | None,
@@ -932,6 +933,8 @@ def audit_replay(
     modules: Path | None,
     seed: int | None,
     public_keys: tuple[str, ...],
+    signing_key: Path | None,
+    key_name: str | None,
 ) -> None:
     """Re-run a logged hermetic job from its record; print `identical` or the first difference.
 
@@ -949,6 +952,8 @@ def audit_replay(
         seed=seed,
         public_keys=[_public_key(text) for text in public_keys],
         run_id=new_run_id(),
+        signing_key=_signing_key(signing_key),  # the replay's seal is signed like a run's
+        key_name=key_name,
     )
     for line in describe(verdicts):
         _say(line)

@@ -251,14 +251,17 @@ def render_junit(report: Mapping[str, Any], *, logs: Logs | None = None) -> str:
 
 # -- Markdown ----------------------------------------------------------------------------------
 
-# Backslash-escaped in a GFM table cell: the cell separator, emphasis, code, links/images, HTML.
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~!])")
+# Backslash-escaped in a GFM table cell: the cell separator, emphasis, code, links/images, HTML,
+# and what GitHub turns into links or pictures without any markup: ``https://`` and ``www.``
+# autolinks, ``@`` mentions and e-mail, ``:emoji:`` shortcodes (a guest's ``:white_check_mark:``
+# passed). An escaped ASCII punctuation character renders as itself.
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~!:@])|(?<=[wW]{3})(\.)")
 
 
 def _md(text: str, *, limit: int = 500) -> str:
     """One GFM table cell: sanitised, HTML-escaped, Markdown punctuation escaped."""
     text = html.escape(sanitize_text(text, limit=limit), quote=False)
-    return _MD_SPECIAL.sub(r"\\\1", text)
+    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(), text)
 
 
 def _headline(report: Mapping[str, Any]) -> tuple[str, str]:

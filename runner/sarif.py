@@ -44,7 +44,10 @@ def _artifact(file: str, root: Path) -> dict[str, str]:
     URI. Paths are only normalised, never resolved: a hostile name (a symlink loop) stays a name."""
     absolute = Path(os.path.abspath(file))
     if absolute.is_relative_to(root):
-        return {"uri": urllib.parse.quote(absolute.relative_to(root).as_posix()), "uriBaseId": _ROOT_ID}
+        # A name that is not UTF-8 (a repository's file, read with surrogateescape) is its bytes
+        # percent-encoded, as as_uri() does for absolute ones; never an exception in the printer.
+        relative = urllib.parse.quote(absolute.relative_to(root).as_posix(), errors="surrogateescape")
+        return {"uri": relative, "uriBaseId": _ROOT_ID}
     return {"uri": absolute.as_uri()}
 
 

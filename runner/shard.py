@@ -226,7 +226,7 @@ def load_durations(path: Path) -> dict[str, int]:
         data = json.loads(path.read_bytes())
     except OSError as exc:
         raise InputError.one("input.read", f"cannot read durations: {exc.strerror}", where) from None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # a downloaded artifact: any bytes, any nesting
         raise InputError.one("shard.durations", f"not a report.json: {exc}", where) from None
     jobs = data.get("jobs") if isinstance(data, dict) else None
     if not isinstance(jobs, list):

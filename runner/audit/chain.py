@@ -28,7 +28,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from runner.audit.checkpoint import DEFAULT_KEY_NAME, ORIGIN_PREFIX, Checkpoint, sign_checkpoint
+from runner.audit.checkpoint import (
+    DEFAULT_KEY_NAME,
+    ORIGIN_PREFIX,
+    Checkpoint,
+    parse_checkpoint,
+    sign_checkpoint,
+    verify_signatures,
+)
 from runner.audit.merkle import CompactRange, leaf_hash
 from runner.audit.query import tool_changes
 from runner.audit.record import (
@@ -47,9 +54,9 @@ from runner.audit.record import (
     parse_record,
     seal_extension,
 )
-from runner.errors import AuditError, Location
+from runner.errors import AuditError, Location, SandrunError
 from runner.fileio import fsync_dir
-from runner.signing import PrivateKey
+from runner.signing import PrivateKey, PublicKey
 
 __all__ = ["LOG_NAME", "LOCK_NAME", "AuditLog", "continued_record", "repair_torn_tail"]
 
@@ -87,13 +94,17 @@ def _read_tail(path: Path) -> tuple[list[bytes], bytes, int]:
     """The last two complete lines (oldest first), the bytes after the last LF, and the file size."""
     with open(path, "rb") as handle:
         size = handle.seek(0, os.SEEK_END)
-        chunk = b""
+        pieces: list[bytes] = []  # read backwards; joined once (prepending each was quadratic:
+        newlines = 0  # a 30 MB last line took half a minute to open)
         start = size
-        while start > 0 and chunk.count(b"\n") < 3:
+        while start > 0 and newlines < 3:
             step = min(_TAIL_CHUNK, start)
             start -= step
             handle.seek(start)
-            chunk = handle.read(step) + chunk
+            piece = handle.read(step)
+            pieces.append(piece)
+            newlines += piece.count(b"\n")
+        chunk = b"".join(reversed(pieces))
     if b"\n" not in chunk:  # only possible when the whole file was read
         return [], chunk, size
     complete, _, torn = chunk.rpartition(b"\n")
@@ -135,30 +146,75 @@ def _tail_state(path: Path) -> tuple[LineHead | None, bytes, int]:
     return (heads[-1] if heads else None), torn, size
 
 
-def _resume_tree(path: Path, size: int, head: LineHead | None) -> CompactRange:
+def _resume_tree(path: Path, size: int, head: LineHead | None, signer: PublicKey | None) -> CompactRange:
     """The Merkle tree (compact) of every record of the log, so this run's seal can sign its root.
 
-    A log whose last record is a seal that holds the tree's heads resumes from them and the seal's
-    own line, reading nothing more; any other log (an old one, or one continued after an unsealed
-    run) is read once, :func:`_tree_of`. The heads are not trusted more than the tail's chain:
-    ``sandrun audit verify`` checks them against the records, and so every root signed from them.
+    A log whose last record is a seal resumes from the subtree heads it stores and its own line,
+    reading nothing more; any other log (an old one, or one continued after an unsealed run) is
+    read once, :func:`_tree_of`. What this run signs extends what the seals signed, never more:
+    each seal met on the way must sign the Merkle root of the records before it (the stored heads
+    must fold to it), else ``audit.seal-mismatch``. Heads edited and rehashed into the last seal
+    would otherwise have this run's key sign the root of whatever history they were made from,
+    records the file does not hold, for anyone to prove against
+    (``tests/unit/test_audit_chain.py::test_a_run_never_signs_a_root_its_last_seal_does_not``).
+    With ``signer`` (the key this run seals with), a signature line of that key on such a seal
+    must verify (``audit.bad-seal-signature``): a history rewritten under a re-rooted checkpoint
+    is not signed again by the key whose signature it broke.
     """
-    if head is not None and head.kind == RUN_SEALED:
-        lines, _, _ = _read_tail(path)
-        try:
-            stored = parse_record(lines[-1])["data"].get(SEAL_TREE)
-            if isinstance(stored, list) and all(isinstance(h, str) for h in stored):
-                tree = CompactRange(head.seq, [bytes.fromhex(h) for h in stored])
-                tree.append(leaf_hash(lines[-1]))
-                return tree
-        except (LineError, ValueError):
-            pass  # not a tree this seal can resume from: read the log
-    return _tree_of(path, size)
+    if head is None or head.kind != RUN_SEALED:
+        return _tree_of(path, size, signer)
+    lines, _, _ = _read_tail(path)
+    signed = _checked_seal(path, lines[-1], head, None, signer)
+    if signed.merkle_root is None:  # an old seal signs the chain head only: read the log
+        return _tree_of(path, size, signer)
+    try:
+        stored = parse_record(lines[-1])["data"][SEAL_TREE]
+        tree = CompactRange(head.seq, [bytes.fromhex(h) for h in stored])
+    except (LineError, ValueError, TypeError, KeyError) as exc:
+        raise _seal_mismatch(path, head, f"its stored tree is not one: {exc}") from None
+    _checked_seal(path, lines[-1], head, tree, signer)
+    tree.append(leaf_hash(lines[-1]))
+    return tree
 
 
-def _tree_of(path: Path, size: int) -> CompactRange:
+def _checked_seal(
+    path: Path, line: bytes, head: LineHead, tree: CompactRange | None, signer: PublicKey | None
+) -> Checkpoint:
+    """The checkpoint of the seal ``line`` (``head``, its chain fields), checked to describe the
+    chain before it and, given ``tree`` (of the records before it), to sign its Merkle root."""
+    try:
+        signed = parse_checkpoint(parse_record(line)["data"]["checkpoint"])
+    except (LineError, ValueError, TypeError, KeyError) as exc:
+        raise _seal_mismatch(path, head, f"it holds no checkpoint: {exc}") from None
+    if (signed.size, signed.chain_head) != (head.seq, head.prev):
+        raise _seal_mismatch(path, head, "its checkpoint does not describe the chain before it")
+    if tree is not None and signed.merkle_root not in (None, tree.root.hex()):
+        raise _seal_mismatch(path, head, "its Merkle root is not that of the records before it")
+    if signer is not None and verify_signatures(signed, [signer]).bad:
+        raise AuditError.one(
+            "audit.bad-seal-signature",
+            f"the log's seal at seq {head.seq} carries a signature by this run's key that does not "
+            f"verify: the records it covers were changed after signing; run `sandrun audit verify {path}`",
+            Location(file=str(path), line=head.seq + 1, pointer="/data/checkpoint"),
+        )
+    return signed
+
+
+def _seal_mismatch(path: Path, head: LineHead, why: str) -> SandrunError:
+    return AuditError.one(
+        "audit.seal-mismatch",
+        f"the log's seal at seq {head.seq} does not describe the records before it ({why}); "
+        f"run `sandrun audit verify {path}`",
+        Location(file=str(path), line=head.seq + 1, pointer="/data"),
+    )
+
+
+_SEAL_MARK = b'"kind":"run.sealed"'
+
+
+def _tree_of(path: Path, size: int, signer: PublicKey | None = None) -> CompactRange:
     """The Merkle tree (compact) of the log's first ``size`` bytes, whole lines: one leaf each;
-    one pass of reading and hashing."""
+    one pass of reading and hashing, checking each seal on the way (:func:`_checked_seal`)."""
     tree = CompactRange()
     rest = b""
     with open(path, "rb") as handle:
@@ -169,8 +225,25 @@ def _tree_of(path: Path, size: int) -> CompactRange:
             size -= len(chunk)
             *lines, rest = (rest + chunk).split(b"\n")
             for line in lines:
+                if _SEAL_MARK in line:  # rare: parse only lines that may be seals
+                    _check_seal_line(path, line, tree, signer)
                 tree.append(leaf_hash(line))
     return tree
+
+
+def _check_seal_line(path: Path, line: bytes, tree: CompactRange, signer: PublicKey | None) -> None:
+    """A line that may be a seal: a seal, checked, or another record; a damaged one is refused (a
+    seal whose hash was broken must not drop out of the check and let its records be signed)."""
+    try:
+        head = parse_line(line)
+    except LineError as exc:
+        raise AuditError.one(
+            "audit.edited",
+            f"a record of the log does not verify ({exc}); run `sandrun audit verify {path}`",
+            Location(file=str(path), line=tree.size + 1, pointer=exc.pointer),
+        ) from None
+    if head.kind == RUN_SEALED:
+        _checked_seal(path, line, head, tree, signer)
 
 
 _TORN = f"{LOG_NAME}.torn-"  # a cut not yet acknowledged by a run (``sandrun audit repair``)
@@ -274,6 +347,7 @@ class AuditLog:
         origin: str | None = None,
         clock: Callable[[], int] = time.time_ns,
         continue_unsealed: bool = False,
+        signer: PublicKey | None = None,
     ) -> AuditLog:
         """Lock ``out_dir``, check the end of its log and continue the chain from it.
 
@@ -283,7 +357,8 @@ class AuditLog:
         refused too (``audit.unsealed``), and one that ``repair_torn_tail`` cut back
         (``audit.cut-back``), unless ``continue_unsealed``: the operator looked at it, and the new
         run's first record, ``run.continued``, says what it continues after and what was cut.
-        ``fsync_interval_s=0`` syncs every record before ``append`` returns.
+        ``fsync_interval_s=0`` syncs every record before ``append`` returns. ``signer``: the public
+        key of the key this run will seal with (:func:`_resume_tree`).
         """
         check_run_id(run_id)
         if origin is not None:
@@ -328,7 +403,7 @@ class AuditLog:
                         f"run id {run_id} already wrote to this log",
                         Location(file=str(path), line=head.seq + 1, pointer="/run"),
                     )
-                tree = _resume_tree(path, size, head)
+                tree = _resume_tree(path, size, head, signer)
                 origin = origin or ORIGIN_PREFIX + (run_id if head is None else _first_run(path, run_id))
             except BaseException:
                 os.close(fd)

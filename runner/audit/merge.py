@@ -33,7 +33,7 @@ from typing import Any
 from runner.audit.chain import LOG_NAME, AuditLog
 from runner.audit.checkpoint import DEFAULT_KEY_NAME
 from runner.audit.query import results_from_log
-from runner.audit.record import JOB_FINISHED, PLAN_COMPILED, RUN_SEALED, parse_record
+from runner.audit.record import JOB_FINISHED, PLAN_COMPILED, RUN_SEALED, LineError, parse_record
 from runner.audit.verify import VerifyReport, verify_log
 from runner.errors import AuditError, InputError, Location, SandrunError, Violation
 from runner.plan import Plan
@@ -345,47 +345,68 @@ def merge_shards(
     return MergeOutcome(report=report, checkpoint=checkpoint, taken=taken)
 
 
-def verify_merged(report: VerifyReport, path: Path, public_keys: Sequence[PublicKey] = ()) -> VerifyReport:
-    """``report`` (of the combined log) plus the re-verification of every embedded shard log.
+def verify_merged(
+    report: VerifyReport, lines: Sequence[bytes], public_keys: Sequence[PublicKey] = ()
+) -> VerifyReport:
+    """``report`` (of the combined log, whose ``lines`` it verified) plus the re-verification of
+    every embedded shard log.
 
     Each shard's embedded lines must verify as a log of their own under ``public_keys`` and end at
     the head its ``merge.shard`` record names, with the taken attempt's seal among them. A log
-    without merge records is returned as it is.
+    without merge records is returned as it is; merge records of a shape no merge writes are
+    ``audit.merged-shard`` (``tests/unit/test_audit_merge.py``).
     """
     if not report.ok:
         return report
-    from runner.audit.verify import read_records
-
     embedded: dict[int, list[bytes]] = {}
-    summaries: list[dict[str, Any]] = []
-    for record in read_records(path):
-        if record["kind"] == MERGE_SHARD_RECORD:
-            embedded.setdefault(record["data"]["shard"], []).append(record["data"]["line"].encode("utf-8"))
-        elif record["kind"] == MERGE_SHARD:
-            summaries.append(record["data"])
+    summaries: list[Mapping[str, Any]] = []
+    for number, line in enumerate(lines[:-1], 1):  # the last item follows the last LF: empty
+        try:
+            record = parse_record(line)
+            data = record["data"]
+            if record["kind"] == MERGE_SHARD_RECORD:
+                shard, text = data["shard"], data["line"]
+                if type(shard) is not int or not isinstance(text, str):
+                    raise TypeError("a merge.shard-record names its shard by number and holds a line")
+                embedded.setdefault(shard, []).append(text.encode("utf-8"))
+            elif record["kind"] == MERGE_SHARD:
+                if not (
+                    type(data.get("index")) is int
+                    and type(data.get("records")) is int
+                    and all(isinstance(data.get(k), str) for k in ("folder", "head", "run"))
+                ):
+                    raise TypeError("a merge.shard names its index, folder, run, records and head")
+                summaries.append(data)
+        except LineError as exc:  # hashed right, but not a record
+            at = Location(file=report.path, line=number, pointer=exc.pointer)
+            return dataclasses.replace(report, ok=False, problems=[Violation("audit.edited", str(exc), at)])
+        except (KeyError, TypeError, UnicodeEncodeError) as exc:
+            message = f"a merge record no merge writes: {exc}"
+            problem = Violation("audit.merged-shard", message, Location(file=report.path, line=number))
+            return dataclasses.replace(report, ok=False, problems=[problem])
     if not summaries:
         return report
     problems: list[Violation] = []
     for summary in summaries:
         index = summary["index"]
-        where = f"{path} (shard {index}, from {summary['folder']})"
-        lines = embedded.get(index, [])
-        inner = _verified(where, b"".join(line + b"\n" for line in lines), public_keys)
+        where = f"{report.path} (shard {index}, from {summary['folder']})"
+        embedded_lines = embedded.get(index, [])
+        inner = _verified(where, b"".join(line + b"\n" for line in embedded_lines), public_keys)
         if not inner.ok or inner.untrusted:
             first = inner.problems[0]
             problems.append(
                 Violation(
                     "audit.merged-shard",
                     f"shard {index}: [{first.rule_id}] {first.message}",
-                    Location(file=str(path)),
+                    Location(file=report.path),
                 )
             )
-        elif inner.head != summary["head"] or len(lines) != summary["records"]:
+        elif inner.head != summary["head"] or len(embedded_lines) != summary["records"]:
             problems.append(
                 Violation(
                     "audit.merged-shard",
                     f"shard {index}: the embedded log does not end at the head its merge.shard record names",
-                    Location(file=str(path)),
+                    Location(file=report.path),
                 )
             )
         elif not any(r.run == summary["run"] and r.sealed for r in inner.runs):
@@ -393,7 +414,7 @@ def verify_merged(report: VerifyReport, path: Path, public_keys: Sequence[Public
                 Violation(
                     "audit.merged-shard",
                     f"shard {index}: the taken run {summary['run']} is not sealed in the embedded log",
-                    Location(file=str(path)),
+                    Location(file=report.path),
                 )
             )
     if not problems:

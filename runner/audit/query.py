@@ -127,11 +127,12 @@ def results_from_log(records: Sequence[Mapping[str, Any]], run: str | None = Non
     if assigned:  # a shard runs only its own part of the plan (docs/shards.md)
         shard_jobs = assigned[-1].get("data", {}).get("jobs")
         planned = shard_jobs if isinstance(shard_jobs, list) else None
-    if planned is None or len(planned) != len(jobs):
+    # one result per planned job, each job once: a count alone would take a job twice for another
+    if planned is None or sorted(map(str, planned)) != sorted(f"{j['manifest']}/{j['name']}" for j in jobs):
         raise AuditError.one(
             "audit.bad-record",
             f"run {run} planned {'?' if planned is None else len(planned)} job(s) but the log "
-            f"holds {len(jobs)} result(s): not the complete results of a run",
+            f"holds {len(jobs)} result(s), not one for each: not the complete results of a run",
             Location(file="audit.jsonl", line=plan_record.get("seq", -1) + 1, pointer="/data/jobs"),
         )
     return {

@@ -238,7 +238,7 @@ def parse_line(line: bytes) -> LineHead:
     cut = line.rfind(_HASH_MEMBER)
     match = _match_tail(line, cut) if cut > 0 else None
     if match is None or not line.startswith(b'{"data":{') or line[cut - 1] != 0x7D:
-        raise LineError("not a well-formed audit record")
+        raise LineError(_malformed(line))
     digest, kind, prev, run, seq = match.groups()
     hex_digest = digest.decode("ascii")
     if _sha256(line[:cut] + line[cut + _HASH_MEMBER_LEN :]).hexdigest() != hex_digest:
@@ -247,21 +247,39 @@ def parse_line(line: bytes) -> LineHead:
     return tuple.__new__(LineHead, (hex_digest, kind.decode(), prev.decode(), run.decode(), int(seq)))
 
 
+def _malformed(line: bytes) -> str:
+    """Why a line is no record, naming the two damages a copy makes without anyone editing it."""
+    if line.endswith(b"\r"):
+        return "not a well-formed audit record: the line ends in CR (CRLF line ends, from a text-mode copy?)"
+    if line.startswith(b"\xef\xbb\xbf"):
+        return "not a well-formed audit record: the file starts with a byte order mark"
+    return "not a well-formed audit record"
+
+
 def _no_float(text: str) -> Any:
     raise LineError(f"a float ({text}) in a record; canonical JSON has none")
 
 
 def parse_record(line: bytes) -> dict[str, Any]:
     """The full record of a line, checked to be exactly its own canonical JSON (no floats)."""
+    # A line's bytes are hashed whatever they hold, so a hostile one (no key needed without --pub)
+    # may nest deeper than the parser recurses, or escape a lone surrogate that no UTF-8 encoding
+    # of it can hold: it is not a record, never an internal error (tests/cli/test_cli_audit.py).
     try:
         record = json.loads(line, parse_float=_no_float, parse_constant=_no_float)
     except LineError:
         raise
+    except RecursionError:
+        raise LineError("not a record: JSON nested too deep") from None
     except ValueError as exc:  # invalid JSON or invalid UTF-8
         raise LineError(f"not JSON: {exc}") from None
     if not isinstance(record, dict) or set(record) != FIELDS:
         raise LineError("an audit record has exactly the fields " + ", ".join(sorted(FIELDS)))
-    if canonical_json(record) != line:
+    try:
+        canonical = canonical_json(record)
+    except (RecursionError, ValueError) as exc:  # UnicodeEncodeError: a lone surrogate
+        raise LineError(f"the record has no canonical JSON form: {type(exc).__name__}") from None
+    if canonical != line:
         raise LineError("the record is not in canonical JSON form")
     return record
 
@@ -517,6 +535,16 @@ def read_plan_compiled(data: Mapping[str, Any]) -> PlanInfo:
 
 _RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(JobResult))
 _NUMBERS = ("exit_code", "fuel_used", "memory_peak", "wall_ms")
+# Counts and sizes a runner records fit in 64 bits (an exit code in 32, either sign); a bigger
+# integer in a hand-written log would overflow the renderers' float arithmetic.
+_BOUND = 1 << 64
+
+
+def _bounded(value: Any) -> bool:
+    """None, or an integer (not a bool) of at most 64 bits, either sign."""
+    return value is None or (type(value) is int and -_BOUND < value < _BOUND)
+
+
 _FLAGS = ("stdout_truncated", "stderr_truncated")
 _OPTIONAL_TEXT = ("stdout_sha256", "stderr_sha256", "reason")
 
@@ -528,8 +556,8 @@ def read_job_finished(data: Mapping[str, Any]) -> tuple[int | None, JobResult]:
     values = result.to_dict()
     if not all(isinstance(values[k], str) for k in ("manifest", "name", "tool", "module_sha256")):
         raise TypeError("manifest, name, tool and module_sha256 are strings")
-    if not all(values[k] is None or type(values[k]) is int for k in _NUMBERS):
-        raise TypeError(", ".join(_NUMBERS) + " are integers or null")
+    if not all(_bounded(values[k]) for k in _NUMBERS):
+        raise TypeError(", ".join(_NUMBERS) + " are integers of at most 64 bits, or null")
     if not all(type(values[k]) is bool for k in _FLAGS) or not all(
         values[k] is None or isinstance(values[k], str) for k in _OPTIONAL_TEXT
     ):
@@ -541,9 +569,13 @@ def read_job_finished(data: Mapping[str, Any]) -> tuple[int | None, JobResult]:
 
 
 def read_job_started(data: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """A ``job.started`` record's job id and granted limits (``{}`` when they are not a mapping)."""
+    """A ``job.started`` record's job id and granted limits (``{}`` when they are not a mapping);
+    ``TypeError`` for a limit that is not an integer of at most 64 bits or null."""
     limits = data.get("limits")
-    return _text(data.get("id")), dict(limits) if isinstance(limits, Mapping) else {}
+    granted = dict(limits) if isinstance(limits, Mapping) else {}
+    if not all(_bounded(value) for value in granted.values()):
+        raise TypeError("limits are integers of at most 64 bits, or null")
+    return _text(data.get("id")), granted
 
 
 def record_job(kind: str, data: Mapping[str, Any]) -> str | None:

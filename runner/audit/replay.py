@@ -34,6 +34,7 @@ from runner import __version__, hermetic
 from runner.errors import AuditError, InputError, Location, SandrunError
 from runner.plan import JobSpec, Mount, Plan, PolicyRef
 from runner.sandbox import Runtime
+from runner.signing import PrivateKey
 from runner.worker import job_runners
 
 __all__ = ["Verdict", "replay_log", "describe", "exit_error", "REPLAY_JOB"]
@@ -75,14 +76,14 @@ class _Refused(Exception):
 
 
 def _records(path: Path, public_keys: list[Any]) -> list[dict[str, Any]]:
-    from runner.audit import verify_log
-    from runner.audit.record import parse_record
+    """The records of a log that verifies intact (its last run sealed), read once: what was
+    verified is exactly what is replayed, whatever replaces the file meanwhile."""
+    from runner.audit import verified_records
 
-    report = verify_log(path, public_keys=public_keys)
+    report, records = verified_records(path, public_keys=public_keys)
     if report.exit_code != 0:
         raise AuditError(violations=tuple(report.problems[:1]))
-    with path.open("rb") as stream:
-        return [parse_record(line.rstrip(b"\n")) for line in stream if line.strip()]
+    return records
 
 
 def _cite(record: dict[str, Any]) -> dict[str, Any]:
@@ -317,8 +318,12 @@ def replay_log(
     seed: int | None = None,
     public_keys: list[Any] | None = None,
     run_id: str,
+    signing_key: PrivateKey | None = None,
+    key_name: str | None = None,
 ) -> list[Verdict]:
-    """Replay ``job`` (None: every job of the log's last run) and log the replay as run ``run_id``.
+    """Replay ``job`` (None: every job of the log's last run) and log the replay as run ``run_id``,
+    sealed and signed like any run by ``signing_key`` (the runner's: an unsigned seal in a signed
+    log would make it fail ``audit verify --pub`` for good).
 
     With ``public_keys``, the log's seals must be signed by one of them (as ``audit verify --pub``)."""
     from runner.audit import AuditLog
@@ -326,13 +331,14 @@ def replay_log(
     records = _records(log, public_keys or [])
     verdicts = [_replay_one(s, f, root, modules, cache_dir, seed) for s, f in _pairs(records, job)]
     try:
-        with AuditLog.open(log.parent, run_id=run_id) as audit:
+        signer = None if signing_key is None else signing_key.public_key()
+        with AuditLog.open(log.parent, run_id=run_id, signer=signer) as audit:
             audit.append(
                 "run.started", {"sandrun": __version__, "sources": [], "replay_of": verdicts[0].cites}
             )
             for verdict in verdicts:
                 audit.append(REPLAY_JOB, {**verdict.to_dict(), "seed": seed})
-            audit.seal(None)
+            audit.seal(signing_key, key_name)
     except OSError as exc:
         raise AuditError.one(
             "audit.write-failed", f"cannot log the replay: {exc.strerror}", Location(file=str(log))

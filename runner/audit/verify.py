@@ -57,10 +57,12 @@ __all__ = [
     "RunSummary",
     "VerifyReport",
     "verify_log",
+    "verify_read",
     "read_records",
     "verified_records",
     "verification_line",
     "signatures_clause",
+    "checks_clause",
 ]
 
 _UNSEALED = "audit.unsealed"
@@ -113,6 +115,7 @@ class VerifyReport:
     signatures_checked: bool = False
     seals_verified: int = 0
     untrusted: bool = False
+    published: str | None = None  # what the check against ``expect_head`` found, when it passed
 
     @property
     def status(self) -> Literal["intact", "unsealed", "untrusted", "damaged"]:
@@ -137,6 +140,7 @@ class VerifyReport:
             "head": self.head,
             "signatures_checked": self.signatures_checked,
             "seals_verified": self.seals_verified,
+            "published": self.published,
             "runs": [r.to_dict() for r in self.runs],
             "problems": [p.to_dict() for p in self.problems],
         }
@@ -498,7 +502,21 @@ def verify_log(
     ``strict`` also re-encodes every record to check it is exactly canonical JSON (a format check
     for third-party writers; integrity does not depend on it, every byte is hashed either way).
     """
-    return _verify(str(path), _read_lines(path), public_keys, expect_head, strict)
+    return verify_read(path, public_keys=public_keys, expect_head=expect_head, strict=strict)[0]
+
+
+def verify_read(
+    path: Path,
+    *,
+    public_keys: Sequence[PublicKey] = (),
+    expect_head: str | None = None,
+    strict: bool = False,
+) -> tuple[VerifyReport, list[bytes]]:
+    """:func:`verify_log`, and the very lines it verified (the file read once, each split at LF,
+    the last item what follows the last LF): a check that reads on must read these, not the file
+    again, which may have been replaced meanwhile."""
+    lines = _read_lines(path)
+    return _verify(str(path), lines, public_keys, expect_head, strict), lines
 
 
 def _verify(
@@ -510,8 +528,10 @@ def _verify(
     torn = lines.pop()
     walk = _Walk(where, lines, public_keys, strict)
     problem = walk.check(anchor)
+    anchor_signers: tuple[str, ...] = ()
     if problem is None and anchor is not None and anchor.note is not None and public_keys:
         verdict = verify_signatures(anchor.note, public_keys)
+        anchor_signers = verdict.verified
         if verdict.bad:
             problem = Violation(
                 "audit.bad-seal-signature",
@@ -526,6 +546,9 @@ def _verify(
         )
     if problem is None and anchor is not None:
         problem = _anchor_problem(walk, anchor)
+    published = None
+    if problem is None and anchor is not None:
+        published = _published(anchor, anchor_signers, bool(public_keys))
     ends = [r.first_seq for r in walk.runs[1:]] + [walk.count]
     runs = [r.summary(end) for r, end in zip(walk.runs, ends, strict=False)]
     sealed = problem is None and bool(runs) and runs[-1].sealed
@@ -549,7 +572,20 @@ def _verify(
         signatures_checked=bool(public_keys),
         seals_verified=walk.seals_verified,
         untrusted=bool(walk.untrusted),
+        published=published,
     )
+
+
+def _published(anchor: _Anchor, signers: tuple[str, ...], keys_given: bool) -> str:
+    """What the check against a published head established, and what it did not."""
+    if anchor.note is None:
+        return "the published head hash is a record of the log"
+    text = f"the published checkpoint (size {anchor.size}) is a prefix of the log"
+    if signers:
+        return text + ", its signature by " + ", ".join(signers) + " verified"
+    if not anchor.note.signatures:
+        return text + " (it is unsigned)"
+    return text + (" (signed by none of the --pub keys)" if keys_given else " (its signature not checked)")
 
 
 def _anchor_problem(walk: _Walk, anchor: _Anchor) -> Violation | None:
@@ -622,7 +658,12 @@ def verification_line(report: VerifyReport, run: RunSummary | None = None) -> st
         )
         if run.verified_signers:
             text += ", seal signed by " + ", ".join(run.verified_signers)
-    return text + signatures_clause(report)
+    return text + checks_clause(report)
+
+
+def checks_clause(report: VerifyReport) -> str:
+    """What was verified beyond the chain: the seal signatures, and the published head if given."""
+    return signatures_clause(report) + ("" if report.published is None else f"; {report.published}")
 
 
 def signatures_clause(report: VerifyReport) -> str:

@@ -242,3 +242,76 @@ def test_garbage_bundle_is_refused_with_its_line(ran: Path, tmp_path: Path) -> N
     bundle.write_text('{"payloadType": "text/plain", "payload": "", "signatures": []}\n')
     code, _, err = _invoke("attest", "verify", str(bundle), "--pub", str(ran / "keys" / "runner.pub"))
     assert code == 4 and f"{bundle}:1: [attest.envelope]" in err
+    bundle.write_text("[" * 100_000 + "]" * 100_000 + "\n")  # deeper than the parser recurses
+    code, _, err = _invoke("attest", "verify", str(bundle), "--pub", str(ran / "keys" / "runner.pub"))
+    assert code == 4 and f"{bundle}:1: [attest.envelope]" in err, err
+
+
+def _signed_log(out: Path, key: Path, *runs: list[tuple[str, dict]]) -> list[str]:  # type: ignore[type-arg]
+    """Runs written by the runner's own writer and key, holding whatever records are given: what a
+    log signed by a trusted runner may hold, shapes no runner of ours writes included."""
+    from runner.audit import AuditLog
+    from runner.signing import load_private_key
+
+    ids = []
+    for number, records in enumerate(runs):
+        with AuditLog.open(out, run_id=f"r{number}") as log:
+            for kind, data in records:
+                log.append(kind, data)
+            log.seal(load_private_key(key))
+        ids.append(f"r{number}")
+    return ids
+
+
+def _planned(jobs: list[str]) -> dict:  # type: ignore[type-arg]
+    policy = {"name": "p", "path": "p.yaml", "sha256": "0" * 64, "git_commit": None}
+    return {"plan_sha256": "1" * 64, "policy": policy, "inputs": [], "jobs": jobs}
+
+
+def _passed(name: str, index: int) -> dict:  # type: ignore[type-arg]
+    from runner.results import JobResult
+
+    result = JobResult(
+        manifest="m", name=name, tool="t", module_sha256="2" * 64, status="passed", exit_code=0
+    )
+    return {**result.to_dict(), "index": index}
+
+
+def test_attest_never_signs_more_than_the_log_holds(ran: Path, tmp_path: Path) -> None:
+    """A run whose results do not number its plan's jobs is refused as ``report`` refuses it (it
+    was attested PASSED); a run that decided nothing (a replay, a merge) is no passed test result
+    (it was attested PASSED with no tests); odd shapes are ``audit.bad-record``, not a crash."""
+    key = ran / "keys" / "runner.key"
+    started = ("run.started", {"sandrun": "0", "sources": []})
+    cases = {
+        "audit.bad-record": [
+            started,
+            ("plan.compiled", _planned(["m/a", "m/b"])),
+            ("job.finished", _passed("a", 0)),
+        ],
+        "audit.no-plan": [started, ("replay.job", {"job": "m/a", "verdict": "identical"})],
+        "audit.bad-record ": [
+            started,
+            ("plan.compiled", _planned(["m/a"])),
+            ("job.started", {"id": "m/a", "module_sha256": "2" * 64, "mounts": "not a list"}),
+            ("job.finished", _passed("a", 0)),
+        ],
+    }
+    for rule, records in cases.items():
+        out = tmp_path / rule.strip().replace(".", "-") / str(len(records))
+        [run] = _signed_log(out, key, records)
+        bundle = out / "bundle.jsonl"
+        for extra in ((), ("--run", run)):
+            code, _, err = _invoke("attest", str(out), "--signing-key", str(key), "-o", str(bundle), *extra)
+            assert code == 4 and f"[{rule.strip()}]" in err, (rule, extra, err)
+            assert "internal error" not in err and not bundle.exists()
+    # by default the last sealed run that decided something is attested, not a replay after it
+    out = tmp_path / "then-replayed"
+    decided = [started, ("plan.compiled", _planned(["m/a"])), ("job.finished", _passed("a", 0))]
+    first, _ = _signed_log(out, key, decided, cases["audit.no-plan"])
+    code, _, err = _invoke("attest", str(out), "--signing-key", str(key), "-o", str(out / "b.jsonl"))
+    assert code == 0, err
+    payload = json.loads(
+        base64.b64decode(json.loads((out / "b.jsonl").read_text().splitlines()[0])["payload"])
+    )
+    assert payload["predicate"]["url"] == f"sandrun:run/{first}"

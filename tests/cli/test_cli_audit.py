@@ -355,3 +355,141 @@ def test_show_marks_a_continued_unsealed_run_but_only_fails_for_an_uncovered_one
     lines = shown.stdout.splitlines()
     assert lines[0].startswith("UNSEALED ") and not any(line.startswith("UNSEALED") for line in lines[1:])
     assert sandrun("report", str(tmp_path), "--run", "killed").returncode == 4
+
+
+def test_a_run_refuses_to_sign_over_a_last_seal_whose_tree_was_forged(tmp_path: Path) -> None:
+    """Write access to ``--out`` (no key): a record edited, the last seal's subtree heads replaced
+    by those of the forged history and rehashed. The next signed run must not put its key on a
+    root over that history (an inclusion proof of the forged record would then verify)."""
+    from runner.audit.merkle import CompactRange, leaf_hash
+
+    keys = tmp_path / "keys"
+    assert sandrun("keys", "generate", "--id", "runner", "--out", str(keys)).returncode == 0
+    env = {"SANDRUN_SIGNING_KEY": (keys / "runner.key").read_text()}
+    out = tmp_path / "out"
+    _demo(out, env=env)
+    log = out / "audit.jsonl"
+    lines = log.read_bytes().splitlines()
+    forged = [line.replace(b'"status":"passed"', b'"status":"failed"') for line in lines[:-1]]
+    heads = CompactRange()
+    for line in forged:
+        heads.append(leaf_hash(line))
+    _rewrite(log, {len(lines) - 1: {"tree": [n.hex() for n in heads.nodes]}})
+    published = (out / "checkpoint.txt").read_bytes()
+    again = sandrun(
+        "run", "manifests/examples", "--policy", "policies/default.yaml", "--out", str(out), env=env
+    )
+    assert again.returncode == 4 and "[audit.seal-mismatch]" in again.stderr, again.stderr
+    assert (out / "checkpoint.txt").read_bytes() == published  # nothing new was signed
+    assert len(log.read_bytes().splitlines()) == len(lines)
+
+
+def _raw_record(data: bytes) -> bytes:
+    """A first record whose hash is right over ``data`` exactly as given (any bytes: the hash
+    covers them, no key is needed to write them)."""
+    tail = (
+        f',"kind":"run.started","prev":"{"0" * 64}","run":"r1","seq":0,"ts":"2026-11-21T18:00:00.123Z"}}'
+    ).encode()
+    head = b'{"data":' + data
+    digest = hashlib.sha256(head + tail).hexdigest().encode()
+    return head + b',"hash":"' + digest + b'"' + tail + b"\n"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b'{"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}", b'{"x":"\\ud800"}'],
+    ids=["nested-too-deep", "lone-surrogate"],
+)
+def test_a_record_no_parser_can_hold_is_damage_not_an_internal_error(tmp_path: Path, data: bytes) -> None:
+    (tmp_path / "audit.jsonl").write_bytes(_raw_record(data))
+    for command in (
+        ["audit", "verify", str(tmp_path)],
+        ["audit", "verify", str(tmp_path), "--strict"],
+        ["audit", "show", str(tmp_path)],
+        ["report", str(tmp_path)],
+    ):
+        result = sandrun(*command)
+        assert result.returncode == 4, (command, result.stderr)
+        assert "[audit.edited]" in result.stderr and "internal error" not in result.stderr, command
+
+
+def _one_job_run(out: Path, started: dict[str, object], finished: dict[str, object]) -> None:
+    """A sealed run of one job, written by the runner's own writer with the data given."""
+    from runner.results import JobResult
+
+    row = JobResult(manifest="m", name="a", tool="t", module_sha256="2" * 64, status="passed", exit_code=0)
+    policy = {"name": "p", "path": "p.yaml", "sha256": "0" * 64, "git_commit": None}
+    with AuditLog.open(out, run_id="r1") as log:
+        log.append("run.started", {"sandrun": "0", "sources": []})
+        log.append(
+            "plan.compiled", {"plan_sha256": "1" * 64, "policy": policy, "inputs": [], "jobs": ["m/a"]}
+        )
+        log.append("job.started", {"id": "m/a", "index": 0, **started})
+        log.append("job.finished", {**row.to_dict(), "index": 0, **finished})
+        log.seal(None)
+
+
+@pytest.mark.parametrize(
+    ("started", "finished", "code"),
+    [
+        ({}, {"memory_peak": 10**400}, 4),  # no float holds it: the sizes overflowed
+        ({}, {"wall_ms": -(10**30), "fuel_used": 10**30}, 4),
+        (
+            {"limits": {"fuel": "x", "memory": [1], "timeout_ms": True}},
+            {"fuel_used": 5, "memory_peak": 5, "wall_ms": 5},
+            0,
+        ),
+    ],
+    ids=["huge-size", "huge-time", "limits-not-numbers"],  # the last: no bars, no crash
+)
+def test_numbers_no_runner_writes_are_refused_not_a_crash_in_every_report(
+    tmp_path: Path, started: dict[str, object], finished: dict[str, object], code: int
+) -> None:
+    _one_job_run(tmp_path, started, finished)
+    for fmt in ("md", "html", "junit", "json", "github"):
+        result = sandrun("report", str(tmp_path), "--format", fmt)
+        assert result.returncode == code, (fmt, result.stderr)
+        assert "internal error" not in result.stderr
+        assert code == 0 or "[audit.bad-record]" in result.stderr
+
+
+def test_verify_says_what_the_published_head_established(tmp_path: Path) -> None:
+    """``--expect-head`` was checked silently: the line now says the published checkpoint is a
+    prefix of the log, and whether its own signature was verified, not checked, or by no --pub."""
+    keys = tmp_path / "keys"
+    for name in ("runner", "other"):
+        assert sandrun("keys", "generate", "--id", name, "--out", str(keys)).returncode == 0
+    out = tmp_path / "out"
+    _demo(out, env={"SANDRUN_SIGNING_KEY": (keys / "runner.key").read_text()})
+    note = str(out / "checkpoint.txt")
+    size = (out / "checkpoint.txt").read_text().splitlines()[1]
+    prefix = f"the published checkpoint (size {size}) is a prefix of the log"
+    for pub, code, said in (
+        ((), 0, prefix + " (its signature not checked)"),
+        (("--pub", str(keys / "runner.pub")), 0, prefix + ", its signature by sandrun verified"),
+        (("--pub", str(keys / "other.pub")), 4, prefix + " (signed by none of the --pub keys)"),
+    ):
+        result = sandrun("audit", "verify", str(out), "--expect-head", note, *pub)
+        assert result.returncode == code and result.stdout.rstrip().endswith(said), (pub, result.stdout)
+    head = (out / "checkpoint.txt").read_text().splitlines()[3].split()[1]
+    bare = sandrun("audit", "verify", str(out), "--expect-head", head)
+    assert bare.stdout.rstrip().endswith("the published head hash is a record of the log")
+    assert "published" not in sandrun("audit", "verify", str(out)).stdout
+
+
+def test_a_crlf_or_bom_copy_of_a_log_is_damage_that_says_what_the_copy_did(tmp_path: Path) -> None:
+    """A text-mode copy (CRLF line ends) or an editor's byte order mark changes every hashed byte
+    after it: the log is damaged, and the line says which of the two it is."""
+    with AuditLog.open(tmp_path, run_id="r1") as log:
+        log.append("run.started", {})
+        log.seal(None)
+    data = (tmp_path / "audit.jsonl").read_bytes()
+    for name, copy, said in (
+        ("crlf", data.replace(b"\n", b"\r\n"), "the line ends in CR"),
+        ("bom", b"\xef\xbb\xbf" + data, "byte order mark"),
+    ):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "audit.jsonl").write_bytes(copy)
+        result = sandrun("audit", "verify", str(tmp_path / name))
+        assert result.returncode == 4 and result.stdout.startswith("damaged:")
+        assert "audit.jsonl:1: [audit.edited]" in result.stderr and said in result.stderr, result.stderr

@@ -249,3 +249,18 @@ def test_replay_names_a_removed_input_mount(copy: Path) -> None:
     shutil.rmtree(copy / "data")
     result = _replay(copy, "--job", "writer")
     assert result.returncode == 4 and "differs: mount /data: recorded" in result.stdout
+
+
+def test_a_replay_seals_with_the_runner_key_so_a_signed_log_stays_verifiable(tmp_path: Path) -> None:
+    """A replay appends a run to the log: sealed unsigned, it made a signed log fail
+    ``audit verify --pub`` (``audit.unsigned``) for good, and every ``report --pub`` with it."""
+    root = make(tmp_path / "p")
+    keys = tmp_path / "keys"
+    assert sandrun("keys", "generate", "--id", "runner", "--out", str(keys)).returncode == 0
+    env = {"SANDRUN_SIGNING_KEY": (keys / "runner.key").read_text()}
+    assert run(root, env=env).returncode == 0
+    pub = ("--pub", str(keys / "runner.pub"))
+    replayed = sandrun("audit", "replay", "so", "--job", "writer", *pub, cwd=root, env=env)
+    assert replayed.returncode == 0, replayed.stderr
+    verified = sandrun("audit", "verify", "so", *pub, cwd=root)
+    assert verified.returncode == 0 and "2 seal signature(s) verified" in verified.stdout, verified.stderr

@@ -225,3 +225,26 @@ def test_the_merge_key_alone_cannot_rewrite_a_shards_records(project: Path, tmp_
 def test_the_merge_refuses_an_out_folder_that_has_a_log(project: Path) -> None:
     result = merge(project, "s1", "s2", "s3", out="s1")
     assert result.returncode == 2 and "[merge.out-exists]" in result.stderr, result.stderr
+
+
+def test_shard_folder_names_are_printed_neutralised(project: Path) -> None:
+    """Shard folders are uploaded artifacts: their names reach the merge's stderr, and must not
+    move the cursor, retitle the terminal or start a CI workflow command there."""
+    hostile = "s2\x1b]0;owned\x07\n::error::forged"
+    shutil.copytree(project / "s2", project / hostile)
+    result = merge(project, "s1", hostile, "s3", out="out-hostile-name")
+    assert result.returncode == 1, result.stderr
+    for line in result.stderr.splitlines():
+        assert not any(ord(c) < 0x20 for c in line) and not line.startswith("::"), line
+    assert "shard 2/3: run " in result.stderr
+
+
+def test_a_plan_nested_too_deep_is_invalid_input_and_the_log_stays_sealed(project: Path) -> None:
+    """A plan file nested deeper than the JSON parser recurses was an internal error: ``run`` left
+    its log unsealed (every later run refused), ``audit merge --plan`` crashed."""
+    (project / "deep-plan.json").write_text('{"a":' + "[" * 100_000 + "]" * 100_000 + "}")
+    result = merge(project, "s1", "s2", "s3", out="out-deep", plan="deep-plan.json")
+    assert result.returncode == 2 and "[plan.invalid]" in result.stderr, result.stderr
+    ran = sandrun("run", "deep-plan.json", "--policy", POLICY, "--out", "out-deep-run", cwd=project)
+    assert ran.returncode == 2 and "[plan.invalid]" in ran.stderr, ran.stderr
+    assert sandrun("audit", "verify", "out-deep-run", cwd=project).returncode == 0

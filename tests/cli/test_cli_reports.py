@@ -12,7 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -309,3 +312,47 @@ def test_the_front_door_does_what_the_commands_do(project: Path, tmp_path: Path)
     rebuilt = api.report_from_log(out, fmt="json")
     assert json.loads(rebuilt.text) == json.loads((out / "report.json").read_text())
     assert rebuilt.verification.startswith("audit chain intact")
+
+
+def test_sarif_names_a_file_whose_name_is_not_utf8(project: Path) -> None:
+    """A repository can hold a file name that is not UTF-8: its SARIF location is the name's bytes
+    percent-encoded (it was a traceback from the error printer, and no SARIF at all)."""
+    bad = project / "latin1"
+    bad.mkdir(exist_ok=True)
+    (bad / "ok.yaml").write_text("apiVersion: sandrun/v1\nkind: Manifest\n")
+    (bad / "ok.yaml").rename(bad / os.fsdecode(b"caf\xe9.yaml"))
+    result = sandrun("check", "latin1", "--policy", "policies/reports.yaml", "--format", "sarif", cwd=project)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    [*_, found] = _sarif(result.stdout)["runs"][0]["results"]
+    assert found["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "latin1/caf%E9.yaml"
+
+
+def test_annotations_read_only_regular_files_under_the_root(project: Path, tmp_path: Path) -> None:
+    """The inputs a log lists are names anyone may have written: a FIFO among them (inside the
+    root or anywhere) made ``report --format github`` wait forever; they are not read at all."""
+    from runner.audit import AuditLog
+    from runner.results import JobResult
+
+    os.mkfifo(project / "stuck.yaml")
+    os.mkfifo(tmp_path / "far.yaml")
+    row = JobResult(manifest="m", name="a", tool="t", module_sha256="2" * 64, status="failed", exit_code=1)
+    policy = {"name": "p", "path": "p.yaml", "sha256": "0" * 64, "git_commit": None}
+    inputs = [
+        {"path": "stuck.yaml", "sha256": "0" * 64},
+        {"path": str(tmp_path / "far.yaml"), "sha256": "0" * 64},
+    ]
+    out = tmp_path / "out"
+    with AuditLog.open(out, run_id="r1") as log:
+        log.append(
+            "plan.compiled", {"plan_sha256": "1" * 64, "policy": policy, "inputs": inputs, "jobs": ["m/a"]}
+        )
+        log.append("job.finished", {**row.to_dict(), "index": 0})
+        log.seal(None)
+    result = subprocess.run(
+        [sys.executable, "-m", "runner", "report", str(out), "--format", "github", "--root", str(project)],
+        capture_output=True,
+        text=True,
+        timeout=60,  # generous: it returns at once; before, it never did
+        check=False,
+    )
+    assert result.returncode == 0 and result.stdout == "::error title=m/a::failed: failed\n", result.stderr

@@ -84,3 +84,22 @@ def test_durations_move_the_slow_jobs_apart(project: Path) -> None:
     # c and f (1000 ms each) go first, one to each shard; the rest fill in by weight
     assert "shard 1/2: 4 job(s), load 1003  <- this shard\n  hello/a\n  hello/b\n  hello/c\n" in result.stdout
     assert "shard 2/2: 3 job(s), load 1002\n  hello/d\n  hello/e\n  hello/f\n" in result.stdout
+
+
+def test_a_durations_file_nested_too_deep_is_invalid_input(project: Path) -> None:
+    """``--durations`` is often a report.json downloaded from an earlier CI run: nesting deeper
+    than the parser recurses is ``shard.durations`` (exit 2), not an internal error."""
+    (project / "deep.json").write_text('{"jobs":' + "[" * 100_000 + "]" * 100_000 + "}")
+    result = sandrun(
+        "run",
+        "plan.json",
+        "--policy",
+        POLICY,
+        "--shard",
+        "1/2",
+        "--durations",
+        "deep.json",
+        "--dry-run",
+        cwd=project,
+    )
+    assert result.returncode == 2 and "[shard.durations]" in result.stderr, result.stderr

@@ -11,6 +11,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -500,3 +501,128 @@ def test_a_seal_whose_stored_tree_was_edited_is_refused(tmp_path: Path) -> None:
     assert report.problems[0].rule_id == "audit.seal-mismatch" and report.problems[0].location.line == len(
         lines
     )
+
+
+def test_a_run_never_signs_a_root_its_last_seal_does_not(tmp_path: Path) -> None:
+    """Someone who can write the folder but holds no key edits a record and stores the subtree
+    heads of that forged history in the last seal (rehashed): the next run must not resume from
+    them, or its key signs a Merkle root over records the file does not hold, against which the
+    forged record has a valid inclusion proof."""
+    from runner.audit.merkle import CompactRange, leaf_hash
+
+    with AuditLog.open(tmp_path, run_id="r1") as log:
+        for i in range(5):
+            log.append("job.finished", {"i": i, "status": "passed"})
+        log.seal(None)
+    path = tmp_path / "audit.jsonl"
+    original = path.read_bytes()
+    lines = original.splitlines()
+    forged = list(lines[:-1])
+    forged[2] = forged[2].replace(b'"passed"', b'"failed"')
+    heads = CompactRange()
+    for line in forged:
+        heads.append(leaf_hash(line))
+    seal = read_records(path)[-1]
+    for tree in ([n.hex() for n in heads.nodes], ["zz"], None, "not a list"):
+        data = {**seal["data"], "tree": tree}
+        _, line = encode_record(
+            seq=seal["seq"], ts=seal["ts"], kind=seal["kind"], run=seal["run"], data=data, prev=seal["prev"]
+        )
+        path.write_bytes(b"".join(x + b"\n" for x in lines[:-1]) + line)
+        with pytest.raises(AuditError) as caught:
+            AuditLog.open(tmp_path, run_id="r2")
+        assert caught.value.violations[0].rule_id == "audit.seal-mismatch", tree
+        assert caught.value.violations[0].location.line == len(lines)
+    path.write_bytes(original)  # the untouched log still resumes from its seal
+    with AuditLog.open(tmp_path, run_id="r2") as log:
+        checkpoint = log.seal(None)
+    assert checkpoint.merkle_root == _mth(path.read_bytes().splitlines()[:-1]).hex()
+
+
+def _rewrite_history(path: Path, index: int, *, reroot: bool) -> None:
+    """Whoever can write the log but holds no key: record ``index`` says ``failed``, every hash
+    after it is recomputed, and with ``reroot`` every seal is re-rooted over the forged history
+    (size, root, chain head and stored tree consistent again) keeping its old signature lines."""
+    import dataclasses
+
+    from runner.audit.checkpoint import Checkpoint, parse_checkpoint
+    from runner.audit.merkle import CompactRange, leaf_hash
+    from runner.audit.record import seal_extension
+
+    records = read_records(path)
+    records[index]["data"]["status"] = "failed"
+    prev, tree, lines = GENESIS, CompactRange(), []
+    for record in records:
+        data = record["data"]
+        if record["kind"] == "run.sealed" and reroot:
+            old = parse_checkpoint(data["checkpoint"])
+            extension = seal_extension(record["run"], record["ts"], data["run_records"])
+            fresh = Checkpoint.of_tree(old.origin, tree.size, tree.root.hex(), prev, (extension,))
+            resealed = dataclasses.replace(fresh, signatures=old.signatures)  # the old lines kept
+            data = {**data, "head": prev, "checkpoint": resealed.text, "tree": [n.hex() for n in tree.nodes]}
+        written, line = encode_record(
+            seq=record["seq"], ts=record["ts"], kind=record["kind"], run=record["run"], data=data, prev=prev
+        )
+        prev = written["hash"]
+        tree.append(leaf_hash(line[:-1]))
+        lines.append(line)
+    path.write_bytes(b"".join(lines))
+
+
+def _signed_runs(folder: Path, key: Any, runs: int) -> Path:
+    for run in range(runs):
+        with AuditLog.open(folder, run_id=f"r{run}") as log:
+            for i in range(4):
+                log.append("job.finished", {"i": i, "status": "passed"})
+            log.seal(key, "runner")
+    return folder / "audit.jsonl"
+
+
+def test_a_run_does_not_sign_over_a_last_seal_whose_signature_by_its_key_broke(tmp_path: Path) -> None:
+    """A record edited and every hash recomputed, the last seal re-rooted over the forged history
+    (its tree, root and chain head consistent again) but still carrying the runner's signature
+    line, which no longer verifies: the runner's key must not sign that history in the next seal."""
+    private = generate_keypair()
+    public = private.public_key()
+    path = _signed_runs(tmp_path, private, 1)
+    _rewrite_history(path, 2, reroot=True)
+    with pytest.raises(AuditError) as caught:
+        AuditLog.open(tmp_path, run_id="r9", signer=public)
+    assert caught.value.violations[0].rule_id == "audit.bad-seal-signature"
+    assert verify_log(path, public_keys=[public]).problems[0].rule_id == "audit.bad-seal-signature"
+    other = generate_keypair()  # a run sealing with another key (or none) cannot tell
+    with AuditLog.open(tmp_path, run_id="r9", signer=other.public_key()) as log:
+        log.seal(None)
+
+
+@pytest.mark.parametrize(
+    ("reroot", "rule"), [(False, "audit.seal-mismatch"), (True, "audit.bad-seal-signature")]
+)
+def test_continuing_after_an_unsealed_run_checks_every_seal_it_reads(
+    tmp_path: Path, reroot: bool, rule: str
+) -> None:
+    """The same rewrite, then the last seal cut off so the log ends unsealed: the operator's
+    ``--continue-unsealed`` reads the whole log to resume the tree, and must not sign the forged
+    history either. A seal left as it was no longer describes the records before it; a re-rooted
+    one carries the run's broken signature."""
+    private = generate_keypair()
+    path = _signed_runs(tmp_path, private, 2)
+    _rewrite_history(path, 2, reroot=reroot)
+    path.write_bytes(b"".join(line + b"\n" for line in path.read_bytes().splitlines()[:-1]))
+    with pytest.raises(AuditError) as caught:
+        AuditLog.open(tmp_path, run_id="r9", continue_unsealed=True, signer=private.public_key())
+    assert caught.value.violations[0].rule_id == rule
+    assert caught.value.violations[0].location.line == 5  # the first seal, after its four records
+
+
+def test_a_log_whose_last_line_is_huge_opens_in_linear_time(tmp_path: Path) -> None:
+    """The tail was read backwards by prepending 64 KiB pieces: quadratic, so a 30 MB last line
+    (a big plan's ``plan.compiled`` before a crash, or a planted one) took ~30 s to open here.
+    Linear, it takes well under a second; 10 s is a generous bound on a loaded machine."""
+    with AuditLog.open(tmp_path, run_id="r1") as log:
+        log.append("plan.compiled", {"grants": "g" * 40_000_000})  # killed before its seal
+    started = time.monotonic()
+    with pytest.raises(AuditError) as caught:
+        AuditLog.open(tmp_path, run_id="r2")
+    assert caught.value.violations[0].rule_id == "audit.unsealed"
+    assert time.monotonic() - started < 10

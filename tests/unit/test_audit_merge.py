@@ -96,3 +96,31 @@ def test_a_merge_without_keys_is_refused(plan: Plan, tmp_path: Path) -> None:
     with pytest.raises(AuditError) as caught:
         merge_shards([tmp_path / "s1"], plan, out_dir=tmp_path / "out", public_keys=[], run_id="m-1")
     assert caught.value.rule_id == "merge.untrusted"
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        [("merge.shard-record", {"shard": [1], "line": 5}), ("merge.shard", {"index": 1})],
+        [("merge.shard", {"index": [1], "folder": "f", "run": "r", "records": 0, "head": "h"})],
+        [("merge.shard", {"index": 1, "folder": 2, "run": "r", "records": 0, "head": "h"})],
+    ],
+    ids=["unhashable-shard", "list-index", "folder-not-text"],
+)
+def test_merge_records_of_a_shape_no_merge_writes_are_damage_not_a_crash(
+    tmp_path: Path, records: list[tuple[str, dict[str, Any]]]
+) -> None:
+    """A merged log's chain holds whatever its writer put there (no key is needed without --pub):
+    ``audit verify`` names such records ``audit.merged-shard`` (exit 4), never an internal error."""
+    from click.testing import CliRunner
+
+    from runner.cli import cli
+
+    with AuditLog.open(tmp_path, run_id="m1") as log:
+        log.append("merge.started", {})
+        for kind, data in records:
+            log.append(kind, data)
+        log.seal(None)
+    result = CliRunner().invoke(cli, ["audit", "verify", str(tmp_path)])
+    assert result.exit_code == 4, result.output
+    assert "[audit.merged-shard]" in result.stderr and "internal error" not in result.stderr

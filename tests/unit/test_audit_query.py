@@ -140,3 +140,26 @@ def test_read_records_refuses_a_damaged_line(tmp_path: Path) -> None:
     with pytest.raises(AuditError) as caught:
         read_records(path)
     assert caught.value.rule_id == "audit.torn-line"
+
+
+def test_a_job_reported_twice_cannot_stand_in_for_one_that_never_finished(tmp_path: Path) -> None:
+    """The plan's two jobs, two results, but both of job 0 (passed): job 1 never finished. Counting
+    rows took that for a complete, passing run; each planned job needs exactly one result."""
+    from click.testing import CliRunner
+
+    from runner.cli import cli
+
+    first, second = _result(0, "passed"), _result(1, "passed")
+    with AuditLog.open(tmp_path, run_id="r1") as log:
+        log.append(
+            "plan.compiled",
+            {"plan_sha256": "cd" * 32, "policy": {"name": "ci"}, "jobs": [first.id, second.id]},
+        )
+        log.append("job.finished", {**first.to_dict(), "index": 0})
+        log.append("job.finished", {**first.to_dict(), "index": 1})
+        log.seal(None)
+    with pytest.raises(AuditError) as caught:
+        results_from_log(read_records(tmp_path / "audit.jsonl"))
+    assert caught.value.rule_id == "audit.bad-record"
+    shown = CliRunner().invoke(cli, ["report", str(tmp_path), "--format", "json"])
+    assert shown.exit_code == 4 and "[audit.bad-record]" in shown.stderr and shown.stdout == ""

@@ -236,6 +236,17 @@ def test_markdown_cells_cannot_break_the_table_or_inject() -> None:
     assert "\x1b" not in text and "::" not in text
 
 
+def test_markdown_cells_make_no_link_mention_or_emoji_without_markup() -> None:
+    """GitHub links ``https://`` and ``www.`` and renders ``:emoji:`` and ``@mentions`` in a step
+    summary with no Markdown markup at all: text from a log or a policy makes none of them (the
+    escaped punctuation renders as itself)."""
+    reason = "see https://evil.example/login or WWW.evil.example :white_check_mark: passed, ask @admin"
+    text = render_markdown(report(result("evil", "failed", exit_code=1, reason=reason)))
+    for raw in ("https://", "www.", "WWW.", ":white_check_mark:", " @admin"):
+        assert raw not in text, raw
+    assert "https\\://evil.example/login or WWW\\.evil.example \\:white\\_check\\_mark\\:" in text
+
+
 def test_markdown_of_no_jobs() -> None:
     assert "No jobs." in render_markdown(report())
 
