@@ -117,6 +117,7 @@ _INVALID_INPUT = {
     "network.pattern": "a host pattern or block entry is malformed",
     "path.backslash": "a path under the root has a backslash in a name, which a plan cannot carry",
     "plan.invalid": "a plan file is not a canonical sandrun plan",
+    "policy.key-case": "(in the policy) a trusted or revoked key id differs from a trusted one only in case",
     "policy.key-duplicate": "(in the policy) a trusted key id is listed twice",
     "policy.key-invalid": "(in the policy) a trusted key or its `not_after` cannot be parsed",
     "policy.root-invalid": "(in the policy) an `fs` root folder cannot be resolved (a symlink loop)",
