@@ -861,7 +861,9 @@ class _ManifestCompiler:
                     where,
                 )
                 continue
-            origin = "{}://{}:{}".format(*key[0])
+            scheme, host, port = key[0]
+            # an IPv6 host in brackets, or the runner could not read the origin back (":" is the port's)
+            origin = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
             secrets.append(
                 SecretRef(origin=origin, header=entry["header"], env=key[2], format=entry.get("format", "{}"))
             )
