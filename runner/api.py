@@ -445,7 +445,8 @@ def verified_plan(
 
     A plan is a lock file, not a grant; whoever wrote it never picks the policy:
 
-    1. the policy the plan names must lie inside the root (``plan.policy-outside-root``, exit 3);
+    1. the policy the plan names must lie inside the root (``plan.policy-outside-root``, exit 3), and
+       so must its manifests (``plan.manifest-outside-root``, exit 3);
     2. ``policy_path`` (``run --policy``) decides: it must be the very file the plan was compiled
        under, same path and sha256 (``plan.policy-mismatch``, exit 3);
     3. recompiling the plan's manifests under it must give the same bytes, so an edited plan, a
@@ -490,6 +491,8 @@ def _verified(path: Path, policy_path: Path, *, root: Path | None, today: dt.dat
             "picks its own policy: compile it under a policy inside the root",
             at_policy,
         )
+    # (1b) so are its manifests: the recompile reads them, and echoes their content in its errors
+    _refuse_manifests_outside(base, manifests, where)
     # (2) the operator's policy is the one the plan was compiled under
     operator = load_policy(policy_path, base)
     if Path(operator.path).resolve() != named or operator.document.sha256 != claimed.sha256:
@@ -516,6 +519,24 @@ def _verified(path: Path, policy_path: Path, *, root: Path | None, today: dt.dat
     global _loaded
     _loaded = (again, sha256_hex(canonical))
     return again
+
+
+def _refuse_manifests_outside(base: Path, manifests: list[str], where: Location) -> None:
+    """A plan naming a manifest outside the root (``/home/u/.config/gh/hosts.yml``, ``../..``, a
+    symlink) is refused before anything reads it: the plan's author would pick a host file that the
+    recompile reads and whose fields and values its error lines print (to a public CI log)."""
+    for index, text in enumerate(manifests):
+        try:
+            inside = (base / text).resolve().is_relative_to(base)
+        except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+            inside = False
+        if not inside:
+            raise PolicyDenied.one(
+                "plan.manifest-outside-root",
+                f"the plan names the manifest {text!r}, outside the root {base}; a plan never "
+                "picks files outside the root: compile it from manifests inside the root",
+                replace(where, pointer=f"/manifests/{index}"),
+            )
 
 
 def plan_maker(

@@ -197,6 +197,7 @@ _POLICY_DENIAL = {
     "network.uncovered": "a job's network allow entry is not covered by the policy's `network.allow`",
     "network.secret": "a job names a secret the policy's `network.secrets` does not list",
     "network.limits": "a `network.limits` value cannot be parsed, or a job's is above the policy's",
+    "plan.manifest-outside-root": "a plan names a manifest outside the root",
     "plan.mismatch": "a plan does not match what its manifests and policy compile to now",
     "plan.policy-mismatch": "a plan was not compiled under the policy the operator names (`--policy`)",
     "plan.policy-outside-root": "a plan names a policy outside the root",

@@ -146,3 +146,22 @@ def test_a_plan_relabelled_with_the_strict_policy_is_recompiled_under_it_and_den
     edit_plan(plan, lambda data: data["policy"].update(path=STRICT, sha256=sha256, name="strict"))
     result = run(project, "plan.json", "--policy", STRICT)
     assert result.returncode == 3 and "[limits.max]" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("how", ["absolute", "dotdot", "symlink"])
+def test_a_plan_naming_a_host_file_as_its_manifest_never_reads_it(
+    project: Path, tmp_path: Path, how: str
+) -> None:
+    # the recompile read any file the plan named and echoed its fields and values in error lines:
+    # a pull request's plan.json could print the runner's own credentials into a public CI log
+    secret = tmp_path / "hosts.yml"  # next to the project folder, so "../hosts.yml" from its root
+    secret.write_text("apiVersion: sandrun/v1\nkind: Manifest\nmetadata: {name: gho_SECRET_TOKEN}\n")
+    named = {"absolute": str(secret), "dotdot": "../hosts.yml", "symlink": "link.yaml"}[how]
+    compile_plan(project, LENIENT)
+    (project / "link.yaml").symlink_to(secret)
+    edit_plan(project / "plan.json", lambda data: data.update(manifests=[named]))
+    result = run(project, "plan.json", "--policy", LENIENT)
+    assert result.returncode == 3 and "[plan.manifest-outside-root]" in result.stderr, result.stderr
+    assert "gho_SECRET" not in result.stderr + result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (project / "out" / "report.json").exists()
