@@ -251,7 +251,8 @@ def load_plan(path: Path) -> Plan:
         raise InputError.one(
             "input.read", f"cannot read plan: {exc.strerror}", Location(file=str(path))
         ) from None
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    # RecursionError: JSON nested deeper than the interpreter's stack ("[[[[...")
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise InputError.one(
             "plan.invalid", f"not a valid sandrun plan: {exc}", Location(file=str(path))
         ) from None
@@ -475,7 +476,7 @@ def _verified(path: Path, policy_path: Path, *, root: Path | None, today: dt.dat
         claimed, manifests = PolicyRef(**data["policy"]), data["manifests"]
         if not isinstance(manifests, list) or not all(isinstance(m, str) for m in manifests):
             raise TypeError("manifests is not a list of paths")
-    except (OSError, ValueError, KeyError, TypeError) as exc:  # load_plan then says why
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:  # load_plan says why
         raise InputError.one("plan.invalid", f"not a valid sandrun plan: {exc}", where) from None
     base = resolve_root(root)
     at_policy = replace(where, pointer="/policy/path")

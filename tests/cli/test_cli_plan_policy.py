@@ -165,3 +165,17 @@ def test_a_plan_naming_a_host_file_as_its_manifest_never_reads_it(
     assert "gho_SECRET" not in result.stderr + result.stdout
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (project / "out" / "report.json").exists()
+
+
+@pytest.mark.parametrize("nested", ["[" * 100_000 + "]" * 100_000, '{"a":' * 100_000 + "1" + "}" * 100_000])
+def test_a_plan_nested_past_the_parsers_stack_is_invalid_input_and_the_log_seals(
+    project: Path, nested: str
+) -> None:
+    # json.loads raised RecursionError: an internal error (exit 70) that left the log unsealed, so
+    # that every later run was refused until the operator repaired it
+    (project / "plan.json").write_text(nested)
+    result = run(project, "plan.json", "--policy", LENIENT)
+    assert result.returncode == 2 and "[plan.invalid]" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    verified = sandrun("audit", "verify", "out/audit.jsonl", cwd=project)
+    assert verified.returncode == 0 and verified.stdout.startswith("intact:"), verified.stdout
