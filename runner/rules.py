@@ -187,6 +187,7 @@ _POLICY_DENIAL = {
     "governance.score": "a job's governance score is above `governance.max_score`",
     "hermetic.network": "a hermetic job asks for network (its answers could not be replayed)",
     "hermetic.required": "the policy's `hermetic.required` is set and a job is not hermetic",
+    "limits.engine-max": "a job's `stack` is above what the engine takes (2 MiB)",
     "limits.max": "a limit is above the policy's `limits.max`",
     "module.digest-changed": "(at run time) the module's bytes changed since the plan was made",
     "modules.max-engines": "the job would add an engine configuration beyond `modules.max_engines`",

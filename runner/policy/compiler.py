@@ -30,6 +30,7 @@ from runner.errors import SandrunError, Violation, error_for
 from runner.features import enabled
 from runner.plan import (
     DEFAULT_DISK,
+    MAX_WASM_STACK,
     Hermetic,
     HttpRule,
     InputFile,
@@ -684,6 +685,17 @@ class _ManifestCompiler:
                     f"{_shown(field_name, cap)}",
                     where,
                     expected=f"<= {cap}",
+                    actual=value,
+                )
+                denied = True
+            elif field_name == "stack" and value is not None and value > MAX_WASM_STACK:
+                where = f"{pointer}/limits/stack" if "stack" in data else pointer
+                self.deny(
+                    "limits.engine-max",
+                    f"stack {_shown('stack', value)} is above the engine's maximum "
+                    f"{_shown('stack', MAX_WASM_STACK)} (Wasmtime aborts on a larger one)",
+                    where,
+                    expected=f"<= {MAX_WASM_STACK}",
                     actual=value,
                 )
                 denied = True
