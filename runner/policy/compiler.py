@@ -839,12 +839,14 @@ class _ManifestCompiler:
                 pointer + "/stdin",
             )
             return None
-        try:
-            data = path.read_bytes()
+        from runner.hermetic import file_sha256
+
+        try:  # hashed as it is read: a stdin file may be any size (a pack file of the checkout)
+            digest = file_sha256(path)
         except OSError as exc:
             self.deny("stdin.missing", f"{text!r} cannot be read: {exc.strerror}", pointer + "/stdin")
             return None
-        self.state.record_input(path, hashlib.sha256(data).hexdigest())
+        self.state.record_input(path, digest)
         return self.state.relative(path)
 
     def check_network(self, pointer: str, data: dict[str, Any] | None) -> Network | None:

@@ -149,3 +149,22 @@ def test_a_module_named_by_many_tools_and_symlinks_is_read_and_validated_once(
     assert len(plan.tools) == 6 and len({tool.sha256 for tool in plan.tools}) == 1
     assert [path for path in reads if path.resolve() == hello] == [hello]
     assert len(validations) == 1
+
+
+def test_a_stdin_file_is_hashed_as_it_is_read_never_held_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stdin file may be any file under a root (a pack file of the checkout, gigabytes): the
+    compiler read it whole into memory to hash it."""
+    root = _copy_cases(tmp_path / "cases")
+    stdin = root / "_shared" / "data" / "input.txt"
+    stdin.write_bytes(b"x" * (3 << 20))
+    reads: list[Path] = []
+    real_read = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or real_read(self))
+    plan = compile_manifests(
+        [root / "valid" / "manifest.yaml"], root / "_shared" / "policy.yaml", root=root, today=TODAY
+    )
+    digests = {item.path: item.sha256 for item in plan.inputs}
+    assert digests["_shared/data/input.txt"] == hashlib.sha256(b"x" * (3 << 20)).hexdigest()
+    assert stdin.resolve() not in [path.resolve() for path in reads]
