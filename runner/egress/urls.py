@@ -5,8 +5,9 @@ A URL that a policy check, a resolver and a server might each read differently i
 ``http`` or ``https``, a host the host-pattern grammar accepts (:func:`runner.hosts.runtime_host`),
 an optional decimal port, and a path and query of printable ASCII. Dot segments (also with
 ``;parameters``, ``..;/``, which Tomcat and Spring read as ``..``), encoded slashes, backslashes,
-dots and semicolons, and encoded control characters (``%00``) are refused so that a path prefix in
-a grant means what it says to every server behind it.
+dots and semicolons, encoded control characters (``%00``) and escapes that are not UTF-8 (the
+overlong ``%c0%ae``) are refused so that a path prefix in a grant means what it says to every
+server behind it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import functools
 import re
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
+from urllib.parse import unquote_to_bytes
 
 from runner.hosts import HostPatternError, runtime_host
 
@@ -149,4 +151,9 @@ def _check_target(target: str) -> str:
     # RFC 3986 segments may carry ';parameters': servers that strip them read '..;x' as '..'
     if any(segment.partition(";")[0] in (".", "..") for segment in path.split("/")):
         raise UrlError("url.path", "dot segments ('.', '..', also '..;x') in the path are refused")
+    # escapes that are not UTF-8: lenient decoders read the overlong '%c0%ae' as '.' (and '%c0%af' as '/')
+    try:
+        unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise UrlError("url.path", "%-escapes in the path that are not UTF-8 are refused") from None
     return target

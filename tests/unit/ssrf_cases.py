@@ -257,6 +257,18 @@ CASES: tuple[Case, ...] = (
         "url.path",
         ({"host": "http://example.org", "paths": ["/repos/"]},),
     ),
+    Case(  # overlong UTF-8 for "..": old Tomcat and Java decoders read it as dots
+        "path-overlong-dot-dot",
+        "http://example.org/repos/%c0%ae%c0%ae/admin",
+        "url.path",
+        ({"host": "http://example.org", "paths": ["/repos/"]},),
+    ),
+    Case(
+        "ok-path-utf8-escape",
+        "http://example.org/repos/caf%C3%A9/ok",
+        OK,
+        ({"host": "http://example.org", "paths": ["/repos/"]},),
+    ),
     Case(
         "ok-path-parameter",
         "http://example.org/repos/v;x=1/ok",
