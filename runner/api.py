@@ -79,10 +79,17 @@ def expand_paths(paths: Iterable[Path]) -> list[tuple[Path, bool]]:
     found: dict[Path, bool] = {}
     problems: list[Violation] = []
     for path in paths:
-        if path.is_dir():
-            for file in sorted(p for p in path.rglob("*") if p.suffix in MANIFEST_SUFFIXES and p.is_file()):
-                found.setdefault(file, False)
-        elif path.is_file():
+        try:  # is_dir/is_file raise for some errors (a name too long: a plan names any string)
+            folder, file = path.is_dir(), path.is_file()
+        except OSError as exc:
+            problems.append(Violation("input.read", f"cannot read: {exc.strerror}", Location(file=str(path))))
+            continue
+        if folder:
+            for file_path in sorted(
+                p for p in path.rglob("*") if p.suffix in MANIFEST_SUFFIXES and p.is_file()
+            ):
+                found.setdefault(file_path, False)
+        elif file:
             found[path] = True
         else:
             problems.append(Violation("input.missing", "no such file or folder", Location(file=str(path))))
@@ -247,6 +254,7 @@ def load_plan(path: Path) -> Plan:
     try:
         raw = path.read_bytes()
         plan = Plan.from_dict(json.loads(raw))
+        canonical = plan.to_json()  # TypeError: a float where a string belongs (fields are not typed)
     except OSError as exc:
         raise InputError.one(
             "input.read", f"cannot read plan: {exc.strerror}", Location(file=str(path))
@@ -256,7 +264,6 @@ def load_plan(path: Path) -> Plan:
         raise InputError.one(
             "plan.invalid", f"not a valid sandrun plan: {exc}", Location(file=str(path))
         ) from None
-    canonical = plan.to_json()
     if canonical != raw.rstrip(b"\n"):
         raise InputError.one(
             "plan.invalid",
@@ -529,7 +536,7 @@ def _refuse_manifests_outside(base: Path, manifests: list[str], where: Location)
     for index, text in enumerate(manifests):
         try:
             inside = (base / text).resolve().is_relative_to(base)
-        except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+        except (OSError, RuntimeError, ValueError):  # a symlink loop (Python < 3.13), a NUL
             inside = False
         if not inside:
             raise PolicyDenied.one(

@@ -179,3 +179,26 @@ def test_a_plan_nested_past_the_parsers_stack_is_invalid_input_and_the_log_seals
     assert len(result.stderr.strip().splitlines()) == 1
     verified = sandrun("audit", "verify", "out/audit.jsonl", cwd=project)
     assert verified.returncode == 0 and verified.stdout.startswith("intact:"), verified.stdout
+
+
+@pytest.mark.parametrize(
+    ("change", "rule"),
+    [
+        # a float where a string belongs: the dataclass took it, encoding it again raised
+        (lambda data: data["tools"][0].update(signer=1.5), "plan.invalid"),
+        (lambda data: data.update(manifests=["a" * 5000]), "input.read"),  # ENAMETOOLONG
+        (lambda data: data.update(manifests=["manifests/\x00.yaml"]), "plan.manifest-outside-root"),
+    ],
+    ids=["float-for-string", "name-too-long", "nul-in-manifest"],
+)
+def test_odd_values_in_a_plan_end_in_one_line_and_a_sealed_log(project: Path, change: Any, rule: str) -> None:
+    # each was an internal error (exit 70) found by fuzzing plan.json, and left the log unsealed
+    plan = compile_plan(project, LENIENT)
+    data = json.loads(plan.read_bytes())
+    change(data)
+    plan.write_text(json.dumps(data, sort_keys=True, separators=(",", ":")))  # floats too
+    result = run(project, "plan.json", "--policy", LENIENT)
+    assert result.returncode in (2, 3) and f"[{rule}]" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    verified = sandrun("audit", "verify", "out/audit.jsonl", cwd=project)
+    assert verified.returncode == 0 and verified.stdout.startswith("intact:"), verified.stdout
