@@ -80,10 +80,17 @@ def expand_paths(paths: Iterable[Path]) -> list[tuple[Path, bool]]:
     found: dict[Path, bool] = {}
     problems: list[Violation] = []
     for path in paths:
-        if path.is_dir():
-            for file in sorted(p for p in path.rglob("*") if p.suffix in MANIFEST_SUFFIXES and p.is_file()):
-                found.setdefault(file, False)
-        elif path.is_file():
+        try:  # is_dir/is_file raise for some errors (a name too long: a plan names any string)
+            folder, file = path.is_dir(), path.is_file()
+        except OSError as exc:
+            problems.append(Violation("input.read", f"cannot read: {exc.strerror}", Location(file=str(path))))
+            continue
+        if folder:
+            for file_path in sorted(
+                p for p in path.rglob("*") if p.suffix in MANIFEST_SUFFIXES and p.is_file()
+            ):
+                found.setdefault(file_path, False)
+        elif file:
             found[path] = True
         else:
             problems.append(Violation("input.missing", "no such file or folder", Location(file=str(path))))
@@ -254,15 +261,16 @@ def load_plan(path: Path) -> Plan:
     try:
         raw = _read_plan(path)
         plan = Plan.from_dict(json.loads(raw))
+        canonical = plan.to_json()  # TypeError: a float where a string belongs (fields are not typed)
     except OSError as exc:
         raise InputError.one(
             "input.read", f"cannot read plan: {exc.strerror}", Location(file=str(path))
         ) from None
+    # RecursionError: JSON nested deeper than the interpreter's stack ("[[[[...")
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise InputError.one(
             "plan.invalid", f"not a valid sandrun plan: {exc}", Location(file=str(path))
         ) from None
-    canonical = plan.to_json()
     if canonical != raw.rstrip(b"\n"):
         raise InputError.one(
             "plan.invalid",
@@ -473,7 +481,8 @@ def verified_plan(
 
     A plan is a lock file, not a grant; whoever wrote it never picks the policy:
 
-    1. the policy the plan names must lie inside the root (``plan.policy-outside-root``, exit 3);
+    1. the policy the plan names must lie inside the root (``plan.policy-outside-root``, exit 3), and
+       so must its manifests (``plan.manifest-outside-root``, exit 3);
     2. ``policy_path`` (``run --policy``) decides: it must be the very file the plan was compiled
        under, same path and sha256 (``plan.policy-mismatch``, exit 3);
     3. recompiling the plan's manifests under it must give the same bytes, so an edited plan, a
@@ -518,6 +527,8 @@ def _verified(path: Path, policy_path: Path, *, root: Path | None, today: dt.dat
             "picks its own policy: compile it under a policy inside the root",
             at_policy,
         )
+    # (1b) so are its manifests: the recompile reads them, and echoes their content in its errors
+    _refuse_manifests_outside(base, manifests, where)
     # (2) the operator's policy is the one the plan was compiled under
     operator = load_policy(policy_path, base)
     if Path(operator.path).resolve() != named or operator.document.sha256 != claimed.sha256:
@@ -544,6 +555,24 @@ def _verified(path: Path, policy_path: Path, *, root: Path | None, today: dt.dat
     global _loaded
     _loaded = (again, sha256_hex(canonical))
     return again
+
+
+def _refuse_manifests_outside(base: Path, manifests: list[str], where: Location) -> None:
+    """A plan naming a manifest outside the root (``/home/u/.config/gh/hosts.yml``, ``../..``, a
+    symlink) is refused before anything reads it: the plan's author would pick a host file that the
+    recompile reads and whose fields and values its error lines print (to a public CI log)."""
+    for index, text in enumerate(manifests):
+        try:
+            inside = (base / text).resolve().is_relative_to(base)
+        except (OSError, RuntimeError, ValueError):  # a symlink loop (Python < 3.13), a NUL
+            inside = False
+        if not inside:
+            raise PolicyDenied.one(
+                "plan.manifest-outside-root",
+                f"the plan names the manifest {text!r}, outside the root {base}; a plan never "
+                "picks files outside the root: compile it from manifests inside the root",
+                replace(where, pointer=f"/manifests/{index}"),
+            )
 
 
 def plan_maker(

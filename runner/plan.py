@@ -21,6 +21,7 @@ __all__ = [
     "PLAN_FORMAT",
     "plain",
     "DEFAULT_DISK",
+    "MAX_WASM_STACK",
     "Limits",
     "ModuleLimits",
     "Mount",
@@ -41,6 +42,9 @@ __all__ = [
 PLAN_FORMAT = "sandrun-plan/v1"
 ENGINE_WASM_FEATURES = enabled()
 DEFAULT_DISK = 1 << 30  # limits.disk when neither manifest nor policy sets one
+#: The largest ``limits.stack`` an engine takes: Wasmtime refuses a ``max_wasm_stack`` above its
+#: async stack size (2 MiB, which wasmtime-py cannot raise) by aborting the whole process.
+MAX_WASM_STACK = 2 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _KINDS = ("module", "component")
 
@@ -79,6 +83,7 @@ class Limits:
         for name in ("memory", "timeout_ms", "stack", "output", "disk"):
             value = getattr(self, name)
             _require(isinstance(value, int) and value > 0, f"{name} must be a positive integer")
+        _require(self.stack <= MAX_WASM_STACK, f"stack must be at most {MAX_WASM_STACK} bytes")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

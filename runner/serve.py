@@ -47,6 +47,7 @@ import uvicorn
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from runner import __version__
 from runner.audit import AuditLog
@@ -99,6 +100,7 @@ GuestRunners = Callable[[Runtime, Plan, Path], Callable[[], GuestRunner]]
 
 _MIN_THREAD_STACK = 8 << 20
 _HEADER_BYTES_MAX = 64 * 1024  # request headers, all together (they all become guest env)
+_HEAD_BYTES_MAX = _HEADER_BYTES_MAX + 16 * 1024  # the whole head on the wire: request line, framing
 _CGI_HEADERS_MAX = 64 * 1024  # the guest's header block
 _CGI_HEADER_COUNT_MAX = 100
 _RECORD_PATH_MAX = 512
@@ -140,10 +142,12 @@ class ServeOptions:
     queue: int = 64
     max_body: int = 1 << 20
     cache_dir: Path | None = None
+    #: from a connection's start (or a kept-alive request's first byte) to the end of its head
+    head_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1 or self.queue < 0 or self.max_body < 0:
-            raise ValueError("concurrency must be >= 1, queue and max_body >= 0")
+        if self.concurrency < 1 or self.queue < 0 or self.max_body < 0 or not self.head_timeout_s > 0:
+            raise ValueError("concurrency must be >= 1, queue and max_body >= 0, head_timeout_s > 0")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535, not {self.port}")
 
@@ -611,6 +615,75 @@ def _answer(exchange: _Exchange) -> Response:
 # -- the service -------------------------------------------------------------------------------
 
 
+class _BoundedHead(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the two bounds it lacks on a request's *head*.
+
+    Size: llhttp and uvicorn keep every header line until the head ends, without a limit (one
+    connection sending 200 MB of headers made the server hold 200 MB); past ``_HEAD_BYTES_MAX``
+    the connection gets 431 and is closed. Time: a connection sending nothing, or its head a byte
+    at a time, held a connection slot forever (a hundred of them and every client got 503); a head
+    not complete ``head_timeout_s`` after the connection opened (or, on a kept-alive connection,
+    after the request's first byte) gets 408 and is closed. The body has its own bounds
+    (``max_body``, and the job's timeout in :meth:`_App.run`).
+    """
+
+    head_timeout_s = 10.0  # a server's own subclass sets its ServeOptions.head_timeout_s
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if not self._in_head:  # the next request of a kept-alive connection
+            self._start_head()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._stop_head_timer()
+        super().on_headers_complete()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._in_head and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self._head_bytes > _HEAD_BYTES_MAX:
+                self._refuse(431, f"request head over {_HEAD_BYTES_MAX} bytes")
+
+    def _start_head(self) -> None:
+        self._in_head, self._head_bytes = True, 0
+        self._stop_head_timer()
+        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_too_slow)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self._in_head and not self.transport.is_closing():
+            self._refuse(408, f"request head not received within {self.head_timeout_s:g} s")
+
+    def _refuse(self, status: int, reason: str) -> None:
+        self._stop_head_timer()
+        body = f"{status} {reason}\n".encode()
+        head = b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
+        length = b"content-length: %d\r\n\r\n" % len(body)
+        self.transport.write(STATUS_LINE[status] + head + length + body)
+        self.transport.close()
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server without its own signal handling: :func:`serve` decides what a signal does
     (uvicorn re-raises the signal after shutdown, which would end the process before the seal)."""
@@ -693,7 +766,8 @@ def serve(
             timeout_graceful_shutdown=drain_s,
             # bounds the bodies held in memory at once (each up to max_body); uvicorn answers 503 past it
             limit_concurrency=options.concurrency + options.queue + _SPARE_CONNECTIONS,
-            h11_max_incomplete_event_size=_HEADER_BYTES_MAX,
+            # bounds a request head's size and time (uvicorn bounds neither)
+            http=type("BoundedHead", (_BoundedHead,), {"head_timeout_s": options.head_timeout_s}),
         )
         server = _Server(config)
         service = Service(server, sock, app)

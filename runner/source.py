@@ -5,7 +5,7 @@ feature that makes a file mean something other than what it visibly says: duplic
 one silently wins elsewhere), anchors and aliases (billion laughs; one value, two places), explicit
 tags (``!!python/object``), merge keys, non-string keys, YAML 1.1 scalar guessing (``no`` is a
 string here, never ``False``), multiple documents, absurd nesting, and characters that break lines
-where editors do not or reorder text on screen.
+where editors do not, reorder text on screen or show nothing at all.
 
 It reads the parser's *event* stream and builds plain Python values itself instead of using
 PyYAML's composer and constructor: each check then sees the exact token (was it quoted? was there
@@ -60,7 +60,19 @@ _NON_PRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd
 # another file than the one that runs. Refused anywhere, comments included.
 _LINE_BREAKS = "\x85\u2028\u2029"
 _BIDI_CONTROLS = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
-_INVISIBLE = re.compile(f"[{_LINE_BREAKS}{_BIDI_CONTROLS}]")
+# Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt) but for the bidi controls above,
+# the joiners and the variation selectors VS1-VS16: characters that show nothing, so a value holding
+# them differs from what a reviewer reads (zero-width space, soft hyphen, Hangul fillers, the tag
+# characters of "ASCII smuggling" U+E0000-E007F and the supplementary variation selectors).
+_IGNORABLE = (
+    "\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b\u2060-\u2065\u206a-\u206f"
+    "\u3164\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff"
+)
+# The joiners (ZWNJ, ZWJ) shape Persian or Indic words and emoji sequences, and VS1-VS16 choose how
+# the character before them is drawn (the red heart is U+2764 U+FE0F): those are refused only next
+# to ASCII text, where they change nothing on screen.
+_HIDDEN_NEXT_TO_ASCII = "(?<=[\x00-\x7f])[\u200c\u200d\ufe00-\ufe0f]|[\u200c\u200d](?=[\x00-\x7f])"
+_INVISIBLE = re.compile(f"[{_LINE_BREAKS}{_BIDI_CONTROLS}{_IGNORABLE}]|{_HIDDEN_NEXT_TO_ASCII}")
 
 # YAML 1.2 core schema (https://yaml.org/spec/1.2.2/#1032-tag-resolution), nothing from 1.1.
 _NULLS = frozenset({"", "~", "null", "Null", "NULL"})
@@ -180,20 +192,23 @@ def _decode(raw: bytes, path: str) -> str:
 
 
 def _refuse_invisible(text: str, path: str) -> None:
-    """Every NEL, LINE/PARAGRAPH SEPARATOR and bidi control, at the line and column editors show."""
-    if text.isascii() or not any(char in text for char in _LINE_BREAKS + _BIDI_CONTROLS):
-        return  # fast paths (str search beats the regex 4x): most files hold none
+    """Every NEL, LINE/PARAGRAPH SEPARATOR, bidi control and invisible character, at the line and
+    column editors show."""
+    if text.isascii():
+        return  # fast path: most files hold none
     problems = []
     for found in _INVISIBLE.finditer(text):
         start, char = found.start(), found.group()
         line = text.count("\n", 0, start) + 1
         column = start - text.rfind("\n", 0, start)
-        effect = (
-            "breaks the line for YAML but not for editors or grep"
-            if char in _LINE_BREAKS
-            else "reorders the text shown on screen (a bidirectional control)"
-        )
-        message = f"U+{ord(char):04X} {effect}; remove it (or write the escape \\u{ord(char):04x} in quotes)"
+        if char in _LINE_BREAKS:
+            effect = "breaks the line for YAML but not for editors or grep"
+        elif char in _BIDI_CONTROLS:
+            effect = "reorders the text shown on screen (a bidirectional control)"
+        else:
+            effect = "is invisible: the text differs from what is shown"
+        escape = f"\\u{ord(char):04x}" if ord(char) <= 0xFFFF else f"\\U{ord(char):08x}"
+        message = f"U+{ord(char):04X} {effect}; remove it (or write the escape {escape} in quotes)"
         problems.append(Violation("yaml.invisible-char", message, Location(path, line, column)))
         if len(problems) >= _MAX_VIOLATIONS:
             break

@@ -3,8 +3,11 @@
 A URL that a policy check, a resolver and a server might each read differently is an SSRF hole
 (``http://a.org\\@10.0.0.1/``, ``http://0177.0.0.1/``, ``http://127.1/``), so the grammar is small:
 ``http`` or ``https``, a host the host-pattern grammar accepts (:func:`runner.hosts.runtime_host`),
-an optional decimal port, and a path and query of printable ASCII. Dot segments and encoded
-slashes, backslashes and dots are refused so that a path prefix in a grant means what it says.
+an optional decimal port, and a path and query of printable ASCII. Dot segments (also with
+``;parameters``, ``..;/``, which Tomcat and Spring read as ``..``), encoded slashes, backslashes,
+dots and semicolons, encoded control characters (``%00``) and escapes that are not UTF-8 (the
+overlong ``%c0%ae``) are refused so that a path prefix in a grant means what it says to every
+server behind it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import functools
 import re
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
+from urllib.parse import unquote_to_bytes
 
 from runner.hosts import HostPatternError, runtime_host
 
@@ -26,7 +30,9 @@ _PORT = re.compile(r"[1-9][0-9]{0,4}")
 # RFC 3986 pchar plus "/" and "?"; "%" only as a two-digit escape (checked below).
 _TARGET = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")
 _ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-_ENCODED_SEPARATOR = re.compile(r"%(?:2[eEfF]|5[cC])")
+# encoded '.', '/', '\\', ';' and control characters: a server that decodes before it splits the
+# path (or truncates at NUL) would read other segments than the grant checked
+_ENCODED_SEPARATOR = re.compile(r"%(?:2[eEfF]|5[cC]|3[bB]|[01][0-9a-fA-F]|7[fF])")
 _MAX_URL = 8192
 _PRINTABLE = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces
 
@@ -139,8 +145,15 @@ def _check_target(target: str) -> str:
     path = target.partition("?")[0]
     if _ENCODED_SEPARATOR.search(path):
         raise UrlError(
-            "url.path", "encoded '.', '/' or '\\' in the path are refused (they dodge path grants)"
+            "url.path",
+            "encoded '.', '/', '\\', ';' or controls in the path are refused (they dodge path grants)",
         )
-    if any(segment in (".", "..") for segment in path.split("/")):
-        raise UrlError("url.path", "dot segments ('.', '..') in the path are refused")
+    # RFC 3986 segments may carry ';parameters': servers that strip them read '..;x' as '..'
+    if any(segment.partition(";")[0] in (".", "..") for segment in path.split("/")):
+        raise UrlError("url.path", "dot segments ('.', '..', also '..;x') in the path are refused")
+    # escapes that are not UTF-8: lenient decoders read the overlong '%c0%ae' as '.' (and '%c0%af' as '/')
+    try:
+        unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise UrlError("url.path", "%-escapes in the path that are not UTF-8 are refused") from None
     return target

@@ -30,6 +30,7 @@ from runner.errors import SandrunError, Violation, error_for
 from runner.features import enabled
 from runner.plan import (
     DEFAULT_DISK,
+    MAX_WASM_STACK,
     Hermetic,
     HttpRule,
     InputFile,
@@ -76,6 +77,10 @@ class _Compilation:
     routes: dict[str, str] = field(default_factory=dict)  # route -> "file:line" of the job serving it
     engines: dict[tuple[bool, int], str] = field(default_factory=dict)  # configuration -> first job
     named_module: Path | None = None  # ``sandrun exec``'s module: the user's own choice, root or not
+    #: Each module file's sha256 and bytes, read once however many tools name it (symlinks too).
+    modules: dict[Path, tuple[str, bytes]] = field(default_factory=dict)
+    #: Why a module's bytes fail the policy's wasm_features (None: they pass), by sha256.
+    feature_refusals: dict[str, str | None] = field(default_factory=dict)
 
     def deny(
         self,
@@ -218,10 +223,27 @@ class _ManifestCompiler:
             return named
         return self.resolve(text, pointer, "tool.module")
 
-    def check_features(self, data: bytes, pointer: str) -> bool:
+    def check_features(self, digest: str, data: bytes, pointer: str) -> bool:
         """Rule ``tool.module.wasm-feature``: the module validates with only the proposals the
         policy leaves on; for a component, each core module it embeds does. (A module invalid even
-        with all of the engine's is left to the run.)"""
+        with all of the engine's is left to the run.) Validated once per digest."""
+        refusals = self.state.feature_refusals
+        if digest not in refusals:
+            refusals[digest] = self.feature_refusal(data)
+        refused = refusals[digest]
+        if refused is None:
+            return True
+        self.deny(
+            "tool.module.wasm-feature",
+            f"the module needs a WebAssembly proposal the policy denies "
+            f"({', '.join(sorted(self.state.policy.denied_features))}): {refused}",
+            pointer,
+        )
+        return False
+
+    def feature_refusal(self, data: bytes) -> str | None:
+        """Why ``data`` fails to validate with the policy's proposals only, where it validates with
+        all of the engine's; None when it passes (or is invalid either way)."""
         from wasmtime import Config, Engine, Module, WasmtimeError
 
         from runner.features import ENGINE_FEATURES
@@ -246,17 +268,10 @@ class _ManifestCompiler:
                 return str(exc).splitlines()[0]
             return None
 
-        denied = self.state.policy.denied_features
-        refused = problem(denied)
+        refused = problem(self.state.policy.denied_features)
         if refused is None or problem(frozenset()) is not None:
-            return True
-        self.deny(
-            "tool.module.wasm-feature",
-            f"the module needs a WebAssembly proposal the policy denies ({', '.join(sorted(denied))}): "
-            f"{refused}",
-            pointer,
-        )
-        return False
+            return None
+        return refused
 
     # -- tools -------------------------------------------------------------------------------
     def check_tools(self) -> None:
@@ -281,7 +296,11 @@ class _ManifestCompiler:
                 return None
             module, digest, data = found
             kind = wasm_kind(data) or "module"  # module_file refused anything that is neither
-        if data is not None and policy.denied_features and not self.check_features(data, pointer + "/module"):
+        if (
+            data is not None
+            and policy.denied_features
+            and not self.check_features(digest, data, pointer + "/module")
+        ):
             ok = False
         if spec.get("sha256") is not None and digest != canonical_digest(spec["sha256"]):
             self.deny(
@@ -376,14 +395,19 @@ class _ManifestCompiler:
                 pointer,
             )
             return None
-        if not self.check_size(path, pointer):
-            return None
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            self.deny("tool.module.unreadable", f"{text!r} cannot be read: {exc.strerror}", pointer)
-            return None
-        digest = hashlib.sha256(data).hexdigest()
+        # Read once per file: a 1 MiB manifest naming one 64 MiB module from thousands of tools
+        # (or symlinks to it) made check read, hash and validate it thousands of times.
+        read = self.state.modules.get(path)
+        if read is None:
+            if not self.check_size(path, pointer):
+                return None
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                self.deny("tool.module.unreadable", f"{text!r} cannot be read: {exc.strerror}", pointer)
+                return None
+            read = self.state.modules[path] = (hashlib.sha256(data).hexdigest(), data)
+        digest, data = read
         self.state.record_input(path, digest)
         reason = not_wasm_reason(data)
         if reason is not None:
@@ -664,6 +688,17 @@ class _ManifestCompiler:
                     actual=value,
                 )
                 denied = True
+            elif field_name == "stack" and value is not None and value > MAX_WASM_STACK:
+                where = f"{pointer}/limits/stack" if "stack" in data else pointer
+                self.deny(
+                    "limits.engine-max",
+                    f"stack {_shown('stack', value)} is above the engine's maximum "
+                    f"{_shown('stack', MAX_WASM_STACK)} (Wasmtime aborts on a larger one)",
+                    where,
+                    expected=f"<= {MAX_WASM_STACK}",
+                    actual=value,
+                )
+                denied = True
             values[attribute] = value
         if denied:
             return None
@@ -804,12 +839,14 @@ class _ManifestCompiler:
                 pointer + "/stdin",
             )
             return None
-        try:
-            data = path.read_bytes()
+        from runner.hermetic import file_sha256
+
+        try:  # hashed as it is read: a stdin file may be any size (a pack file of the checkout)
+            digest = file_sha256(path)
         except OSError as exc:
             self.deny("stdin.missing", f"{text!r} cannot be read: {exc.strerror}", pointer + "/stdin")
             return None
-        self.state.record_input(path, hashlib.sha256(data).hexdigest())
+        self.state.record_input(path, digest)
         return self.state.relative(path)
 
     def check_network(self, pointer: str, data: dict[str, Any] | None) -> Network | None:
@@ -861,7 +898,9 @@ class _ManifestCompiler:
                     where,
                 )
                 continue
-            origin = "{}://{}:{}".format(*key[0])
+            scheme, host, port = key[0]
+            # an IPv6 host in brackets, or the runner could not read the origin back (":" is the port's)
+            origin = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
             secrets.append(
                 SecretRef(origin=origin, header=entry["header"], env=key[2], format=entry.get("format", "{}"))
             )

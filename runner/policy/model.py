@@ -201,6 +201,7 @@ def policy_from_document(document: Document, root: Path) -> Policy:
                 )
             )
         keys[entry["id"]] = TrustedKey(entry["id"], public_key, not_after)
+    _refuse_ids_differing_in_case(document, signatures, problems)
 
     limits = data.get("limits", {})
     default_limits = parse_limits(document, "/limits/default", limits.get("default", {}), problems)
@@ -281,6 +282,30 @@ def policy_from_document(document: Document, root: Path) -> Policy:
         hermetic_required=bool(data.get("hermetic", {}).get("required", False)),
         denied_features=denied_features,
     )
+
+
+def _refuse_ids_differing_in_case(
+    document: Document, signatures: dict[str, Any], problems: list[Violation]
+) -> None:
+    """Key ids are compared exactly, so an id that differs from a trusted one only in case is
+    refused: ``revoked: [Examples-2026]`` would revoke nothing while the reviewer reads the key
+    ``examples-2026`` as revoked (and two trusted ids ``k``/``K`` invite that very mistake)."""
+    seen: dict[str, str] = {}
+    for index, entry in enumerate(signatures.get("trusted_keys", [])):
+        first = seen.setdefault(entry["id"].casefold(), entry["id"])
+        if first != entry["id"]:
+            message = f"key id {entry['id']!r} differs from the trusted key id {first!r} only in case"
+            where = document.locate(f"/signatures/trusted_keys/{index}/id")
+            problems.append(Violation("policy.key-case", message, where))
+    for index, text in enumerate(signatures.get("revoked", [])):
+        trusted = seen.get(text.casefold())
+        if trusted is not None and trusted != text and canonical_digest(text) is None:
+            message = (
+                f"revoked key id {text!r} differs from the trusted key id {trusted!r} only in case: "
+                "key ids are compared exactly, so it would revoke nothing; write it as it is trusted"
+            )
+            where = document.locate(f"/signatures/revoked/{index}")
+            problems.append(Violation("policy.key-case", message, where))
 
 
 def secret_key(entry: dict[str, Any]) -> tuple[tuple[str, str, int], str, str]:

@@ -85,10 +85,10 @@ def test_a_module_over_the_size_cap_is_denied_by_check_before_it_is_read(tmp_pat
 def test_distinct_engine_configurations_are_capped_naming_the_job_that_goes_over(tmp_path: Path) -> None:
     (tmp_path / "hello.wasm").write_bytes(HELLO)
     (tmp_path / "policy.yaml").write_text(
-        "apiVersion: sandrun/v1\nkind: Policy\nmetadata: {name: p}\nlimits: {max: {stack: 8MiB}}\n"
+        "apiVersion: sandrun/v1\nkind: Policy\nmetadata: {name: p}\nlimits: {max: {stack: 2MiB}}\n"
         "modules: {max_engines: 2}\n"
     )
-    stacks = ["1MiB", "2MiB", "1MiB", "3MiB", "4MiB"]
+    stacks = ["1MiB", "2MiB", "1MiB", "512KiB", "256KiB"]  # at most 2 MiB: the engine takes no more
     jobs = "".join(f"  - {{name: j{i}, tool: hello, limits: {{stack: {s}}}}}\n" for i, s in enumerate(stacks))
     (tmp_path / "m.yaml").write_text(
         "apiVersion: sandrun/v1\nkind: Manifest\nmetadata: {name: engines}\ntools:\n"

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_process import REPO
@@ -72,6 +73,14 @@ def _refuse_reading(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
         return real(path)
 
     monkeypatch.setattr(Path, "read_bytes", refuse)
+    real_open = os.open
+
+    def refuse_open(path: Any, *args: Any, **kwargs: Any) -> int:  # files hashed as they are read
+        if os.path.basename(os.fspath(path)) == name:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse_open)
 
 
 def test_an_unreadable_module_is_invalid_input(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:

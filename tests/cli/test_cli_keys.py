@@ -113,3 +113,32 @@ def test_policy_with_one_key_under_two_ids_fails_check(tmp_path: Path) -> None:
     )
     _one_line(result, "key.duplicate-material")
     assert f"{policy}:11:" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line"),
+    [
+        # revoked in another case than trusted: exact comparison would leave the key working
+        ("    - revoked-2025\n", "    - Revoked-2025\n", 12),
+        ("    - revoked-2025\n", "    - REVOKED-2025\n", 12),
+        # two trusted ids a reviewer cannot tell apart
+        (
+            "  revoked:\n",
+            "    - {id: Examples-2026, public_key: NEW}\n  revoked:\n",
+            11,
+        ),
+    ],
+    ids=["revoked-capitalised", "revoked-upper", "trusted-twin-in-case"],
+)
+def test_a_key_id_differing_from_a_trusted_one_only_in_case_fails_check(
+    tmp_path: Path, old: str, new: str, line: int
+) -> None:
+    shared = (CASES / "_shared" / "policy.yaml").read_text(encoding="utf-8")
+    assert old in shared
+    policy = tmp_path / "policy.yaml"
+    fresh = base64.b64encode(signing.public_key_raw(signing.generate_keypair().public_key())).decode()
+    policy.write_text(shared.replace(old, new.replace("NEW", fresh)))
+    manifest = CASES / "signature-revoked-key" / "manifest.yaml"  # signed by revoked-2025
+    result = sandrun("check", str(manifest), "--policy", str(policy), "--root", str(CASES))
+    _one_line(result, "policy.key-case")
+    assert f"{policy}:{line}:" in result.stderr

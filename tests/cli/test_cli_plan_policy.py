@@ -146,3 +146,59 @@ def test_a_plan_relabelled_with_the_strict_policy_is_recompiled_under_it_and_den
     edit_plan(plan, lambda data: data["policy"].update(path=STRICT, sha256=sha256, name="strict"))
     result = run(project, "plan.json", "--policy", STRICT)
     assert result.returncode == 3 and "[limits.max]" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("how", ["absolute", "dotdot", "symlink"])
+def test_a_plan_naming_a_host_file_as_its_manifest_never_reads_it(
+    project: Path, tmp_path: Path, how: str
+) -> None:
+    # the recompile read any file the plan named and echoed its fields and values in error lines:
+    # a pull request's plan.json could print the runner's own credentials into a public CI log
+    secret = tmp_path / "hosts.yml"  # next to the project folder, so "../hosts.yml" from its root
+    secret.write_text("apiVersion: sandrun/v1\nkind: Manifest\nmetadata: {name: gho_SECRET_TOKEN}\n")
+    named = {"absolute": str(secret), "dotdot": "../hosts.yml", "symlink": "link.yaml"}[how]
+    compile_plan(project, LENIENT)
+    (project / "link.yaml").symlink_to(secret)
+    edit_plan(project / "plan.json", lambda data: data.update(manifests=[named]))
+    result = run(project, "plan.json", "--policy", LENIENT)
+    assert result.returncode == 3 and "[plan.manifest-outside-root]" in result.stderr, result.stderr
+    assert "gho_SECRET" not in result.stderr + result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (project / "out" / "report.json").exists()
+
+
+@pytest.mark.parametrize("nested", ["[" * 100_000 + "]" * 100_000, '{"a":' * 100_000 + "1" + "}" * 100_000])
+def test_a_plan_nested_past_the_parsers_stack_is_invalid_input_and_the_log_seals(
+    project: Path, nested: str
+) -> None:
+    # json.loads raised RecursionError: an internal error (exit 70) that left the log unsealed, so
+    # that every later run was refused until the operator repaired it
+    (project / "plan.json").write_text(nested)
+    result = run(project, "plan.json", "--policy", LENIENT)
+    assert result.returncode == 2 and "[plan.invalid]" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    verified = sandrun("audit", "verify", "out/audit.jsonl", cwd=project)
+    assert verified.returncode == 0 and verified.stdout.startswith("intact:"), verified.stdout
+
+
+@pytest.mark.parametrize(
+    ("change", "rule"),
+    [
+        # a float where a string belongs: the dataclass took it, encoding it again raised
+        (lambda data: data["tools"][0].update(signer=1.5), "plan.invalid"),
+        (lambda data: data.update(manifests=["a" * 5000]), "input.read"),  # ENAMETOOLONG
+        (lambda data: data.update(manifests=["manifests/\x00.yaml"]), "plan.manifest-outside-root"),
+    ],
+    ids=["float-for-string", "name-too-long", "nul-in-manifest"],
+)
+def test_odd_values_in_a_plan_end_in_one_line_and_a_sealed_log(project: Path, change: Any, rule: str) -> None:
+    # each was an internal error (exit 70) found by fuzzing plan.json, and left the log unsealed
+    plan = compile_plan(project, LENIENT)
+    data = json.loads(plan.read_bytes())
+    change(data)
+    plan.write_text(json.dumps(data, sort_keys=True, separators=(",", ":")))  # floats too
+    result = run(project, "plan.json", "--policy", LENIENT)
+    assert result.returncode in (2, 3) and f"[{rule}]" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    verified = sandrun("audit", "verify", "out/audit.jsonl", cwd=project)
+    assert verified.returncode == 0 and verified.stdout.startswith("intact:"), verified.stdout

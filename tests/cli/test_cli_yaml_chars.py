@@ -35,6 +35,26 @@ def test_refused_characters_in_a_manifest(project: Path, char: str) -> None:
     assert line.startswith("manifests/hello.yaml:7:") and f"U+{ord(char):04X}" in line and char not in line
 
 
+@pytest.mark.parametrize(
+    "hidden", ["\u200b", "\u2060", "\U000e0020\U000e0072\U000e006d"], ids=["ZWSP", "WJ", "tags"]
+)
+def test_an_argument_hiding_invisible_characters_is_refused(project: Path, hidden: str) -> None:
+    # the reviewer reads --dry-run; the tool got "--dry-run" plus invisible text (tag characters
+    # spell " rm"), an argument it does not know and may ignore
+    manifest = project / "manifests" / "hello.yaml"
+    manifest.write_text(
+        manifest.read_text().replace("name: greet,", f'name: greet, args: ["--dry-run{hidden}"],')
+    )
+    result = sandrun("check", "manifests", "--policy", "policies/lenient.yaml", cwd=project)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == len(hidden) and all("[yaml.invisible-char]" in line for line in lines), lines
+    assert (
+        lines[0].startswith("manifests/hello.yaml:7:") and f"U+{ord(hidden[0]):04X} is invisible" in lines[0]
+    )
+    assert not any(char in result.stderr for char in hidden)
+
+
 def test_line_breaks_and_controls_in_keys_never_split_or_hide_an_error(project: Path) -> None:
     manifest = project / "manifests" / "hello.yaml"
     text = manifest.read_text().replace("name: greet,", 'name: greet, env: {"A\\nB": 1, "C\\rD": 2},')

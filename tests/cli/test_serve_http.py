@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -169,3 +171,50 @@ def test_a_guest_blocked_in_a_host_call_gets_504_and_frees_its_worker(tmp_path: 
     assert (after.status, after.body) == (200, b"still here")
     record = next(r for r in _served(tmp_path) if r["path"] == "/files/read")
     assert record["status"] == 504 and "timeout" in record["reason"]
+
+
+def _reply_to(sock: socket.socket) -> bytes:
+    """What the server sends before it closes ``sock`` (bounded: a hung server fails the test)."""
+    sock.settimeout(30)
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(4096):
+            received += chunk
+    return received
+
+
+def test_a_request_head_without_end_is_cut_at_its_size_bound_and_serving_goes_on(tmp_path: Path) -> None:
+    # uvicorn and llhttp keep every header line until the head ends: 200 MB on one connection
+    # were held in memory, and the client waited for an answer that never came
+    with serving(tmp_path) as server:
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.sendall(b"GET /app/echo HTTP/1.1\r\nHost: x\r\n")
+        sent = 0
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            while sent < 64 << 20:
+                sock.sendall(b"X-Filler: " + b"a" * 8000 + b"\r\n")
+                sent += 8012
+        reply = _reply_to(sock)
+        sock.close()
+        after = fetch(server.port, "/app/echo")
+    assert sent < 64 << 20, "the server read 64 MiB of headers without refusing them"
+    assert reply.startswith(b"HTTP/1.1 431 ") and b"request head over" in reply
+    assert after.status == 200
+
+
+def test_silent_or_slow_connections_are_cut_at_the_head_deadline_and_free_their_slots(
+    tmp_path: Path,
+) -> None:
+    # a connection that sends nothing, or its head a byte at a time, held a slot forever: enough
+    # of them (concurrency + queue + 32) and every client got 503 until the server stopped
+    with serving(tmp_path, concurrency=1, queue=1, head_timeout_s=1.0) as server:
+        held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(40)]
+        for sock in held[::2]:
+            sock.sendall(b"GET /app/echo HTTP/1.1\r\nHo")  # half a head; the others say nothing
+        assert fetch(server.port, "/app/echo").status == 503  # every slot is held
+        replies = [_reply_to(sock) for sock in held]  # each ends at the deadline, not the test's
+        for sock in held:
+            sock.close()
+        after = fetch(server.port, "/app/echo")
+    assert all(reply.startswith(b"HTTP/1.1 408 ") for reply in replies), replies[:2]
+    assert after.status == 200

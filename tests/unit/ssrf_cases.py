@@ -232,6 +232,49 @@ CASES: tuple[Case, ...] = (
         "url.path",
         ({"host": "http://example.org", "paths": ["/repos/"]},),
     ),
+    # ';' path parameters: Tomcat and Spring strip them, so "..;" climbs out of the granted prefix
+    Case(
+        "path-dot-dot-semicolon",
+        "http://example.org/repos/..;/admin",
+        "url.path",
+        ({"host": "http://example.org", "paths": ["/repos/"]},),
+    ),
+    Case(
+        "path-dot-dot-parameter",
+        "http://example.org/repos/..;jsessionid=1/admin",
+        "url.path",
+        ({"host": "http://example.org", "paths": ["/repos/"]},),
+    ),
+    Case(
+        "path-encoded-semicolon",
+        "http://example.org/repos/..%3B/admin",
+        "url.path",
+        ({"host": "http://example.org", "paths": ["/repos/"]},),
+    ),
+    Case(  # a server in C may end the path at the NUL it decodes: "/repos/.." is "/"
+        "path-encoded-nul",
+        "http://example.org/repos/..%00/admin",
+        "url.path",
+        ({"host": "http://example.org", "paths": ["/repos/"]},),
+    ),
+    Case(  # overlong UTF-8 for "..": old Tomcat and Java decoders read it as dots
+        "path-overlong-dot-dot",
+        "http://example.org/repos/%c0%ae%c0%ae/admin",
+        "url.path",
+        ({"host": "http://example.org", "paths": ["/repos/"]},),
+    ),
+    Case(
+        "ok-path-utf8-escape",
+        "http://example.org/repos/caf%C3%A9/ok",
+        OK,
+        ({"host": "http://example.org", "paths": ["/repos/"]},),
+    ),
+    Case(
+        "ok-path-parameter",
+        "http://example.org/repos/v;x=1/ok",
+        OK,
+        ({"host": "http://example.org", "paths": ["/repos/"]},),
+    ),
     Case("method-unknown", "http://example.org/ok", "net.method", NAMES, method="TRACE"),
     Case("no-grant", "http://example.org/ok", "net.no-grant", ()),
 )

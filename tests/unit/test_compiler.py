@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -111,3 +112,59 @@ def test_unknown_key_under_optional_signatures_counts_as_unsigned() -> None:
         today=TODAY,
     )
     assert plan.tools[0].signer is None and not plan.tools[0].signature_verified
+
+
+def test_a_module_named_by_many_tools_and_symlinks_is_read_and_validated_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 1 MiB manifest naming one 64 MiB module from thousands of tools (or symlinks to it) made
+    ``check`` read, hash and validate it thousands of times: tens of minutes of CI per manifest."""
+    from wasmtime import Module
+
+    root = _copy_cases(tmp_path / "cases")
+    shared = root / "_shared"
+    for index in range(3):
+        (shared / f"alias{index}.wasm").symlink_to("hello.wasm")
+    modules = ["../_shared/hello.wasm"] * 3 + [f"../_shared/alias{i}.wasm" for i in range(3)]
+    sha256 = hashlib.sha256((shared / "hello.wasm").read_bytes()).hexdigest()
+    tools = "".join(f"  t{i}: {{module: {m}, sha256: {sha256}}}\n" for i, m in enumerate(modules))
+    manifest = root / "many" / "manifest.yaml"
+    manifest.parent.mkdir()
+    manifest.write_text(
+        "apiVersion: sandrun/v1\nkind: Manifest\nmetadata: {name: many}\ntools:\n"
+        + tools
+        + "jobs:\n  - {name: j, tool: t0}\n"
+    )
+    policy = root / "features.yaml"  # the shared policy, denying one proposal: modules get validated
+    policy.write_text((shared / "policy.yaml").read_text() + "modules: {wasm_features: {gc: false}}\n")
+    hello = (shared / "hello.wasm").resolve()
+    reads: list[Path] = []
+    validations: list[int] = []
+    real_read, real_validate = Path.read_bytes, Module.validate
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or real_read(self))
+    monkeypatch.setattr(
+        Module, "validate", staticmethod(lambda e, d: validations.append(len(d)) or real_validate(e, d))
+    )
+    plan = compile_manifests([manifest], policy, root=root, today=TODAY)
+    assert len(plan.tools) == 6 and len({tool.sha256 for tool in plan.tools}) == 1
+    assert [path for path in reads if path.resolve() == hello] == [hello]
+    assert len(validations) == 1
+
+
+def test_a_stdin_file_is_hashed_as_it_is_read_never_held_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stdin file may be any file under a root (a pack file of the checkout, gigabytes): the
+    compiler read it whole into memory to hash it."""
+    root = _copy_cases(tmp_path / "cases")
+    stdin = root / "_shared" / "data" / "input.txt"
+    stdin.write_bytes(b"x" * (3 << 20))
+    reads: list[Path] = []
+    real_read = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or real_read(self))
+    plan = compile_manifests(
+        [root / "valid" / "manifest.yaml"], root / "_shared" / "policy.yaml", root=root, today=TODAY
+    )
+    digests = {item.path: item.sha256 for item in plan.inputs}
+    assert digests["_shared/data/input.txt"] == hashlib.sha256(b"x" * (3 << 20)).hexdigest()
+    assert stdin.resolve() not in [path.resolve() for path in reads]

@@ -180,3 +180,21 @@ def test_a_hostile_answer_fails_the_request_as_a_protocol_error() -> None:
     assert (caught.value.kind, caught.value.rule) == ("protocol", "net.protocol")
     assert "Content-Length" in caught.value.message
     assert egress.hops[-1]["verdict"] == "failed" and egress.hops[-1]["rule"] == "net.protocol"
+
+
+def test_a_body_of_one_byte_chunks_is_held_once_not_as_a_list_of_chunks() -> None:
+    # a hostile server split its body into 1-byte chunks: the reader kept a list of millions of
+    # bytes objects, about 85 times the body (a 16 MiB cap let a server make the host hold ~1.4 GB)
+    import tracemalloc
+
+    count = 200_000
+    raw = b"HTTP/1.1 200 OK\r\n" + CHUNKED + b"1\r\nx\r\n" * count + b"0\r\n\r\n"
+    with _peer(raw) as client:
+        tracemalloc.start()
+        try:
+            status, _, body = read_response(client, head=False, cap=1 << 20)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert (status, body) == (200, b"x" * count)
+    assert peak < 8 * count, f"{peak} bytes traced for a {count}-byte body"

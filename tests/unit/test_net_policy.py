@@ -113,6 +113,20 @@ def test_secrets_need_the_policy_and_only_their_names_reach_the_plan(
     assert b"ghp_value" not in plan.to_json()
 
 
+def test_a_secret_for_an_ipv6_origin_reaches_the_running_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the plan wrote "https://2001:db8::1:443", which the runner read as host "2001", port "db8::1:443"
+    host = {"host": "https://[2001:db8::1]"}
+    secret = {**SECRET, "origin": "https://[2001:db8::1]"}
+    monkeypatch.setenv("GITHUB_TOKEN", "t")
+    plan = _compile(tmp_path, {"allow": [host], "secrets": [secret]}, {"allow": [host], "secrets": [secret]})
+    (ref,) = plan.jobs[0].network.secrets  # type: ignore[union-attr]
+    assert ref.origin == "https://[2001:db8::1]:443"
+    (sent,) = egress_for(plan.jobs[0], None, deadline=0.0).secrets
+    assert sent.origin == ("https", "2001:db8::1", 443) and sent.value == "Bearer t"
+
+
 @pytest.mark.parametrize(
     "change",
     [
