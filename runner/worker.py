@@ -94,12 +94,12 @@ GRACE_S = 0.5
 stops a guest in WASM code within ~30 ms of its deadline by itself; only a guest blocked in a host
 call needs the kill."""
 CANCEL_GRACE_S = 1.0
+"""How long a cancelled job's worker may take to answer before it is killed."""
 STALL_S = 5.0
-"""How long the parent waits for the rest of a message a worker began to send (an answer comes in
-one write): a worker stalling mid-answer is killed like one that does not answer."""
+"""How long the parent waits for the whole of a message a worker began to send (an answer comes in
+one write): a worker stalling or trickling mid-answer is killed like one that does not answer."""
 ADOPT_TIMEOUT_S = 300
 """How long a worker may take to load a compiled module handed over by the parent."""
-"""How long a cancelled job's worker may take to answer before it is killed."""
 DATA_SLACK = 32 << 20
 """Private memory a job may make the worker allocate besides its linear memory and output:
 Wasmtime's per-store structures, tables within their caps, the answer being built."""
@@ -532,7 +532,7 @@ class _WorkerRunner:
                 try:
                     reply = conn.recv_bytes(_answer_limit(job.limits))
                 except TimeoutError:
-                    return self._malformed(job, started, f"part of an answer, then nothing for {STALL_S:g} s")
+                    return self._malformed(job, started, f"part of an answer, unfinished after {STALL_S:g} s")
                 except (EOFError, OSError):
                     return self._died(job, started)
                 except _Oversized:
@@ -640,6 +640,8 @@ memory peak, wall ms, stdout dropped, stderr dropped, rss peak, stdout length, s
 _HAS_EXIT, _HAS_FUEL, _HAS_RSS, _HAS_MEMORY = 1, 2, 4, 8
 _MAX_PROBLEM = 1 << 20  # a module hand-over's or an error's text
 _ANSWER_SLACK = 4 << 20  # an answer's header and JSON tail (trap message, invoke results, hops)
+_MAX_EXIT = 255  # a process exit status: a larger one would wrap (sandrun exec exits with it)
+_MAX_DEPTH = 200  # nesting of the JSON tail: beyond any result, within the log's JSON encoders
 
 
 class _Malformed(Exception):
@@ -714,7 +716,7 @@ def decode_answer(data: bytes) -> Outcome:
             raise (PolicyDenied if kind == _DENIED else InputError)(violations=violations)
         if kind == _ERROR:
             raise RuntimeError(f"in the worker: {body.decode('utf-8', 'replace')}")
-    except (ValueError, TypeError, KeyError, IndexError, struct.error) as error:
+    except (ValueError, TypeError, KeyError, IndexError, struct.error, RecursionError) as error:
         raise _Malformed(f"a malformed answer ({type(error).__name__})") from None
     raise _Malformed("an answer of unknown kind")
 
@@ -736,7 +738,9 @@ def _decode_outcome(body: bytes) -> Outcome:
         and (invoke is None or isinstance(invoke, dict))
         and (results is None or (isinstance(results, list) and all(isinstance(r, str) for r in results)))
         and isinstance(hops, list)
-        and all(isinstance(h, dict) for h in hops)
+        and all(isinstance(h, dict) and "id" not in h for h in hops)  # a hop's record has the job's id
+        and (flags & _HAS_EXIT == 0 or 0 <= exit_code <= _MAX_EXIT)
+        and _loggable(extras, _MAX_DEPTH)
     ):
         raise TypeError("extras")
     return Outcome(
@@ -755,6 +759,21 @@ def _decode_outcome(body: bytes) -> Outcome:
         net_hops=tuple(hops),
         rss_peak=rss if flags & _HAS_RSS else None,
     )
+
+
+def _loggable(value: object, depth: int) -> bool:
+    """Whether ``value`` can go into an audit record as it is: JSON without floats (canonical JSON
+    has none), nested at most ``depth`` levels. What a worker reports ends up in the log, and a
+    record that cannot be written stops the whole run."""
+    if value is None or isinstance(value, (str, int)):
+        return True
+    if depth == 0:
+        return False
+    if isinstance(value, list):
+        return all(_loggable(item, depth - 1) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and _loggable(item, depth - 1) for key, item in value.items())
+    return False
 
 
 def _violation(item: dict[str, Any]) -> Violation:
@@ -837,19 +856,37 @@ class _Channel:
 
     def recv_bytes(self, limit: int | None = None) -> bytes:
         """The next message; EOFError when the other end closed, :class:`_Oversized` when it says
-        it is longer than ``limit`` (nothing is read past its length then)."""
+        it is longer than ``limit`` (nothing is read past its length then).
+
+        On a socket with a timeout (the parent's end: :data:`STALL_S`), the timeout bounds the
+        whole message, not each read: a worker trickling an answer a byte at a time, each just
+        within the timeout, would otherwise hold the parent for days (TimeoutError).
+        """
         header = self._LENGTH.size
-        while len(self._buffer) < header or len(self._buffer) < header + self._size():
-            if limit is not None and len(self._buffer) >= header and self._size() > limit:
-                raise _Oversized
-            if self.fds is None:
-                chunk = self.sock.recv(1 << 16)
-            else:
-                chunk, fds, _, _ = socket.recv_fds(self.sock, 1 << 16, 1)
-                self.fds += fds
-            if not chunk:
-                raise EOFError
-            self._buffer += chunk
+        timeout = self.sock.gettimeout()
+        until = None if timeout is None else time.monotonic() + timeout
+        reads = 0
+        try:
+            while len(self._buffer) < header or len(self._buffer) < header + self._size():
+                if limit is not None and len(self._buffer) >= header and self._size() > limit:
+                    raise _Oversized
+                if reads and until is not None:  # what is left of the whole message's time
+                    left = until - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError
+                    self.sock.settimeout(left)
+                reads += 1
+                if self.fds is None:
+                    chunk = self.sock.recv(1 << 16)
+                else:
+                    chunk, fds, _, _ = socket.recv_fds(self.sock, 1 << 16, 1)
+                    self.fds += fds
+                if not chunk:
+                    raise EOFError
+                self._buffer += chunk
+        finally:
+            if reads > 1 and until is not None:
+                self.sock.settimeout(timeout)
         end = header + self._size()
         data = bytes(self._buffer[header:end])
         del self._buffer[:end]
