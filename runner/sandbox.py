@@ -880,6 +880,11 @@ class Runtime:
         for host in engines:
             host.close()
 
+    @property
+    def engine_count(self) -> int:
+        """Engines made so far (each with its ticker thread): a worker counts them as its own."""
+        return len(self._engines)
+
     def _engine(self, key: EngineKey) -> _EngineHost:
         with self._lock:
             if self._closed:

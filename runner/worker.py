@@ -24,7 +24,8 @@ clashes, fail-fast, cancellation and the audit log. Each scheduler thread takes 
   - an OS-enforced budget per job: ``RLIMIT_DATA`` (the worker's private writable memory may grow
     by the job's ``memory`` + twice its ``output`` + :data:`DATA_SLACK` while it runs: linear
     memories, tables, the GC heap, instantiation) and ``RLIMIT_FSIZE`` = ``limits.disk`` with
-    SIGXFSZ ignored, so a write past it fails with EFBIG instead of killing the worker.
+    SIGXFSZ ignored, so a write past it fails with EFBIG instead of killing the worker. A worker
+    that keeps more than :data:`KEPT_SLACK` of what its jobs freed is replaced after its answer.
 
 - ``isolation="threads"`` (:class:`_ThreadRunner`): :meth:`Runtime.run` on the scheduler thread,
   for benchmarks and tests. No hard deadline, no crash isolation, no OS budget, no disk limit.
@@ -80,6 +81,7 @@ __all__ = [
     "CANCEL_GRACE_S",
     "ADOPT_TIMEOUT_S",
     "DATA_SLACK",
+    "KEPT_SLACK",
     "JobRunners",
     "job_runners",
     "fork_spare_worker",
@@ -103,6 +105,11 @@ ADOPT_TIMEOUT_S = 300
 DATA_SLACK = 32 << 20
 """Private memory a job may make the worker allocate besides its linear memory and output:
 Wasmtime's per-store structures, tables within their caps, the answer being built."""
+KEPT_SLACK = 32 << 20
+"""Private memory a worker may keep after a job beyond its own size (its modules, engines and
+setup) before it is replaced. An allocator keeps much of what a job freed (glibc's arenas); the
+next job reuses it without counting against its own budget, which is relative to the worker's size
+when it starts: without this bound a series of jobs ratchets the worker up by a budget each time."""
 
 _POLL_MS = 50  # how often a waiting scheduler thread looks at the cancel event
 _MIN_THREAD_STACK = 8 << 20
@@ -539,6 +546,8 @@ class _WorkerRunner:
                     return self._malformed(job, started, "an answer larger than the job's output allows")
                 if queued and reply == _WITHDRAWN:
                     return None
+                if reply[:1].islower():  # the worker exits after this answer (it kept memory: KEPT_SLACK)
+                    self._stop_worker()  # what was queued behind it goes to a new worker
                 try:
                     return decode_answer(reply)
                 except _Malformed as error:
@@ -704,8 +713,8 @@ def encode_refusal(error: SandrunError) -> bytes:
 
 def decode_answer(data: bytes) -> Outcome:
     """The parent's reading of an answer: an Outcome; raises the refusal or error it carries, or
-    :class:`_Malformed`."""
-    kind, body = data[:1], data[1:]
+    :class:`_Malformed`. A kind in lower case is the same answer from a worker that then exits."""
+    kind, body = data[:1].upper(), data[1:]
     try:
         if kind == _OK:
             return _decode_outcome(body)
@@ -970,6 +979,7 @@ def _job_loop(conn: _Channel, setup: _Setup) -> None:
                 except Exception as error:  # WasmtimeError, OSError, MemoryError: that job's failure
                     conn.send_bytes(f"{type(error).__name__}: {error}".encode("utf-8", "replace"))
                 else:
+                    bounds.settle()  # the module is the worker's own from now on
                     conn.send_bytes(b"")
                 continue
             _, index, stdin, env, queued = message
@@ -982,6 +992,7 @@ def _job_loop(conn: _Channel, setup: _Setup) -> None:
                 _active_cancel = None
                 conn.send_bytes(_WITHDRAWN)
                 continue
+            engines = runtime.engine_count
             try:
                 bounds.apply(job.limits)
                 try:
@@ -997,6 +1008,11 @@ def _job_loop(conn: _Channel, setup: _Setup) -> None:
                 reply = _ERROR + f"{type(error).__name__}: {error}".encode("utf-8", "replace")
             finally:
                 _active_cancel = None
+            if runtime.engine_count != engines:  # the job's engine is the worker's own from now on
+                bounds.settle()
+            elif bounds.kept():  # answer, then exit: the parent sends what it queued to a new worker
+                conn.send_bytes(reply[:1].lower() + reply[1:])
+                return
             conn.send_bytes(reply)
     except (EOFError, OSError):
         return
@@ -1025,12 +1041,13 @@ class _Bounds:
     plus the job's budget; it is lifted again after the job (the answer is built outside it).
     ``RLIMIT_FSIZE`` stays at the last job's ``disk`` until a job needs another value (the worker
     itself writes no files) or a module is handed over. Peak resident memory is measured from a
-    reset high-water mark (``/proc/self/clear_refs`` 5, then ``ru_maxrss``). Five system calls
-    per job, each about a microsecond.
+    reset high-water mark (``/proc/self/clear_refs`` 5, then ``ru_maxrss``); what the worker kept
+    is read after the job (:meth:`kept`). Six system calls per job, each about a microsecond.
     """
 
     def __init__(self) -> None:
         self.peak: int | None = None
+        self.own: int | None = None  # the worker's own data size: setup, modules, engines
         self._page = os.sysconf("SC_PAGE_SIZE")
         self._data_hard = resource.getrlimit(resource.RLIMIT_DATA)
         self._fsize_hard = resource.getrlimit(resource.RLIMIT_FSIZE)
@@ -1046,8 +1063,18 @@ class _Bounds:
             return 0
         return int(os.pread(self._statm, 256, 0).split()[5]) * self._page
 
+    def settle(self) -> None:
+        """The worker's own size changed for good (a module loaded, an engine made): measure it."""
+        self.own = self._data_now()
+
+    def kept(self) -> bool:
+        """After a job: whether the worker holds more than :data:`KEPT_SLACK` above its own size."""
+        return self.own is not None and self._data_now() > self.own + KEPT_SLACK
+
     def apply(self, limits: Limits) -> None:
         """Lower the limits to the job's; reset the RSS high-water mark."""
+        if self.own is None:  # the first job: the worker as it was set up
+            self.settle()
         budget = self._data_now() + limits.memory + 2 * limits.output + DATA_SLACK
         _lower(resource.RLIMIT_DATA, budget, self._data_hard)
         if limits.disk != self._fsize:

@@ -68,6 +68,11 @@ def test_an_outcome_survives_the_trip_exactly(rss: int | None) -> None:
     assert decode_answer(encode_answer(plain, rss)) == Outcome(**{**_fields(plain), "rss_peak": rss})
 
 
+def test_an_answer_in_lower_case_is_the_same_answer_from_a_worker_that_then_exits() -> None:
+    answer = encode_answer(FULL, None)
+    assert decode_answer(answer[:1].lower() + answer[1:]) == decode_answer(answer)
+
+
 def test_the_full_outcome_sets_every_field_so_the_trip_covers_them_all() -> None:
     """A field added to Outcome but not to the answer's encoding fails the trip above."""
     unset = [
