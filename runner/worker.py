@@ -1010,7 +1010,7 @@ def _job_loop(conn: _Channel, setup: _Setup) -> None:
                 _active_cancel = None
             if runtime.engine_count != engines:  # the job's engine is the worker's own from now on
                 bounds.settle()
-            elif bounds.kept():  # answer, then exit: the parent sends what it queued to a new worker
+            elif bounds.kept(job.limits):  # answer, then exit: what the parent queued goes to a new worker
                 conn.send_bytes(reply[:1].lower() + reply[1:])
                 return
             conn.send_bytes(reply)
@@ -1067,9 +1067,11 @@ class _Bounds:
         """The worker's own size changed for good (a module loaded, an engine made): measure it."""
         self.own = self._data_now()
 
-    def kept(self) -> bool:
-        """After a job: whether the worker holds more than :data:`KEPT_SLACK` above its own size."""
-        return self.own is not None and self._data_now() > self.own + KEPT_SLACK
+    def kept(self, limits: Limits) -> bool:
+        """After a job: whether the worker holds more than :data:`KEPT_SLACK` above its own size,
+        besides four times the job's ``output`` (its captured output and the answer made of it,
+        which the allocator may keep for the next answer as it keeps any freed memory)."""
+        return self.own is not None and self._data_now() > self.own + KEPT_SLACK + 4 * limits.output
 
     def apply(self, limits: Limits) -> None:
         """Lower the limits to the job's; reset the RSS high-water mark."""

@@ -240,7 +240,7 @@ def test_jobs_in_a_row_cannot_ratchet_their_worker_past_the_budget(tmp_path: Pat
     plan = plan_of(*(job(tmp_path, wat(TABLE_STEPS), f"steps{i}", memory=64 * MIB) for i in range(8)))
     rows = run(tmp_path, plan, jobs=1).results
     peaks = [row.rss_peak for row in rows]
-    assert all(peak is not None and peak <= BUDGET_64 + KEPT_SLACK for peak in peaks), peaks
+    assert all(peak is not None and peak <= BUDGET_64 + KEPT_SLACK + 4 * MIB for peak in peaks), peaks
     # a job queued behind one whose worker then retired never began there: it ran in the next one
     assert all(row.trap != "crash" for row in rows), [row.reason for row in rows]
 
