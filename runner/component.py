@@ -209,14 +209,28 @@ def unlinked_import(component: Component, engine: Engine) -> str | None:
     return None
 
 
+def _cause(text: str) -> str:
+    """The innermost cause in a Wasmtime error's text: the last line after its last ``Caused by:``.
+
+    A component's trap reads ``error while executing at wasm backtrace: <frames> Caused by: <trap>``
+    and the frames carry the guest's own function names (its name section), which may hold any
+    text, line breaks and ``Caused by:`` included: only what Wasmtime wrote after them is the cause.
+    """
+    _, marker, causes = text.rpartition("\nCaused by:\n")
+    lines = (causes if marker else text).strip().splitlines()
+    last = lines[-1].strip() if lines else ""
+    number, colon, rest = last.partition(": ")  # several causes are numbered: "1: wasm trap: ..."
+    return rest if colon and number.isdigit() else last
+
+
 def _classify(exc: Trap | WasmtimeError) -> Ended:
     if isinstance(exc, ExitTrap):
         return Ended(exit_code=exc.code)
-    text = str(exc)
-    for needle, kind in _TRAP_TEXTS:
-        if needle in text:
-            return Ended(trap=kind, text=text)
-    return Ended(trap="trap", text=text)
+    cause = _cause(str(exc))
+    for trap_text, kind in _TRAP_TEXTS:
+        if cause == trap_text:
+            return Ended(trap=kind, text=cause)
+    return Ended(trap="trap", text=cause)
 
 
 def _import_refusal(component: Component, engine: Engine) -> str | None:

@@ -24,12 +24,15 @@ import wasmtime
 import wasmtime.component as wc
 
 from runner import wave
+from runner.wasmfile import Signature
 from runner.wave import Case, WaveError, WaveType
 
 __all__ = ["InvokeError", "InvokeResult", "invoke_component", "invoke_core", "invoke_core_args"]
 
 
 Setup = Callable[[], None]
+ExportTypes = Callable[[str], Signature | None]
+"""An export's parameter and result types read from the module's bytes (None: not known)."""
 MAX_RESULT_TEXT = 64 * 1024  # characters of WAVE text a call's results may take
 
 
@@ -126,6 +129,22 @@ def _core_func(store: wasmtime.Store, instance: wasmtime.Instance, name: str) ->
     return func
 
 
+def _screen(name: str, types: ExportTypes | None) -> None:
+    """Refuse an export whose types Wasmtime's C API cannot name, from the module's own bytes,
+    before anything asks Wasmtime: asking it the kind of a ``v128`` or of a reference type other
+    than ``funcref``/``externref`` aborts the process (a Rust panic), not a Python exception."""
+    try:
+        signature = None if types is None else types(name)
+    except ValueError as exc:
+        raise InvokeError("invoke.type", f"the types of {name!r} cannot be read: {exc}") from None
+    if signature is None:
+        return
+    for what, kinds in zip(("parameter", "result"), signature, strict=True):
+        for index, kind in enumerate(kinds):
+            if kind not in _CORE_TYPES:
+                raise InvokeError("invoke.type", f"{what} {index} has type {kind}, which invoke cannot pass")
+
+
 def _core_types(kinds: Sequence[wasmtime.ValType], what: str) -> list[WaveType]:
     types = []
     for index, kind in enumerate(kinds):
@@ -155,12 +174,19 @@ def _call_core(
 
 
 def invoke_core(
-    store: wasmtime.Store, instance: wasmtime.Instance, text: str, *, setup: Setup | None = None
+    store: wasmtime.Store,
+    instance: wasmtime.Instance,
+    text: str,
+    *,
+    setup: Setup | None = None,
+    types: ExportTypes | None = None,
 ) -> InvokeResult:
     """Call a core module's export as the WAVE call ``text`` (``add(1, 2)``) says; ``setup`` runs
-    once everything is checked, just before the call (a WASI reactor's ``_initialize``)."""
+    once everything is checked, just before the call (a WASI reactor's ``_initialize``); ``types``
+    gives the export's types from the module's bytes (checked before Wasmtime is asked)."""
     call = _parse_call(text)
     func = _core_func(store, instance, call.name)
+    _screen(call.name, types)
     params = _core_types(func.type(store).params, "parameter")
     args = _typed_args(call, [("", t) for t in params])
     return _call_core(store, func, call.name, args, setup)
@@ -193,9 +219,11 @@ def invoke_core_args(
     args: Sequence[str],
     *,
     setup: Setup | None = None,
+    types: ExportTypes | None = None,
 ) -> InvokeResult:
     """Call a core module's export ``name`` with ``args`` as strings (the form before WAVE)."""
     func = _core_func(store, instance, name)
+    _screen(name, types)
     kinds = [str(p) for p in func.type(store).params]
     if len(kinds) != len(args):
         raise InvokeError(

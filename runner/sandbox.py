@@ -70,7 +70,7 @@ from runner.cache import Code, ModuleCache, Source, default_cache_dir, deseriali
 from runner.canonical import sha256_hex
 from runner.compiling import CompileBounds, CompileFailed, compile_bounded, new_config
 from runner.egress import abi as http_abi
-from runner.errors import InputError, Location, PolicyDenied
+from runner.errors import InputError, Location, PolicyDenied, SandrunError
 from runner.features import enabled
 from runner.hermetic import VirtualWorld
 from runner.hostpaths import fixed_places, mount_table, overlaps, place
@@ -78,14 +78,14 @@ from runner.plan import JobSpec, Limits, ModuleLimits, is_invoke_call, work_dir_
 from runner.results import Outcome, TrapKind
 from runner.sealed import Sealed, fd_path, require_sealed
 from runner.virtual_wasi import define_shadows, events, subscriptions
-from runner.wasmfile import WasmKind, not_wasm_reason, wasm_kind
+from runner.wasmfile import Signature, WasmKind, export_signature, not_wasm_reason, wasm_kind
 
 if TYPE_CHECKING:
     from wasmtime import component as wasm_component
 
     from runner.egress.client import Egress
     from runner.egress.transport import Seam
-    from runner.invoke import InvokeError, InvokeResult
+    from runner.invoke import ExportTypes, InvokeError, InvokeResult
 
 __all__ = [
     "EngineKey",
@@ -721,9 +721,10 @@ def _from_trap(exc: Trap | WasmtimeError) -> _Ending:
     return _Ending(trap=kind, message=_first_line(exc.message if isinstance(exc, Trap) else str(exc)))
 
 
-def _invoke(job: JobSpec, store: Store, instance: Instance) -> _Ending:
+def _invoke(job: JobSpec, store: Store, instance: Instance, types: ExportTypes) -> _Ending:
     """Call the export ``invoke`` names (after ``_initialize``, as a WASI reactor needs): a WAVE
-    call expression, or an export name whose arguments are the job's ``args`` (runner.invoke)."""
+    call expression, or an export name whose arguments are the job's ``args`` (runner.invoke).
+    ``types`` reads an export's types from the module's bytes."""
     from runner.invoke import InvokeError, invoke_core, invoke_core_args  # invoke jobs only
 
     assert job.invoke is not None
@@ -735,9 +736,9 @@ def _invoke(job: JobSpec, store: Store, instance: Instance) -> _Ending:
 
     try:
         if is_invoke_call(job.invoke):
-            invoked = invoke_core(store, instance, job.invoke, setup=setup)
+            invoked = invoke_core(store, instance, job.invoke, setup=setup, types=types)
         else:
-            invoked = invoke_core_args(store, instance, job.invoke, job.args, setup=setup)
+            invoked = invoke_core_args(store, instance, job.invoke, job.args, setup=setup, types=types)
     except InvokeError as exc:
         return _Ending(trap="trap", message=exc.message, refused=exc)
     return _Ending(exit_code=0, invoked=invoked)
@@ -754,7 +755,9 @@ def _invoke_record(ending: _Ending) -> dict[str, Any] | None:
 _NO_START = "the module exports no _start function (set invoke to call another export)"
 
 
-def _execute(job: JobSpec, store: Store, linker: Linker, module: Module) -> tuple[_Ending, int]:
+def _execute(
+    job: JobSpec, store: Store, linker: Linker, module: Module, types: ExportTypes
+) -> tuple[_Ending, int]:
     """Instantiate and call the entry point: how the guest ended (every guest behaviour becomes an
     :class:`_Ending`) and the size of its linear memory at the end.
 
@@ -771,7 +774,7 @@ def _execute(job: JobSpec, store: Store, linker: Linker, module: Module) -> tupl
         return ending, 0
     try:
         if job.invoke is not None:
-            ending = _invoke(job, store, capi.as_instance(instance))
+            ending = _invoke(job, store, capi.as_instance(instance), types)
         else:
             code = capi.call_start(store, instance)
             ending = _Ending(exit_code=code) if code is not None else _Ending(trap="trap", message=_NO_START)
@@ -905,6 +908,11 @@ class Runtime:
         for host in engines:
             host.close()
 
+    @property
+    def engine_count(self) -> int:
+        """Engines made so far (each with its ticker thread): a worker counts them as its own."""
+        return len(self._engines)
+
     def _engine(self, key: EngineKey) -> _EngineHost:
         with self._lock:
             if self._closed:
@@ -927,33 +935,9 @@ class Runtime:
             raise InputError.one(
                 "module.missing", f"module file {path} is missing", _location(job, "/module")
             )
-
-        def fetch() -> bytes:
-            with path.open("rb") as stream:
-                data = stream.read(self.modules.max_size + 1)
-            if len(data) > self.modules.max_size:  # never read all of a file swapped for a huge one
-                raise PolicyDenied.one(
-                    "modules.max-size",
-                    f"{path} is larger than the plan's modules.max_size ({self.modules.max_size} bytes)",
-                    _location(job, "/module"),
-                )
-            if sha256_hex(data) != job.module_sha256:
-                raise PolicyDenied.one(
-                    "module.digest-changed",
-                    f"{path} no longer has the sha256 the plan approved ({job.module_sha256})",
-                    _location(job, "/module"),
-                    expected=job.module_sha256,
-                    actual=sha256_hex(data),
-                )
-            reason = not_wasm_reason(data)  # wasmtime would parse text as WAT: never from a plan
-            if reason is None and wasm_kind(data) != job.kind:
-                reason = f"is a {wasm_kind(data)}, but the plan says {job.kind}"
-            if reason is not None:
-                raise InputError.one("module.invalid", f"{path} {reason}", _location(job, "/module"))
-            return data
-
         try:
             compile_for_key = partial(self._compile, host.key, job.kind, cancel)
+            fetch = partial(self._read_module, job, path)
             module, source = self.cache.load(host.engine, key, fetch, compile_for_key, kind=job.kind)
         except CompileFailed as exc:
             location = _location(job, "/module")
@@ -971,6 +955,40 @@ class Runtime:
                 _location(job, "/module"),
             ) from exc
         return host, module, source
+
+    def _read_module(self, job: JobSpec, path: Path) -> bytes:
+        """The module's bytes: at most ``modules.max_size``, with the digest the plan approved."""
+        with path.open("rb") as stream:
+            data = stream.read(self.modules.max_size + 1)
+        if len(data) > self.modules.max_size:  # never read all of a file swapped for a huge one
+            raise PolicyDenied.one(
+                "modules.max-size",
+                f"{path} is larger than the plan's modules.max_size ({self.modules.max_size} bytes)",
+                _location(job, "/module"),
+            )
+        if sha256_hex(data) != job.module_sha256:
+            raise PolicyDenied.one(
+                "module.digest-changed",
+                f"{path} no longer has the sha256 the plan approved ({job.module_sha256})",
+                _location(job, "/module"),
+                expected=job.module_sha256,
+                actual=sha256_hex(data),
+            )
+        reason = not_wasm_reason(data)  # wasmtime would parse text as WAT: never from a plan
+        if reason is None and wasm_kind(data) != job.kind:
+            reason = f"is a {wasm_kind(data)}, but the plan says {job.kind}"
+        if reason is not None:
+            raise InputError.one("module.invalid", f"{path} {reason}", _location(job, "/module"))
+        return data
+
+    def _export_types(self, job: JobSpec, root: Path, name: str) -> Signature | None:
+        """An export's types read from the module's bytes (:func:`runner.wasmfile.export_signature`);
+        None when the file is gone or changed (a replay from the cache): Wasmtime is asked then."""
+        try:
+            data = self._read_module(job, _module_path(job, root))
+        except (SandrunError, OSError):
+            return None
+        return export_signature(data, name)
 
     def _compile(
         self, key: EngineKey, kind: WasmKind, cancel: threading.Event | None, engine: Engine, data: bytes
@@ -1088,7 +1106,8 @@ class Runtime:
             peak: int | None
             with http_abi.bound(net):
                 if isinstance(module, Module):
-                    ending, peak = _execute(job, store, host.linker_for(job), module)
+                    types = partial(self._export_types, job, root)
+                    ending, peak = _execute(job, store, host.linker_for(job), module, types)
                 else:
                     ending, peak = _execute_component(job, store, host.component_linker(job, module), module)
         finally:

@@ -24,7 +24,8 @@ clashes, fail-fast, cancellation and the audit log. Each scheduler thread takes 
   - an OS-enforced budget per job: ``RLIMIT_DATA`` (the worker's private writable memory may grow
     by the job's ``memory`` + twice its ``output`` + :data:`DATA_SLACK` while it runs: linear
     memories, tables, the GC heap, instantiation) and ``RLIMIT_FSIZE`` = ``limits.disk`` with
-    SIGXFSZ ignored, so a write past it fails with EFBIG instead of killing the worker.
+    SIGXFSZ ignored, so a write past it fails with EFBIG instead of killing the worker. A worker
+    that keeps more than :data:`KEPT_SLACK` of what its jobs freed is replaced after its answer.
 
 - ``isolation="threads"`` (:class:`_ThreadRunner`): :meth:`Runtime.run` on the scheduler thread,
   for benchmarks and tests. No hard deadline, no crash isolation, no OS budget, no disk limit.
@@ -80,6 +81,7 @@ __all__ = [
     "CANCEL_GRACE_S",
     "ADOPT_TIMEOUT_S",
     "DATA_SLACK",
+    "KEPT_SLACK",
     "JobRunners",
     "job_runners",
     "fork_spare_worker",
@@ -94,15 +96,20 @@ GRACE_S = 0.5
 stops a guest in WASM code within ~30 ms of its deadline by itself; only a guest blocked in a host
 call needs the kill."""
 CANCEL_GRACE_S = 1.0
+"""How long a cancelled job's worker may take to answer before it is killed."""
 STALL_S = 5.0
-"""How long the parent waits for the rest of a message a worker began to send (an answer comes in
-one write): a worker stalling mid-answer is killed like one that does not answer."""
+"""How long the parent waits for the whole of a message a worker began to send (an answer comes in
+one write): a worker stalling or trickling mid-answer is killed like one that does not answer."""
 ADOPT_TIMEOUT_S = 300
 """How long a worker may take to load a compiled module handed over by the parent."""
-"""How long a cancelled job's worker may take to answer before it is killed."""
 DATA_SLACK = 32 << 20
 """Private memory a job may make the worker allocate besides its linear memory and output:
 Wasmtime's per-store structures, tables within their caps, the answer being built."""
+KEPT_SLACK = 32 << 20
+"""Private memory a worker may keep after a job beyond its own size (its modules, engines and
+setup) before it is replaced. An allocator keeps much of what a job freed (glibc's arenas); the
+next job reuses it without counting against its own budget, which is relative to the worker's size
+when it starts: without this bound a series of jobs ratchets the worker up by a budget each time."""
 
 _POLL_MS = 50  # how often a waiting scheduler thread looks at the cancel event
 _MIN_THREAD_STACK = 8 << 20
@@ -540,13 +547,15 @@ class _WorkerRunner:
                 try:
                     reply = conn.recv_bytes(_answer_limit(job.limits))
                 except TimeoutError:
-                    return self._malformed(job, started, f"part of an answer, then nothing for {STALL_S:g} s")
+                    return self._malformed(job, started, f"part of an answer, unfinished after {STALL_S:g} s")
                 except (EOFError, OSError):
                     return self._died(job, started)
                 except _Oversized:
                     return self._malformed(job, started, "an answer larger than the job's output allows")
                 if queued and reply == _WITHDRAWN:
                     return None
+                if reply[:1].islower():  # the worker exits after this answer (it kept memory: KEPT_SLACK)
+                    self._stop_worker()  # what was queued behind it goes to a new worker
                 try:
                     return decode_answer(reply)
                 except _Malformed as error:
@@ -648,6 +657,8 @@ memory peak, wall ms, stdout dropped, stderr dropped, rss peak, stdout length, s
 _HAS_EXIT, _HAS_FUEL, _HAS_RSS, _HAS_MEMORY = 1, 2, 4, 8
 _MAX_PROBLEM = 1 << 20  # a module hand-over's or an error's text
 _ANSWER_SLACK = 4 << 20  # an answer's header and JSON tail (trap message, invoke results, hops)
+_MAX_EXIT = 255  # a process exit status: a larger one would wrap (sandrun exec exits with it)
+_MAX_DEPTH = 200  # nesting of the JSON tail: beyond any result, within the log's JSON encoders
 
 
 class _Malformed(Exception):
@@ -710,8 +721,8 @@ def encode_refusal(error: SandrunError) -> bytes:
 
 def decode_answer(data: bytes) -> Outcome:
     """The parent's reading of an answer: an Outcome; raises the refusal or error it carries, or
-    :class:`_Malformed`."""
-    kind, body = data[:1], data[1:]
+    :class:`_Malformed`. A kind in lower case is the same answer from a worker that then exits."""
+    kind, body = data[:1].upper(), data[1:]
     try:
         if kind == _OK:
             return _decode_outcome(body)
@@ -722,7 +733,7 @@ def decode_answer(data: bytes) -> Outcome:
             raise (PolicyDenied if kind == _DENIED else InputError)(violations=violations)
         if kind == _ERROR:
             raise RuntimeError(f"in the worker: {body.decode('utf-8', 'replace')}")
-    except (ValueError, TypeError, KeyError, IndexError, struct.error) as error:
+    except (ValueError, TypeError, KeyError, IndexError, struct.error, RecursionError) as error:
         raise _Malformed(f"a malformed answer ({type(error).__name__})") from None
     raise _Malformed("an answer of unknown kind")
 
@@ -744,7 +755,9 @@ def _decode_outcome(body: bytes) -> Outcome:
         and (invoke is None or isinstance(invoke, dict))
         and (results is None or (isinstance(results, list) and all(isinstance(r, str) for r in results)))
         and isinstance(hops, list)
-        and all(isinstance(h, dict) for h in hops)
+        and all(isinstance(h, dict) and "id" not in h for h in hops)  # a hop's record has the job's id
+        and (flags & _HAS_EXIT == 0 or 0 <= exit_code <= _MAX_EXIT)
+        and _loggable(extras, _MAX_DEPTH)
     ):
         raise TypeError("extras")
     return Outcome(
@@ -763,6 +776,21 @@ def _decode_outcome(body: bytes) -> Outcome:
         net_hops=tuple(hops),
         rss_peak=rss if flags & _HAS_RSS else None,
     )
+
+
+def _loggable(value: object, depth: int) -> bool:
+    """Whether ``value`` can go into an audit record as it is: JSON without floats (canonical JSON
+    has none), nested at most ``depth`` levels. What a worker reports ends up in the log, and a
+    record that cannot be written stops the whole run."""
+    if value is None or isinstance(value, (str, int)):
+        return True
+    if depth == 0:
+        return False
+    if isinstance(value, list):
+        return all(_loggable(item, depth - 1) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and _loggable(item, depth - 1) for key, item in value.items())
+    return False
 
 
 def _violation(item: dict[str, Any]) -> Violation:
@@ -845,19 +873,37 @@ class _Channel:
 
     def recv_bytes(self, limit: int | None = None) -> bytes:
         """The next message; EOFError when the other end closed, :class:`_Oversized` when it says
-        it is longer than ``limit`` (nothing is read past its length then)."""
+        it is longer than ``limit`` (nothing is read past its length then).
+
+        On a socket with a timeout (the parent's end: :data:`STALL_S`), the timeout bounds the
+        whole message, not each read: a worker trickling an answer a byte at a time, each just
+        within the timeout, would otherwise hold the parent for days (TimeoutError).
+        """
         header = self._LENGTH.size
-        while len(self._buffer) < header or len(self._buffer) < header + self._size():
-            if limit is not None and len(self._buffer) >= header and self._size() > limit:
-                raise _Oversized
-            if self.fds is None:
-                chunk = self.sock.recv(1 << 16)
-            else:
-                chunk, fds, _, _ = socket.recv_fds(self.sock, 1 << 16, 1)
-                self.fds += fds
-            if not chunk:
-                raise EOFError
-            self._buffer += chunk
+        timeout = self.sock.gettimeout()
+        until = None if timeout is None else time.monotonic() + timeout
+        reads = 0
+        try:
+            while len(self._buffer) < header or len(self._buffer) < header + self._size():
+                if limit is not None and len(self._buffer) >= header and self._size() > limit:
+                    raise _Oversized
+                if reads and until is not None:  # what is left of the whole message's time
+                    left = until - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError
+                    self.sock.settimeout(left)
+                reads += 1
+                if self.fds is None:
+                    chunk = self.sock.recv(1 << 16)
+                else:
+                    chunk, fds, _, _ = socket.recv_fds(self.sock, 1 << 16, 1)
+                    self.fds += fds
+                if not chunk:
+                    raise EOFError
+                self._buffer += chunk
+        finally:
+            if reads > 1 and until is not None:
+                self.sock.settimeout(timeout)
         end = header + self._size()
         data = bytes(self._buffer[header:end])
         del self._buffer[:end]
@@ -941,6 +987,7 @@ def _job_loop(conn: _Channel, setup: _Setup) -> None:
                 except Exception as error:  # WasmtimeError, OSError, MemoryError: that job's failure
                     conn.send_bytes(f"{type(error).__name__}: {error}".encode("utf-8", "replace"))
                 else:
+                    bounds.settle()  # the module is the worker's own from now on
                     conn.send_bytes(b"")
                 continue
             _, index, stdin, env, queued = message
@@ -953,6 +1000,7 @@ def _job_loop(conn: _Channel, setup: _Setup) -> None:
                 _active_cancel = None
                 conn.send_bytes(_WITHDRAWN)
                 continue
+            engines = runtime.engine_count
             try:
                 bounds.apply(job.limits)
                 try:
@@ -968,6 +1016,11 @@ def _job_loop(conn: _Channel, setup: _Setup) -> None:
                 reply = _ERROR + f"{type(error).__name__}: {error}".encode("utf-8", "replace")
             finally:
                 _active_cancel = None
+            if runtime.engine_count != engines:  # the job's engine is the worker's own from now on
+                bounds.settle()
+            elif bounds.kept(job.limits):  # answer, then exit: what the parent queued goes to a new worker
+                conn.send_bytes(reply[:1].lower() + reply[1:])
+                return
             conn.send_bytes(reply)
     except (EOFError, OSError):
         return
@@ -996,12 +1049,13 @@ class _Bounds:
     plus the job's budget; it is lifted again after the job (the answer is built outside it).
     ``RLIMIT_FSIZE`` stays at the last job's ``disk`` until a job needs another value (the worker
     itself writes no files) or a module is handed over. Peak resident memory is measured from a
-    reset high-water mark (``/proc/self/clear_refs`` 5, then ``ru_maxrss``). Five system calls
-    per job, each about a microsecond.
+    reset high-water mark (``/proc/self/clear_refs`` 5, then ``ru_maxrss``); what the worker kept
+    is read after the job (:meth:`kept`). Six system calls per job, each about a microsecond.
     """
 
     def __init__(self) -> None:
         self.peak: int | None = None
+        self.own: int | None = None  # the worker's own data size: setup, modules, engines
         self._page = os.sysconf("SC_PAGE_SIZE")
         self._data_hard = resource.getrlimit(resource.RLIMIT_DATA)
         self._fsize_hard = resource.getrlimit(resource.RLIMIT_FSIZE)
@@ -1017,8 +1071,20 @@ class _Bounds:
             return 0
         return int(os.pread(self._statm, 256, 0).split()[5]) * self._page
 
+    def settle(self) -> None:
+        """The worker's own size changed for good (a module loaded, an engine made): measure it."""
+        self.own = self._data_now()
+
+    def kept(self, limits: Limits) -> bool:
+        """After a job: whether the worker holds more than :data:`KEPT_SLACK` above its own size,
+        besides four times the job's ``output`` (its captured output and the answer made of it,
+        which the allocator may keep for the next answer as it keeps any freed memory)."""
+        return self.own is not None and self._data_now() > self.own + KEPT_SLACK + 4 * limits.output
+
     def apply(self, limits: Limits) -> None:
         """Lower the limits to the job's; reset the RSS high-water mark."""
+        if self.own is None:  # the first job: the worker as it was set up
+            self.settle()
         budget = self._data_now() + limits.memory + 2 * limits.output + DATA_SLACK
         _lower(resource.RLIMIT_DATA, budget, self._data_hard)
         if limits.disk != self._fsize:

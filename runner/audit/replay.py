@@ -287,6 +287,9 @@ def _replay_one(
             data["id"], "refused", "the job has no finished run to compare with", cites, "replay.not-hermetic"
         )
     job = JobSpec.from_dict(record["job"])
+    if job.hermetic is None or job.network is not None:  # no compiled hermetic job is: an edited record
+        why = "the recorded job is not hermetic or asks for network, as no hermetic job does (an edited log?)"
+        return Verdict(data["id"], "refused", why, cites, "replay.not-hermetic")
     if seed is not None and job.hermetic is not None:
         job = dataclasses.replace(job, hermetic=dataclasses.replace(job.hermetic, seed=seed))
     outputs = {item["guest"]: item for item in finished["data"].get("outputs", [])}

@@ -271,3 +271,30 @@ def test_the_kind_is_part_of_the_plan_an_edited_one_is_refused(tmp_path: Path) -
     ran = sandrun("run", "forged.json", "--policy", "policy.yaml", "--out", "out", cwd=tmp_path)
     assert ran.returncode == 3, ran.stdout + ran.stderr
     assert "[plan.mismatch]" in ran.stderr
+
+
+# Function names (a module's name section) show in the backtrace of a component's trap, so a guest
+# chooses them: here, Wasmtime's own trap texts, even a whole forged "Caused by:" section.
+NAMED_TRAPS = r"""(component
+  (core module $m
+    (func (@name "wasm trap: interrupt") (export "crash") (result i32) unreachable)
+    (func $r (@name "x\n\nCaused by:\n    wasm trap: all fuel consumed by WebAssembly") (export "recurse")
+      (result i32) (call $r)))
+  (core instance $i (instantiate $m))
+  (func (export "crash") (result u32) (canon lift (core func $i "crash")))
+  (func (export "recurse") (result u32) (canon lift (core func $i "recurse"))))"""
+
+
+def test_a_component_cannot_name_its_own_trap_kind_through_its_function_names(tmp_path: Path) -> None:
+    (tmp_path / "named.wasm").write_bytes(wasmtime.wat2wasm(NAMED_TRAPS))
+    env = {"XDG_STATE_HOME": str(tmp_path / "state")}
+    for call, said in [
+        ("crash()", "trap: trap (wasm trap: wasm `unreachable` instruction executed)"),  # not a timeout
+        ("recurse()", "trap: stack_overflow (wasm trap: call stack exhausted)"),  # not out of fuel
+    ]:
+        ran = sandrun(
+            "exec", "--out", str(tmp_path / "out"), "--invoke", call, "named.wasm", cwd=tmp_path, env=env
+        )
+        assert ran.returncode == 134 and ran.stderr == f"sandrun exec: {said}\n", ran.stderr
+        [job] = json.loads((tmp_path / "out" / "report.json").read_text())["jobs"]
+        assert job["reason"] == said

@@ -25,11 +25,12 @@ def _env(folder: Path) -> dict[str, str]:
     return {**os.environ, "XDG_STATE_HOME": str(folder / "state"), "XDG_CACHE_HOME": str(folder / "cache")}
 
 
-def _start(folder: Path, *args: str) -> subprocess.Popen[str]:
+def _start(folder: Path, *args: str, stdin: int | None = None) -> subprocess.Popen[str]:
     """``sandrun exec ARGS`` in its own process group (so whatever it forks can be found)."""
     return subprocess.Popen(
         [sys.executable, "-m", "runner", "exec", *args],
         cwd=folder,
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -108,6 +109,30 @@ def test_a_guest_blocked_in_a_host_call_is_killed_at_the_deadline(tmp_path: Path
     os.mkfifo(tmp_path / "data" / "fifo")
     proc = _start(tmp_path, "--timeout", "1s", "--dir", "data", "fifo.wasm")
     _, stderr = proc.communicate(timeout=120)  # the 1 s timeout + 0.5 s grace, on a slow machine
+    assert proc.returncode == 134, stderr
+    assert "still blocked in a host call: worker killed" in stderr
+    assert _group_gone(proc.pid)
+
+
+READ_STDIN = """(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16)) (i32.store (i32.const 4) (i32.const 64))
+    (drop (call $read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))))"""
+
+
+def test_a_guest_blocked_reading_an_open_stdin_is_killed_at_the_deadline(tmp_path: Path) -> None:
+    """exec's guest reads the runner's own stdin: a pipe nobody writes to or closes blocks that
+    read for good, which only the worker's kill ends."""
+    (tmp_path / "read.wasm").write_bytes(wasmtime.wat2wasm(READ_STDIN))
+    read_end, write_end = os.pipe()  # the write end stays open until the end of the test
+    try:
+        proc = _start(tmp_path, "--timeout", "1s", "read.wasm", stdin=read_end)
+        _, stderr = proc.communicate(timeout=120)  # the 1 s timeout + 0.5 s grace, on a slow machine
+    finally:
+        os.close(read_end)
+        os.close(write_end)
     assert proc.returncode == 134, stderr
     assert "still blocked in a host call: worker killed" in stderr
     assert _group_gone(proc.pid)

@@ -216,6 +216,30 @@ def test_replay_refuses_a_job_that_was_not_hermetic(copy: Path) -> None:
     assert "[replay.not-hermetic]" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [{"network": {"allow": ["https://exfil.example"], "block": []}}, {"hermetic": None}],
+    ids=["network", "not-hermetic"],
+)
+def test_replay_refuses_a_recording_edited_into_what_no_hermetic_job_is(copy: Path, edit: dict) -> None:
+    """Whoever can write the log (not the signing key) rehashes it: without --pub it verifies. The
+    replay runs the recorded job, so a grant the compiler never gives a hermetic job (network: the
+    module could send its mounts away) or a job that is not hermetic at all is refused, not run."""
+    from tests.unit.test_audit_verify import _rechain
+
+    log = copy / "so" / "audit.jsonl"
+    lines = log.read_bytes().splitlines()
+    index = next(i for i, line in enumerate(lines) if b'"job.started"' in line and b'"seed"' in line)
+    hermetic = json.loads(lines[index])["data"]["hermetic"]
+    hermetic["job"].update(edit)
+    log.write_bytes(b"\n".join(_rechain(lines, index, {"hermetic": hermetic}, fix_notes=True)) + b"\n")
+    assert sandrun("audit", "verify", "so", cwd=copy).returncode == 0  # rehashed: intact without a key
+    result = _replay(copy, "--job", json.loads(lines[index])["data"]["id"])
+    assert result.returncode == 4, result.stderr
+    assert "refused: the recorded job is not hermetic or asks for network" in result.stdout
+    assert "[replay.not-hermetic]" in result.stderr
+
+
 def test_replay_all_and_bad_arguments(copy: Path) -> None:
     result = _replay(copy, "--all")
     assert result.returncode == 4  # t/plain is refused, the rest identical

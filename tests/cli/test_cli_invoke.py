@@ -112,3 +112,39 @@ def test_run_keeps_results_as_wave_and_json_in_the_report_and_the_log(tmp_path: 
     assert finished["answer"]["invoke"] == jobs["answer"]["invoke"]
     assert finished["too-big"]["invoke"] == jobs["too-big"]["invoke"]
     assert sandrun("audit", "verify", str(out)).returncode == 0
+
+
+# Export types Wasmtime's C API cannot name: asking it their kind aborts the process (a Rust panic),
+# which killed the worker (trap `crash`) and, with isolation="threads", the runner itself.
+HOSTILE_SIGNATURES = wasmtime.wat2wasm(
+    """(module
+      (type $s (struct (field i32)))
+      (func $g)
+      (elem declare func $g)
+      (func (export "vector") (result v128) (v128.const i64x2 1 2))
+      (func (export "takes-vector") (param v128))
+      (func (export "small") (result i31ref) (ref.i31 (i32.const 1)))
+      (func (export "record") (param (ref null $s)))
+      (func (export "exception") (result exnref) (ref.null exn))
+      (func (export "function") (result funcref) (ref.func $g))
+      (func (export "fine") (result i32) (i32.const 7)))"""
+)
+
+
+def test_exports_of_types_wasmtime_cannot_name_are_refused_not_a_crash(tmp_path: Path) -> None:
+    (tmp_path / "sig.wasm").write_bytes(HOSTILE_SIGNATURES)
+    for call, where in [
+        ("vector()", "result 0 has type v128"),
+        ("vector", "result 0 has type v128"),  # the older form (an export name and args)
+        ("takes-vector(1)", "parameter 0 has type v128"),
+        ("small()", "result 0 has type reference"),
+        ("record(1)", "parameter 0 has type reference"),
+        ("exception()", "result 0 has type reference"),
+        ("function()", "result 0 has type reference"),
+    ]:
+        ran = sandrun("exec", "--invoke", call, "sig.wasm", cwd=tmp_path, env=_state(tmp_path))
+        assert ran.returncode == 2, (call, ran.stderr)
+        expected = f"(sandrun exec): /jobs/0/invoke [invoke.type] {where}, which invoke cannot pass\n"
+        assert ran.stderr == expected
+    fine = sandrun("exec", "--invoke", "fine()", "sig.wasm", cwd=tmp_path, env=_state(tmp_path))
+    assert (fine.returncode, fine.stdout) == (0, "7\n"), fine.stderr

@@ -10,7 +10,7 @@ from wasmtime import wat2wasm
 
 from runner.errors import InputError
 from runner.sandbox import Runtime
-from runner.wasmfile import WASM_HEADER, core_modules, not_wasm_reason, wasm_kind
+from runner.wasmfile import WASM_HEADER, core_modules, export_signature, not_wasm_reason, wasm_kind
 
 COMPONENT = """(component
   (core module $a (memory 1))
@@ -65,3 +65,30 @@ def test_the_runtime_never_compiles_text_from_a_plan(runtime: Runtime, tmp_path:
         runtime.load_module(job, tmp_path)
     assert caught.value.rule_id == "module.invalid"
     assert "b'(module" in caught.value.violations[0].message
+
+
+def test_export_signatures_are_read_from_the_bytes_through_every_kind_of_type_and_import() -> None:
+    """Recursion groups, sub types, struct and array types, imports of every kind (memory64 limits,
+    tables of typed references, v128 globals, tags) are stepped over to the export's own type."""
+    module = wat2wasm(
+        """(module
+          (rec (type $a (struct (field (mut i8)) (field (ref null $b)))) (type $b (sub (array (mut i16)))))
+          (type $f (sub final (func (param i64 (ref null $a)) (result f32))))
+          (import "m" "g" (global (mut v128)))
+          (import "m" "t" (table 2 10 (ref null $b)))
+          (import "m" "mem" (memory i64 1 2))
+          (import "m" "f" (func (param i32)))
+          (import "m" "tag" (tag (param i32)))
+          (func $x (type $f) (f32.const 1))
+          (func (export "y") (param i32) (result i64 f64) (i64.const 1) (f64.const 2))
+          (export "x" (func $x))
+          (export "imported" (func 0))
+          (export "table" (table 0)))"""
+    )
+    assert export_signature(module, "x") == (("i64", "reference"), ("f32",))
+    assert export_signature(module, "y") == (("i32",), ("i64", "f64"))
+    assert export_signature(module, "imported") == (("i32",), ())
+    assert export_signature(module, "table") is None  # not a function
+    assert export_signature(module, "missing") is None
+    with pytest.raises(ValueError):
+        export_signature(module[:30], "x")  # cut inside the type section

@@ -22,7 +22,7 @@ from runner.executor import BatchOptions
 from runner.results import Outcome
 from runner.sandbox import table_caps
 from runner.sealed import Sealed, seal_bytes
-from runner.worker import DATA_SLACK
+from runner.worker import DATA_SLACK, KEPT_SLACK
 
 # Opens /data/fifo for reading: blocks in the host's open() until a writer appears (never).
 OPEN_FIFO = """(module
@@ -214,6 +214,35 @@ def test_many_tables_memories_or_a_gc_hoard_stay_within_the_workers_budget(
     assert row.status == "failed" and row.trap in ("trap", "memory"), row
     assert row.rss_peak is not None and row.rss_peak <= BUDGET_64
     assert rows["after"].status == "passed"
+
+
+# Four tables and the linear memory grown together in small steps up to their caps, refusals ignored:
+# the host reallocates each table many times, and its allocator keeps much of what it freed.
+TABLE_STEPS = """(module
+  (table $a 1 funcref) (table $b 1 funcref) (table $c 1 funcref) (table $d 1 funcref)
+  (memory (export "memory") 1)
+  (func (export "_start") (local $i i32)
+    (loop $l
+      (drop (table.grow $a (ref.null func) (i32.const 20000)))
+      (drop (table.grow $b (ref.null func) (i32.const 20000)))
+      (drop (table.grow $c (ref.null func) (i32.const 20000)))
+      (drop (table.grow $d (ref.null func) (i32.const 20000)))
+      (drop (memory.grow (i32.const 3)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const 400))))))"""
+
+
+def test_jobs_in_a_row_cannot_ratchet_their_worker_past_the_budget(tmp_path: Path) -> None:
+    """Each job's budget counts from the worker's size when it starts, which includes what the jobs
+    before it freed and the allocator kept: 8 such jobs in one worker reached 309 MB of RSS under
+    a 64 MiB cap, each later job getting more than the first. A worker that kept more than
+    KEPT_SLACK after a job is replaced, so every job gets the same bound."""
+    plan = plan_of(*(job(tmp_path, wat(TABLE_STEPS), f"steps{i}", memory=64 * MIB) for i in range(8)))
+    rows = run(tmp_path, plan, jobs=1).results
+    peaks = [row.rss_peak for row in rows]
+    assert all(peak is not None and peak <= BUDGET_64 + KEPT_SLACK + 4 * MIB for peak in peaks), peaks
+    # a job queued behind one whose worker then retired never began there: it ran in the next one
+    assert all(row.trap != "crash" for row in rows), [row.reason for row in rows]
 
 
 def test_a_job_cannot_write_a_file_larger_than_its_disk_limit(tmp_path: Path) -> None:
