@@ -72,6 +72,7 @@ from runner.compiling import CompileBounds, CompileFailed, compile_bounded, new_
 from runner.egress import abi as http_abi
 from runner.errors import InputError, Location, PolicyDenied, SandrunError
 from runner.features import enabled
+from runner.fileio import read_regular
 from runner.hermetic import VirtualWorld
 from runner.hostpaths import fixed_places, mount_table, overlaps, place
 from runner.plan import JobSpec, Limits, ModuleLimits, is_invoke_call, work_dir_mount
@@ -957,9 +958,18 @@ class Runtime:
         return host, module, source
 
     def _read_module(self, job: JobSpec, path: Path) -> bytes:
-        """The module's bytes: at most ``modules.max_size``, with the digest the plan approved."""
-        with path.open("rb") as stream:
-            data = stream.read(self.modules.max_size + 1)
+        """The module's bytes: at most ``modules.max_size``, with the digest the plan approved.
+
+        Read only from a regular file, opened without waiting: the file checked a moment ago may
+        have been swapped for a FIFO (whose open blocks until a writer comes) or a device."""
+        try:
+            data = read_regular(path, self.modules.max_size + 1)
+        except OSError as exc:
+            raise InputError.one(
+                "module.missing",
+                f"module file {path} cannot be read: {exc.strerror}",
+                _location(job, "/module"),
+            ) from None
         if len(data) > self.modules.max_size:  # never read all of a file swapped for a huge one
             raise PolicyDenied.one(
                 "modules.max-size",

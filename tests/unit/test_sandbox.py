@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -279,6 +280,32 @@ def test_load_module_reports_where_it_came_from(runtime: Runtime, tmp_path: Path
     job = make_job(tmp_path, probe_wasm)
     assert runtime.load_module(job, tmp_path) == "compiled"
     assert runtime.load_module(job, tmp_path) == "memory"
+
+
+def test_a_module_swapped_for_a_fifo_after_its_check_is_refused_without_waiting(
+    runtime: Runtime, tmp_path: Path, probe_wasm: bytes
+) -> None:
+    """The file was a module when deploy looked (``is_file``); then, before the read, a FIFO took
+    its place: opening it for reading would wait for a writer for ever."""
+    job = make_job(tmp_path, probe_wasm)
+    (tmp_path / job.module).unlink()
+    os.mkfifo(tmp_path / job.module)
+    refused: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            runtime._read_module(job, tmp_path / job.module)
+        except BaseException as error:  # noqa: BLE001 - handed to the test's thread
+            refused.append(error)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    if reader.is_alive():  # let the blocked open return, so no thread is left behind
+        os.close(os.open(tmp_path / job.module, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(timeout=30)
+        pytest.fail("the read waited for a writer")
+    assert isinstance(refused[0], InputError) and refused[0].rule_id == "module.missing"
 
 
 def test_changed_module_bytes_are_refused(runtime: Runtime, tmp_path: Path, probe_wasm: bytes) -> None:
