@@ -42,6 +42,18 @@ def _keyed_env(folder: Path) -> dict[str, str]:
     }
 
 
+def _start_keyed(folder: Path, *args: str) -> subprocess.Popen[str]:
+    """``sandrun ARGS`` with the key in its environment, as CI passes it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", *args],
+        cwd=folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_keyed_env(folder),
+    )
+
+
 def _worker_of(proc: subprocess.Popen[str]) -> int:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
@@ -64,14 +76,7 @@ def _assert_key_out_of_reach(proc: subprocess.Popen[str], worker: int) -> None:
 
 def test_no_worker_of_a_run_or_its_forkserver_holds_the_key_from_the_environment(tmp_path: Path) -> None:
     project(tmp_path, "  - {name: long, tool: sleep, limits: {timeout: 5m}}\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runner", "run", "m.yaml", "--policy", "policy.yaml", "--out", "out"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_keyed_env(tmp_path),
-    )
+    proc = _start_keyed(tmp_path, "run", "m.yaml", "--policy", "policy.yaml", "--out", "out")
     try:
         wait_for_started(tmp_path, 1)
         _assert_key_out_of_reach(proc, _worker_of(proc))
@@ -83,14 +88,7 @@ def test_no_worker_of_a_run_or_its_forkserver_holds_the_key_from_the_environment
 def test_exec_with_the_key_in_its_environment_takes_its_worker_from_the_forkserver(tmp_path: Path) -> None:
     """``exec`` otherwise forks its worker from the CLI, which would copy the environment block."""
     (tmp_path / "sleep.wasm").write_bytes(wasmtime.wat2wasm(SLEEP))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runner", "exec", "--timeout", "1m", "sleep.wasm"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_keyed_env(tmp_path),
-    )
+    proc = _start_keyed(tmp_path, "exec", "--timeout", "1m", "sleep.wasm")
     try:
         _assert_key_out_of_reach(proc, _worker_of(proc))
     finally:
