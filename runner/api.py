@@ -557,16 +557,20 @@ def _verified(path: Path, policy_path: Path, *, root: Path | None, today: dt.dat
     return again
 
 
+def _inside(base: Path, name: str) -> bool:
+    """Whether ``name`` (relative, as a plan or a log names files) resolves inside ``base``."""
+    try:
+        return (base / name).resolve().is_relative_to(base)
+    except (OSError, RuntimeError, ValueError):  # a symlink loop (Python < 3.13), a NUL
+        return False
+
+
 def _refuse_manifests_outside(base: Path, manifests: list[str], where: Location) -> None:
     """A plan naming a manifest outside the root (``/home/u/.config/gh/hosts.yml``, ``../..``, a
     symlink) is refused before anything reads it: the plan's author would pick a host file that the
     recompile reads and whose fields and values its error lines print (to a public CI log)."""
     for index, text in enumerate(manifests):
-        try:
-            inside = (base / text).resolve().is_relative_to(base)
-        except (OSError, RuntimeError, ValueError):  # a symlink loop (Python < 3.13), a NUL
-            inside = False
-        if not inside:
+        if not _inside(base, text):
             raise PolicyDenied.one(
                 "plan.manifest-outside-root",
                 f"the plan names the manifest {text!r}, outside the root {base}; a plan never "
@@ -865,9 +869,8 @@ def report_from_log(
 def _regular_file_under(base: Path, name: str) -> bool:
     """Whether ``name`` (relative, as a plan lists its inputs) is a regular file inside ``base``."""
     try:
-        path = (base / name).resolve()
-        return path.is_relative_to(base) and path.is_file()
-    except (OSError, ValueError):
+        return _inside(base, name) and (base / name).is_file()
+    except OSError:
         return False
 
 
