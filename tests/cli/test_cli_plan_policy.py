@@ -167,7 +167,11 @@ def test_a_plan_naming_a_host_file_as_its_manifest_never_reads_it(
     assert not (project / "out" / "report.json").exists()
 
 
-@pytest.mark.parametrize("nested", ["[" * 100_000 + "]" * 100_000, '{"a":' * 100_000 + "1" + "}" * 100_000])
+@pytest.mark.parametrize(
+    "nested",
+    ["[" * 100_000 + "]" * 100_000, '{"a":' * 100_000 + "1" + "}" * 100_000],
+    ids=["arrays", "objects"],  # the value as the id: a 200 KB $PYTEST_CURRENT_TEST, too long to exec with
+)
 def test_a_plan_nested_past_the_parsers_stack_is_invalid_input_and_the_log_seals(
     project: Path, nested: str
 ) -> None:
